@@ -1,0 +1,83 @@
+// Command worker runs Resound's workers in their own process: they consume
+// broadcast jobs from NATS JetStream, encode each channel's frame once and
+// route it to the gateways with subscribers. Scale them independently of
+// the gateways; all of them need the same NATS_URL and apps.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/logging"
+	"github.com/resoundhq/resound/pkg/node"
+	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/pkg/worker"
+)
+
+func main() {
+	for _, a := range os.Args[1:] {
+		switch a {
+		case "-h", "-help", "--help", "help":
+			fmt.Fprintln(os.Stdout, "Usage: worker\n\nResound worker: consumes broadcast jobs from NATS JetStream and routes them to the gateways.\nNATS_URL is required. It reads the same apps as the gateways.\n\nSettings (environment variables):")
+			_ = config.Usage(os.Stdout)
+			return
+		default:
+			fmt.Fprintf(os.Stderr, "worker: unknown argument %q (settings come from the environment; see --help)\n", a)
+			os.Exit(2)
+		}
+	}
+	cfg, err := config.Load()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
+	if cfg.NATSURL == "" {
+		fmt.Fprintln(os.Stderr, "worker: NATS_URL is required (the all-in-one gateway runs workers itself)")
+		os.Exit(2)
+	}
+	if cfg.Apps.Len() == 0 {
+		fmt.Fprintln(os.Stderr, "worker: no app configured: set REVERB_APP_ID, REVERB_APP_KEY and REVERB_APP_SECRET, or RESOUND_APPS_FILE")
+		os.Exit(2)
+	}
+	log := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat).With().Str("component", "worker").Logger()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	nc, err := nats.Connect(cfg.NATSURL, nats.Name("resound-worker"), nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		log.Error().Err(err).Msg("connecting to NATS")
+		os.Exit(1)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		log.Error().Err(err).Msg("JetStream")
+		os.Exit(1)
+	}
+	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = queue.EnsureStream(setup, js, node.StreamOptions(&cfg.Settings))
+	cancel()
+	if err != nil {
+		log.Error().Err(err).Msg("job stream")
+		os.Exit(1)
+	}
+	pool := worker.New(worker.Options{
+		Conn: nc, JetStream: js, Limits: node.Limits(&cfg.Settings), Workers: cfg.Workers, Log: log,
+		Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+	})
+	log.Info().Int("workers", cfg.Workers).Str("nats", cfg.NATSURL).Msg("worker started")
+	if err := pool.Run(ctx); err != nil {
+		log.Error().Err(err).Msg("worker stopped")
+		os.Exit(1)
+	}
+	log.Info().Msg("worker stopped")
+}

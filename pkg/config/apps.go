@@ -1,0 +1,156 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+)
+
+// App is one tenant: its credentials and the limits its clients get.
+// Zero limits mean "use the process-wide setting".
+type App struct {
+	ID              string  `json:"app_id"`
+	Key             string  `json:"key"`
+	Secret          string  `json:"secret"`
+	PingInterval    Seconds `json:"ping_interval,omitempty"`
+	ActivityTimeout Seconds `json:"activity_timeout,omitempty"`
+	MaxMessageSize  int     `json:"max_message_size,omitempty"`
+}
+
+// Apps is the set of configured apps, found by id (HTTP API) or by key
+// (WebSocket). It is read-only once built.
+type Apps struct {
+	list  []*App
+	byID  map[string]*App
+	byKey map[string]*App
+}
+
+// NewApps checks the apps (ids and keys unique, credentials present) and
+// indexes them.
+func NewApps(apps []App) (*Apps, error) {
+	a := &Apps{byID: make(map[string]*App), byKey: make(map[string]*App)}
+	for i := range apps {
+		app := apps[i]
+		switch {
+		case app.ID == "":
+			return nil, fmt.Errorf("app #%d: app_id is required", i+1)
+		case app.Key == "":
+			return nil, fmt.Errorf("app %q: key is required", app.ID)
+		case app.Secret == "":
+			return nil, fmt.Errorf("app %q: secret is required", app.ID)
+		case app.MaxMessageSize < 0:
+			return nil, fmt.Errorf("app %q: max_message_size must not be negative", app.ID)
+		case app.ActivityTimeout != 0 && app.ActivityTimeout < Seconds(time.Second):
+			return nil, fmt.Errorf("app %q: activity_timeout must be at least 1 second", app.ID)
+		}
+		if _, dup := a.byID[app.ID]; dup {
+			return nil, fmt.Errorf("app %q: app_id is used twice", app.ID)
+		}
+		if _, dup := a.byKey[app.Key]; dup {
+			return nil, fmt.Errorf("app %q: key is used by another app", app.ID)
+		}
+		a.list = append(a.list, &app)
+		a.byID[app.ID] = &app
+		a.byKey[app.Key] = &app
+	}
+	return a, nil
+}
+
+// ByID finds an app by its id.
+func (a *Apps) ByID(id string) (*App, bool) { app, ok := a.byID[id]; return app, ok }
+
+// ByKey finds an app by its key.
+func (a *Apps) ByKey(key string) (*App, bool) { app, ok := a.byKey[key]; return app, ok }
+
+// All lists the apps in configuration order.
+func (a *Apps) All() []*App { return a.list }
+
+// Len is the number of apps.
+func (a *Apps) Len() int { return len(a.list) }
+
+// WithDefaults returns the apps with every unset limit filled in from s.
+func (s *Settings) withDefaults(app App) App {
+	if app.PingInterval == 0 {
+		app.PingInterval = s.PingInterval
+	}
+	if app.ActivityTimeout == 0 {
+		app.ActivityTimeout = s.ActivityTimeout
+	}
+	if app.MaxMessageSize == 0 {
+		app.MaxMessageSize = s.MaxMessageSize
+	}
+	return app
+}
+
+// appsFile is the apps file: {"apps":[...]} like the apps array of
+// Reverb's config/reverb.php, or a bare array.
+type appsFile struct {
+	Apps []App `json:"apps"`
+}
+
+func (s *Settings) loadApps() (*Apps, error) {
+	var apps []App
+	if s.AppID != "" || s.AppKey != "" || s.AppSecret != "" {
+		if s.AppID == "" || s.AppKey == "" || s.AppSecret == "" {
+			return nil, fmt.Errorf("invalid settings: REVERB_APP_ID, REVERB_APP_KEY and REVERB_APP_SECRET must be set together")
+		}
+		if s.AppMaxMessageSize < 0 {
+			return nil, fmt.Errorf("invalid setting REVERB_APP_MAX_MESSAGE_SIZE=%d: must not be negative", s.AppMaxMessageSize)
+		}
+		if s.AppActivityTimeout != 0 && s.AppActivityTimeout < Seconds(time.Second) {
+			return nil, fmt.Errorf("invalid setting REVERB_APP_ACTIVITY_TIMEOUT: must be at least 1 second")
+		}
+		apps = append(apps, App{
+			ID: s.AppID, Key: s.AppKey, Secret: s.AppSecret,
+			PingInterval: s.AppPingInterval, ActivityTimeout: s.AppActivityTimeout, MaxMessageSize: s.AppMaxMessageSize,
+		})
+	}
+	if s.AppsFile != "" {
+		fromFile, err := readAppsFile(s.AppsFile)
+		if err != nil {
+			return nil, fmt.Errorf("invalid setting RESOUND_APPS_FILE=%q: %w", s.AppsFile, err)
+		}
+		apps = append(apps, fromFile...)
+	}
+	for i := range apps {
+		apps[i] = s.withDefaults(apps[i])
+	}
+	return NewApps(apps)
+}
+
+func readAppsFile(path string) ([]App, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	raw = bytes.TrimSpace(raw)
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if len(raw) > 0 && raw[0] == '[' {
+		var apps []App
+		if err := dec.Decode(&apps); err != nil {
+			return nil, err
+		}
+		return apps, nil
+	}
+	var f appsFile
+	if err := dec.Decode(&f); err != nil {
+		return nil, err
+	}
+	return f.Apps, nil
+}
+
+// WithApp returns a copy of c whose apps are exactly app, with the process
+// defaults filled in. The all-in-one gateway uses it for its development
+// app.
+func (c *Config) WithApp(app App) (*Config, error) {
+	apps, err := NewApps([]App{c.withDefaults(app)})
+	if err != nil {
+		return nil, err
+	}
+	out := *c
+	out.Apps = apps
+	return &out, nil
+}

@@ -1,0 +1,190 @@
+// Package config reads Resound's settings from the environment and its apps
+// from a file.
+//
+// A Laravel app's .env already names its Reverb app and server
+// (REVERB_APP_ID, REVERB_SERVER_PORT, ...), so Resound reads those names
+// unchanged. NATS_URL is the name the NATS tools use. Everything that is
+// Resound's own starts with RESOUND_.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Settings are the process's settings, from the environment.
+type Settings struct {
+	AppID              string  `envconfig:"REVERB_APP_ID" desc:"id of the app defined in the environment (the HTTP API's /apps/{id})"`
+	AppKey             string  `envconfig:"REVERB_APP_KEY" desc:"key of that app (clients connect to /app/{key})"`
+	AppSecret          string  `envconfig:"REVERB_APP_SECRET" desc:"secret of that app (signs API requests and channel auth)"`
+	AppPingInterval    Seconds `envconfig:"REVERB_APP_PING_INTERVAL" desc:"that app's ping interval in seconds (default RESOUND_PING_INTERVAL)"`
+	AppActivityTimeout Seconds `envconfig:"REVERB_APP_ACTIVITY_TIMEOUT" desc:"that app's activity timeout in seconds (default RESOUND_ACTIVITY_TIMEOUT)"`
+	AppMaxMessageSize  int     `envconfig:"REVERB_APP_MAX_MESSAGE_SIZE" desc:"that app's max client message size in bytes (default RESOUND_MAX_MESSAGE_SIZE)"`
+
+	Host string `envconfig:"REVERB_SERVER_HOST" default:"0.0.0.0" desc:"address the gateway binds"`
+	Port int    `envconfig:"REVERB_SERVER_PORT" default:"8080" desc:"port the gateway binds (WebSocket and HTTP API)"`
+	Path string `envconfig:"REVERB_SERVER_PATH" desc:"path prefix for every route, e.g. /reverb (signatures are checked without it, as pusher-http-php signs)"`
+
+	NATSURL  string `envconfig:"NATS_URL" desc:"NATS server(s) with JetStream; unset, gateway embeds one and runs the workers in process"`
+	AppsFile string `envconfig:"RESOUND_APPS_FILE" desc:"JSON file with several apps (see README); used with or instead of REVERB_APP_*"`
+	DataDir  string `envconfig:"RESOUND_DATA_DIR" desc:"directory for the embedded NATS file store (default ./.resound/<port>)"`
+
+	Workers   int    `envconfig:"RESOUND_WORKERS" default:"4" desc:"worker goroutines that encode and route jobs, per worker process"`
+	LogLevel  string `envconfig:"RESOUND_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat string `envconfig:"RESOUND_LOG_FORMAT" default:"auto" desc:"json, console, or auto (console on a terminal, json otherwise)"`
+
+	PingInterval    Seconds `envconfig:"RESOUND_PING_INTERVAL" default:"60" desc:"seconds of client silence before the server sends pusher:ping"`
+	ActivityTimeout Seconds `envconfig:"RESOUND_ACTIVITY_TIMEOUT" default:"30" desc:"activity_timeout told to clients: seconds of server silence before they ping"`
+	PongTimeout     Seconds `envconfig:"RESOUND_PONG_TIMEOUT" default:"30" desc:"seconds to wait for any reply to a server ping before closing with 4201"`
+	MaxMessageSize  int     `envconfig:"RESOUND_MAX_MESSAGE_SIZE" default:"10000" desc:"largest client WebSocket message in bytes; larger is closed with 1009"`
+	MaxEventSize    int     `envconfig:"RESOUND_MAX_EVENT_SIZE" default:"10240" desc:"largest event data accepted by the HTTP API in bytes (413 above)"`
+	MaxRequestSize  int     `envconfig:"RESOUND_MAX_REQUEST_SIZE" default:"262144" desc:"largest HTTP API request body in bytes (413 above)"`
+
+	QueueMaxBytes int64   `envconfig:"RESOUND_QUEUE_MAX_BYTES" default:"1073741824" desc:"bytes the job stream may hold before the API answers 503"`
+	QueueMaxAge   Seconds `envconfig:"RESOUND_QUEUE_MAX_AGE" default:"86400" desc:"seconds a job may wait in the stream before it is discarded"`
+}
+
+// Seconds is a duration written as whole seconds ("60"), as Reverb's
+// settings are, or as a Go duration ("1m30s", "500ms").
+type Seconds time.Duration
+
+// Decode implements envconfig.Decoder.
+func (s *Seconds) Decode(value string) error {
+	d, err := parseSeconds(value)
+	if err != nil {
+		return err
+	}
+	*s = Seconds(d)
+	return nil
+}
+
+// UnmarshalJSON accepts a number of seconds or a duration string.
+func (s *Seconds) UnmarshalJSON(b []byte) error {
+	v := strings.Trim(string(b), `"`)
+	d, err := parseSeconds(v)
+	if err != nil {
+		return err
+	}
+	*s = Seconds(d)
+	return nil
+}
+
+func parseSeconds(v string) (time.Duration, error) {
+	v = strings.TrimSpace(v)
+	if n, err := strconv.ParseFloat(v, 64); err == nil {
+		if n < 0 {
+			return 0, errors.New("must not be negative")
+		}
+		return time.Duration(n * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%q is neither seconds nor a duration", v)
+	}
+	if d < 0 {
+		return 0, errors.New("must not be negative")
+	}
+	return d, nil
+}
+
+// Duration returns s as a time.Duration.
+func (s Seconds) Duration() time.Duration { return time.Duration(s) }
+
+// Config is everything a process needs: its settings and its apps.
+type Config struct {
+	Settings
+	Apps *Apps
+}
+
+// Load reads the settings from the environment and the apps from
+// REVERB_APP_* and RESOUND_APPS_FILE. An invalid setting is an error that
+// names it. Having no app at all is not an error here: the all-in-one
+// gateway makes a development app (see DevApp).
+func Load() (*Config, error) {
+	var s Settings
+	if err := envconfig.Process("", &s); err != nil {
+		var pe *envconfig.ParseError
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("invalid setting %s=%q: %v", pe.KeyName, pe.Value, pe.Err)
+		}
+		return nil, fmt.Errorf("invalid settings: %w", err)
+	}
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
+	apps, err := s.loadApps()
+	if err != nil {
+		return nil, err
+	}
+	return &Config{Settings: s, Apps: apps}, nil
+}
+
+func (s *Settings) validate() error {
+	switch {
+	case s.Port < 0 || s.Port > 65535:
+		return fmt.Errorf("invalid setting REVERB_SERVER_PORT=%d: must be 0 to 65535", s.Port)
+	case s.Path != "" && (!strings.HasPrefix(s.Path, "/") || strings.HasSuffix(s.Path, "/")):
+		return fmt.Errorf("invalid setting REVERB_SERVER_PATH=%q: must start with / and not end with /", s.Path)
+	case s.Workers < 1:
+		return fmt.Errorf("invalid setting RESOUND_WORKERS=%d: must be at least 1", s.Workers)
+	case s.PingInterval <= 0:
+		return fmt.Errorf("invalid setting RESOUND_PING_INTERVAL: must be positive")
+	case s.ActivityTimeout < Seconds(time.Second):
+		return fmt.Errorf("invalid setting RESOUND_ACTIVITY_TIMEOUT: must be at least 1 second (pusher-js rejects 0)")
+	case s.PongTimeout <= 0:
+		return fmt.Errorf("invalid setting RESOUND_PONG_TIMEOUT: must be positive")
+	case s.MaxMessageSize < 1:
+		return fmt.Errorf("invalid setting RESOUND_MAX_MESSAGE_SIZE=%d: must be positive", s.MaxMessageSize)
+	case s.MaxEventSize < 1:
+		return fmt.Errorf("invalid setting RESOUND_MAX_EVENT_SIZE=%d: must be positive", s.MaxEventSize)
+	case s.MaxRequestSize < s.MaxEventSize:
+		return fmt.Errorf("invalid setting RESOUND_MAX_REQUEST_SIZE=%d: must be at least RESOUND_MAX_EVENT_SIZE (%d)", s.MaxRequestSize, s.MaxEventSize)
+	case s.QueueMaxBytes < 1<<20:
+		return fmt.Errorf("invalid setting RESOUND_QUEUE_MAX_BYTES=%d: must be at least 1 MiB", s.QueueMaxBytes)
+	case s.QueueMaxAge < Seconds(time.Second):
+		return fmt.Errorf("invalid setting RESOUND_QUEUE_MAX_AGE: must be at least 1 second")
+	}
+	switch s.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("invalid setting RESOUND_LOG_LEVEL=%q: must be debug, info, warn or error", s.LogLevel)
+	}
+	switch s.LogFormat {
+	case "json", "console", "auto":
+	default:
+		return fmt.Errorf("invalid setting RESOUND_LOG_FORMAT=%q: must be json, console or auto", s.LogFormat)
+	}
+	return nil
+}
+
+// ResolvedDataDir is the data directory: RESOUND_DATA_DIR, or .resound/<port>
+// under the working directory, so that two instances on two ports never
+// share a store.
+func (s *Settings) ResolvedDataDir() (string, error) {
+	if s.DataDir != "" {
+		return filepath.Abs(s.DataDir)
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(wd, ".resound", strconv.Itoa(s.Port)), nil
+}
+
+// Usage writes the table of every setting, for --help.
+func Usage(w io.Writer) error {
+	var s Settings
+	return envconfig.Usagef("", &s, w, usageFormat)
+}
+
+const usageFormat = `{{range .}}  {{usage_key .}}{{if usage_default .}} (default {{usage_default .}}){{end}}
+      {{usage_description .}}
+{{end}}`

@@ -1,0 +1,178 @@
+package gateway
+
+import (
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/protocol"
+)
+
+// connState is where a connection is in its life. Transitions only go
+// forward: open → closing → dead.
+type connState uint8
+
+const (
+	// stateOpen: frames flow both ways.
+	stateOpen connState = iota
+	// stateClosing: our close frame is queued or sent; we read and discard
+	// until the peer closes too (so that an unread receive buffer does not
+	// turn our close into a reset the client never sees), or until the
+	// poller's scan gives up.
+	stateClosing
+	// stateDead: the descriptor is closed. Nothing may touch it.
+	stateDead
+)
+
+// conn is one Pusher client connection. It has no goroutine and, when idle,
+// no buffers: the poller reads into a buffer it shares among all its
+// connections, and output is written straight to the socket, so out and
+// partial stay nil unless the socket pushes back or a frame straddles two
+// reads.
+type conn struct {
+	fd     int
+	poller *poller
+	app    *config.App
+	// sidA and sidB are the two numbers of the socket id "sidA.sidB".
+	sidA, sidB uint64
+
+	// Owned by the poller goroutine.
+	partial    []byte // bytes of an incomplete frame, kept between reads
+	fragments  []byte // a fragmented message being reassembled
+	fragmented bool
+	lastSeen   int64 // unix nanos of the last frame received
+	pingSentAt int64 // unix nanos of our unanswered ping, or 0
+	channels   []*channel
+
+	// mu guards the write side: deliveries write from other goroutines.
+	// The socket write happens under mu, so a write can never land on a
+	// descriptor number that was closed and reused.
+	mu        sync.Mutex
+	state     connState
+	out       []byte // output the socket did not take yet
+	closingAt int64  // unix nanos when closing began
+	shutWrite bool   // SHUT_WR is done
+}
+
+func (c *conn) socketID() string {
+	return string(protocol.AppendSocketID(make([]byte, 0, 24), c.sidA, c.sidB))
+}
+
+// write queues b for the client, writing what the socket takes at once. It
+// is safe from any goroutine. A client whose pending output would pass the
+// limit is cut off: it is not reading, and must not hold memory or slow the
+// fan-out to everyone else.
+func (c *conn) write(b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return
+	}
+	c.writeLocked(b)
+}
+
+func (c *conn) writeLocked(b []byte) {
+	if len(c.out) == 0 {
+		n, err := unix.Write(c.fd, b)
+		if n == len(b) {
+			return
+		}
+		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+			c.abortLocked()
+			return
+		}
+		if n > 0 {
+			b = b[n:]
+		}
+	}
+	if len(c.out)+len(b) > c.poller.srv.opts.MaxOutbound {
+		c.poller.srv.log.Debug().Str("socket_id", c.socketID()).Msg("slow client cut off")
+		c.abortLocked()
+		return
+	}
+	// The socket is full; edge-triggered EPOLLOUT tells the poller when it
+	// drains, and flush writes the rest.
+	c.out = append(c.out, b...)
+}
+
+// flush writes pending output; the poller calls it on EPOLLOUT.
+func (c *conn) flush() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateDead {
+		return
+	}
+	for len(c.out) > 0 {
+		n, err := unix.Write(c.fd, c.out)
+		if n > 0 {
+			c.out = c.out[n:]
+		}
+		if err == unix.EAGAIN {
+			return
+		}
+		if err != nil && err != unix.EINTR {
+			c.abortLocked()
+			return
+		}
+	}
+	c.out = nil // give the backing array back to the GC
+	if c.state == stateClosing && !c.shutWrite {
+		c.shutWrite = true
+		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
+	}
+}
+
+// closeWith sends a pusher:error (when code is a Pusher code and errMsg is
+// set) and a close frame, then half-closes and waits for the peer.
+func (c *conn) closeWith(code int, errMsg string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return
+	}
+	var msg []byte
+	if errMsg != "" && code >= 4000 {
+		msg = protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, errMsg))
+	}
+	msg = protocol.AppendCloseFrame(msg, uint16(code), errMsg)
+	c.writeLocked(msg)
+	if c.state != stateOpen {
+		return // the write failed and aborted
+	}
+	c.state = stateClosing
+	c.closingAt = time.Now().UnixNano()
+	if len(c.out) == 0 {
+		c.shutWrite = true
+		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
+	}
+}
+
+// abortLocked drops the connection without ceremony. Any goroutine may
+// call it; shutting the socket down makes the poller see a hang-up and
+// destroy the connection on its own goroutine.
+func (c *conn) abortLocked() {
+	if c.state == stateDead {
+		return
+	}
+	c.out = nil
+	if c.state == stateOpen {
+		c.state = stateClosing
+		c.closingAt = time.Now().UnixNano()
+	}
+	c.shutWrite = true
+	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+}
+
+func (c *conn) abort() {
+	c.mu.Lock()
+	c.abortLocked()
+	c.mu.Unlock()
+}
+
+func (c *conn) isOpen() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state == stateOpen
+}

@@ -1,0 +1,60 @@
+package gateway
+
+import (
+	"github.com/nats-io/nats.go"
+
+	"github.com/resoundhq/resound/pkg/route"
+)
+
+// runDispatcher writes each delivery it receives to the channel's local
+// subscribers. The frame arrives encoded; the same bytes go to every
+// socket, with no copy and no allocation per subscriber.
+func (s *Server) runDispatcher(in <-chan *nats.Msg) {
+	for m := range in {
+		_, exclude, frame, err := route.ParseDelivery(m.Data)
+		if err != nil {
+			s.log.Warn().Str("subject", m.Subject).Msg("dropping malformed delivery")
+			continue
+		}
+		ch := s.hub.lookup(m.Subject)
+		if ch == nil {
+			continue // the last subscriber left while this was in flight
+		}
+		exA, exB, hasExclude := parseSocketID(exclude)
+		n := 0
+		ch.mu.RLock()
+		for c := range ch.subs {
+			if hasExclude && c.sidA == exA && c.sidB == exB {
+				continue
+			}
+			c.write(frame)
+			n++
+		}
+		ch.mu.RUnlock()
+		s.metrics.deliveries.Add(int64(n))
+	}
+}
+
+// parseSocketID reads "a.b" without allocating.
+func parseSocketID(b []byte) (a, bb uint64, ok bool) {
+	if len(b) == 0 {
+		return 0, 0, false
+	}
+	var v [2]uint64
+	part, digits := 0, 0
+	for _, c := range b {
+		switch {
+		case c == '.' && part == 0 && digits > 0:
+			part, digits = 1, 0
+		case c >= '0' && c <= '9':
+			v[part] = v[part]*10 + uint64(c-'0')
+			digits++
+		default:
+			return 0, 0, false
+		}
+	}
+	if part != 1 || digits == 0 {
+		return 0, 0, false
+	}
+	return v[0], v[1], true
+}

@@ -1,0 +1,131 @@
+package gateway
+
+import (
+	"hash/maphash"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/route"
+)
+
+const hubShards = 64
+
+// hub is the gateway's index of channels with local subscribers. A channel
+// exists here exactly while some local connection is subscribed or about
+// to be, and only then does the gateway hold a NATS subscription to its
+// delivery subject.
+type hub struct {
+	nc       *nats.Conn
+	dispatch []chan *nats.Msg
+	seed     maphash.Seed
+	shards   [hubShards]hubShard
+}
+
+type hubShard struct {
+	mu       sync.Mutex
+	channels map[string]*channel // by delivery subject
+}
+
+// channel is one app's channel on this gateway.
+//
+// Lock order: hubShard.mu, then channel.mu, then conn.mu.
+type channel struct {
+	app     *config.App
+	name    string
+	subject string
+	shard   *hubShard
+	refs    int // subscribers plus pending subscriptions; guarded by shard.mu
+	nsub    *nats.Subscription
+
+	mu   sync.RWMutex
+	subs map[*conn]struct{}
+}
+
+func newHub(nc *nats.Conn, dispatch []chan *nats.Msg) *hub {
+	h := &hub{nc: nc, dispatch: dispatch, seed: maphash.MakeSeed()}
+	for i := range h.shards {
+		h.shards[i].channels = make(map[string]*channel)
+	}
+	return h
+}
+
+func (h *hub) shardFor(subject string) *hubShard {
+	return &h.shards[maphash.String(h.seed, subject)%hubShards]
+}
+
+// acquire takes a reference on a channel, creating it (and its NATS
+// subscription) if this is the first. created reports a new subscription,
+// which must be flushed to the server before the subscriber is told it
+// succeeded, or an event published right after could miss this gateway.
+func (h *hub) acquire(app *config.App, name string) (ch *channel, created bool, err error) {
+	subject := route.Subject(app.ID, name)
+	sh := h.shardFor(subject)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if ch = sh.channels[subject]; ch != nil {
+		ch.refs++
+		return ch, false, nil
+	}
+	ch = &channel{app: app, name: name, subject: subject, shard: sh, refs: 1, subs: make(map[*conn]struct{})}
+	// Every subscription for one subject feeds the same dispatcher, so
+	// events on a channel are written in the order they arrive.
+	d := h.dispatch[maphash.String(h.seed, subject)%uint64(len(h.dispatch))]
+	if ch.nsub, err = h.nc.ChanSubscribe(subject, d); err != nil {
+		return nil, false, err
+	}
+	sh.channels[subject] = ch
+	return ch, true, nil
+}
+
+// release drops a reference; the last one removes the channel and its
+// NATS subscription.
+func (h *hub) release(ch *channel) {
+	sh := ch.shard
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	ch.refs--
+	if ch.refs > 0 {
+		return
+	}
+	delete(sh.channels, ch.subject)
+	_ = ch.nsub.Unsubscribe()
+}
+
+// join adds c to the channel's subscribers and, under the same lock, sends
+// it subscription_succeeded: no delivery can slip in between, so the
+// client never sees an event of the channel before it is subscribed.
+func (ch *channel) join(c *conn, succeeded []byte) {
+	ch.mu.Lock()
+	ch.subs[c] = struct{}{}
+	c.write(succeeded)
+	ch.mu.Unlock()
+}
+
+func (h *hub) unsubscribe(ch *channel, c *conn) {
+	ch.mu.Lock()
+	delete(ch.subs, c)
+	ch.mu.Unlock()
+	h.release(ch)
+}
+
+func (h *hub) lookup(subject string) *channel {
+	sh := h.shardFor(subject)
+	sh.mu.Lock()
+	ch := sh.channels[subject]
+	sh.mu.Unlock()
+	return ch
+}
+
+// channelCount is the number of channels with local subscribers.
+func (h *hub) channelCount() int {
+	n := 0
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		n += len(sh.channels)
+		sh.mu.Unlock()
+	}
+	return n
+}

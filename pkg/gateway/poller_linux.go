@@ -1,0 +1,214 @@
+package gateway
+
+import (
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/resoundhq/resound/protocol"
+)
+
+const (
+	readBufferSize = 64 << 10
+	// maxReadsPerWake bounds how long one busy connection can hold its
+	// poller before the others get a turn; the rest waits in the ready
+	// list.
+	maxReadsPerWake = 4
+	scanInterval    = time.Second
+	// closingGrace is how long a closing connection may take to answer our
+	// close frame before we drop it.
+	closingGrace = 5 * time.Second
+)
+
+// poller is one epoll instance and the goroutine that waits on it. Each
+// connection belongs to one poller for its whole life; its read side is
+// only ever touched on that poller's goroutine, so it needs no lock.
+type poller struct {
+	srv  *Server
+	epfd int
+	buf  []byte
+
+	mu    sync.RWMutex
+	conns map[int]*conn // by descriptor
+
+	// Touched only on the poller goroutine.
+	again    []*conn // connections with unread input left
+	newSubs  []pendingSub
+	lastScan time.Time
+	now      int64
+}
+
+func newPoller(srv *Server) (*poller, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	return &poller{srv: srv, epfd: fd, buf: make([]byte, readBufferSize), conns: make(map[int]*conn)}, nil
+}
+
+// add registers a connection. Edge-triggered, with read and write interest
+// set once for the connection's life: no epoll_ctl per write.
+func (p *poller) add(c *conn) error {
+	p.mu.Lock()
+	p.conns[c.fd] = c
+	p.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(c.fd)}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
+		p.mu.Lock()
+		delete(p.conns, c.fd)
+		p.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+func (p *poller) lookup(fd int) *conn {
+	p.mu.RLock()
+	c := p.conns[fd]
+	p.mu.RUnlock()
+	return c
+}
+
+func (p *poller) count() int {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return len(p.conns)
+}
+
+// run waits for readiness until done is closed.
+func (p *poller) run(done <-chan struct{}) {
+	events := make([]unix.EpollEvent, 256)
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		timeout := int(scanInterval / time.Millisecond)
+		if len(p.again) > 0 {
+			timeout = 0
+		}
+		n, err := unix.EpollWait(p.epfd, events, timeout)
+		if err != nil && err != unix.EINTR {
+			p.srv.log.Error().Err(err).Msg("epoll_wait")
+			return
+		}
+		now := time.Now()
+		p.now = now.UnixNano()
+		again := p.again
+		p.again = nil
+		for _, c := range again {
+			p.readFrom(c)
+		}
+		for i := 0; i < n; i++ {
+			ev := events[i]
+			c := p.lookup(int(ev.Fd))
+			if c == nil {
+				continue
+			}
+			if ev.Events&unix.EPOLLOUT != 0 {
+				c.flush()
+			}
+			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				p.readFrom(c)
+			}
+		}
+		p.completeSubscriptions()
+		if now.Sub(p.lastScan) >= scanInterval {
+			p.lastScan = now
+			p.scan()
+		}
+	}
+}
+
+// readFrom reads what the socket holds and handles every whole frame.
+func (p *poller) readFrom(c *conn) {
+	for i := 0; i < maxReadsPerWake; i++ {
+		n, err := unix.Read(c.fd, p.buf)
+		switch {
+		case n > 0:
+			if !p.srv.handleBytes(c, p.buf[:n]) {
+				p.destroy(c)
+				return
+			}
+			if n < len(p.buf) {
+				return // drained; new data raises a new edge
+			}
+		case n == 0:
+			p.destroy(c) // the peer closed
+			return
+		case err == unix.EAGAIN:
+			return
+		case err == unix.EINTR:
+		default:
+			p.destroy(c)
+			return
+		}
+	}
+	p.again = append(p.again, c)
+}
+
+// destroy closes a connection for good and forgets it. Only the poller
+// goroutine calls it.
+func (p *poller) destroy(c *conn) {
+	c.mu.Lock()
+	if c.state == stateDead {
+		c.mu.Unlock()
+		return
+	}
+	c.state = stateDead
+	c.out = nil
+	// Forget the descriptor before closing it: once closed, its number can
+	// be handed to a new connection at once.
+	p.mu.Lock()
+	if p.conns[c.fd] == c {
+		delete(p.conns, c.fd)
+	}
+	p.mu.Unlock()
+	_ = unix.Close(c.fd)
+	c.mu.Unlock()
+
+	c.partial, c.fragments = nil, nil
+	for _, ch := range c.channels {
+		p.srv.hub.unsubscribe(ch, c)
+	}
+	c.channels = nil
+	p.srv.metrics.connections.Add(-1)
+}
+
+// scan pings silent connections, closes those that never answered, and
+// drops closing connections whose peer never finished the close.
+func (p *poller) scan() {
+	p.mu.RLock()
+	conns := make([]*conn, 0, len(p.conns))
+	for _, c := range p.conns {
+		conns = append(conns, c)
+	}
+	p.mu.RUnlock()
+	now := p.now
+	for _, c := range conns {
+		c.mu.Lock()
+		state, closingAt := c.state, c.closingAt
+		c.mu.Unlock()
+		switch state {
+		case stateClosing:
+			if now-closingAt >= int64(closingGrace) {
+				p.destroy(c)
+			}
+			continue
+		case stateDead:
+			continue
+		}
+		if c.pingSentAt != 0 {
+			if now-c.pingSentAt >= int64(p.srv.opts.PongTimeout) {
+				c.closeWith(protocol.CodePongTimeout, "Pong reply not received in time")
+			}
+			continue
+		}
+		if now-c.lastSeen >= int64(c.app.PingInterval) {
+			c.pingSentAt = now
+			c.write(p.srv.frames.ping)
+		}
+	}
+}

@@ -1,0 +1,371 @@
+// Package gateway is the WebSocket side of Resound: an epoll reactor that
+// holds client connections without a goroutine or buffers per idle
+// connection, speaks the Pusher protocol on them, and writes the frames the
+// workers encoded to every local subscriber. Plain HTTP requests on the
+// same port go to the HTTP API handler, as they do in Reverb.
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/protocol"
+)
+
+// Options configure a Server.
+type Options struct {
+	Apps *config.Apps
+	// Conn carries deliveries from the workers.
+	Conn *nats.Conn
+	// HTTP serves every request that is not a WebSocket upgrade on
+	// {PathPrefix}/app/{key}.
+	HTTP       http.Handler
+	PathPrefix string
+	// PongTimeout is how long a client may take to answer a server ping.
+	PongTimeout time.Duration
+	// MaxOutbound bounds the output queued for one client that is not
+	// reading; past it the client is cut off.
+	MaxOutbound int
+	// HandshakeTimeout bounds the HTTP request and upgrade.
+	HandshakeTimeout time.Duration
+	// FlushTimeout bounds the wait for new delivery subscriptions to reach
+	// NATS.
+	FlushTimeout time.Duration
+	Pollers      int
+	Dispatchers  int
+	Log          zerolog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.PongTimeout <= 0 {
+		o.PongTimeout = 30 * time.Second
+	}
+	if o.MaxOutbound <= 0 {
+		o.MaxOutbound = 1 << 20
+	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = 10 * time.Second
+	}
+	if o.FlushTimeout <= 0 {
+		o.FlushTimeout = 5 * time.Second
+	}
+	if o.Pollers <= 0 {
+		o.Pollers = runtime.GOMAXPROCS(0)
+	}
+	if o.Dispatchers <= 0 {
+		o.Dispatchers = runtime.GOMAXPROCS(0)
+	}
+}
+
+// Server is one gateway.
+type Server struct {
+	opts    Options
+	log     zerolog.Logger
+	hub     *hub
+	pollers []*poller
+	next    atomic.Uint32
+	ready   atomic.Bool
+	frames  struct{ ping, pong []byte }
+	metrics struct {
+		connections atomic.Int64
+		deliveries  atomic.Int64
+	}
+	dispatch  []chan *nats.Msg
+	httpConns *connListener
+}
+
+// New builds a gateway; Serve runs it.
+func New(opts Options) (*Server, error) {
+	opts.defaults()
+	if opts.Apps == nil || opts.Conn == nil || opts.HTTP == nil {
+		return nil, errors.New("gateway: Apps, Conn and HTTP are required")
+	}
+	s := &Server{opts: opts, log: opts.Log.With().Str("component", "gateway").Logger()}
+	s.frames.ping = protocol.AppendTextFrame(nil, protocol.MessagePing)
+	s.frames.pong = protocol.AppendTextFrame(nil, protocol.MessagePong)
+	s.dispatch = make([]chan *nats.Msg, opts.Dispatchers)
+	for i := range s.dispatch {
+		s.dispatch[i] = make(chan *nats.Msg, 1<<16)
+	}
+	s.hub = newHub(opts.Conn, s.dispatch)
+	for i := 0; i < opts.Pollers; i++ {
+		p, err := newPoller(s)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: epoll: %w", err)
+		}
+		s.pollers = append(s.pollers, p)
+	}
+	return s, nil
+}
+
+// Ready reports whether the gateway accepts connections.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+// Connections is the number of open client connections.
+func (s *Server) Connections() int64 { return s.metrics.connections.Load() }
+
+// Deliveries is the number of frames written to subscribers so far.
+func (s *Server) Deliveries() int64 { return s.metrics.deliveries.Load() }
+
+// Channels is the number of channels with local subscribers.
+func (s *Server) Channels() int { return s.hub.channelCount() }
+
+// Serve accepts connections on ln until ctx ends, then closes every client
+// connection with 4200 (reconnect at once) so that pusher-js moves to
+// another gateway straight away.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, p := range s.pollers {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.run(done) }()
+	}
+	for _, d := range s.dispatch {
+		go s.runDispatcher(d)
+	}
+	s.httpConns = newConnListener(ln.Addr())
+	httpSrv := &http.Server{
+		Handler:           s.opts.HTTP,
+		ReadHeaderTimeout: s.opts.HandshakeTimeout,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          nil,
+	}
+	go func() { _ = httpSrv.Serve(s.httpConns) }()
+
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		s.acceptLoop(ctx, ln)
+	}()
+	s.ready.Store(true)
+	<-ctx.Done()
+	s.ready.Store(false)
+	_ = ln.Close()
+	<-acceptDone
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = httpSrv.Shutdown(shutdownCtx)
+	s.closeAll(protocol.CodeReconnect, "Server shutting down, reconnect")
+	// Give the close frames a moment to leave, then stop the reactor.
+	deadline := time.Now().Add(2 * time.Second)
+	for s.metrics.connections.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(done)
+	wg.Wait()
+	for _, p := range s.pollers {
+		p.mu.Lock()
+		for fd, c := range p.conns {
+			c.mu.Lock()
+			c.state = stateDead
+			_ = unix.Close(fd)
+			c.mu.Unlock()
+		}
+		p.conns = map[int]*conn{}
+		p.mu.Unlock()
+		_ = unix.Close(p.epfd)
+	}
+	return nil
+}
+
+func (s *Server) closeAll(code int, reason string) {
+	for _, p := range s.pollers {
+		p.mu.RLock()
+		conns := make([]*conn, 0, len(p.conns))
+		for _, c := range p.conns {
+			conns = append(conns, c)
+		}
+		p.mu.RUnlock()
+		for _, c := range conns {
+			c.closeWith(code, reason)
+		}
+	}
+}
+
+func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors (EMFILE) or similar: wait instead of
+			// spinning on a listener that will fail again at once.
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff < time.Second {
+				backoff *= 2
+			}
+			s.log.Warn().Err(err).Dur("backoff", backoff).Msg("accept failed")
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		go s.handshake(nc)
+	}
+}
+
+// handshake reads the request line to route the connection: a WebSocket
+// upgrade on {prefix}/app/{key} is upgraded here with gobwas/ws, reading
+// the request straight off the socket; anything else goes to net/http.
+func (s *Server) handshake(nc net.Conn) {
+	_ = nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	br := bufio.NewReaderSize(nc, 2048)
+	line, err := peekLine(br)
+	if err != nil {
+		_ = nc.Close()
+		return
+	}
+	if !isWebSocketPath(line, s.opts.PathPrefix+"/app/") {
+		_ = nc.SetDeadline(time.Time{})
+		s.httpConns.push(&bufferedConn{Conn: nc, r: br})
+		return
+	}
+	var key string
+	up := ws.Upgrader{
+		OnRequest: func(uri []byte) error {
+			path := uri
+			if i := bytes.IndexByte(path, '?'); i >= 0 {
+				path = path[:i]
+			}
+			k := path[len(s.opts.PathPrefix)+len("/app/"):]
+			if len(k) == 0 || bytes.IndexByte(k, '/') >= 0 {
+				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusNotFound))
+			}
+			key = string(k)
+			return nil
+		},
+	}
+	if _, err := up.Upgrade(struct {
+		io.Reader
+		io.Writer
+	}{br, nc}); err != nil {
+		_ = nc.Close()
+		return
+	}
+	app, ok := s.opts.Apps.ByKey(key)
+	if !ok {
+		// pusher-js reads the code from the pusher:error, or from the
+		// close frame: both say 4001, so it does not retry.
+		msg := protocol.AppendTextFrame(nil, protocol.AppendError(nil, protocol.CodeAppNotFound, "Application does not exist"))
+		msg = protocol.AppendCloseFrame(msg, protocol.CodeAppNotFound, "Application does not exist")
+		_ = nc.SetDeadline(time.Now().Add(2 * time.Second))
+		_, _ = nc.Write(msg)
+		lingerClose(nc)
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	if err := s.attach(nc, app); err != nil {
+		s.log.Warn().Err(err).Msg("attaching connection")
+		_ = nc.Close()
+	}
+}
+
+// attach moves an upgraded connection from the Go runtime to the reactor:
+// the descriptor is duplicated, the net.Conn (and its runtime poller entry)
+// closed, and from then on the connection is a few hundred bytes of state.
+func (s *Server) attach(nc net.Conn, app *config.App) error {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return errors.New("not a socket")
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	fd := -1
+	var dupErr error
+	if err := raw.Control(func(f uintptr) { fd, dupErr = unix.Dup(int(f)) }); err != nil {
+		return err
+	}
+	if dupErr != nil {
+		return dupErr
+	}
+	_ = nc.Close()
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		_ = unix.Close(fd)
+		return err
+	}
+	p := s.pollers[int(s.next.Add(1))%len(s.pollers)]
+	c := &conn{fd: fd, poller: p, app: app, lastSeen: time.Now().UnixNano()}
+	c.sidA, c.sidB = newSocketID()
+	established := protocol.AppendTextFrame(nil,
+		protocol.AppendConnectionEstablished(nil, c.socketID(), int(app.ActivityTimeout.Duration()/time.Second)))
+	// The socket is new and empty: this write goes out whole, before the
+	// poller can deliver anything else.
+	c.write(established)
+	s.metrics.connections.Add(1)
+	if err := p.add(c); err != nil {
+		s.metrics.connections.Add(-1)
+		_ = unix.Close(fd)
+		return err
+	}
+	return nil
+}
+
+// newSocketID draws the two numbers of a socket id. Random, like Reverb's,
+// so ids are unique across gateways without coordination.
+func newSocketID() (uint64, uint64) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	a := uint64(binary.BigEndian.Uint32(b[:4])%1_000_000_000) + 1
+	c := uint64(binary.BigEndian.Uint32(b[4:])%1_000_000_000) + 1
+	return a, c
+}
+
+func peekLine(br *bufio.Reader) ([]byte, error) {
+	for n := 1; ; n = br.Buffered() + 1 {
+		b, err := br.Peek(n)
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			return b[:i], nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n >= br.Size() {
+			return nil, errors.New("request line too long")
+		}
+	}
+}
+
+// isWebSocketPath reports whether a request line is "GET {prefix}...".
+func isWebSocketPath(line []byte, prefix string) bool {
+	rest, ok := bytes.CutPrefix(line, []byte("GET "))
+	return ok && bytes.HasPrefix(rest, []byte(prefix))
+}
+
+// lingerClose half-closes and waits briefly for the peer to close, so that
+// the last frames are read rather than lost to a reset.
+func lingerClose(nc net.Conn) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+		_, _ = io.Copy(io.Discard, io.LimitReader(nc, 64<<10))
+	}
+	_ = nc.Close()
+}

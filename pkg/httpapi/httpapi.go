@@ -1,0 +1,222 @@
+// Package httpapi is the Pusher HTTP API that producers call: Laravel's
+// broadcaster (pusher-http-php), the pusher npm SDK, or anything that signs
+// requests the Pusher way. Triggers become jobs in the JetStream queue; the
+// API answers 200 only once JetStream has stored the job.
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/protocol"
+)
+
+// Publisher stores jobs durably.
+type Publisher interface {
+	Publish(ctx context.Context, job *queue.Job) (uint64, error)
+}
+
+// Options configure the API.
+type Options struct {
+	Apps      *config.Apps
+	Publisher Publisher
+	Limits    protocol.Limits
+	// MaxBodyBytes bounds a request body; larger gets 413.
+	MaxBodyBytes int64
+	// PathPrefix is REVERB_SERVER_PATH. Routes live under it, but
+	// signatures cover the path without it, as pusher-http-php signs.
+	PathPrefix string
+	// Ready reports whether the gateway accepts connections (GET /up).
+	Ready func() bool
+	// PublishTimeout bounds the wait for JetStream's ack.
+	PublishTimeout time.Duration
+	// Now is the clock for the timestamp window; nil means time.Now.
+	Now func() time.Time
+	Log zerolog.Logger
+}
+
+// TimestampWindow is how far auth_timestamp may be from now, as Pusher
+// enforces (Reverb does not check it at all).
+const TimestampWindow = 600 * time.Second
+
+// API is the HTTP handler.
+type API struct {
+	opts Options
+}
+
+// New returns the API handler.
+func New(opts Options) *API {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.PublishTimeout <= 0 {
+		opts.PublishTimeout = 5 * time.Second
+	}
+	if opts.Ready == nil {
+		opts.Ready = func() bool { return true }
+	}
+	return &API{opts: opts}
+}
+
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	path, ok := strings.CutPrefix(r.URL.Path, a.opts.PathPrefix)
+	if !ok {
+		writeError(w, http.StatusNotFound, "Not found.")
+		return
+	}
+	if path == "/up" {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			methodNotAllowed(w, "GET, HEAD")
+			return
+		}
+		if !a.opts.Ready() {
+			writeJSON(w, http.StatusServiceUnavailable, `{"health":"STARTING"}`)
+			return
+		}
+		writeJSON(w, http.StatusOK, `{"health":"OK"}`)
+		return
+	}
+	rest, ok := strings.CutPrefix(path, "/apps/")
+	if !ok {
+		writeError(w, http.StatusNotFound, "Not found.")
+		return
+	}
+	appID, action, _ := strings.Cut(rest, "/")
+	app, ok := a.opts.Apps.ByID(appID)
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("No matching application for ID [%s].", appID))
+		return
+	}
+	switch action {
+	case "events", "batch_events":
+		if r.Method != http.MethodPost {
+			methodNotAllowed(w, "POST")
+			return
+		}
+	default:
+		writeError(w, http.StatusNotFound, "Not found.")
+		return
+	}
+	body, status, err := a.readBody(r)
+	if err != nil {
+		writeError(w, status, err.Error())
+		return
+	}
+	if err := a.authenticate(r, path, app, body); err != nil {
+		writeError(w, http.StatusUnauthorized, err.Error())
+		return
+	}
+	var events []protocol.Trigger
+	if action == "events" {
+		var t protocol.Trigger
+		t, err = protocol.ParseTrigger(body, a.opts.Limits)
+		events = []protocol.Trigger{t}
+	} else {
+		events, err = protocol.ParseBatch(body, a.opts.Limits)
+	}
+	if err != nil {
+		var re *protocol.RequestError
+		if errors.As(err, &re) {
+			writeError(w, re.Status, re.Message)
+			return
+		}
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	a.enqueue(w, r, &queue.Job{AppID: app.ID, Events: events})
+}
+
+func (a *API) enqueue(w http.ResponseWriter, r *http.Request, job *queue.Job) {
+	ctx, cancel := context.WithTimeout(r.Context(), a.opts.PublishTimeout)
+	defer cancel()
+	seq, err := a.opts.Publisher.Publish(ctx, job)
+	if err != nil {
+		// Not stored means not accepted: the producer must retry, so say
+		// so with 503 rather than pretend with 200.
+		a.opts.Log.Error().Err(err).Str("app_id", job.AppID).Msg("enqueueing job")
+		writeError(w, http.StatusServiceUnavailable, "The event could not be queued; try again.")
+		return
+	}
+	a.opts.Log.Debug().Str("app_id", job.AppID).Uint64("seq", seq).Int("events", len(job.Events)).Msg("job queued")
+	writeJSON(w, http.StatusOK, `{}`)
+}
+
+func (a *API) readBody(r *http.Request) ([]byte, int, error) {
+	if r.ContentLength > a.opts.MaxBodyBytes {
+		return nil, http.StatusRequestEntityTooLarge, errors.New("Payload too large.")
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, a.opts.MaxBodyBytes+1))
+	if err != nil {
+		return nil, http.StatusBadRequest, errors.New("Could not read the request body.")
+	}
+	if int64(len(body)) > a.opts.MaxBodyBytes {
+		return nil, http.StatusRequestEntityTooLarge, errors.New("Payload too large.")
+	}
+	return body, 0, nil
+}
+
+// authenticate checks the request signature fully, as Pusher does: the key
+// must be the app's, the timestamp within the window, the version 1.0,
+// body_md5 the body's, and the signature right (compared in constant time).
+func (a *API) authenticate(r *http.Request, path string, app *config.App, body []byte) error {
+	q := r.URL.Query()
+	key, ts, version, sig := q.Get("auth_key"), q.Get("auth_timestamp"), q.Get("auth_version"), q.Get("auth_signature")
+	if key == "" || ts == "" || sig == "" {
+		return errors.New("Missing auth_key, auth_timestamp or auth_signature.")
+	}
+	if subtle.ConstantTimeCompare([]byte(key), []byte(app.Key)) != 1 {
+		return errors.New("auth_key does not belong to this app.")
+	}
+	if version != "1.0" {
+		return errors.New("auth_version must be 1.0.")
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return errors.New("auth_timestamp must be a Unix time in seconds.")
+	}
+	if d := a.opts.Now().Sub(time.Unix(sec, 0)); d > TimestampWindow || d < -TimestampWindow {
+		return fmt.Errorf("auth_timestamp is more than %d seconds from the server's time.", int(TimestampWindow/time.Second))
+	}
+	if len(body) > 0 {
+		if subtle.ConstantTimeCompare([]byte(q.Get("body_md5")), []byte(protocol.BodyMD5(body))) != 1 {
+			return errors.New("body_md5 does not match the body.")
+		}
+	}
+	if !protocol.VerifyRequestSignature(app.Secret, r.Method, path, q, sig) {
+		return errors.New("Authentication signature invalid.")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, body)
+}
+
+// writeError answers with a JSON body {"error": "..."}, which the Pusher
+// SDKs put into the exception they raise.
+func writeError(w http.ResponseWriter, status int, message string) {
+	b, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{message})
+	writeJSON(w, status, string(b))
+}
+
+func methodNotAllowed(w http.ResponseWriter, allow string) {
+	w.Header().Set("Allow", allow)
+	writeError(w, http.StatusMethodNotAllowed, "Method not allowed.")
+}

@@ -1,0 +1,241 @@
+// Package node assembles one gateway process: the NATS connection (or an
+// embedded NATS server), the job stream, the HTTP API, the gateway, and, in
+// all-in-one mode, the worker pool. cmd/gateway runs it; the integration
+// tests start it in-process exactly as the binary does.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/gateway"
+	"github.com/resoundhq/resound/pkg/httpapi"
+	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/pkg/worker"
+	"github.com/resoundhq/resound/protocol"
+)
+
+// Node is a running gateway process.
+type Node struct {
+	cfg      *config.Config
+	log      zerolog.Logger
+	ln       net.Listener
+	embedded *natsembed.Server
+	conns    []*nats.Conn
+	gw       *gateway.Server
+	pool     *worker.Pool
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	errMu    sync.Mutex
+	err      error
+	// DevApp is set when the node made a development app.
+	DevApp *config.App
+}
+
+// Options start a node.
+type Options struct {
+	Config *config.Config
+	// Listener, when set, is used instead of binding Host:Port.
+	Listener net.Listener
+	Log      zerolog.Logger
+}
+
+// Limits are the HTTP API and job limits the settings give.
+func Limits(s *config.Settings) protocol.Limits {
+	lim := protocol.DefaultLimits
+	lim.MaxDataBytes = s.MaxEventSize
+	return lim
+}
+
+// Start brings a node up and returns once it accepts connections.
+func Start(ctx context.Context, opts Options) (n *Node, err error) {
+	cfg := opts.Config
+	n = &Node{cfg: cfg, log: opts.Log}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	allInOne := cfg.NATSURL == ""
+	if allInOne {
+		dir, err := cfg.ResolvedDataDir()
+		if err != nil {
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
+		if cfg.Apps.Len() == 0 {
+			app, _, err := config.DevApp(dir)
+			if err != nil {
+				return nil, fmt.Errorf("development app: %w", err)
+			}
+			if cfg, err = cfg.WithApp(app); err != nil {
+				return nil, err
+			}
+			n.cfg = cfg
+			n.DevApp = cfg.Apps.All()[0]
+		}
+		n.embedded, err = natsembed.Start(natsembed.Options{StoreDir: filepath.Join(dir, "jetstream"), Log: opts.Log})
+		if err != nil {
+			return nil, err
+		}
+		n.log.Info().Str("store", filepath.Join(dir, "jetstream")).Msg("embedded NATS JetStream started")
+	}
+	if cfg.Apps.Len() == 0 {
+		return nil, errors.New("no app configured: set REVERB_APP_ID, REVERB_APP_KEY and REVERB_APP_SECRET, or RESOUND_APPS_FILE")
+	}
+
+	gwConn, err := n.connect("resound-gateway")
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(gwConn)
+	if err != nil {
+		return nil, err
+	}
+	setupCtx, cancelSetup := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelSetup()
+	if _, err := queue.EnsureStream(setupCtx, js, StreamOptions(&cfg.Settings)); err != nil {
+		return nil, err
+	}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+
+	if allInOne {
+		wConn, err := n.connect("resound-worker")
+		if err != nil {
+			return nil, err
+		}
+		wjs, err := jetstream.New(wConn)
+		if err != nil {
+			return nil, err
+		}
+		n.pool = worker.New(worker.Options{
+			Conn: wConn, JetStream: wjs, Limits: Limits(&cfg.Settings), Workers: cfg.Workers, Log: n.log.With().Str("component", "worker").Logger(),
+			Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+		})
+		n.goRun(func() error { return n.pool.Run(runCtx) })
+	}
+
+	var gw *gateway.Server
+	api := httpapi.New(httpapi.Options{
+		Apps: cfg.Apps, Publisher: queue.NewPublisher(js), Limits: Limits(&cfg.Settings),
+		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
+		Ready: func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() },
+		Log:   n.log.With().Str("component", "httpapi").Logger(),
+	})
+	gw, err = gateway.New(gateway.Options{
+		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path,
+		PongTimeout: cfg.PongTimeout.Duration(), Log: n.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.gw = gw
+	n.ln = opts.Listener
+	if n.ln == nil {
+		addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
+		if n.ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		}
+	}
+	n.goRun(func() error { return gw.Serve(runCtx, n.ln) })
+	for !gw.Ready() {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return n, nil
+}
+
+// StreamOptions are the job stream's limits from the settings.
+func StreamOptions(s *config.Settings) queue.StreamOptions {
+	return queue.StreamOptions{MaxBytes: s.QueueMaxBytes, MaxAge: s.QueueMaxAge.Duration()}
+}
+
+func (n *Node) connect(name string) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				n.log.Warn().Err(err).Str("conn", name).Msg("NATS disconnected")
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { n.log.Info().Str("conn", name).Msg("NATS reconnected") }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			n.log.Warn().Err(err).Str("conn", name).Msg("NATS error")
+		}),
+	}
+	var nc *nats.Conn
+	var err error
+	if n.embedded != nil {
+		nc, err = n.embedded.Connect(name, opts...)
+	} else {
+		nc, err = nats.Connect(n.cfg.NATSURL, append(opts, nats.Name(name))...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS: %w", err)
+	}
+	n.conns = append(n.conns, nc)
+	return nc, nil
+}
+
+func (n *Node) goRun(f func() error) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := f(); err != nil {
+			n.errMu.Lock()
+			if n.err == nil {
+				n.err = err
+			}
+			n.errMu.Unlock()
+			n.log.Error().Err(err).Msg("component stopped")
+		}
+	}()
+}
+
+// Addr is the address the gateway listens on.
+func (n *Node) Addr() net.Addr { return n.ln.Addr() }
+
+// Config is the configuration in force, with the development app if one
+// was made.
+func (n *Node) Config() *config.Config { return n.cfg }
+
+// Gateway is the node's gateway.
+func (n *Node) Gateway() *gateway.Server { return n.gw }
+
+// Workers is the in-process worker pool, or nil when workers run apart.
+func (n *Node) Workers() *worker.Pool { return n.pool }
+
+// Close stops everything: the gateway closes its clients with 4200, the
+// workers stop fetching, and the embedded server shuts down last.
+func (n *Node) Close() error {
+	if n.cancel != nil {
+		n.cancel()
+	}
+	n.wg.Wait()
+	for _, nc := range n.conns {
+		nc.Close()
+	}
+	if n.embedded != nil {
+		n.embedded.Shutdown()
+	}
+	n.errMu.Lock()
+	defer n.errMu.Unlock()
+	return n.err
+}

@@ -1,0 +1,170 @@
+// Package route names the NATS subjects that carry encoded events from the
+// workers to the gateways, and the envelope around each event.
+//
+// A worker publishes each channel's ready-to-write WebSocket frame once, on
+// that channel's delivery subject; a gateway subscribes to the subject only
+// while it has a local subscriber to the channel. Core NATS (not JetStream)
+// carries deliveries: the job is already durable in JetStream and is acked
+// only after its deliveries are published, so redelivery covers a worker
+// that dies half-way.
+package route
+
+import (
+	"encoding/binary"
+	"errors"
+	"strings"
+)
+
+// DeliverPrefix starts every delivery subject.
+const DeliverPrefix = "resound.deliver."
+
+// Subject is the delivery subject of a channel of an app:
+// resound.deliver.<app>.<channel>, each part escaped with EscapeToken.
+func Subject(appID, channel string) string {
+	var b strings.Builder
+	b.Grow(len(DeliverPrefix) + len(appID) + len(channel) + 8)
+	b.WriteString(DeliverPrefix)
+	writeToken(&b, appID)
+	b.WriteByte('.')
+	writeToken(&b, channel)
+	return b.String()
+}
+
+// EscapeToken makes s usable as one NATS subject token. Pusher channel
+// names may hold '.', which NATS uses between tokens; '*' and '>' are
+// wildcards and white space ends a subject. Every byte outside a safe set
+// becomes ~XX (hex); '~' itself is escaped, so the mapping is reversible
+// and distinct names never share a subject.
+func EscapeToken(s string) string {
+	if tokenSafe(s) {
+		return s
+	}
+	var b strings.Builder
+	writeToken(&b, s)
+	return b.String()
+}
+
+// UnescapeToken reverses EscapeToken.
+func UnescapeToken(t string) (string, error) {
+	if !strings.Contains(t, "~") {
+		return t, nil
+	}
+	out := make([]byte, 0, len(t))
+	for i := 0; i < len(t); i++ {
+		if t[i] != '~' {
+			out = append(out, t[i])
+			continue
+		}
+		if i+2 >= len(t) {
+			return "", errors.New("route: truncated escape")
+		}
+		hi, ok1 := unhex(t[i+1])
+		lo, ok2 := unhex(t[i+2])
+		if !ok1 || !ok2 {
+			return "", errors.New("route: bad escape")
+		}
+		out = append(out, hi<<4|lo)
+		i += 2
+	}
+	return string(out), nil
+}
+
+const hexDigits = "0123456789ABCDEF"
+
+func writeToken(b *strings.Builder, s string) {
+	if s == "" {
+		b.WriteString("~") // an empty token is not allowed; "~" alone is never produced otherwise
+		return
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if safeByte(c) {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('~')
+		b.WriteByte(hexDigits[c>>4])
+		b.WriteByte(hexDigits[c&0xF])
+	}
+}
+
+func tokenSafe(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !safeByte(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func safeByte(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	switch c {
+	case '_', '-', '=', '@', ',', ';', '#':
+		return true
+	}
+	return false
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// Delivery is one event on one channel, ready for the gateways.
+type Delivery struct {
+	// Seq is the job's JetStream stream sequence. Gateways may use it to
+	// drop a redelivered job they have already written.
+	Seq uint64
+	// ExcludeSocketID is the connection that must not receive the event.
+	ExcludeSocketID string
+	// Frame is the complete WebSocket frame, written as is.
+	Frame []byte
+}
+
+const envelopeVersion = 1
+
+// ErrBadEnvelope is returned for a delivery that cannot be decoded.
+var ErrBadEnvelope = errors.New("route: malformed delivery envelope")
+
+// AppendDelivery encodes d: a version byte, the sequence (8 bytes, big
+// endian), the excluded socket id behind a length byte, then the frame. A
+// binary envelope keeps decoding on the gateway's hot path to a few slice
+// operations, with no allocation.
+func AppendDelivery(dst []byte, d Delivery) []byte {
+	sid := d.ExcludeSocketID
+	if len(sid) > 255 {
+		sid = "" // protocol.ValidSocketID bounds real ids far below this
+	}
+	dst = append(dst, envelopeVersion)
+	dst = binary.BigEndian.AppendUint64(dst, d.Seq)
+	dst = append(dst, byte(len(sid)))
+	dst = append(dst, sid...)
+	return append(dst, d.Frame...)
+}
+
+// ParseDelivery decodes an envelope. The returned slices alias b.
+func ParseDelivery(b []byte) (seq uint64, excludeSocketID []byte, frame []byte, err error) {
+	if len(b) < 10 || b[0] != envelopeVersion {
+		return 0, nil, nil, ErrBadEnvelope
+	}
+	seq = binary.BigEndian.Uint64(b[1:9])
+	n := int(b[9])
+	if len(b) < 10+n {
+		return 0, nil, nil, ErrBadEnvelope
+	}
+	return seq, b[10 : 10+n], b[10+n:], nil
+}

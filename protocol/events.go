@@ -1,0 +1,149 @@
+package protocol
+
+import "strconv"
+
+// Version is the Pusher protocol version Resound speaks.
+const Version = 7
+
+// Event names on the wire.
+const (
+	EventConnectionEstablished = "pusher:connection_established"
+	EventError                 = "pusher:error"
+	EventPing                  = "pusher:ping"
+	EventPong                  = "pusher:pong"
+	EventSubscribe             = "pusher:subscribe"
+	EventUnsubscribe           = "pusher:unsubscribe"
+	EventSignin                = "pusher:signin"
+	EventSubscriptionError     = "pusher:subscription_error"
+	EventCacheMiss             = "pusher:cache_miss"
+	EventSubscriptionSucceeded = "pusher_internal:subscription_succeeded"
+	EventMemberAdded           = "pusher_internal:member_added"
+	EventMemberRemoved         = "pusher_internal:member_removed"
+
+	// ClientEventPrefix starts the name of every event a client may send to
+	// other clients.
+	ClientEventPrefix = "client-"
+	// PusherEventPrefix starts every name Pusher reserves; producers may not
+	// trigger events with it.
+	PusherEventPrefix = "pusher"
+)
+
+// Error codes, as Pusher's protocol documents them. The range says what
+// pusher-js does on a close with that code: 4000–4099 don't reconnect,
+// 4100–4199 reconnect after backing off, 4200–4299 reconnect at once.
+const (
+	CodeSSLOnly             = 4000
+	CodeAppNotFound         = 4001
+	CodeAppDisabled         = 4003
+	CodeOverQuota           = 4004
+	CodePathNotFound        = 4005
+	CodeInvalidVersion      = 4006
+	CodeUnsupportedProtocol = 4007
+	CodeNoProtocol          = 4008
+	CodeUnauthorized        = 4009
+	CodeOverCapacity        = 4100
+	CodeReconnect           = 4200
+	CodePongTimeout         = 4201
+	CodeInactivity          = 4202
+	CodeClientRateLimit     = 4301
+)
+
+// CodeInvalidMessage answers a frame that is not a Pusher message (bad JSON,
+// a field of the wrong type, an unknown pusher: event). Pusher documents no
+// code for this; Reverb sends 4200 "Invalid message format" and keeps the
+// connection open, and pusher-js only surfaces a pusher:error received after
+// connecting as an "error" event, so Resound does the same.
+const CodeInvalidMessage = CodeReconnect
+
+// WebSocket close codes (RFC 6455 §7.4.1) Resound uses.
+const (
+	CloseNormal          = 1000
+	CloseGoingAway       = 1001
+	CloseProtocolError   = 1002
+	CloseInvalidPayload  = 1007
+	CloseMessageTooBig   = 1009
+	CloseInternalError   = 1011
+	CloseReasonTooBigMsg = "Maximum message size exceeded"
+)
+
+// AppendConnectionEstablished appends the first message of every
+// connection. activity_timeout is in seconds and must be non-zero:
+// pusher-js fails the handshake without it.
+func AppendConnectionEstablished(dst []byte, socketID string, activityTimeoutSeconds int) []byte {
+	inner := make([]byte, 0, 64)
+	inner = append(inner, `{"socket_id":`...)
+	inner = AppendString(inner, socketID)
+	inner = append(inner, `,"activity_timeout":`...)
+	inner = strconv.AppendInt(inner, int64(activityTimeoutSeconds), 10)
+	inner = append(inner, '}')
+	dst = append(dst, `{"event":"pusher:connection_established","data":`...)
+	dst = AppendString(dst, string(inner))
+	return append(dst, '}')
+}
+
+// AppendError appends a pusher:error. Like Reverb, data is a JSON-encoded
+// string (Pusher's own examples show an object; pusher-js accepts both).
+func AppendError(dst []byte, code int, message string) []byte {
+	inner := make([]byte, 0, 32+len(message))
+	inner = append(inner, `{"code":`...)
+	inner = strconv.AppendInt(inner, int64(code), 10)
+	inner = append(inner, `,"message":`...)
+	inner = AppendString(inner, message)
+	inner = append(inner, '}')
+	dst = append(dst, `{"event":"pusher:error","data":`...)
+	dst = AppendString(dst, string(inner))
+	return append(dst, '}')
+}
+
+// AppendSubscriptionSucceeded appends the reply to a successful
+// subscription to a public or private channel.
+func AppendSubscriptionSucceeded(dst []byte, channel string) []byte {
+	dst = append(dst, `{"event":"pusher_internal:subscription_succeeded","channel":`...)
+	dst = AppendString(dst, channel)
+	return append(dst, `,"data":"{}"}`...)
+}
+
+// AppendSubscriptionError appends a channel-scoped pusher:subscription_error.
+// Reverb sends only a channel-less pusher:error, which never reaches
+// laravel-echo's .error() nor pusher-js's channel listeners; this event,
+// shaped like the one pusher-js raises itself when its auth endpoint
+// fails, does.
+func AppendSubscriptionError(dst []byte, channel, errType, message string, status int) []byte {
+	inner := make([]byte, 0, 48+len(message))
+	inner = append(inner, `{"type":`...)
+	inner = AppendString(inner, errType)
+	inner = append(inner, `,"error":`...)
+	inner = AppendString(inner, message)
+	inner = append(inner, `,"status":`...)
+	inner = strconv.AppendInt(inner, int64(status), 10)
+	inner = append(inner, '}')
+	dst = append(dst, `{"event":"pusher:subscription_error","channel":`...)
+	dst = AppendString(dst, channel)
+	dst = append(dst, `,"data":`...)
+	dst = AppendString(dst, string(inner))
+	return append(dst, '}')
+}
+
+// Fixed server messages. Pusher says ping and pong carry empty data.
+var (
+	MessagePing = []byte(`{"event":"pusher:ping","data":"{}"}`)
+	MessagePong = []byte(`{"event":"pusher:pong","data":"{}"}`)
+)
+
+// AppendChannelEvent appends an event on a channel as subscribers receive
+// it. data is the producer's string, passed through untouched (encrypted
+// channels depend on that). userID is set only for client events on
+// presence channels; pass "" to omit it.
+func AppendChannelEvent(dst []byte, event, channel, data, userID string) []byte {
+	dst = append(dst, `{"event":`...)
+	dst = AppendString(dst, event)
+	dst = append(dst, `,"channel":`...)
+	dst = AppendString(dst, channel)
+	dst = append(dst, `,"data":`...)
+	dst = AppendString(dst, data)
+	if userID != "" {
+		dst = append(dst, `,"user_id":`...)
+		dst = AppendString(dst, userID)
+	}
+	return append(dst, '}')
+}
