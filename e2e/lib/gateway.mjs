@@ -200,7 +200,12 @@ export class Gateway {
   async stop() {
     if (!this.exited) {
       this.child.kill('SIGTERM');
-      const t = setTimeout(() => { if (!this.exited) this.child.kill('SIGKILL'); }, STOP_GRACE_MS);
+      const t = setTimeout(() => {
+        if (this.exited) return;
+        this.killed = true;
+        process.stderr.write(`gateway pid ${this.child.pid} did not exit ${STOP_GRACE_MS} ms after SIGTERM; sending SIGKILL\n`);
+        this.child.kill('SIGKILL');
+      }, STOP_GRACE_MS);
       await this.exitPromise;
       clearTimeout(t);
     }

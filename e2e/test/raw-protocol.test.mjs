@@ -55,27 +55,69 @@ gwTest(ref, 'malformed JSON gets pusher:error and the connection stays open', 10
   assert.ok(raw.isOpen, 'connection must stay open');
 });
 
-gwTest(ref, 'a message just under the max message size (10000 bytes) is accepted', 10_000, async (t, gw) => {
+const MAX_MESSAGE_SIZE = 10_000; // the default max_message_size
+
+/** A pusher:ping message of exactly `size` bytes. */
+function pingOfSize(size) {
+  const base = JSON.stringify({ event: 'pusher:ping', data: { pad: '' } });
+  const msg = JSON.stringify({ event: 'pusher:ping', data: { pad: 'x'.repeat(size - base.length) } });
+  assert.equal(Buffer.byteLength(msg), size);
+  return msg;
+}
+
+gwTest(ref, 'a message of exactly the max message size (10000 bytes) is accepted', 10_000, async (t, gw) => {
   const { raw } = await openEstablished(gw);
   t.after(() => raw.close());
   const from = raw.messages.items.length;
-  const base = JSON.stringify({ event: 'pusher:ping', data: { pad: '' } });
-  const msg = JSON.stringify({ event: 'pusher:ping', data: { pad: 'x'.repeat(9000 - base.length) } });
-  assert.equal(Buffer.byteLength(msg), 9000);
-  raw.send(msg);
-  await raw.waitForMessage((d) => d.event === 'pusher:pong', 5000, 'pusher:pong to a 9000-byte ping', from);
+  raw.send(pingOfSize(MAX_MESSAGE_SIZE));
+  await raw.waitForMessage((d) => d.event === 'pusher:pong', 5000, `pusher:pong to a ${MAX_MESSAGE_SIZE}-byte ping`, from);
   assert.ok(raw.isOpen);
 });
 
-gwTest(ref, 'a message larger than the max message size (10000 bytes) is closed with 1009', 10_000, async (t, gw) => {
+gwTest(ref, 'a message one byte over the max message size is closed with 1009', 10_000, async (t, gw) => {
+  const { raw } = await openEstablished(gw);
+  t.after(() => raw.close());
+  raw.send(pingOfSize(MAX_MESSAGE_SIZE + 1));
+  const { code } = await raw.waitClose(5000);
+  assert.equal(code, 1009, `close code (messages: ${raw.messages.items.map((m) => m.raw).join(' | ')})`);
+});
+
+gwTest(ref, 'a large client event (20 KB) on a subscribed channel is closed with 1009', 10_000, async (t, gw) => {
   const { raw } = await openEstablished(gw);
   t.after(() => raw.close());
   const channel = uniqueChannel('raw-big');
   raw.send({ event: 'pusher:subscribe', data: { channel } });
   await raw.waitForMessage((d) => d.event === 'pusher_internal:subscription_succeeded', 5000, 'subscription_succeeded');
   const msg = JSON.stringify({ event: 'client-big', channel, data: { pad: 'x'.repeat(20_000) } });
-  assert.ok(Buffer.byteLength(msg) > 10_000);
+  assert.ok(Buffer.byteLength(msg) > MAX_MESSAGE_SIZE);
   raw.send(msg);
   const { code } = await raw.waitClose(5000);
   assert.equal(code, 1009);
+});
+
+/** Sends `msg` as a fragmented WebSocket message of `parts` frames. */
+function sendFragmented(raw, msg, parts) {
+  const buf = Buffer.from(msg);
+  const step = Math.ceil(buf.length / parts);
+  for (let off = 0; off < buf.length; off += step) {
+    const chunk = buf.subarray(off, Math.min(off + step, buf.length));
+    raw.ws.send(chunk, { binary: false, fin: off + step >= buf.length });
+  }
+}
+
+gwTest(ref, 'a message fragmented into several frames is reassembled', 10_000, async (t, gw) => {
+  const { raw } = await openEstablished(gw);
+  t.after(() => raw.close());
+  const from = raw.messages.items.length;
+  sendFragmented(raw, pingOfSize(3000), 3);
+  await raw.waitForMessage((d) => d.event === 'pusher:pong', 5000, 'pusher:pong to a fragmented ping', from);
+  assert.ok(raw.isOpen);
+});
+
+gwTest(ref, 'a fragmented message whose frames add up to more than the max message size is closed with 1009', 10_000, async (t, gw) => {
+  const { raw } = await openEstablished(gw);
+  t.after(() => raw.close());
+  sendFragmented(raw, pingOfSize(12_000), 4); // every frame is under 10000 bytes
+  const { code } = await raw.waitClose(5000);
+  assert.equal(code, 1009, `close code (messages: ${raw.messages.items.map((m) => m.raw).join(' | ')})`);
 });

@@ -27,7 +27,10 @@ const (
 type poller struct {
 	srv  *Server
 	epfd int
-	buf  []byte
+	// wakefd is an eventfd in the epoll set, so that stopping does not wait
+	// for epoll_wait's timeout.
+	wakefd int
+	buf    []byte
 
 	mu    sync.RWMutex
 	conns map[int]*conn // by descriptor
@@ -44,7 +47,24 @@ func newPoller(srv *Server) (*poller, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &poller{srv: srv, epfd: fd, buf: make([]byte, readBufferSize), conns: make(map[int]*conn)}, nil
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		_ = unix.Close(fd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}
+	if err := unix.EpollCtl(fd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
+		_ = unix.Close(fd)
+		_ = unix.Close(wake)
+		return nil, err
+	}
+	return &poller{srv: srv, epfd: fd, wakefd: wake, buf: make([]byte, readBufferSize), conns: make(map[int]*conn)}, nil
+}
+
+// wake interrupts epoll_wait.
+func (p *poller) wake() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(p.wakefd, one[:])
 }
 
 // add registers a connection. Edge-triggered, with read and write interest
@@ -103,6 +123,11 @@ func (p *poller) run(done <-chan struct{}) {
 		}
 		for i := 0; i < n; i++ {
 			ev := events[i]
+			if int(ev.Fd) == p.wakefd {
+				var b [8]byte
+				_, _ = unix.Read(p.wakefd, b[:])
+				continue
+			}
 			c := p.lookup(int(ev.Fd))
 			if c == nil {
 				continue

@@ -172,6 +172,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	close(done)
+	for _, p := range s.pollers {
+		p.wake()
+	}
 	wg.Wait()
 	for _, p := range s.pollers {
 		p.mu.Lock()
@@ -184,6 +187,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		p.conns = map[int]*conn{}
 		p.mu.Unlock()
 		_ = unix.Close(p.epfd)
+		_ = unix.Close(p.wakefd)
 	}
 	return nil
 }
@@ -340,16 +344,21 @@ func newSocketID() (uint64, uint64) {
 }
 
 func peekLine(br *bufio.Reader) ([]byte, error) {
-	for n := 1; ; n = br.Buffered() + 1 {
-		b, err := br.Peek(n)
+	if _, err := br.Peek(1); err != nil {
+		return nil, err
+	}
+	for {
+		// Look at everything already read before asking for one byte more:
+		// Peek blocks until it has all it was asked for.
+		b, _ := br.Peek(br.Buffered())
 		if i := bytes.IndexByte(b, '\n'); i >= 0 {
 			return b[:i], nil
 		}
-		if err != nil {
-			return nil, err
-		}
-		if n >= br.Size() {
+		if len(b) >= br.Size() {
 			return nil, errors.New("request line too long")
+		}
+		if _, err := br.Peek(len(b) + 1); err != nil {
+			return nil, err
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"hash/fnv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,6 +25,10 @@ import (
 // AppExists tells whether an app id is configured. Jobs for other apps are
 // rejected, so that a stray publish cannot reach anyone.
 type AppExists func(appID string) bool
+
+// drainTimeout bounds how long a stopping pool waits for in-flight jobs;
+// what it does not finish is redelivered.
+const drainTimeout = 5 * time.Second
 
 // Options configure a Pool.
 type Options struct {
@@ -113,7 +118,11 @@ func (p *Pool) Run(ctx context.Context) error {
 	// Drain stops fetching and lets the messages already delivered to the
 	// handler finish; what is not acked is redelivered to another worker.
 	cc.Drain()
-	<-cc.Closed()
+	select {
+	case <-cc.Closed():
+	case <-time.After(drainTimeout):
+		cc.Stop()
+	}
 	for _, ch := range p.shards {
 		close(ch)
 	}
