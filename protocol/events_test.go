@@ -65,11 +65,6 @@ func parseEvent(t *testing.T, b []byte) (map[string]any, any) {
 	return obj, parseJSON(t, []byte(s))
 }
 
-func jsonOf(t *testing.T, s string) any {
-	t.Helper()
-	return parseJSON(t, []byte(s))
-}
-
 func TestAppendConnectionEstablished(t *testing.T) {
 	tests := []struct {
 		socketID string

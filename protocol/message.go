@@ -6,7 +6,11 @@ import (
 )
 
 // ErrInvalidMessage is returned for a frame that is not a Pusher message.
-var ErrInvalidMessage = errors.New("Invalid message format")
+var ErrInvalidMessage = errors.New("invalid message format")
+
+// MessageInvalidFormat is the pusher:error text for such a frame, Reverb's
+// wording.
+const MessageInvalidFormat = "Invalid message format"
 
 // ClientMessage is one message a client sent.
 type ClientMessage struct {

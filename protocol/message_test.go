@@ -116,8 +116,8 @@ func TestParseClientMessage(t *testing.T) {
 			}
 		})
 	}
-	if ErrInvalidMessage.Error() != "Invalid message format" {
-		t.Errorf("ErrInvalidMessage = %q, want Reverb's %q", ErrInvalidMessage, "Invalid message format")
+	if MessageInvalidFormat != "Invalid message format" {
+		t.Errorf("MessageInvalidFormat = %q, want Reverb's %q", MessageInvalidFormat, "Invalid message format")
 	}
 }
 

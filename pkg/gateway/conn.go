@@ -165,12 +165,6 @@ func (c *conn) abortLocked() {
 	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
 }
 
-func (c *conn) abort() {
-	c.mu.Lock()
-	c.abortLocked()
-	c.mu.Unlock()
-}
-
 func (c *conn) isOpen() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()

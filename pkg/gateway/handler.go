@@ -114,7 +114,7 @@ func (s *Server) handleFrame(c *conn, h frameHeader, payload []byte) {
 func (s *Server) handleMessage(c *conn, msg []byte) {
 	m, err := protocol.ParseClientMessage(msg)
 	if err != nil {
-		s.sendError(c, protocol.CodeInvalidMessage, protocol.ErrInvalidMessage.Error())
+		s.sendError(c, protocol.CodeInvalidMessage, protocol.MessageInvalidFormat)
 		return
 	}
 	switch m.Event {
@@ -156,7 +156,7 @@ func (s *Server) subscriptionError(c *conn, channel, errType, message string, st
 func (s *Server) subscribe(c *conn, m protocol.ClientMessage) {
 	d, err := protocol.ParseSubscribeData(m.Data)
 	if err != nil {
-		s.sendError(c, protocol.CodeInvalidMessage, protocol.ErrInvalidMessage.Error())
+		s.sendError(c, protocol.CodeInvalidMessage, protocol.MessageInvalidFormat)
 		return
 	}
 	name := d.Channel
@@ -201,7 +201,7 @@ func (s *Server) subscribe(c *conn, m protocol.ClientMessage) {
 func (s *Server) unsubscribe(c *conn, m protocol.ClientMessage) {
 	name, err := protocol.ParseUnsubscribeData(m.Data)
 	if err != nil {
-		s.sendError(c, protocol.CodeInvalidMessage, protocol.ErrInvalidMessage.Error())
+		s.sendError(c, protocol.CodeInvalidMessage, protocol.MessageInvalidFormat)
 		return
 	}
 	for i, ch := range c.channels {

@@ -90,12 +90,6 @@ func (p *poller) lookup(fd int) *conn {
 	return c
 }
 
-func (p *poller) count() int {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	return len(p.conns)
-}
-
 // run waits for readiness until done is closed.
 func (p *poller) run(done <-chan struct{}) {
 	events := make([]unix.EpollEvent, 256)

@@ -26,9 +26,8 @@ const (
 )
 
 var (
-	errNeedMore     = errors.New("need more bytes")
-	errProtocol     = errors.New("websocket protocol error")
-	errFrameTooLong = errors.New("frame larger than allowed")
+	errNeedMore = errors.New("need more bytes")
+	errProtocol = errors.New("websocket protocol error")
 )
 
 // parseFrameHeader reads a client frame header from b. It parses from a

@@ -47,6 +47,12 @@ type Options struct {
 	Log zerolog.Logger
 }
 
+// apiError is a message for the client, worded for people, which is why it
+// is capitalized and punctuated.
+type apiError string
+
+func (e apiError) Error() string { return string(e) }
+
 // TimestampWindow is how far auth_timestamp may be from now, as Pusher
 // enforces (Reverb does not check it at all).
 const TimestampWindow = 600 * time.Second
@@ -155,14 +161,14 @@ func (a *API) enqueue(w http.ResponseWriter, r *http.Request, job *queue.Job) {
 
 func (a *API) readBody(r *http.Request) ([]byte, int, error) {
 	if r.ContentLength > a.opts.MaxBodyBytes {
-		return nil, http.StatusRequestEntityTooLarge, errors.New("Payload too large.")
+		return nil, http.StatusRequestEntityTooLarge, apiError("Payload too large.")
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, a.opts.MaxBodyBytes+1))
 	if err != nil {
-		return nil, http.StatusBadRequest, errors.New("Could not read the request body.")
+		return nil, http.StatusBadRequest, apiError("Could not read the request body.")
 	}
 	if int64(len(body)) > a.opts.MaxBodyBytes {
-		return nil, http.StatusRequestEntityTooLarge, errors.New("Payload too large.")
+		return nil, http.StatusRequestEntityTooLarge, apiError("Payload too large.")
 	}
 	return body, 0, nil
 }
@@ -174,28 +180,28 @@ func (a *API) authenticate(r *http.Request, path string, app *config.App, body [
 	q := r.URL.Query()
 	key, ts, version, sig := q.Get("auth_key"), q.Get("auth_timestamp"), q.Get("auth_version"), q.Get("auth_signature")
 	if key == "" || ts == "" || sig == "" {
-		return errors.New("Missing auth_key, auth_timestamp or auth_signature.")
+		return apiError("Missing auth_key, auth_timestamp or auth_signature.")
 	}
 	if subtle.ConstantTimeCompare([]byte(key), []byte(app.Key)) != 1 {
-		return errors.New("auth_key does not belong to this app.")
+		return apiError("auth_key does not belong to this app.")
 	}
 	if version != "1.0" {
-		return errors.New("auth_version must be 1.0.")
+		return apiError("auth_version must be 1.0.")
 	}
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return errors.New("auth_timestamp must be a Unix time in seconds.")
+		return apiError("auth_timestamp must be a Unix time in seconds.")
 	}
 	if d := a.opts.Now().Sub(time.Unix(sec, 0)); d > TimestampWindow || d < -TimestampWindow {
-		return fmt.Errorf("auth_timestamp is more than %d seconds from the server's time.", int(TimestampWindow/time.Second))
+		return apiError(fmt.Sprintf("auth_timestamp is more than %d seconds from the server's time.", int(TimestampWindow/time.Second)))
 	}
 	if len(body) > 0 {
 		if subtle.ConstantTimeCompare([]byte(q.Get("body_md5")), []byte(protocol.BodyMD5(body))) != 1 {
-			return errors.New("body_md5 does not match the body.")
+			return apiError("body_md5 does not match the body.")
 		}
 	}
 	if !protocol.VerifyRequestSignature(app.Secret, r.Method, path, q, sig) {
-		return errors.New("Authentication signature invalid.")
+		return apiError("Authentication signature invalid.")
 	}
 	return nil
 }

@@ -103,11 +103,21 @@ type Frame struct {
 // ReadFrame reads the next frame, failing the test after timeout.
 func (c *Client) ReadFrame(timeout time.Duration) (Frame, error) {
 	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
-	f, err := ws.ReadFrame(c.br)
+	h, err := ws.ReadHeader(c.br)
 	if err != nil {
 		return Frame{}, err
 	}
-	return Frame{OpCode: f.Header.OpCode, Payload: f.Payload}, nil
+	if h.Length > 16<<20 {
+		return Frame{}, fmt.Errorf("frame of %d bytes", h.Length)
+	}
+	payload := make([]byte, h.Length)
+	if _, err := io.ReadFull(c.br, payload); err != nil {
+		return Frame{}, err
+	}
+	if h.Masked {
+		ws.Cipher(payload, h.Mask, 0)
+	}
+	return Frame{OpCode: h.OpCode, Payload: payload}, nil
 }
 
 // Read reads the next Pusher message, skipping nothing.
