@@ -45,6 +45,7 @@ type conn struct {
 	lastSeen   int64 // unix nanos of the last frame received
 	pingSentAt int64 // unix nanos of our unanswered ping, or 0
 	channels   []*channel
+	destroyed  bool // set by poller.destroy; the descriptor may already be reused
 
 	// mu guards the write side: deliveries write from other goroutines.
 	// The socket write happens under mu, so a write can never land on a

@@ -9,8 +9,14 @@ import (
 // runDispatcher writes each delivery it receives to the channel's local
 // subscribers. The frame arrives encoded; the same bytes go to every
 // socket, with no copy and no allocation per subscriber.
-func (s *Server) runDispatcher(in <-chan *nats.Msg) {
-	for m := range in {
+func (s *Server) runDispatcher(in <-chan *nats.Msg, done <-chan struct{}) {
+	for {
+		var m *nats.Msg
+		select {
+		case m = <-in:
+		case <-done:
+			return
+		}
 		_, exclude, frame, err := route.ParseDelivery(m.Data)
 		if err != nil {
 			s.log.Warn().Str("subject", m.Subject).Msg("dropping malformed delivery")

@@ -110,6 +110,20 @@ func (h *hub) unsubscribe(ch *channel, c *conn) {
 	h.release(ch)
 }
 
+// clear drops every channel and its NATS subscription; the gateway is
+// stopping.
+func (h *hub) clear() {
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		for subject, ch := range sh.channels {
+			_ = ch.nsub.Unsubscribe()
+			delete(sh.channels, subject)
+		}
+		sh.mu.Unlock()
+	}
+}
+
 func (h *hub) lookup(subject string) *channel {
 	sh := h.shardFor(subject)
 	sh.mu.Lock()

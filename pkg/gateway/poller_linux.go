@@ -143,6 +143,9 @@ func (p *poller) run(done <-chan struct{}) {
 
 // readFrom reads what the socket holds and handles every whole frame.
 func (p *poller) readFrom(c *conn) {
+	if c.destroyed {
+		return // queued on the ready list before it was destroyed
+	}
 	for i := 0; i < maxReadsPerWake; i++ {
 		n, err := unix.Read(c.fd, p.buf)
 		switch {
@@ -177,6 +180,7 @@ func (p *poller) destroy(c *conn) {
 		return
 	}
 	c.state = stateDead
+	c.destroyed = true
 	c.out = nil
 	// Forget the descriptor before closing it: once closed, its number can
 	// be handed to a new connection at once.

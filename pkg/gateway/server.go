@@ -140,12 +140,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		go func() { defer wg.Done(); p.run(done) }()
 	}
 	for _, d := range s.dispatch {
-		go s.runDispatcher(d)
+		wg.Add(1)
+		go func() { defer wg.Done(); s.runDispatcher(d, done) }()
 	}
 	s.httpConns = newConnListener(ln.Addr())
 	httpSrv := &http.Server{
 		Handler:           s.opts.HTTP,
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
+		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          nil,
 	}
@@ -189,6 +191,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		_ = unix.Close(p.epfd)
 		_ = unix.Close(p.wakefd)
 	}
+	s.hub.clear()
 	return nil
 }
 
@@ -304,14 +307,13 @@ func (s *Server) attach(nc net.Conn, app *config.App) error {
 	}
 	fd := -1
 	var dupErr error
-	if err := raw.Control(func(f uintptr) { fd, dupErr = unix.Dup(int(f)) }); err != nil {
+	if err := raw.Control(func(f uintptr) { fd, dupErr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
 		return err
 	}
 	if dupErr != nil {
 		return dupErr
 	}
 	_ = nc.Close()
-	unix.CloseOnExec(fd)
 	if err := unix.SetNonblock(fd, true); err != nil {
 		_ = unix.Close(fd)
 		return err
