@@ -1,0 +1,440 @@
+package multiprocess
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/resoundhq/resound/pkg/pushertest"
+)
+
+// The app every multi-process test configures through REVERB_APP_*.
+const (
+	appID  = "123456"
+	appKey = "reverb-key"
+	secret = "reverb-secret"
+)
+
+// Bounds on every wait.
+const (
+	startTimeout = 20 * time.Second // a process becoming ready
+	stopGrace    = 5 * time.Second  // SIGTERM before SIGKILL
+	buildTimeout = 5 * time.Minute
+)
+
+// binDir holds gateway, worker and nats-server, built once by TestMain.
+var binDir string
+
+func TestMain(m *testing.M) { os.Exit(run(m)) }
+
+func run(m *testing.M) int {
+	root, err := moduleRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "multiprocess:", err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "resound-multiprocess-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "multiprocess:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+
+	builds := []struct{ out, pkg string }{
+		{"gateway", "./cmd/gateway"},
+		{"worker", "./cmd/worker"},
+		{"nats-server", "github.com/nats-io/nats-server/v2"}, // the go.mod tool directive
+	}
+	errs := make([]error, len(builds))
+	var wg sync.WaitGroup
+	for i, b := range builds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				errs[i] = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintln(os.Stderr, "multiprocess:", err)
+		return 1
+	}
+	binDir = dir
+	return m.Run()
+}
+
+// moduleRoot walks up from the working directory (tests/multiprocess when
+// run by go test) to the go.mod of the Resound module.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.Contains(b, []byte("module github.com/resoundhq/resound\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod of github.com/resoundhq/resound above the working directory")
+		}
+		dir = parent
+	}
+}
+
+var (
+	portsMu sync.Mutex
+	ports   = map[int]bool{}
+)
+
+// freePort returns a loopback port nothing listens on, never the same one
+// twice in a run.
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		_ = ln.Close()
+		portsMu.Lock()
+		used := ports[port]
+		ports[port] = true
+		portsMu.Unlock()
+		if !used {
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// proc is a child process whose stdout and stderr go to one log file.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{} // closed once the process has been waited for
+}
+
+// startProc starts bin from binDir with only PATH and env in its
+// environment, in a fresh working directory. It is stopped when the test
+// ends, and its log's tail is printed if the test failed.
+func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(binDir, bin), args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	cmd.Dir = t.TempDir()
+	cmd.Stdout = f
+	cmd.Stderr = f
+	err = cmd.Start()
+	_ = f.Close() // the child has its own descriptor
+	if err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop(t)
+		if t.Failed() {
+			t.Logf("--- last lines of %s (%s) ---\n%s", name, logPath, p.tail(40))
+		}
+	})
+	return p
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM and, if the process has not exited after stopGrace,
+// SIGKILL. It returns the exit code (-1 when killed by a signal).
+func (p *proc) stop(t *testing.T) int {
+	if !p.exited() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(stopGrace):
+			t.Errorf("%s did not exit within %v of SIGTERM; killing it", p.name, stopGrace)
+			p.kill(t)
+		}
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// kill sends SIGKILL and waits for the process to be reaped.
+func (p *proc) kill(t *testing.T) {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.done:
+	case <-time.After(stopGrace):
+		t.Fatalf("%s survived SIGKILL for %v", p.name, stopGrace)
+	}
+}
+
+func (p *proc) output() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+func (p *proc) tail(n int) string {
+	lines := strings.Split(strings.TrimRight(p.output(), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// poll waits for cond to hold. It gives up after timeout, or as soon as p
+// (if not nil) exits.
+func poll(p *proc, timeout time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if p != nil && p.exited() {
+			return fmt.Errorf("%s exited (code %d) while waiting for %s", p.name, p.cmd.ProcessState.ExitCode(), what)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no %s within %v", what, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// waitFor is poll that fails the test.
+func waitFor(t *testing.T, p *proc, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if err := poll(p, timeout, what, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// portTaken tells whether p failed because its port was taken between
+// freePort and the bind (another process on the machine got it first).
+func (p *proc) portTaken() bool {
+	return p.exited() && strings.Contains(p.output(), "address already in use")
+}
+
+// bindAttempts is how often a process is retried on fresh ports when the
+// free port it was given was taken.
+const bindAttempts = 3
+
+// waitLog waits until p's output holds s.
+func (p *proc) waitLog(t *testing.T, s string) {
+	t.Helper()
+	waitFor(t, p, startTimeout, fmt.Sprintf("%q in the output of %s", s, p.name), func() bool {
+		return strings.Contains(p.output(), s)
+	})
+}
+
+// logMessages returns the "message" field of p's JSON log lines at level.
+func (p *proc) logMessages(level string) []string {
+	var out []string
+	for _, line := range strings.Split(p.output(), "\n") {
+		var l struct {
+			Level   string `json:"level"`
+			Message string `json:"message"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Level == level {
+			out = append(out, l.Message)
+		}
+	}
+	return out
+}
+
+// startNATS runs nats-server with JetStream on loopback and returns its
+// client and monitoring URLs once /healthz (which includes JetStream)
+// answers 200.
+func startNATS(t *testing.T) (clientURL string, monitorURL string) {
+	t.Helper()
+	hc := &http.Client{Timeout: 2 * time.Second}
+	for attempt := 1; ; attempt++ {
+		port, mport := freePort(t), freePort(t)
+		p := startProc(t, "nats-server", "nats-server", nil,
+			"-js", "-sd", t.TempDir(), "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-m", strconv.Itoa(mport))
+		monitorURL = "http://127.0.0.1:" + strconv.Itoa(mport)
+		err := poll(p, startTimeout, "healthy nats-server", func() bool {
+			resp, err := hc.Get(monitorURL + "/healthz")
+			if err != nil {
+				return false
+			}
+			_ = resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		})
+		if err == nil {
+			return "nats://127.0.0.1:" + strconv.Itoa(port), monitorURL
+		}
+		if !p.portTaken() || attempt == bindAttempts {
+			t.Fatal(err)
+		}
+	}
+}
+
+// appEnv configures the test app and JSON logs.
+func appEnv() []string {
+	return []string{
+		"REVERB_APP_ID=" + appID, "REVERB_APP_KEY=" + appKey, "REVERB_APP_SECRET=" + secret,
+		"RESOUND_LOG_FORMAT=json", "RESOUND_LOG_LEVEL=info",
+	}
+}
+
+// gatewayProc is a running gateway process.
+type gatewayProc struct {
+	*proc
+	port int
+	addr string
+	api  *pushertest.API
+}
+
+// startGateway runs a gateway against natsURL on port (0: a free one) and
+// waits until GET /up answers 200.
+func startGateway(t *testing.T, name, natsURL string, port int) *gatewayProc {
+	t.Helper()
+	env := append(appEnv(), "NATS_URL="+natsURL)
+	p, port := startListening(t, name, env, port)
+	g := &gatewayProc{proc: p, port: port, addr: "127.0.0.1:" + strconv.Itoa(port)}
+	g.api = newAPI(g.addr, appID, appKey, secret)
+	return g
+}
+
+// startListening starts gateway with env on 127.0.0.1:port and waits for
+// GET /up to answer 200 {"health":"OK"}. With port 0 it picks a free port,
+// and picks another if that one was taken before the gateway bound it.
+func startListening(t *testing.T, name string, env []string, port int) (*proc, int) {
+	t.Helper()
+	hc := &http.Client{Timeout: 2 * time.Second}
+	for attempt := 1; ; attempt++ {
+		p0 := port
+		if p0 == 0 {
+			p0 = freePort(t)
+		}
+		addr := "127.0.0.1:" + strconv.Itoa(p0)
+		p := startProc(t, name, "gateway", append(env, "REVERB_SERVER_HOST=127.0.0.1", "REVERB_SERVER_PORT="+strconv.Itoa(p0)))
+		err := poll(p, startTimeout, "GET /up 200 from "+name, func() bool {
+			resp, err := hc.Get("http://" + addr + "/up")
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			var body map[string]string
+			return resp.StatusCode == http.StatusOK && json.Unmarshal(b, &body) == nil && body["health"] == "OK"
+		})
+		if err == nil {
+			return p, p0
+		}
+		if port != 0 || !p.portTaken() || attempt == bindAttempts {
+			t.Fatal(err)
+		}
+	}
+}
+
+func newAPI(addr, id, key, sec string) *pushertest.API {
+	return &pushertest.API{BaseURL: "http://" + addr, AppID: id, Key: key, Secret: sec,
+		Client: &http.Client{Timeout: 10 * time.Second}}
+}
+
+// launchWorker starts a worker process without waiting for it.
+func launchWorker(t *testing.T, name, natsURL string) *proc {
+	t.Helper()
+	return startProc(t, name, "worker", append(appEnv(), "NATS_URL="+natsURL, "RESOUND_WORKERS=2"))
+}
+
+const workerReady = `"message":"worker started"`
+
+// startWorker starts a worker process and waits for it to log that it
+// started.
+func startWorker(t *testing.T, name, natsURL string) *proc {
+	t.Helper()
+	w := launchWorker(t, name, natsURL)
+	w.waitLog(t, workerReady)
+	return w
+}
+
+// runOnce runs bin to completion (bounded) and returns its stdout, stderr
+// and exit code.
+func runOnce(t *testing.T, bin string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, bin), args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	cmd.Dir = t.TempDir()
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("%s %v did not exit within %v; stderr:\n%s", bin, args, startTimeout, e.String())
+	}
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("running %s: %v", bin, err)
+	}
+	return o.String(), e.String(), cmd.ProcessState.ExitCode()
+}
+
+func mustOK(t *testing.T, r pushertest.Response) {
+	t.Helper()
+	if r.Status != http.StatusOK || string(r.Body) != "{}" {
+		t.Fatalf("got %d %s, want 200 {}", r.Status, r.Body)
+	}
+}
+
+// triggerTicks triggers event "tick" with data from..to-1 on channel, in
+// order, each acknowledged before the next.
+func triggerTicks(t *testing.T, api *pushertest.API, channel string, from, to int) {
+	t.Helper()
+	for i := from; i < to; i++ {
+		mustOK(t, api.Trigger([]string{channel}, "tick", strconv.Itoa(i), ""))
+	}
+}
+
+// expectTicks reads "tick" events from..to-1 on channel, in order, with
+// nothing else in between.
+func expectTicks(t *testing.T, c *pushertest.Client, channel string, from, to int) {
+	t.Helper()
+	for i := from; i < to; i++ {
+		m := c.Expect("tick")
+		if m.Channel != channel || m.DataString() != strconv.Itoa(i) {
+			t.Fatalf("tick %d: got %s", i, m.Raw)
+		}
+	}
+}
