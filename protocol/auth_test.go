@@ -206,7 +206,7 @@ func TestRequestStringToSign(t *testing.T) {
 	}
 }
 
-// BUG (low severity): when two parameter names differ only in case (e.g.
+// Regression (fixed): when two parameter names differ only in case (e.g.
 // "auth_key" and "AUTH_KEY"), RequestStringToSign keeps whichever value the
 // random map iteration order visits last, so the string to sign, and thus
 // whether VerifyRequestSignature accepts the request, changes from call to
@@ -216,7 +216,7 @@ func TestRequestStringToSignCaseCollisionIsDeterministic(t *testing.T) {
 	first := RequestStringToSign("GET", "/p", params)
 	for i := 0; i < 200; i++ {
 		if got := RequestStringToSign("GET", "/p", params); got != first {
-			t.Fatalf("BUG: RequestStringToSign is not deterministic for keys differing only in case: got %q and %q for the same input", first, got)
+			t.Fatalf("RequestStringToSign is not deterministic for keys differing only in case: got %q and %q for the same input", first, got)
 		}
 	}
 }

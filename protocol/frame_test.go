@@ -163,7 +163,7 @@ func TestAppendCloseFrame(t *testing.T) {
 	}
 }
 
-// BUG: AppendCloseFrame cuts the reason at byte 123 without regard to UTF-8,
+// Regression (fixed): AppendCloseFrame used to cut the reason at byte 123 without regard to UTF-8,
 // so a long non-ASCII reason can end in half a rune. RFC 6455 §5.5.1 says the
 // reason is UTF-8; receivers (browsers, gobwas/ws's CheckCloseFrameData,
 // Autobahn case 7.5.1) fail the connection on an invalid one, and the client
@@ -185,7 +185,7 @@ func TestAppendCloseFrameTruncatesOnRuneBoundary(t *testing.T) {
 		}
 		code, got := ws.ParseCloseFrameData(p)
 		if !utf8.ValidString(got) {
-			t.Errorf("BUG case %d: close reason is not valid UTF-8: want a valid UTF-8 prefix of the %d-byte reason, at most 123 bytes, cut at a rune boundary; got %d bytes ending in %q", i, len(reason), len(got), got[len(got)-4:])
+			t.Errorf("case %d: close reason is not valid UTF-8: want a valid UTF-8 prefix of the %d-byte reason, at most 123 bytes, cut at a rune boundary; got %d bytes ending in %q", i, len(reason), len(got), got[len(got)-4:])
 			continue
 		}
 		if err := ws.CheckCloseFrameData(code, got); err != nil {

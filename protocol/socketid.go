@@ -11,8 +11,12 @@ func AppendSocketID(dst []byte, a, b uint64) []byte {
 	return strconv.AppendUint(dst, b, 10)
 }
 
-// ValidSocketID reports whether s has the form \d+\.\d+.
+// ValidSocketID reports whether s has the form \d+\.\d+, each number
+// at most 20 digits (the length of the largest uint64).
 func ValidSocketID(s string) bool {
+	if len(s) > 41 {
+		return false
+	}
 	dot := -1
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -27,5 +31,5 @@ func ValidSocketID(s string) bool {
 			return false
 		}
 	}
-	return dot > 0 && dot < len(s)-1
+	return dot > 0 && dot < len(s)-1 && dot <= 20 && len(s)-dot-1 <= 20
 }

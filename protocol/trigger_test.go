@@ -354,7 +354,7 @@ func TestParseBatch(t *testing.T) {
 	}
 }
 
-// BUG (minor): an item that is not a JSON object fails while decoding the
+// Regression (fixed): an item that is not a JSON object fails while decoding the
 // whole body, so the error says "batch has the wrong type" instead of naming
 // the offending item as every other per-item error does.
 func TestParseBatchNonObjectItemNamesIndex(t *testing.T) {
@@ -365,6 +365,6 @@ func TestParseBatchNonObjectItemNamesIndex(t *testing.T) {
 		t.Fatalf("status %d (%q), want 400", status, msg)
 	}
 	if !strings.Contains(msg, "batch[1]") {
-		t.Errorf("BUG: error for a non-object batch item: want a message mentioning %q, got %q", "batch[1]", msg)
+		t.Errorf("error for a non-object batch item: want a message mentioning %q, got %q", "batch[1]", msg)
 	}
 }

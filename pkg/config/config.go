@@ -80,8 +80,9 @@ func (s *Seconds) UnmarshalJSON(b []byte) error {
 func parseSeconds(v string) (time.Duration, error) {
 	v = strings.TrimSpace(v)
 	if n, err := strconv.ParseFloat(v, 64); err == nil {
-		if n < 0 {
-			return 0, errors.New("must not be negative")
+		// NaN fails both comparisons, so it is refused too.
+		if !(n >= 0 && n <= maxSeconds) {
+			return 0, fmt.Errorf("must be between 0 and %d seconds", int(maxSeconds))
 		}
 		return time.Duration(n * float64(time.Second)), nil
 	}
@@ -89,11 +90,15 @@ func parseSeconds(v string) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("%q is neither seconds nor a duration", v)
 	}
-	if d < 0 {
-		return 0, errors.New("must not be negative")
+	if d < 0 || d > maxSeconds*time.Second {
+		return 0, fmt.Errorf("must be between 0 and %d seconds", int(maxSeconds))
 	}
 	return d, nil
 }
+
+// maxSeconds (a year) keeps every duration setting far from overflowing a
+// time.Duration.
+const maxSeconds = 365 * 24 * 3600
 
 // Duration returns s as a time.Duration.
 func (s Seconds) Duration() time.Duration { return time.Duration(s) }

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"math"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/resoundhq/resound/pkg/route"
@@ -53,7 +55,11 @@ func parseSocketID(b []byte) (a, bb uint64, ok bool) {
 		case c == '.' && part == 0 && digits > 0:
 			part, digits = 1, 0
 		case c >= '0' && c <= '9':
-			v[part] = v[part]*10 + uint64(c-'0')
+			d := uint64(c - '0')
+			if v[part] > (math.MaxUint64-d)/10 {
+				return 0, 0, false // overflows; real ids have at most 10 digits
+			}
+			v[part] = v[part]*10 + d
 			digits++
 		default:
 			return 0, 0, false

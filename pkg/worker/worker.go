@@ -48,7 +48,10 @@ type Options struct {
 type Pool struct {
 	opts   Options
 	shards []chan *task
-	stats  Stats
+	// quit stops the shards; tasks still queued are never acked, so
+	// JetStream delivers their jobs again.
+	quit  chan struct{}
+	stats Stats
 }
 
 // Stats counts what the pool did; read them with Snapshot.
@@ -73,7 +76,7 @@ func New(opts Options) *Pool {
 	if opts.Workers < 1 {
 		opts.Workers = 1
 	}
-	p := &Pool{opts: opts, shards: make([]chan *task, opts.Workers)}
+	p := &Pool{opts: opts, shards: make([]chan *task, opts.Workers), quit: make(chan struct{})}
 	for i := range p.shards {
 		p.shards[i] = make(chan *task, 256)
 	}
@@ -108,9 +111,7 @@ func (p *Pool) Run(ctx context.Context) error {
 			}
 		}))
 	if err != nil {
-		for _, ch := range p.shards {
-			close(ch)
-		}
+		close(p.quit)
 		wg.Wait()
 		return err
 	}
@@ -123,9 +124,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	case <-time.After(drainTimeout):
 		cc.Stop()
 	}
-	for _, ch := range p.shards {
-		close(ch)
-	}
+	close(p.quit)
 	wg.Wait()
 	return nil
 }
@@ -143,6 +142,12 @@ func (p *Pool) dispatch(msg jetstream.Msg) {
 	}
 	if err := job.Validate(p.opts.Limits); err != nil {
 		p.reject(msg, meta.Sequence.Stream, err)
+		return
+	}
+	if msg.Subject() != queue.Subject(job.AppID) {
+		// Publish permissions are per subject; the body must not name
+		// another app than the subject does.
+		p.reject(msg, meta.Sequence.Stream, errors.New("app_id "+job.AppID+" does not match subject "+msg.Subject()))
 		return
 	}
 	if !p.opts.Apps(job.AppID) {
@@ -165,8 +170,13 @@ func (p *Pool) dispatch(msg jetstream.Msg) {
 		}
 	}
 	for s, t := range tasks {
-		if t != nil {
-			p.shards[s] <- t
+		if t == nil {
+			continue
+		}
+		select {
+		case p.shards[s] <- t:
+		case <-p.quit:
+			return // not acked: redelivered
 		}
 	}
 }
@@ -179,7 +189,13 @@ func (p *Pool) reject(msg jetstream.Msg, seq uint64, err error) {
 
 func (p *Pool) runShard(in <-chan *task) {
 	var payload, envelope []byte
-	for t := range in {
+	for {
+		var t *task
+		select {
+		case t = <-in:
+		case <-p.quit:
+			return
+		}
 		failed := false
 		for ei, channels := range t.channels {
 			ev := &t.job.Events[ei]
@@ -204,8 +220,9 @@ func (p *Pool) runShard(in <-chan *task) {
 			}
 		}
 		if failed {
-			// Redeliver the whole job: subscribers may see its earlier
-			// channels twice, which the gateways' sequence check is for.
+			// Redeliver the whole job. Subscribers may then see its
+			// earlier channels twice; the delivery envelope carries the
+			// job's sequence so that gateways can drop such repeats.
 			_ = t.msg.Nak()
 			continue
 		}

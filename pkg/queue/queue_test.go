@@ -1,0 +1,271 @@
+package queue_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/protocol"
+)
+
+func startJetStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	ns, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc, err := ns.Connect("queue-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestEnsureStreamTwiceIsHarmless(t *testing.T) {
+	js := startJetStream(t)
+	ctx := testContext(t)
+	opts := queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour}
+	first, err := queue.EnsureStream(ctx, js, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := first.CachedInfo().Config
+	if cfg.Name != queue.StreamName || cfg.Retention != jetstream.WorkQueuePolicy || cfg.Discard != jetstream.DiscardNew ||
+		cfg.Storage != jetstream.FileStorage || cfg.MaxBytes != opts.MaxBytes || cfg.MaxAge != opts.MaxAge ||
+		cfg.Replicas != 1 || len(cfg.Subjects) != 1 || cfg.Subjects[0] != queue.SubjectPrefix+">" {
+		t.Fatalf("stream config %+v", cfg)
+	}
+
+	// A job stored before the second call survives it.
+	seq, err := queue.NewPublisher(js).Publish(ctx, &queue.Job{AppID: "app", Events: []protocol.Trigger{{Name: "e", Data: "d", Channels: []string{"c"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	second, err := queue.EnsureStream(ctx, js, opts)
+	if err != nil {
+		t.Fatalf("second EnsureStream: %v", err)
+	}
+	info, err := second.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.MaxBytes != cfg.MaxBytes || info.Config.MaxAge != cfg.MaxAge || info.Config.Retention != cfg.Retention ||
+		info.Config.Discard != cfg.Discard || info.Config.Duplicates != cfg.Duplicates {
+		t.Fatalf("config changed: %+v, was %+v", info.Config, cfg)
+	}
+	if info.State.Msgs != 1 || info.State.LastSeq != seq {
+		t.Fatalf("stream holds %d messages (last %d), want the job at %d", info.State.Msgs, info.State.LastSeq, seq)
+	}
+
+	// Other settings update the stream in place.
+	third, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 16 << 20, MaxAge: 2 * time.Hour})
+	if err != nil {
+		t.Fatalf("EnsureStream with new limits: %v", err)
+	}
+	info, err = third.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.MaxBytes != 16<<20 || info.Config.MaxAge != 2*time.Hour || info.State.Msgs != 1 {
+		t.Fatalf("after update: %+v, %d messages", info.Config, info.State.Msgs)
+	}
+}
+
+func TestEnsureConsumerTwiceIsHarmless(t *testing.T) {
+	js := startJetStream(t)
+	ctx := testContext(t)
+	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		c, err := queue.EnsureConsumer(ctx, js)
+		if err != nil {
+			t.Fatalf("call %d: %v", i+1, err)
+		}
+		cfg := c.CachedInfo().Config
+		if cfg.Durable != queue.ConsumerName || cfg.AckPolicy != jetstream.AckExplicitPolicy {
+			t.Fatalf("consumer config %+v", cfg)
+		}
+	}
+}
+
+func TestPublishStoresTheJob(t *testing.T) {
+	js := startJetStream(t)
+	ctx := testContext(t)
+	stream, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := &queue.Job{AppID: "my.app", Events: []protocol.Trigger{
+		{Name: "one", Data: `{"a":"<b>"}`, Channels: []string{"x.y", "z"}, SocketID: "1.2"},
+		{Name: "two", Data: "", Channels: []string{"w"}},
+	}}
+	pub := queue.NewPublisher(js)
+	var last uint64
+	for i := 0; i < 3; i++ {
+		seq, err := pub.Publish(ctx, job)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seq <= last {
+			t.Fatalf("sequence %d after %d", seq, last)
+		}
+		last = seq
+	}
+	msg, err := stream.GetMsg(ctx, last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg.Subject != "resound.jobs.my~2Eapp" {
+		t.Fatalf("published on %q", msg.Subject)
+	}
+	var got queue.Job
+	if err := json.Unmarshal(msg.Data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.AppID != job.AppID || len(got.Events) != 2 || got.Events[0].Data != job.Events[0].Data ||
+		got.Events[0].SocketID != "1.2" || strings.Join(got.Events[0].Channels, ",") != "x.y,z" || got.Events[1].Name != "two" {
+		t.Fatalf("stored %+v", got)
+	}
+}
+
+func TestPublishWithoutStreamIsUnavailable(t *testing.T) {
+	js := startJetStream(t)
+	ctx := testContext(t)
+	_, err := queue.NewPublisher(js).Publish(ctx, &queue.Job{AppID: "a", Events: []protocol.Trigger{{Name: "e", Channels: []string{"c"}}}})
+	if !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("Publish with no stream = %v, want ErrUnavailable", err)
+	}
+}
+
+func TestPublishToFullStreamIsUnavailable(t *testing.T) {
+	js := startJetStream(t)
+	ctx := testContext(t)
+	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 1 << 20, MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	pub := queue.NewPublisher(js)
+	big := &queue.Job{AppID: "a", Events: []protocol.Trigger{{Name: "e", Data: strings.Repeat("x", 100<<10), Channels: []string{"c"}}}}
+	var err error
+	for i := 0; i < 20 && err == nil; i++ {
+		_, err = pub.Publish(ctx, big)
+	}
+	if !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("publishing 2 MiB into a 1 MiB stream ended with %v, want ErrUnavailable (DiscardNew)", err)
+	}
+}
+
+func TestSubject(t *testing.T) {
+	cases := map[string]string{
+		"123456":  "resound.jobs.123456",
+		"my.app":  "resound.jobs.my~2Eapp",
+		"a.b.c":   "resound.jobs.a~2Eb~2Ec",
+		"a*b":     "resound.jobs.a~2Ab",
+		"a>":      "resound.jobs.a~3E",
+		"with sp": "resound.jobs.with~20sp",
+		"~":       "resound.jobs.~7E",
+	}
+	for in, want := range cases {
+		got := queue.Subject(in)
+		if got != want {
+			t.Errorf("Subject(%q) = %q, want %q", in, got, want)
+		}
+		// One token after the prefix: no dot, no wildcard.
+		if tok := strings.TrimPrefix(got, queue.SubjectPrefix); strings.ContainsAny(tok, ".*> ") {
+			t.Errorf("Subject(%q) = %q is not one token", in, got)
+		}
+	}
+	if queue.Subject("a.b") == queue.Subject("a~2Eb") {
+		t.Error("two app ids share a subject")
+	}
+}
+
+func TestJobValidate(t *testing.T) {
+	ok := protocol.Trigger{Name: "e", Data: "d", Channels: []string{"c"}}
+	events := func(n int) []protocol.Trigger {
+		out := make([]protocol.Trigger, n)
+		for i := range out {
+			out[i] = ok
+		}
+		return out
+	}
+	cases := []struct {
+		name string
+		job  queue.Job
+		want string // "" means valid
+	}{
+		{"valid", queue.Job{AppID: "a", Events: events(1)}, ""},
+		{"ten events", queue.Job{AppID: "a", Events: events(10)}, ""},
+		{"no app_id", queue.Job{Events: events(1)}, "app_id"},
+		{"no events", queue.Job{AppID: "a"}, "at least one event"},
+		{"empty events", queue.Job{AppID: "a", Events: []protocol.Trigger{}}, "at least one event"},
+		{"eleven events", queue.Job{AppID: "a", Events: events(11)}, "at most 10"},
+		{"reserved name", queue.Job{AppID: "a", Events: []protocol.Trigger{ok, {Name: "pusher:x", Data: "d", Channels: []string{"c"}}}}, "events[1]"},
+		{"no name", queue.Job{AppID: "a", Events: []protocol.Trigger{{Data: "d", Channels: []string{"c"}}}}, "events[0]"},
+		{"no channels", queue.Job{AppID: "a", Events: []protocol.Trigger{{Name: "e", Data: "d"}}}, "events[0]"},
+		{"bad channel", queue.Job{AppID: "a", Events: []protocol.Trigger{{Name: "e", Channels: []string{"a b"}}}}, "events[0]"},
+		{"data too large", queue.Job{AppID: "a", Events: []protocol.Trigger{{Name: "e", Data: strings.Repeat("x", 10241), Channels: []string{"c"}}}}, "events[0]"},
+		{"bad socket id", queue.Job{AppID: "a", Events: []protocol.Trigger{{Name: "e", Channels: []string{"c"}, SocketID: "x"}}}, "events[0]"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.job.Validate(protocol.DefaultLimits)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Validate = %v, want nil", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("Validate = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// docs/jobs.md: a second job with the same Nats-Msg-Id within two minutes
+// is dropped as a duplicate.
+func TestMsgIDDeduplicates(t *testing.T) {
+	js := startJetStream(t)
+	ctx := testContext(t)
+	stream, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"app_id":"a","events":[{"name":"e","data":"d","channels":["c"]}]}`)
+	first, err := js.Publish(ctx, queue.Subject("a"), body, jetstream.WithMsgID("broadcast-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := js.Publish(ctx, queue.Subject("a"), body, jetstream.WithMsgID("broadcast-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Duplicate || again.Sequence != first.Sequence {
+		t.Fatalf("second publish = %+v, want a duplicate of %d", again, first.Sequence)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("stream holds %d jobs, want 1", info.State.Msgs)
+	}
+}

@@ -1,0 +1,401 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/pkg/route"
+	"github.com/resoundhq/resound/pkg/worker"
+	"github.com/resoundhq/resound/protocol"
+)
+
+const (
+	appID = "app.1" // a dot, to exercise subject escaping
+	wait  = 10 * time.Second
+)
+
+type env struct {
+	ns     *natsembed.Server
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	pub    *queue.Publisher
+	sub    *nats.Conn // a separate connection, as a gateway's would be
+	pool   *worker.Pool
+}
+
+// start runs an embedded JetStream, the job stream, and a worker pool that
+// knows only appID.
+func start(t *testing.T, workers int) *env {
+	t.Helper()
+	ns, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	e := &env{ns: ns}
+
+	nc := connect(t, ns, "producer")
+	if e.js, err = jetstream.New(nc); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if e.stream, err = queue.EnsureStream(ctx, e.js, queue.StreamOptions{MaxBytes: 64 << 20, MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	e.pub = queue.NewPublisher(e.js)
+	e.sub = connect(t, ns, "subscriber")
+
+	wc := connect(t, ns, "worker")
+	wjs, err := jetstream.New(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.pool = worker.New(worker.Options{
+		Conn:      wc,
+		JetStream: wjs,
+		Apps:      func(id string) bool { return id == appID },
+		Limits:    protocol.DefaultLimits,
+		Workers:   workers,
+		Log:       zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel),
+	})
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.pool.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not return after its context ended")
+		}
+	})
+	return e
+}
+
+func connect(t *testing.T, ns *natsembed.Server, name string) *nats.Conn {
+	t.Helper()
+	nc, err := ns.Connect(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// subscribe listens on subject with core NATS, as a gateway does.
+func (e *env) subscribe(t *testing.T, subject string) chan *nats.Msg {
+	t.Helper()
+	ch := make(chan *nats.Msg, 1024)
+	sub, err := e.sub.ChanSubscribe(subject, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := e.sub.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+func (e *env) publish(t *testing.T, job *queue.Job) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	seq, err := e.pub.Publish(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seq
+}
+
+// publishRaw puts bytes on an app's job subject, as any NATS client could.
+func (e *env) publishRaw(t *testing.T, app string, data []byte) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	ack, err := e.js.Publish(ctx, queue.Subject(app), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ack.Sequence
+}
+
+func receive(t *testing.T, ch chan *nats.Msg) *nats.Msg {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(wait):
+		t.Fatalf("no delivery within %v", wait)
+		return nil
+	}
+}
+
+// eventually polls cond until it holds or the generous deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, wait)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (e *env) streamMsgs(t *testing.T) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	info, err := e.stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+type delivery struct {
+	seq     uint64
+	exclude string
+	event   map[string]any
+}
+
+// decode checks that m is a delivery envelope around one complete,
+// unmasked, final WebSocket text frame, and returns its parts.
+func decode(t *testing.T, m *nats.Msg) delivery {
+	t.Helper()
+	seq, exclude, frame, err := route.ParseDelivery(m.Data)
+	if err != nil {
+		t.Fatalf("ParseDelivery(% x): %v", m.Data, err)
+	}
+	r := bytes.NewReader(frame)
+	h, err := ws.ReadHeader(r)
+	if err != nil {
+		t.Fatalf("frame % x: %v", frame, err)
+	}
+	if !h.Fin || h.OpCode != ws.OpText || h.Masked || h.Rsv != 0 {
+		t.Fatalf("frame header %+v, want a final unmasked text frame", h)
+	}
+	payload, _ := io.ReadAll(r)
+	if int64(len(payload)) != h.Length {
+		t.Fatalf("frame declares %d payload bytes and carries %d", h.Length, len(payload))
+	}
+	var ev map[string]any
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.UseNumber()
+	if err := dec.Decode(&ev); err != nil {
+		t.Fatalf("frame payload %q: %v", payload, err)
+	}
+	return delivery{seq: seq, exclude: string(exclude), event: ev}
+}
+
+func TestJobIsDeliveredAndAcked(t *testing.T) {
+	e := start(t, 4)
+	channel := "private-orders.42"
+	ch := e.subscribe(t, route.Subject(appID, channel))
+	// The data is the producer's string; it must come out byte for byte.
+	data := `{"id":42,"note":"<b>&amp;\u00e9 \"quoted\"","nested":{"a":[1,2]}}`
+	seq := e.publish(t, &queue.Job{AppID: appID, Events: []protocol.Trigger{
+		{Name: `App\Events\OrderShipped`, Data: data, Channels: []string{channel}, SocketID: "123.456"},
+	}})
+
+	m := receive(t, ch)
+	if m.Subject != route.Subject(appID, channel) {
+		t.Fatalf("delivered on %q", m.Subject)
+	}
+	d := decode(t, m)
+	if d.seq != seq {
+		t.Errorf("Seq = %d, want the job's stream sequence %d", d.seq, seq)
+	}
+	if d.exclude != "123.456" {
+		t.Errorf("ExcludeSocketID = %q, want 123.456", d.exclude)
+	}
+	want := map[string]any{"event": `App\Events\OrderShipped`, "channel": channel, "data": data}
+	if len(d.event) != len(want) {
+		t.Errorf("event has keys %v, want exactly event, channel, data", d.event)
+	}
+	for k, v := range want {
+		if d.event[k] != v {
+			t.Errorf("%s = %#v, want %#v", k, d.event[k], v)
+		}
+	}
+	eventually(t, "job acked and removed from the stream", func() bool { return e.streamMsgs(t) == 0 })
+	eventually(t, "Stats().Jobs == 1", func() bool { return e.pool.Stats().Jobs.Load() == 1 })
+	if got := e.pool.Stats().Deliveries.Load(); got != 1 {
+		t.Errorf("Stats().Deliveries = %d, want 1", got)
+	}
+	if got := e.pool.Stats().Rejected.Load(); got != 0 {
+		t.Errorf("Stats().Rejected = %d, want 0", got)
+	}
+}
+
+func TestNoExcludeWithoutSocketID(t *testing.T) {
+	e := start(t, 1)
+	ch := e.subscribe(t, route.Subject(appID, "c"))
+	e.publish(t, &queue.Job{AppID: appID, Events: []protocol.Trigger{{Name: "e", Data: "", Channels: []string{"c"}}}})
+	d := decode(t, receive(t, ch))
+	if d.exclude != "" || d.event["data"] != "" {
+		t.Fatalf("got exclude %q, event %v", d.exclude, d.event)
+	}
+}
+
+func TestJobWithManyChannelsAndEvents(t *testing.T) {
+	e := start(t, 4)
+	channels := []string{"a", "b.c", "presence-room", "d", "e", "f", "g", "h"}
+	all := e.subscribe(t, route.DeliverPrefix+route.EscapeToken(appID)+".*")
+	seq := e.publish(t, &queue.Job{AppID: appID, Events: []protocol.Trigger{
+		{Name: "first", Data: "1", Channels: channels},
+		{Name: "second", Data: "2", Channels: channels},
+	}})
+	// Per channel: first then second, each once, all with the job's seq.
+	got := map[string][]string{}
+	for i := 0; i < 2*len(channels); i++ {
+		m := receive(t, all)
+		d := decode(t, m)
+		if d.seq != seq {
+			t.Fatalf("seq %d, want %d", d.seq, seq)
+		}
+		name := d.event["channel"].(string)
+		if m.Subject != route.Subject(appID, name) {
+			t.Fatalf("channel %q delivered on %q", name, m.Subject)
+		}
+		got[name] = append(got[name], d.event["event"].(string))
+	}
+	for _, c := range channels {
+		if fmt.Sprint(got[c]) != "[first second]" {
+			t.Errorf("channel %q got %v, want [first second]", c, got[c])
+		}
+	}
+	eventually(t, "job acked once", func() bool { return e.pool.Stats().Jobs.Load() == 1 && e.streamMsgs(t) == 0 })
+}
+
+func TestEventsOnOneChannelStayInOrder(t *testing.T) {
+	e := start(t, 4)
+	const total = 200
+	ch := e.subscribe(t, route.Subject(appID, "seq"))
+	// Noise on other channels, spread over the shards.
+	seqs := make([]uint64, total)
+	for i := 0; i < total; i++ {
+		seqs[i] = e.publish(t, &queue.Job{AppID: appID, Events: []protocol.Trigger{
+			{Name: "tick", Data: fmt.Sprint(i), Channels: []string{"seq", fmt.Sprintf("other-%d", i%7)}},
+		}})
+	}
+	for i := 0; i < total; i++ {
+		d := decode(t, receive(t, ch))
+		if d.event["data"] != fmt.Sprint(i) || d.seq != seqs[i] {
+			t.Fatalf("delivery %d carried data %v seq %d, want %d seq %d", i, d.event["data"], d.seq, i, seqs[i])
+		}
+	}
+	eventually(t, "all jobs acked", func() bool { return e.pool.Stats().Jobs.Load() == total && e.streamMsgs(t) == 0 })
+}
+
+func TestInvalidJobsAreTerminated(t *testing.T) {
+	e := start(t, 4)
+	all := e.subscribe(t, route.DeliverPrefix+">")
+	valid := func(data string) *queue.Job {
+		return &queue.Job{AppID: appID, Events: []protocol.Trigger{{Name: "ok", Data: data, Channels: []string{"c"}}}}
+	}
+	bad := []struct {
+		name string
+		pub  func() uint64
+	}{
+		{"unknown app", func() uint64 {
+			return e.publish(t, &queue.Job{AppID: "nobody", Events: []protocol.Trigger{{Name: "e", Data: "d", Channels: []string{"c"}}}})
+		}},
+		{"invalid JSON", func() uint64 { return e.publishRaw(t, appID, []byte(`{"app_id":`)) }},
+		{"pusher: event name", func() uint64 {
+			return e.publish(t, &queue.Job{AppID: appID, Events: []protocol.Trigger{{Name: "pusher:subscribe", Data: "d", Channels: []string{"c"}}}})
+		}},
+		{"app_id of the subject, not in the body", func() uint64 {
+			return e.publishRaw(t, appID, []byte(`{"events":[{"name":"e","data":"d","channels":["c"]}]}`))
+		}},
+		{"no events", func() uint64 { return e.publishRaw(t, appID, []byte(`{"app_id":"`+appID+`","events":[]}`)) }},
+		{"JSON that is not an object", func() uint64 { return e.publishRaw(t, appID, []byte(`[1,2]`)) }},
+	}
+	for i, b := range bad {
+		b.pub()
+		// A valid job after each invalid one still gets through; the
+		// first delivery seen is that job's, so nothing was published
+		// for the invalid one.
+		want := fmt.Sprint(i)
+		seq := e.publish(t, valid(want))
+		d := decode(t, receive(t, all))
+		if d.event["data"] != want || d.seq != seq {
+			t.Fatalf("after %q: got data %v seq %d, want %s seq %d", b.name, d.event["data"], d.seq, want, seq)
+		}
+		if got := e.pool.Stats().Rejected.Load(); got != uint64(i+1) {
+			t.Fatalf("after %q: Stats().Rejected = %d, want %d", b.name, got, i+1)
+		}
+	}
+	eventually(t, "every job removed from the stream", func() bool { return e.streamMsgs(t) == 0 })
+	eventually(t, "valid jobs acked", func() bool { return e.pool.Stats().Jobs.Load() == uint64(len(bad)) })
+	select {
+	case m := <-all:
+		t.Fatalf("unexpected delivery %q on %s", m.Data, m.Subject)
+	default:
+	}
+	if got := e.pool.Stats().Deliveries.Load(); got != uint64(len(bad)) {
+		t.Fatalf("Stats().Deliveries = %d, want %d", got, len(bad))
+	}
+}
+
+// A job that waited in the stream while no worker ran is delivered once
+// one starts.
+func TestJobQueuedBeforeWorkersStart(t *testing.T) {
+	ns, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc := connect(t, ns, "all")
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan *nats.Msg, 4)
+	if _, err := nc.ChanSubscribe(route.Subject(appID, "late"), ch); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := queue.NewPublisher(js).Publish(ctx, &queue.Job{AppID: appID, Events: []protocol.Trigger{{Name: "e", Data: "waited", Channels: []string{"late"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := worker.New(worker.Options{Conn: nc, JetStream: js, Apps: func(id string) bool { return id == appID }, Limits: protocol.DefaultLimits})
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pool.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	d := decode(t, receive(t, ch))
+	if d.seq != seq || d.event["data"] != "waited" {
+		t.Fatalf("got seq %d %v", d.seq, d.event)
+	}
+}
