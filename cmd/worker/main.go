@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/logging"
 	"github.com/resoundhq/resound/pkg/node"
@@ -70,8 +71,15 @@ func main() {
 		log.Error().Err(err).Msg("job stream")
 		os.Exit(1)
 	}
+	setup, cancel = context.WithTimeout(ctx, 30*time.Second)
+	stores, err := cluster.Ensure(setup, js, node.ClusterOptions(&cfg.Settings))
+	cancel()
+	if err != nil {
+		log.Error().Err(err).Msg("shared-state buckets")
+		os.Exit(1)
+	}
 	pool := worker.New(worker.Options{
-		Conn: nc, JetStream: js, Limits: node.Limits(&cfg.Settings), Workers: cfg.Workers, Log: log,
+		Conn: nc, JetStream: js, Limits: node.Limits(&cfg.Settings), Workers: cfg.Workers, Log: log, Cache: stores.Cache,
 		Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 	})
 	log.Info().Int("workers", cfg.Workers).Str("nats", cfg.NATSURL).Msg("worker started")

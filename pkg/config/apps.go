@@ -17,7 +17,35 @@ type App struct {
 	PingInterval    Seconds `json:"ping_interval,omitempty"`
 	ActivityTimeout Seconds `json:"activity_timeout,omitempty"`
 	MaxMessageSize  int     `json:"max_message_size,omitempty"`
+
+	// AllowedOrigins are host patterns ("*.example.com"); a WebSocket whose
+	// Origin host matches none is refused with 4009. Unset means any.
+	AllowedOrigins []string `json:"allowed_origins,omitempty"`
+	// MaxConnections caps the app's connections across the cluster; 0 is
+	// no cap. Over it, a connection gets 4004.
+	MaxConnections int `json:"max_connections,omitempty"`
+	// AcceptClientEventsFrom is "members" (the default: only connections
+	// subscribed to the channel), "all", or "none", as in Reverb.
+	AcceptClientEventsFrom string `json:"accept_client_events_from,omitempty"`
+	// ClientEventRateLimit is client events per second per connection
+	// (Pusher's 10 by default).
+	ClientEventRateLimit int `json:"client_event_rate_limit,omitempty"`
+	// Presence limits, Pusher's by default: 100 members, 1 KB of
+	// user_info, 128-byte user ids.
+	MaxPresenceMembers      int `json:"max_presence_members,omitempty"`
+	MaxPresenceUserInfo     int `json:"max_presence_user_info,omitempty"`
+	MaxPresenceUserIDLength int `json:"max_presence_user_id_length,omitempty"`
+	// SubscriptionCount turns on pusher_internal:subscription_count events
+	// for non-presence channels, as Pusher's app setting does.
+	SubscriptionCount bool `json:"subscription_count,omitempty"`
 }
+
+// Client-event modes.
+const (
+	ClientEventsMembers = "members"
+	ClientEventsAll     = "all"
+	ClientEventsNone    = "none"
+)
 
 // Apps is the set of configured apps, found by id (HTTP API) or by key
 // (WebSocket). It is read-only once built.
@@ -44,6 +72,15 @@ func NewApps(apps []App) (*Apps, error) {
 			return nil, fmt.Errorf("app %q: max_message_size must not be negative", app.ID)
 		case app.ActivityTimeout != 0 && app.ActivityTimeout < Seconds(time.Second):
 			return nil, fmt.Errorf("app %q: activity_timeout must be at least 1 second", app.ID)
+		case app.MaxConnections < 0:
+			return nil, fmt.Errorf("app %q: max_connections must not be negative", app.ID)
+		case app.ClientEventRateLimit < 0 || app.MaxPresenceMembers < 0 || app.MaxPresenceUserInfo < 0 || app.MaxPresenceUserIDLength < 0:
+			return nil, fmt.Errorf("app %q: limits must not be negative", app.ID)
+		}
+		switch app.AcceptClientEventsFrom {
+		case "", ClientEventsMembers, ClientEventsAll, ClientEventsNone:
+		default:
+			return nil, fmt.Errorf("app %q: accept_client_events_from must be members, all or none", app.ID)
 		}
 		if _, dup := a.byID[app.ID]; dup {
 			return nil, fmt.Errorf("app %q: app_id is used twice", app.ID)
@@ -70,7 +107,8 @@ func (a *Apps) All() []*App { return a.list }
 // Len is the number of apps.
 func (a *Apps) Len() int { return len(a.list) }
 
-// WithDefaults returns the apps with every unset limit filled in from s.
+// withDefaults returns app with every unset limit filled in from s, or
+// from Pusher's defaults.
 func (s *Settings) withDefaults(app App) App {
 	if app.PingInterval == 0 {
 		app.PingInterval = s.PingInterval
@@ -80,6 +118,21 @@ func (s *Settings) withDefaults(app App) App {
 	}
 	if app.MaxMessageSize == 0 {
 		app.MaxMessageSize = s.MaxMessageSize
+	}
+	if app.AcceptClientEventsFrom == "" {
+		app.AcceptClientEventsFrom = ClientEventsMembers
+	}
+	if app.ClientEventRateLimit == 0 {
+		app.ClientEventRateLimit = 10
+	}
+	if app.MaxPresenceMembers == 0 {
+		app.MaxPresenceMembers = 100
+	}
+	if app.MaxPresenceUserInfo == 0 {
+		app.MaxPresenceUserInfo = 1024
+	}
+	if app.MaxPresenceUserIDLength == 0 {
+		app.MaxPresenceUserIDLength = 128
 	}
 	return app
 }
@@ -105,6 +158,7 @@ func (s *Settings) loadApps() (*Apps, error) {
 		apps = append(apps, App{
 			ID: s.AppID, Key: s.AppKey, Secret: s.AppSecret,
 			PingInterval: s.AppPingInterval, ActivityTimeout: s.AppActivityTimeout, MaxMessageSize: s.AppMaxMessageSize,
+			MaxConnections: s.AppMaxConnections, AcceptClientEventsFrom: s.AppAcceptClientEventsFrom,
 		})
 	}
 	if s.AppsFile != "" {

@@ -28,6 +28,9 @@ type Settings struct {
 	AppPingInterval    Seconds `envconfig:"REVERB_APP_PING_INTERVAL" desc:"that app's ping interval in seconds (default RESOUND_PING_INTERVAL)"`
 	AppActivityTimeout Seconds `envconfig:"REVERB_APP_ACTIVITY_TIMEOUT" desc:"that app's activity timeout in seconds (default RESOUND_ACTIVITY_TIMEOUT)"`
 	AppMaxMessageSize  int     `envconfig:"REVERB_APP_MAX_MESSAGE_SIZE" desc:"that app's max client message size in bytes (default RESOUND_MAX_MESSAGE_SIZE)"`
+	AppMaxConnections  int     `envconfig:"REVERB_APP_MAX_CONNECTIONS" desc:"that app's connection cap across the cluster; 0 or unset is no cap"`
+	// Reverb's published config defaults to members; so does Resound.
+	AppAcceptClientEventsFrom string `envconfig:"REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM" desc:"who may send client events on that app: members (default), all or none"`
 
 	Host string `envconfig:"REVERB_SERVER_HOST" default:"0.0.0.0" desc:"address the gateway binds"`
 	Port int    `envconfig:"REVERB_SERVER_PORT" default:"8080" desc:"port the gateway binds (WebSocket and HTTP API)"`
@@ -47,6 +50,8 @@ type Settings struct {
 	MaxMessageSize  int     `envconfig:"RESOUND_MAX_MESSAGE_SIZE" default:"10000" desc:"largest client WebSocket message in bytes; larger is closed with 1009"`
 	MaxEventSize    int     `envconfig:"RESOUND_MAX_EVENT_SIZE" default:"10240" desc:"largest event data accepted by the HTTP API in bytes (413 above)"`
 	MaxRequestSize  int     `envconfig:"RESOUND_MAX_REQUEST_SIZE" default:"262144" desc:"largest HTTP API request body in bytes (413 above)"`
+
+	CacheTTL Seconds `envconfig:"RESOUND_CACHE_TTL" default:"1800" desc:"seconds a cache channel keeps its last event, subscribers or not"`
 
 	QueueMaxBytes int64   `envconfig:"RESOUND_QUEUE_MAX_BYTES" default:"1073741824" desc:"bytes the job stream may hold before the API answers 503"`
 	QueueMaxAge   Seconds `envconfig:"RESOUND_QUEUE_MAX_AGE" default:"86400" desc:"seconds a job may wait in the stream before it is discarded"`
@@ -154,6 +159,8 @@ func (s *Settings) validate() error {
 		return fmt.Errorf("invalid setting RESOUND_MAX_REQUEST_SIZE=%d: must be at least RESOUND_MAX_EVENT_SIZE (%d)", s.MaxRequestSize, s.MaxEventSize)
 	case s.QueueMaxBytes < 1<<20:
 		return fmt.Errorf("invalid setting RESOUND_QUEUE_MAX_BYTES=%d: must be at least 1 MiB", s.QueueMaxBytes)
+	case s.CacheTTL < Seconds(time.Second):
+		return fmt.Errorf("invalid setting RESOUND_CACHE_TTL: must be at least 1 second")
 	case s.QueueMaxAge < Seconds(time.Second):
 		return fmt.Errorf("invalid setting RESOUND_QUEUE_MAX_AGE: must be at least 1 second")
 	}

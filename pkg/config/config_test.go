@@ -119,8 +119,10 @@ func TestLoadOneAppFromEnvironment(t *testing.T) {
 		t.Fatal("ByKey did not find the same app")
 	}
 	want := App{ID: "123456", Key: "the-key", Secret: "the-secret",
-		PingInterval: Seconds(15 * time.Second), ActivityTimeout: Seconds(30 * time.Second), MaxMessageSize: 500}
-	if *byID != want {
+		PingInterval: Seconds(15 * time.Second), ActivityTimeout: Seconds(30 * time.Second), MaxMessageSize: 500,
+		AcceptClientEventsFrom: ClientEventsMembers, ClientEventRateLimit: 10,
+		MaxPresenceMembers: 100, MaxPresenceUserInfo: 1024, MaxPresenceUserIDLength: 128}
+	if !reflect.DeepEqual(*byID, want) {
 		t.Fatalf("app = %+v, want %+v", *byID, want)
 	}
 	if _, ok := c.Apps.ByID("the-key"); ok {
@@ -321,9 +323,9 @@ func TestAppsFileErrors(t *testing.T) {
 		env     map[string]string
 		mention string
 	}{
-		{"unknown field in object", `{"apps":[{"app_id":"1","key":"k","secret":"s","allowed_origins":["*"]}]}`, nil, "allowed_origins"},
+		{"unknown field in object", `{"apps":[{"app_id":"1","key":"k","secret":"s","allowed_origin":["*"]}]}`, nil, "allowed_origin"},
 		{"unknown top-level field", `{"apps":[],"provider":"config"}`, nil, "provider"},
-		{"unknown field in array", `[{"app_id":"1","key":"k","secret":"s","max_connections":5}]`, nil, "max_connections"},
+		{"unknown field in array", `[{"app_id":"1","key":"k","secret":"s","max_connection":5}]`, nil, "max_connection"},
 		{"not JSON", `apps: []`, nil, "RESOUND_APPS_FILE"},
 		{"empty file", ``, nil, "RESOUND_APPS_FILE"},
 		{"duplicate app_id in file", `[{"app_id":"1","key":"k1","secret":"s"},{"app_id":"1","key":"k2","secret":"s"}]`, nil, `"1"`},
@@ -440,7 +442,7 @@ func TestDevApp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if created || again != app {
+	if created || !reflect.DeepEqual(again, app) {
 		t.Fatalf("second call gave %+v (created %v), want %+v", again, created, app)
 	}
 	if info, err := os.Stat(filepath.Join(dir, "dev-app.json")); err != nil || info.Mode().Perm() != 0o600 {

@@ -44,8 +44,11 @@ type conn struct {
 	fragmented bool
 	lastSeen   int64 // unix nanos of the last frame received
 	pingSentAt int64 // unix nanos of our unanswered ping, or 0
-	channels   []*channel
-	destroyed  bool // set by poller.destroy; the descriptor may already be reused
+	subs       []chanSub
+	preparing  []preparing // subscriptions waiting on shared state
+	ext        *connExt    // sign-in and client-event state, made on first use
+	destroyed  bool        // set by poller.destroy; the descriptor may already be reused
+	countedMax bool        // this connection holds a slot of the app's max_connections
 
 	// mu guards the write side: deliveries write from other goroutines.
 	// The socket write happens under mu, so a write can never land on a
@@ -55,6 +58,54 @@ type conn struct {
 	out       []byte // output the socket did not take yet
 	closingAt int64  // unix nanos when closing began
 	shutWrite bool   // SHUT_WR is done
+}
+
+// chanSub is one channel a connection is on.
+type chanSub struct {
+	ch *channel
+	// member is the presence identity the connection joined with; its ID
+	// is "" on other channels.
+	member protocol.PresenceMember
+}
+
+// preparing is a subscription whose shared state (presence membership,
+// cached event) is being fetched.
+type preparing struct {
+	name      string
+	cancelled bool
+}
+
+// connExt is the state few connections need, kept out of conn so that an
+// idle subscriber stays small.
+type connExt struct {
+	userID    string // signed in as, or ""
+	watchlist []string
+	// Client-event token bucket: tokens left and when it was last filled.
+	tokens   float64
+	lastFill int64
+}
+
+func (c *conn) extension() *connExt {
+	if c.ext == nil {
+		c.ext = &connExt{}
+	}
+	return c.ext
+}
+
+func (c *conn) signedInAs() string {
+	if c.ext == nil {
+		return ""
+	}
+	return c.ext.userID
+}
+
+func (c *conn) findSub(name string) int {
+	for i := range c.subs {
+		if c.subs[i].ch.name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 func (c *conn) socketID() string {

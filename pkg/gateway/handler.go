@@ -1,8 +1,11 @@
 package gateway
 
 import (
+	"context"
+	"errors"
 	"strings"
 
+	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -12,6 +15,13 @@ type pendingSub struct {
 	c       *conn
 	ch      *channel
 	created bool
+	// frames are written on joining: subscription_succeeded, then the
+	// cached event or cache_miss.
+	frames []byte
+	member protocol.PresenceMember
+	// announce is set for a user's first presence connection:
+	// member_added goes out once the subscriber has joined.
+	announce bool
 }
 
 // handleBytes consumes bytes read from c: whole frames are handled, a
@@ -126,12 +136,14 @@ func (s *Server) handleMessage(c *conn, msg []byte) {
 		s.subscribe(c, m)
 	case protocol.EventUnsubscribe:
 		s.unsubscribe(c, m)
+	case protocol.EventSignin:
+		s.signin(c, m)
 	default:
 		switch {
 		case strings.HasPrefix(m.Event, "pusher:"):
 			s.sendError(c, protocol.CodeInvalidMessage, "Unsupported event "+m.Event)
 		case strings.HasPrefix(m.Event, protocol.ClientEventPrefix):
-			s.sendError(c, protocol.CodeClientRateLimit, "The app does not have client messaging enabled.")
+			s.clientEvent(c, m)
 		default:
 			// Reverb ignores events that are neither pusher: nor client-
 			// events, and so does Resound.
@@ -165,8 +177,10 @@ func (s *Server) subscribe(c *conn, m protocol.ClientMessage) {
 			"Invalid channel name: at most 164 characters of A-Z a-z 0-9 _ - = @ , . ;", 400)
 		return
 	}
-	switch protocol.ClassifyChannel(name).Auth {
-	case protocol.AuthPrivate:
+	kind := protocol.ClassifyChannel(name)
+	var member protocol.PresenceMember
+	switch kind.Auth {
+	case protocol.AuthPrivate, protocol.AuthPresence:
 		// pusher-http-php's authorizeChannel signs channel_data whenever it
 		// is given, even for private channels, and Reverb checks it so.
 		msg := protocol.ChannelAuthMessage(c.socketID(), name, d.ChannelData, d.HasChannelData)
@@ -174,28 +188,125 @@ func (s *Server) subscribe(c *conn, m protocol.ClientMessage) {
 			s.subscriptionError(c, name, "AuthError", "Connection is unauthorized", 401)
 			return
 		}
-	case protocol.AuthPresence, protocol.AuthUser:
-		s.subscriptionError(c, name, "UnsupportedChannel", "This channel type is not supported yet", 501)
+		if kind.Auth == protocol.AuthPresence {
+			lim := protocol.PresenceLimits{MaxInfo: c.app.MaxPresenceUserInfo, MaxIDLength: c.app.MaxPresenceUserIDLength}
+			if member, err = protocol.ParseChannelData(d.ChannelData, lim); err != nil {
+				s.subscriptionError(c, name, "InvalidChannelData", "Invalid channel_data: "+err.Error(), 400)
+				return
+			}
+		}
+	case protocol.AuthUser:
+		if !strings.HasPrefix(name, protocol.PrefixServerToUser) || c.signedInAs() == "" ||
+			name != protocol.ServerToUserChannel(c.signedInAs()) {
+			s.subscriptionError(c, name, "AuthError", "Only the signed-in user may subscribe to "+name, 401)
+			return
+		}
+	}
+	if i := c.findSub(name); i >= 0 {
+		// Reverb answers a repeated subscription again; so does Resound.
+		c.write(s.succeededFrame(c, name, nil))
 		return
 	}
-	for _, ch := range c.channels {
-		if ch.name == name {
-			c.write(protocol.AppendTextFrame(nil, protocol.AppendSubscriptionSucceeded(nil, name)))
-			return
+	for _, pr := range c.preparing {
+		if pr.name == name && !pr.cancelled {
+			return // already on its way
 		}
 	}
 	for _, ps := range c.poller.newSubs {
 		if ps.c == c && ps.ch.name == name {
-			return // already on its way
+			return
 		}
 	}
+	if kind.Auth == protocol.AuthPresence || kind.Cache {
+		s.prepareSubscription(c, name, kind, member)
+		return
+	}
+	s.addPending(c, name, pendingSub{frames: s.succeededFrame(c, name, nil)})
+}
+
+func (s *Server) succeededFrame(c *conn, name string, members []protocol.PresenceMember) []byte {
+	if protocol.ClassifyChannel(name).Auth == protocol.AuthPresence {
+		return protocol.AppendTextFrame(nil, protocol.AppendPresenceSucceeded(nil, name, members))
+	}
+	return protocol.AppendTextFrame(nil, protocol.AppendSubscriptionSucceeded(nil, name))
+}
+
+// addPending takes the hub reference for a subscription and queues it for
+// completion at the end of this poller wake-up.
+func (s *Server) addPending(c *conn, name string, ps pendingSub) bool {
 	ch, created, err := s.hub.acquire(c.app, name)
 	if err != nil {
 		s.log.Error().Err(err).Str("channel", name).Msg("subscribing to deliveries")
 		s.subscriptionError(c, name, "ServerError", "Subscription failed, try again", 503)
+		return false
+	}
+	ps.c, ps.ch, ps.created = c, ch, created
+	c.poller.newSubs = append(c.poller.newSubs, ps)
+	return true
+}
+
+// prepareSubscription fetches what a presence or cache subscription needs
+// from the shared state, off the poller goroutine, then finishes it there.
+func (s *Server) prepareSubscription(c *conn, name string, kind protocol.ChannelKind, member protocol.PresenceMember) {
+	c.preparing = append(c.preparing, preparing{name: name})
+	sid := c.socketID()
+	app := c.app
+	s.async(func(ctx context.Context) {
+		var (
+			res   presence.JoinResult
+			err   error
+			cache []byte
+		)
+		if kind.Auth == protocol.AuthPresence {
+			res, err = s.presence.Join(ctx, app.ID, name, member, sid, s.opts.GatewayID, app.MaxPresenceMembers)
+		}
+		if err == nil && kind.Cache {
+			cache, err = s.cachedFrame(ctx, app.ID, name)
+		}
+		c.poller.post(func() { s.finishPrepared(c, name, kind, member, res, cache, err) })
+	})
+}
+
+func (s *Server) finishPrepared(c *conn, name string, kind protocol.ChannelKind, member protocol.PresenceMember,
+	res presence.JoinResult, cache []byte, err error) {
+	cancelled := true
+	for i, pr := range c.preparing {
+		if pr.name == name {
+			cancelled = pr.cancelled || c.destroyed
+			c.preparing = append(c.preparing[:i], c.preparing[i+1:]...)
+			break
+		}
+	}
+	if len(c.preparing) == 0 {
+		c.preparing = nil
+	}
+	joined := err == nil && kind.Auth == protocol.AuthPresence
+	if cancelled {
+		if joined {
+			s.presenceLeave(c.app, name, member.ID, c.socketID())
+		}
 		return
 	}
-	c.poller.newSubs = append(c.poller.newSubs, pendingSub{c: c, ch: ch, created: created})
+	switch {
+	case errors.Is(err, presence.ErrFull):
+		s.subscriptionError(c, name, "LimitReached", "The presence channel has reached its member limit", 403)
+		return
+	case err != nil:
+		s.log.Error().Err(err).Str("channel", name).Msg("preparing subscription")
+		s.subscriptionError(c, name, "ServerError", "Subscription failed, try again", 503)
+		return
+	}
+	frames := s.succeededFrame(c, name, res.Members)
+	if kind.Cache {
+		if cache != nil {
+			frames = append(frames, cache...)
+		} else {
+			frames = protocol.AppendTextFrame(frames, protocol.AppendCacheMiss(nil, name))
+		}
+	}
+	if !s.addPending(c, name, pendingSub{frames: frames, member: member, announce: joined && res.First}) && joined {
+		s.presenceLeave(c.app, name, member.ID, c.socketID())
+	}
 }
 
 func (s *Server) unsubscribe(c *conn, m protocol.ClientMessage) {
@@ -204,10 +315,19 @@ func (s *Server) unsubscribe(c *conn, m protocol.ClientMessage) {
 		s.sendError(c, protocol.CodeInvalidMessage, protocol.MessageInvalidFormat)
 		return
 	}
-	for i, ch := range c.channels {
-		if ch.name == name {
-			c.channels = append(c.channels[:i], c.channels[i+1:]...)
-			s.hub.unsubscribe(ch, c)
+	if i := c.findSub(name); i >= 0 {
+		cs := c.subs[i]
+		c.subs = append(c.subs[:i], c.subs[i+1:]...)
+		if len(c.subs) == 0 {
+			c.subs = nil
+			s.appStats(c.app).subscribed.Add(-1)
+		}
+		s.leave(c, cs)
+		return
+	}
+	for i := range c.preparing {
+		if c.preparing[i].name == name {
+			c.preparing[i].cancelled = true
 			return
 		}
 	}
@@ -216,10 +336,22 @@ func (s *Server) unsubscribe(c *conn, m protocol.ClientMessage) {
 		if ps.c == c && ps.ch.name == name {
 			c.poller.newSubs = append(subs[:i], subs[i+1:]...)
 			s.hub.release(ps.ch)
+			if ps.member.ID != "" {
+				s.presenceLeave(c.app, name, ps.member.ID, c.socketID())
+			}
 			return
 		}
 	}
 	// Unsubscribing from a channel one is not on is a no-op, as in Reverb.
+}
+
+// leave takes c off a channel it had joined.
+func (s *Server) leave(c *conn, cs chanSub) {
+	s.hub.unsubscribe(cs.ch, c)
+	if cs.member.ID != "" {
+		s.presenceLeave(c.app, cs.ch.name, cs.member.ID, c.socketID())
+	}
+	s.subscriptionCountChanged(cs.ch)
 }
 
 // completeSubscriptions finishes the subscriptions of one poller wake-up.
@@ -241,11 +373,22 @@ func (p *poller) completeSubscriptions() {
 	}
 	for _, ps := range subs {
 		c := ps.c
-		if !c.isOpen() {
+		if c.destroyed || !c.isOpen() {
 			p.srv.hub.release(ps.ch)
+			if ps.member.ID != "" {
+				p.srv.presenceLeave(c.app, ps.ch.name, ps.member.ID, c.socketID())
+			}
 			continue
 		}
-		ps.ch.join(c, protocol.AppendTextFrame(nil, protocol.AppendSubscriptionSucceeded(nil, ps.ch.name)))
-		c.channels = append(c.channels, ps.ch)
+		ps.ch.join(c, ps.frames)
+		if len(c.subs) == 0 {
+			p.srv.appStats(c.app).subscribed.Add(1)
+		}
+		c.subs = append(c.subs, chanSub{ch: ps.ch, member: ps.member})
+		if ps.announce {
+			p.srv.publishToChannel(c.app, ps.ch.name,
+				protocol.AppendTextFrame(nil, protocol.AppendMemberAdded(nil, ps.ch.name, ps.member)), c.socketID())
+		}
+		p.srv.subscriptionCountChanged(ps.ch)
 	}
 }

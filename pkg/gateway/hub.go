@@ -132,6 +132,24 @@ func (h *hub) lookup(subject string) *channel {
 	return ch
 }
 
+// forApp calls f for every channel of an app with local subscribers.
+func (h *hub) forApp(appID string, f func(*channel)) {
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		chans := make([]*channel, 0, len(sh.channels))
+		for _, ch := range sh.channels {
+			if ch.app.ID == appID {
+				chans = append(chans, ch)
+			}
+		}
+		sh.mu.Unlock()
+		for _, ch := range chans {
+			f(ch)
+		}
+	}
+}
+
 // channelCount is the number of channels with local subscribers.
 func (h *hub) channelCount() int {
 	n := 0

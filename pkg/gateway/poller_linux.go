@@ -35,6 +35,11 @@ type poller struct {
 	mu    sync.RWMutex
 	conns map[int]*conn // by descriptor
 
+	// inbox holds work other goroutines hand to this poller: completions of
+	// asynchronous steps that must touch a connection's poller-owned state.
+	inboxMu sync.Mutex
+	inbox   []func()
+
 	// Touched only on the poller goroutine.
 	again    []*conn // connections with unread input left
 	newSubs  []pendingSub
@@ -59,6 +64,24 @@ func newPoller(srv *Server) (*poller, error) {
 		return nil, err
 	}
 	return &poller{srv: srv, epfd: fd, wakefd: wake, buf: make([]byte, readBufferSize), conns: make(map[int]*conn)}, nil
+}
+
+// post runs f on the poller goroutine, soon.
+func (p *poller) post(f func()) {
+	p.inboxMu.Lock()
+	p.inbox = append(p.inbox, f)
+	p.inboxMu.Unlock()
+	p.wake()
+}
+
+func (p *poller) runInbox() {
+	p.inboxMu.Lock()
+	work := p.inbox
+	p.inbox = nil
+	p.inboxMu.Unlock()
+	for _, f := range work {
+		f()
+	}
 }
 
 // wake interrupts epoll_wait.
@@ -110,6 +133,7 @@ func (p *poller) run(done <-chan struct{}) {
 		}
 		now := time.Now()
 		p.now = now.UnixNano()
+		p.runInbox()
 		again := p.again
 		p.again = nil
 		for _, c := range again {
@@ -193,10 +217,21 @@ func (p *poller) destroy(c *conn) {
 	c.mu.Unlock()
 
 	c.partial, c.fragments = nil, nil
-	for _, ch := range c.channels {
-		p.srv.hub.unsubscribe(ch, c)
+	for i := range c.preparing {
+		c.preparing[i].cancelled = true
 	}
-	c.channels = nil
+	subs := c.subs
+	c.subs = nil
+	for _, cs := range subs {
+		p.srv.leave(c, cs)
+	}
+	if len(subs) > 0 {
+		p.srv.appStats(c.app).subscribed.Add(-1)
+	}
+	p.srv.signOut(c)
+	if c.countedMax {
+		p.srv.releaseConnectionSlot(c.app)
+	}
 	p.srv.metrics.connections.Add(-1)
 }
 

@@ -27,13 +27,20 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/protocol"
 )
 
 // Options configure a Server.
 type Options struct {
 	Apps *config.Apps
+	// Stores is the state shared by all gateways: presence, signed-in
+	// users, counts and cached events.
+	Stores *cluster.Stores
+	// GatewayID names this gateway in the shared state.
+	GatewayID string
 	// Conn carries deliveries from the workers.
 	Conn *nats.Conn
 	// HTTP serves every request that is not a WebSocket upgrade on
@@ -91,15 +98,36 @@ type Server struct {
 	}
 	dispatch  []chan *nats.Msg
 	httpConns *connListener
+
+	presence    *presence.Store
+	stats       map[string]*appStat
+	baseCtx     context.Context
+	cancelBase  context.CancelFunc
+	asyncSem    chan struct{}
+	controlSubs []*nats.Subscription
+	watchers    watchers
+	userStates  chan *nats.Msg
 }
 
 // New builds a gateway; Serve runs it.
 func New(opts Options) (*Server, error) {
 	opts.defaults()
-	if opts.Apps == nil || opts.Conn == nil || opts.HTTP == nil {
-		return nil, errors.New("gateway: Apps, Conn and HTTP are required")
+	if opts.Apps == nil || opts.Conn == nil || opts.HTTP == nil || opts.Stores == nil || opts.GatewayID == "" {
+		return nil, errors.New("gateway: Apps, Conn, HTTP, Stores and GatewayID are required")
 	}
-	s := &Server{opts: opts, log: opts.Log.With().Str("component", "gateway").Logger()}
+	s := &Server{
+		opts:       opts,
+		log:        opts.Log.With().Str("component", "gateway").Str("gateway", opts.GatewayID).Logger(),
+		presence:   presence.New(opts.Stores.Presence),
+		stats:      map[string]*appStat{},
+		asyncSem:   make(chan struct{}, maxAsync),
+		userStates: make(chan *nats.Msg, 1<<12),
+	}
+	s.watchers.byKey = map[string]*watchEntry{}
+	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
+	for _, app := range opts.Apps.All() {
+		s.stats[app.ID] = &appStat{}
+	}
 	s.frames.ping = protocol.AppendTextFrame(nil, protocol.MessagePing)
 	s.frames.pong = protocol.AppendTextFrame(nil, protocol.MessagePong)
 	s.dispatch = make([]chan *nats.Msg, opts.Dispatchers)
@@ -143,6 +171,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.runDispatcher(d, done) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); s.runUserStates(done) }()
+	if err := s.subscribeControl(); err != nil {
+		close(done)
+		wg.Wait()
+		return fmt.Errorf("gateway: control subscriptions: %w", err)
+	}
 	s.httpConns = newConnListener(ln.Addr())
 	httpSrv := &http.Server{
 		Handler:           s.opts.HTTP,
@@ -172,6 +207,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	deadline := time.Now().Add(2 * time.Second)
 	for s.metrics.connections.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Let the shared-state updates of the closed connections (presence
+	// leaves, released slots) finish before stopping.
+	for i := 0; i < maxAsync; i++ {
+		select {
+		case s.asyncSem <- struct{}{}:
+		case <-time.After(5 * time.Second):
+			i = maxAsync
+		}
+	}
+	s.cancelBase()
+	for _, sub := range s.controlSubs {
+		_ = sub.Unsubscribe()
 	}
 	close(done)
 	for _, p := range s.pollers {
@@ -253,8 +301,14 @@ func (s *Server) handshake(nc net.Conn) {
 		s.httpConns.push(&bufferedConn{Conn: nc, r: br})
 		return
 	}
-	var key string
+	var key, origin string
 	up := ws.Upgrader{
+		OnHeader: func(k, v []byte) error {
+			if origin == "" && bytes.EqualFold(k, []byte("Origin")) {
+				origin = string(v)
+			}
+			return nil
+		},
 		OnRequest: func(uri []byte) error {
 			path := uri
 			if i := bytes.IndexByte(path, '?'); i >= 0 {
@@ -279,15 +333,30 @@ func (s *Server) handshake(nc net.Conn) {
 	if !ok {
 		// pusher-js reads the code from the pusher:error, or from the
 		// close frame: both say 4001, so it does not retry.
-		msg := protocol.AppendTextFrame(nil, protocol.AppendError(nil, protocol.CodeAppNotFound, "Application does not exist"))
-		msg = protocol.AppendCloseFrame(msg, protocol.CodeAppNotFound, "Application does not exist")
-		_ = nc.SetDeadline(time.Now().Add(2 * time.Second))
-		_, _ = nc.Write(msg)
-		lingerClose(nc)
+		refuse(nc, protocol.CodeAppNotFound, "Application does not exist")
 		return
 	}
+	if !protocol.OriginAllowed(origin, app.AllowedOrigins) {
+		// Reverb sends 4009 but leaves the socket open; Resound closes it.
+		refuse(nc, protocol.CodeUnauthorized, "Origin not allowed")
+		return
+	}
+	counted := false
+	if app.MaxConnections > 0 {
+		if err := s.acquireConnectionSlot(app); err != nil {
+			if !errors.Is(err, errOverQuota) {
+				s.log.Warn().Err(err).Msg("counting connections")
+			}
+			refuse(nc, protocol.CodeOverQuota, "Application is over connection quota")
+			return
+		}
+		counted = true
+	}
 	_ = nc.SetDeadline(time.Time{})
-	if err := s.attach(nc, app); err != nil {
+	if err := s.attach(nc, app, counted); err != nil {
+		if counted {
+			s.releaseConnectionSlot(app)
+		}
 		s.log.Warn().Err(err).Msg("attaching connection")
 		_ = nc.Close()
 	}
@@ -296,7 +365,7 @@ func (s *Server) handshake(nc net.Conn) {
 // attach moves an upgraded connection from the Go runtime to the reactor:
 // the descriptor is duplicated, the net.Conn (and its runtime poller entry)
 // closed, and from then on the connection is a few hundred bytes of state.
-func (s *Server) attach(nc net.Conn, app *config.App) error {
+func (s *Server) attach(nc net.Conn, app *config.App, counted bool) error {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return errors.New("not a socket")
@@ -319,7 +388,7 @@ func (s *Server) attach(nc net.Conn, app *config.App) error {
 		return err
 	}
 	p := s.pollers[int(s.next.Add(1))%len(s.pollers)]
-	c := &conn{fd: fd, poller: p, app: app, lastSeen: time.Now().UnixNano()}
+	c := &conn{fd: fd, poller: p, app: app, lastSeen: time.Now().UnixNano(), countedMax: counted}
 	c.sidA, c.sidB = newSocketID()
 	established := protocol.AppendTextFrame(nil,
 		protocol.AppendConnectionEstablished(nil, c.socketID(), int(app.ActivityTimeout.Duration()/time.Second)))
@@ -369,6 +438,16 @@ func peekLine(br *bufio.Reader) ([]byte, error) {
 func isWebSocketPath(line []byte, prefix string) bool {
 	rest, ok := bytes.CutPrefix(line, []byte("GET "))
 	return ok && bytes.HasPrefix(rest, []byte(prefix))
+}
+
+// refuse finishes an upgraded connection that may not stay: a pusher:error
+// with the code, then a close frame with the same code.
+func refuse(nc net.Conn, code int, message string) {
+	msg := protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, message))
+	msg = protocol.AppendCloseFrame(msg, uint16(code), message)
+	_ = nc.SetDeadline(time.Now().Add(2 * time.Second))
+	_, _ = nc.Write(msg)
+	lingerClose(nc)
 }
 
 // lingerClose half-closes and waits briefly for the peer to close, so that

@@ -32,7 +32,9 @@ type Publisher interface {
 type Options struct {
 	Apps      *config.Apps
 	Publisher Publisher
-	Limits    protocol.Limits
+	// Cluster answers queries; nil disables the query endpoints (404).
+	Cluster Cluster
+	Limits  protocol.Limits
 	// MaxBodyBytes bounds a request body; larger gets 413.
 	MaxBodyBytes int64
 	// PathPrefix is REVERB_SERVER_PATH. Routes live under it, but
@@ -105,14 +107,13 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("No matching application for ID [%s].", appID))
 		return
 	}
-	switch action {
-	case "events", "batch_events":
-		if r.Method != http.MethodPost {
-			methodNotAllowed(w, "POST")
-			return
-		}
-	default:
+	route, arg, method := routeOf(action)
+	if route == "" || (route != "events" && route != "batch_events" && a.opts.Cluster == nil) {
 		writeError(w, http.StatusNotFound, "Not found.")
+		return
+	}
+	if r.Method != method && !(method == http.MethodGet && r.Method == http.MethodHead) {
+		methodNotAllowed(w, method)
 		return
 	}
 	body, status, err := a.readBody(r)
@@ -124,6 +125,24 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, err.Error())
 		return
 	}
+	switch route {
+	case "channels":
+		a.channels(w, r, app)
+		return
+	case "channel":
+		a.channel(w, r, app, arg)
+		return
+	case "users":
+		a.users(w, r, app, arg)
+		return
+	case "connections":
+		a.connections(w, r, app)
+		return
+	case "terminate":
+		a.terminate(w, r, app, arg)
+		return
+	}
+	action = route
 	var events []protocol.Trigger
 	if action == "events" {
 		var t protocol.Trigger
@@ -141,10 +160,93 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	a.enqueue(w, r, &queue.Job{AppID: app.ID, Events: events})
+	for _, ev := range events {
+		if err := validInfo(ev); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+	}
+	if !a.enqueue(w, r, &queue.Job{AppID: app.ID, Events: events}) {
+		return
+	}
+	a.respondEvents(w, r, app, action == "batch_events", events)
 }
 
-func (a *API) enqueue(w http.ResponseWriter, r *http.Request, job *queue.Job) {
+// respondEvents answers a stored trigger: {} or, when info was asked for,
+// the channels' attributes ({"channels":{...}}, or {"batch":[...]} aligned
+// with the batch).
+func (a *API) respondEvents(w http.ResponseWriter, r *http.Request, app *config.App, batch bool, events []protocol.Trigger) {
+	wantInfo := false
+	for _, ev := range events {
+		wantInfo = wantInfo || ev.Info != ""
+	}
+	if !wantInfo || a.opts.Cluster == nil {
+		writeJSON(w, http.StatusOK, `{}`)
+		return
+	}
+	ctx, cancel := a.queryCtx(r)
+	defer cancel()
+	infos := make([]map[string]int, len(events))
+	var single map[string]map[string]int
+	for i, ev := range events {
+		info, err := a.eventInfo(ctx, app, ev)
+		if err != nil {
+			// The event is stored and will be delivered; only the
+			// attributes are missing.
+			a.opts.Log.Warn().Err(err).Msg("trigger info")
+			writeJSON(w, http.StatusOK, `{}`)
+			return
+		}
+		if !batch {
+			single = info
+			break
+		}
+		infos[i] = map[string]int{}
+		for _, ch := range ev.Channels {
+			for k, v := range info[ch] {
+				infos[i][k] = v
+			}
+		}
+	}
+	if batch {
+		writeValue(w, http.StatusOK, map[string]any{"batch": infos})
+		return
+	}
+	writeValue(w, http.StatusOK, map[string]any{"channels": single})
+}
+
+// routeOf maps the part of the path after /apps/{id}/ to a route, its
+// argument and its method.
+func routeOf(action string) (route, arg, method string) {
+	switch {
+	case action == "events":
+		return "events", "", http.MethodPost
+	case action == "batch_events":
+		return "batch_events", "", http.MethodPost
+	case action == "channels":
+		return "channels", "", http.MethodGet
+	case action == "connections":
+		return "connections", "", http.MethodGet
+	case strings.HasPrefix(action, "channels/"):
+		name := strings.TrimPrefix(action, "channels/")
+		if ch, ok := strings.CutSuffix(name, "/users"); ok {
+			return "users", ch, http.MethodGet
+		}
+		if strings.Contains(name, "/") {
+			return "", "", ""
+		}
+		return "channel", name, http.MethodGet
+	case strings.HasPrefix(action, "users/") && strings.HasSuffix(action, "/terminate_connections"):
+		user := strings.TrimSuffix(strings.TrimPrefix(action, "users/"), "/terminate_connections")
+		if user == "" || strings.Contains(user, "/") {
+			return "", "", ""
+		}
+		return "terminate", user, http.MethodPost
+	}
+	return "", "", ""
+}
+
+func (a *API) enqueue(w http.ResponseWriter, r *http.Request, job *queue.Job) bool {
 	ctx, cancel := context.WithTimeout(r.Context(), a.opts.PublishTimeout)
 	defer cancel()
 	seq, err := a.opts.Publisher.Publish(ctx, job)
@@ -153,10 +255,10 @@ func (a *API) enqueue(w http.ResponseWriter, r *http.Request, job *queue.Job) {
 		// so with 503 rather than pretend with 200.
 		a.opts.Log.Error().Err(err).Str("app_id", job.AppID).Msg("enqueueing job")
 		writeError(w, http.StatusServiceUnavailable, "The event could not be queued; try again.")
-		return
+		return false
 	}
 	a.opts.Log.Debug().Str("app_id", job.AppID).Uint64("seq", seq).Int("events", len(job.Events)).Msg("job queued")
-	writeJSON(w, http.StatusOK, `{}`)
+	return true
 }
 
 func (a *API) readBody(r *http.Request) ([]byte, int, error) {

@@ -6,6 +6,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -18,10 +19,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/gateway"
 	"github.com/resoundhq/resound/pkg/httpapi"
 	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/pkg/queue"
 	"github.com/resoundhq/resound/pkg/worker"
 	"github.com/resoundhq/resound/protocol"
@@ -108,6 +111,11 @@ func Start(ctx context.Context, opts Options) (n *Node, err error) {
 	if _, err := queue.EnsureStream(setupCtx, js, StreamOptions(&cfg.Settings)); err != nil {
 		return nil, err
 	}
+	stores, err := cluster.Ensure(setupCtx, js, ClusterOptions(&cfg.Settings))
+	if err != nil {
+		return nil, err
+	}
+	gatewayID := cluster.NewGatewayID()
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
@@ -123,20 +131,27 @@ func Start(ctx context.Context, opts Options) (n *Node, err error) {
 		}
 		n.pool = worker.New(worker.Options{
 			Conn: wConn, JetStream: wjs, Limits: Limits(&cfg.Settings), Workers: cfg.Workers, Log: n.log.With().Str("component", "worker").Logger(),
-			Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+			Cache: stores.Cache,
+			Apps:  func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 		})
 		n.goRun(func() error { return n.pool.Run(runCtx) })
 	}
 
 	var gw *gateway.Server
+	registry := cluster.NewRegistry(stores, gatewayID, n.log.With().Str("component", "registry").Logger(),
+		func(ctx context.Context, live map[string]bool) { gw.Sweep(ctx, live) })
+	view := &clusterView{
+		nc: gwConn, stores: stores, presence: presence.New(stores.Presence),
+		querier: cluster.NewQuerier(gwConn, registry.Live, 2*time.Second),
+	}
 	api := httpapi.New(httpapi.Options{
-		Apps: cfg.Apps, Publisher: queue.NewPublisher(js), Limits: Limits(&cfg.Settings),
+		Apps: cfg.Apps, Publisher: queue.NewPublisher(js), Limits: Limits(&cfg.Settings), Cluster: view,
 		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
 		Ready: func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() },
 		Log:   n.log.With().Str("component", "httpapi").Logger(),
 	})
 	gw, err = gateway.New(gateway.Options{
-		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path,
+		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID,
 		PongTimeout: cfg.PongTimeout.Duration(), Log: n.log,
 	})
 	if err != nil {
@@ -151,6 +166,7 @@ func Start(ctx context.Context, opts Options) (n *Node, err error) {
 		}
 	}
 	n.goRun(func() error { return gw.Serve(runCtx, n.ln) })
+	n.goRun(func() error { registry.Run(runCtx); return nil })
 	for !gw.Ready() {
 		select {
 		case <-ctx.Done():
@@ -159,6 +175,51 @@ func Start(ctx context.Context, opts Options) (n *Node, err error) {
 		}
 	}
 	return n, nil
+}
+
+// ClusterOptions size the shared-state buckets from the settings.
+func ClusterOptions(s *config.Settings) cluster.Options {
+	return cluster.Options{CacheTTL: s.CacheTTL.Duration()}
+}
+
+// clusterView answers the HTTP API's queries from the shared state and the
+// gateways.
+type clusterView struct {
+	nc       *nats.Conn
+	stores   *cluster.Stores
+	presence *presence.Store
+	querier  *cluster.Querier
+}
+
+func (v *clusterView) Query(ctx context.Context, req cluster.QueryRequest) (cluster.QueryResult, error) {
+	return v.querier.Query(ctx, req)
+}
+
+func (v *clusterView) PresenceMembers(ctx context.Context, appID, channel string) ([]protocol.PresenceMember, error) {
+	return v.presence.Members(ctx, appID, channel)
+}
+
+func (v *clusterView) CachedEvent(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
+	e, err := v.stores.Cache.Get(ctx, cluster.Key(appID, channel))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	var ev cluster.CachedEvent
+	if err := json.Unmarshal(e.Value(), &ev); err != nil {
+		return nil, 0, nil
+	}
+	ttl := v.stores.CacheTTL() - time.Since(e.Created())
+	if ttl < 0 {
+		ttl = 0
+	}
+	return &ev, ttl, nil
+}
+
+func (v *clusterView) Terminate(_ context.Context, appID, userID string) error {
+	return gateway.Terminate(v.nc, appID, userID)
 }
 
 // StreamOptions are the job stream's limits from the settings.

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/queue"
 	"github.com/resoundhq/resound/pkg/route"
 	"github.com/resoundhq/resound/protocol"
@@ -39,6 +40,9 @@ type Options struct {
 	JetStream jetstream.JetStream
 	Apps      AppExists
 	Limits    protocol.Limits
+	// Cache keeps the last event of every cache channel; nil disables
+	// caching.
+	Cache jetstream.KeyValue
 	// Workers is how many goroutines encode and publish in parallel.
 	Workers int
 	Log     zerolog.Logger
@@ -214,6 +218,9 @@ func (p *Pool) runShard(in <-chan *task) {
 					break
 				}
 				p.stats.Deliveries.Add(1)
+				if p.opts.Cache != nil && protocol.ClassifyChannel(ch).Cache {
+					p.cache(t.job.AppID, ch, ev)
+				}
 			}
 			if failed {
 				break
@@ -232,6 +239,17 @@ func (p *Pool) runShard(in <-chan *task) {
 			}
 			p.stats.Jobs.Add(1)
 		}
+	}
+}
+
+// cache stores ev as the channel's last event. Pusher keeps it whether or
+// not anyone is subscribed; Reverb loses it when the channel empties.
+func (p *Pool) cache(appID, channel string, ev *protocol.Trigger) {
+	b, _ := json.Marshal(cluster.CachedEvent{Event: ev.Name, Data: ev.Data})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := p.opts.Cache.Put(ctx, cluster.Key(appID, channel), b); err != nil {
+		p.opts.Log.Warn().Err(err).Str("channel", channel).Msg("caching event")
 	}
 }
 

@@ -1,0 +1,107 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// QuerySubject is where the HTTP API asks every gateway about its
+// channels; each live gateway answers once.
+const QuerySubject = "resound.ctl.query"
+
+// QueryRequest asks about one app's channels: all of them, those with a
+// prefix, or one.
+type QueryRequest struct {
+	App     string `json:"app"`
+	Prefix  string `json:"prefix,omitempty"`
+	Channel string `json:"channel,omitempty"`
+	// ConnectionsOnly asks for the connection count alone.
+	ConnectionsOnly bool `json:"connections_only,omitempty"`
+}
+
+// QueryReply is one gateway's answer.
+type QueryReply struct {
+	Gateway string `json:"gateway"`
+	// Channels maps occupied channels to their local subscriber counts.
+	Channels map[string]int `json:"channels"`
+	// Connections counts the app's local connections on at least one
+	// channel.
+	Connections int `json:"connections"`
+}
+
+// QueryResult sums the replies.
+type QueryResult struct {
+	Channels    map[string]int
+	Connections int
+	// Complete is false when some live gateway did not answer in time.
+	Complete bool
+}
+
+// Querier gathers answers from every live gateway.
+type Querier struct {
+	nc       *nats.Conn
+	registry func(ctx context.Context) (map[string]bool, error)
+	timeout  time.Duration
+}
+
+// NewQuerier returns a querier. live lists the gateways expected to
+// answer; the querier waits for exactly those, or for the timeout.
+func NewQuerier(nc *nats.Conn, live func(ctx context.Context) (map[string]bool, error), timeout time.Duration) *Querier {
+	return &Querier{nc: nc, registry: live, timeout: timeout}
+}
+
+// Query asks every gateway and sums what they say. Unlike Reverb, which
+// waits for as many replies as its Redis PUBLISH reached, it waits for the
+// gateways the registry lists, so a subscriber that is not ready yet never
+// turns a complete answer into a timeout.
+func (q *Querier) Query(ctx context.Context, req QueryRequest) (QueryResult, error) {
+	live, err := q.registry(ctx)
+	if err != nil {
+		return QueryResult{}, err
+	}
+	inbox := q.nc.NewRespInbox()
+	sub, err := q.nc.SubscribeSync(inbox)
+	if err != nil {
+		return QueryResult{}, err
+	}
+	defer sub.Unsubscribe()
+	b, _ := json.Marshal(req)
+	if err := q.nc.PublishRequest(QuerySubject, inbox, b); err != nil {
+		return QueryResult{}, err
+	}
+	res := QueryResult{Channels: map[string]int{}}
+	seen := map[string]bool{}
+	deadline := time.Now().Add(q.timeout)
+	for len(seen) < len(live) {
+		wait := time.Until(deadline)
+		if d, ok := ctx.Deadline(); ok && time.Until(d) < wait {
+			wait = time.Until(d)
+		}
+		if wait <= 0 {
+			break
+		}
+		m, err := sub.NextMsg(wait)
+		if err != nil {
+			break
+		}
+		var r QueryReply
+		if json.Unmarshal(m.Data, &r) != nil || seen[r.Gateway] {
+			continue
+		}
+		seen[r.Gateway] = true
+		for ch, n := range r.Channels {
+			res.Channels[ch] += n
+		}
+		res.Connections += r.Connections
+	}
+	res.Complete = true
+	for id := range live {
+		if !seen[id] {
+			res.Complete = false
+		}
+	}
+	return res, nil
+}

@@ -1,0 +1,96 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"github.com/rs/zerolog"
+)
+
+// Registry keeps this gateway's heartbeat in the gateways bucket and tells
+// when other gateways disappear.
+type Registry struct {
+	stores   *Stores
+	id       string
+	interval time.Duration
+	log      zerolog.Logger
+	// onGone is called with the set of live gateway ids whenever a gateway
+	// that was seen alive is gone, and once at start-up, so that state left
+	// by gateways that died before this one started is cleaned up too.
+	onGone func(ctx context.Context, live map[string]bool)
+}
+
+// NewGatewayID returns a fresh gateway id.
+func NewGatewayID() string { return nuid.Next() }
+
+// NewRegistry returns a registry for the gateway id.
+func NewRegistry(stores *Stores, id string, log zerolog.Logger, onGone func(ctx context.Context, live map[string]bool)) *Registry {
+	interval := stores.opts.GatewayTTL / 3
+	return &Registry{stores: stores, id: id, interval: interval, log: log, onGone: onGone}
+}
+
+// ID is this gateway's id.
+func (r *Registry) ID() string { return r.id }
+
+// Live lists the ids of the gateways whose heartbeat has not expired.
+func (r *Registry) Live(ctx context.Context) (map[string]bool, error) {
+	keys, err := r.stores.Gateways.Keys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, err
+	}
+	live := make(map[string]bool, len(keys)+1)
+	for _, k := range keys {
+		live[k] = true
+	}
+	live[r.id] = true
+	return live, nil
+}
+
+// Run heartbeats until ctx ends, then removes this gateway's key so that
+// the others clean up after it at once.
+func (r *Registry) Run(ctx context.Context) {
+	beat := func() {
+		c, cancel := context.WithTimeout(ctx, r.interval)
+		defer cancel()
+		if _, err := r.stores.Gateways.Put(c, r.id, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil && ctx.Err() == nil {
+			r.log.Warn().Err(err).Msg("gateway heartbeat")
+		}
+	}
+	beat()
+	var seen map[string]bool
+	first := true
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		c, cancel := context.WithTimeout(ctx, r.interval)
+		live, err := r.Live(c)
+		cancel()
+		if err == nil {
+			gone := first
+			for id := range seen {
+				if !live[id] {
+					gone = true
+					r.log.Info().Str("gateway", id).Msg("gateway gone; cleaning up after it")
+				}
+			}
+			if gone && r.onGone != nil {
+				r.onGone(ctx, live)
+			}
+			seen, first = live, false
+		} else if ctx.Err() == nil {
+			r.log.Warn().Err(err).Msg("listing gateways")
+		}
+		select {
+		case <-ctx.Done():
+			c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = r.stores.Gateways.Delete(c, r.id)
+			cancel()
+			return
+		case <-t.C:
+			beat()
+		}
+	}
+}

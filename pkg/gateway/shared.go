@@ -1,0 +1,347 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/resoundhq/resound/pkg/cluster"
+	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/route"
+	"github.com/resoundhq/resound/protocol"
+)
+
+// asyncTimeout bounds one operation on the shared state.
+const asyncTimeout = 10 * time.Second
+
+// maxAsync bounds the goroutines working on shared state at once, so that
+// a subscription storm queues instead of spawning without limit.
+const maxAsync = 512
+
+// async runs f off the poller goroutines: f may block on NATS round trips.
+func (s *Server) async(f func(ctx context.Context)) {
+	select {
+	case s.asyncSem <- struct{}{}:
+	case <-s.baseCtx.Done():
+		return // stopping: the registry's sweep cleans up after us
+	}
+	go func() {
+		defer func() { <-s.asyncSem }()
+		ctx, cancel := context.WithTimeout(s.baseCtx, asyncTimeout)
+		defer cancel()
+		f(ctx)
+	}()
+}
+
+// appStat counts what queries ask about one app on this gateway.
+type appStat struct {
+	// subscribed counts connections on at least one channel: Reverb's
+	// /connections.
+	subscribed atomic.Int64
+}
+
+func (s *Server) appStats(app *config.App) *appStat { return s.stats[app.ID] }
+
+// publishToChannel sends a frame the gateway made itself (presence
+// changes, client events, counts) to every subscriber of a channel on
+// every gateway, through the channel's delivery subject.
+func (s *Server) publishToChannel(app *config.App, channel string, frame []byte, excludeSocketID string) {
+	env := route.AppendDelivery(make([]byte, 0, len(frame)+32), route.Delivery{ExcludeSocketID: excludeSocketID, Frame: frame})
+	if err := s.opts.Conn.Publish(route.Subject(app.ID, channel), env); err != nil {
+		s.log.Warn().Err(err).Str("channel", channel).Msg("publishing to channel")
+	}
+}
+
+// cachedFrame returns the frame of the channel's cached event, or nil.
+func (s *Server) cachedFrame(ctx context.Context, appID, channel string) ([]byte, error) {
+	e, err := s.opts.Stores.Cache.Get(ctx, cluster.Key(appID, channel))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ev cluster.CachedEvent
+	if json.Unmarshal(e.Value(), &ev) != nil {
+		return nil, nil
+	}
+	return protocol.AppendTextFrame(nil, protocol.AppendChannelEvent(nil, ev.Event, channel, ev.Data, "")), nil
+}
+
+// presenceLeave removes a connection from a presence channel and, when it
+// was the user's last, tells the channel.
+func (s *Server) presenceLeave(app *config.App, channel, userID, socketID string) {
+	s.async(func(ctx context.Context) {
+		last, err := s.presence.Leave(ctx, app.ID, channel, userID, socketID)
+		if err != nil {
+			s.log.Warn().Err(err).Str("channel", channel).Msg("leaving presence channel")
+			return
+		}
+		if last {
+			s.publishToChannel(app, channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, channel, userID)), "")
+		}
+	})
+}
+
+// subscriptionCountChanged sends pusher_internal:subscription_count, the
+// count across the cluster, for apps that turned it on. Each gateway keeps
+// its own count under the channel's key; the event carries their sum.
+func (s *Server) subscriptionCountChanged(ch *channel) {
+	if !ch.app.SubscriptionCount || protocol.ClassifyChannel(ch.name).Auth == protocol.AuthPresence {
+		return
+	}
+	s.async(func(ctx context.Context) {
+		ch.mu.RLock()
+		local := len(ch.subs)
+		ch.mu.RUnlock()
+		total, err := s.setCount(ctx, cluster.Key("subs", ch.app.ID, ch.name), local)
+		if err != nil {
+			s.log.Warn().Err(err).Str("channel", ch.name).Msg("counting subscriptions")
+			return
+		}
+		s.publishToChannel(ch.app, ch.name, protocol.AppendTextFrame(nil, protocol.AppendSubscriptionCount(nil, ch.name, total)), "")
+	})
+}
+
+// gatewayCounts is a per-gateway count kept in the counts bucket.
+type gatewayCounts map[string]int
+
+func decodeCounts(b []byte) gatewayCounts {
+	c := gatewayCounts{}
+	if len(b) > 0 {
+		_ = json.Unmarshal(b, &c)
+	}
+	return c
+}
+
+func (g gatewayCounts) encode() []byte {
+	if len(g) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(g)
+	return b
+}
+
+func (g gatewayCounts) total() int {
+	n := 0
+	for _, v := range g {
+		n += v
+	}
+	return n
+}
+
+// setCount sets this gateway's count under key and returns the total.
+func (s *Server) setCount(ctx context.Context, key string, local int) (int, error) {
+	var total int
+	err := cluster.Mutate(ctx, s.opts.Stores.Counts, key, func(old []byte) ([]byte, error) {
+		c := decodeCounts(old)
+		if local == 0 {
+			delete(c, s.opts.GatewayID)
+		} else {
+			c[s.opts.GatewayID] = local
+		}
+		total = c.total()
+		return c.encode(), nil
+	})
+	return total, err
+}
+
+// errOverQuota is returned when an app is at its connection cap.
+var errOverQuota = errors.New("over connection quota")
+
+// acquireConnectionSlot counts a new connection against the app's
+// max_connections, across the cluster. It runs on the handshake goroutine,
+// before the connection is established.
+func (s *Server) acquireConnectionSlot(app *config.App) error {
+	ctx, cancel := context.WithTimeout(s.baseCtx, asyncTimeout)
+	defer cancel()
+	return cluster.Mutate(ctx, s.opts.Stores.Counts, cluster.Key("conns", app.ID), func(old []byte) ([]byte, error) {
+		c := decodeCounts(old)
+		if c.total() >= app.MaxConnections {
+			return nil, errOverQuota
+		}
+		c[s.opts.GatewayID]++
+		return c.encode(), nil
+	})
+}
+
+func (s *Server) releaseConnectionSlot(app *config.App) {
+	s.async(func(ctx context.Context) {
+		err := cluster.Mutate(ctx, s.opts.Stores.Counts, cluster.Key("conns", app.ID), func(old []byte) ([]byte, error) {
+			c := decodeCounts(old)
+			if c[s.opts.GatewayID] <= 1 {
+				delete(c, s.opts.GatewayID)
+			} else {
+				c[s.opts.GatewayID]--
+			}
+			return c.encode(), nil
+		})
+		if err != nil {
+			s.log.Warn().Err(err).Msg("releasing a connection slot")
+		}
+	})
+}
+
+// Sweep removes what gateways that are no longer live left in the shared
+// state, and announces the presence members and users that left with
+// them. The registry calls it when a gateway disappears, and at start-up.
+func (s *Server) Sweep(ctx context.Context, live map[string]bool) {
+	removed, err := s.presence.RemoveGatewaysExcept(ctx, live)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("sweeping presence")
+	}
+	for _, r := range removed {
+		if app, ok := s.opts.Apps.ByID(r.App); ok {
+			s.publishToChannel(app, r.Channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, r.Channel, r.UserID)), "")
+		}
+	}
+	s.sweepUsers(ctx, live)
+	s.sweepCounts(ctx, live)
+}
+
+func (s *Server) sweepCounts(ctx context.Context, live map[string]bool) {
+	lister, err := s.opts.Stores.Counts.ListKeys(ctx)
+	if err != nil {
+		return
+	}
+	for key := range lister.Keys() {
+		err := cluster.Mutate(ctx, s.opts.Stores.Counts, key, func(old []byte) ([]byte, error) {
+			c := decodeCounts(old)
+			changed := false
+			for gw := range c {
+				if !live[gw] {
+					delete(c, gw)
+					changed = true
+				}
+			}
+			if !changed {
+				return old, nil
+			}
+			return c.encode(), nil
+		})
+		if err != nil {
+			s.log.Warn().Err(err).Str("key", key).Msg("sweeping counts")
+		}
+	}
+}
+
+// control subjects every gateway listens on.
+const (
+	subjectTerminate = "resound.ctl.terminate"
+	subjectUserState = "resound.ctl.user."
+)
+
+type terminateRequest struct {
+	App    string `json:"app"`
+	UserID string `json:"user_id"`
+}
+
+// Terminate closes every connection of a user of an app on every gateway:
+// connections signed in as the user (Pusher) and connections whose
+// presence identity is the user (Reverb).
+func Terminate(nc *nats.Conn, appID, userID string) error {
+	b, _ := json.Marshal(terminateRequest{App: appID, UserID: userID})
+	if err := nc.Publish(subjectTerminate, b); err != nil {
+		return err
+	}
+	return nc.Flush()
+}
+
+func (s *Server) onTerminate(m *nats.Msg) {
+	var req terminateRequest
+	if json.Unmarshal(m.Data, &req) != nil || req.UserID == "" {
+		return
+	}
+	for _, p := range s.pollers {
+		p.post(func() {
+			p.mu.RLock()
+			var hit []*conn
+			for _, c := range p.conns {
+				if c.app.ID != req.App {
+					continue
+				}
+				match := c.signedInAs() == req.UserID
+				for _, cs := range c.subs {
+					match = match || cs.member.ID == req.UserID
+				}
+				if match {
+					hit = append(hit, c)
+				}
+			}
+			p.mu.RUnlock()
+			for _, c := range hit {
+				c.closeWith(protocol.CodeUnauthorized, "Connection terminated by server")
+			}
+		})
+	}
+}
+
+// subscribeControl listens for the messages every gateway must act on.
+func (s *Server) subscribeControl() error {
+	sub, err := s.opts.Conn.Subscribe(subjectTerminate, s.onTerminate)
+	if err != nil {
+		return err
+	}
+	s.controlSubs = append(s.controlSubs, sub)
+	sub, err = s.opts.Conn.Subscribe(cluster.QuerySubject, s.answerQuery)
+	if err != nil {
+		return err
+	}
+	s.controlSubs = append(s.controlSubs, sub)
+	return nil
+}
+
+// answerQuery replies with this gateway's view of an app's channels, for
+// the HTTP API's cluster-wide queries.
+func (s *Server) answerQuery(m *nats.Msg) {
+	var q cluster.QueryRequest
+	if json.Unmarshal(m.Data, &q) != nil || m.Reply == "" {
+		return
+	}
+	app, ok := s.opts.Apps.ByID(q.App)
+	if !ok {
+		return
+	}
+	r := cluster.QueryReply{Gateway: s.opts.GatewayID, Channels: map[string]int{}}
+	if st := s.appStats(app); st != nil {
+		r.Connections = int(st.subscribed.Load())
+	}
+	s.hub.forApp(app.ID, func(ch *channel) {
+		if q.ConnectionsOnly {
+			return
+		}
+		if q.Channel != "" && ch.name != q.Channel {
+			return
+		}
+		if q.Prefix != "" && !hasPrefix(ch.name, q.Prefix) {
+			return
+		}
+		ch.mu.RLock()
+		n := len(ch.subs)
+		ch.mu.RUnlock()
+		if n > 0 {
+			r.Channels[ch.name] = n
+		}
+	})
+	b, _ := json.Marshal(r)
+	_ = m.Respond(b)
+}
+
+func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
+
+// watchers index the connections watching each user's online state.
+type watchers struct {
+	mu    sync.Mutex
+	byKey map[string]*watchEntry // by user-state subject
+}
+
+type watchEntry struct {
+	conns map[*conn]struct{}
+	sub   *nats.Subscription
+}

@@ -1,0 +1,260 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/resoundhq/resound/pkg/cluster"
+	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/route"
+	"github.com/resoundhq/resound/protocol"
+)
+
+// signin handles pusher:signin: the auth must sign socket_id::user::user_data
+// with the app's secret, and user_data must carry a string id.
+func (s *Server) signin(c *conn, m protocol.ClientMessage) {
+	d, err := protocol.ParseSigninData(m.Data)
+	if err != nil {
+		s.sendError(c, protocol.CodeInvalidMessage, protocol.MessageInvalidFormat)
+		return
+	}
+	if !protocol.VerifyAuth(c.app.Key, c.app.Secret, d.Auth, protocol.UserAuthMessage(c.socketID(), d.UserData)) {
+		s.sendError(c, protocol.CodeUnauthorized, "Invalid signature for pusher:signin")
+		return
+	}
+	id, watchlist, err := protocol.ParseUserData(d.UserData)
+	if err != nil {
+		s.sendError(c, protocol.CodeUnauthorized, err.Error())
+		return
+	}
+	ext := c.extension()
+	if ext.userID != "" {
+		if ext.userID != id {
+			s.sendError(c, protocol.CodeUnauthorized, "The connection is already signed in as another user")
+			return
+		}
+		c.write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, d.UserData)))
+		return
+	}
+	if len(watchlist) > protocol.MaxWatchlist {
+		watchlist = watchlist[:protocol.MaxWatchlist]
+		defer s.sendError(c, protocol.CodeWatchlistLimit, "Watchlist limit exceeded: only the first 100 ids are watched")
+	}
+	ext.userID = id
+	ext.watchlist = watchlist
+	c.write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, d.UserData)))
+	s.watch(c, watchlist)
+	app, sid := c.app, c.socketID()
+	s.async(func(ctx context.Context) {
+		first := false
+		err := cluster.Mutate(ctx, s.opts.Stores.Users, cluster.Key(app.ID, id), func(old []byte) ([]byte, error) {
+			conns := decodeSockets(old)
+			first = len(conns) == 0
+			conns[sid] = s.opts.GatewayID
+			return conns.encode(), nil
+		})
+		if err != nil {
+			s.log.Warn().Err(err).Msg("recording a signed-in user")
+			return
+		}
+		if first {
+			s.publishUserState(app, id, true)
+		}
+		s.sendInitialWatchlist(ctx, c, app, watchlist)
+	})
+}
+
+// signOut forgets a signed-in connection that is going away.
+func (s *Server) signOut(c *conn) {
+	if c.ext == nil || c.ext.userID == "" {
+		return
+	}
+	id, app, sid := c.ext.userID, c.app, c.socketID()
+	s.unwatch(c, c.ext.watchlist)
+	s.async(func(ctx context.Context) {
+		last := false
+		err := cluster.Mutate(ctx, s.opts.Stores.Users, cluster.Key(app.ID, id), func(old []byte) ([]byte, error) {
+			conns := decodeSockets(old)
+			if _, ok := conns[sid]; !ok {
+				return old, nil
+			}
+			delete(conns, sid)
+			last = len(conns) == 0
+			return conns.encode(), nil
+		})
+		if err != nil {
+			s.log.Warn().Err(err).Msg("forgetting a signed-in user")
+			return
+		}
+		if last {
+			s.publishUserState(app, id, false)
+		}
+	})
+}
+
+// userStateSubject carries a user's online/offline transitions.
+func userStateSubject(appID, userID string) string {
+	return subjectUserState + route.EscapeToken(appID) + "." + route.EscapeToken(userID)
+}
+
+type userState struct {
+	UserID string `json:"user_id"`
+	Online bool   `json:"online"`
+}
+
+func (s *Server) publishUserState(app *config.App, userID string, online bool) {
+	b, _ := json.Marshal(userState{UserID: userID, Online: online})
+	if err := s.opts.Conn.Publish(userStateSubject(app.ID, userID), b); err != nil {
+		s.log.Warn().Err(err).Msg("publishing user state")
+	}
+}
+
+func (s *Server) watch(c *conn, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	s.watchers.mu.Lock()
+	defer s.watchers.mu.Unlock()
+	for _, id := range ids {
+		subj := userStateSubject(c.app.ID, id)
+		e := s.watchers.byKey[subj]
+		if e == nil {
+			sub, err := s.opts.Conn.ChanSubscribe(subj, s.userStates)
+			if err != nil {
+				s.log.Warn().Err(err).Msg("watching a user")
+				continue
+			}
+			e = &watchEntry{conns: map[*conn]struct{}{}, sub: sub}
+			s.watchers.byKey[subj] = e
+		}
+		e.conns[c] = struct{}{}
+	}
+}
+
+func (s *Server) unwatch(c *conn, ids []string) {
+	s.watchers.mu.Lock()
+	defer s.watchers.mu.Unlock()
+	for _, id := range ids {
+		subj := userStateSubject(c.app.ID, id)
+		if e := s.watchers.byKey[subj]; e != nil {
+			delete(e.conns, c)
+			if len(e.conns) == 0 {
+				_ = e.sub.Unsubscribe()
+				delete(s.watchers.byKey, subj)
+			}
+		}
+	}
+}
+
+// runUserStates forwards watched users' transitions to their watchers.
+func (s *Server) runUserStates(done <-chan struct{}) {
+	for {
+		var m *nats.Msg
+		select {
+		case m = <-s.userStates:
+		case <-done:
+			return
+		}
+		var st userState
+		if json.Unmarshal(m.Data, &st) != nil {
+			continue
+		}
+		name := "offline"
+		if st.Online {
+			name = "online"
+		}
+		frame := protocol.AppendTextFrame(nil, protocol.AppendWatchlistEvent(nil, name, []string{st.UserID}))
+		s.watchers.mu.Lock()
+		if e := s.watchers.byKey[m.Subject]; e != nil {
+			for c := range e.conns {
+				c.write(frame)
+			}
+		}
+		s.watchers.mu.Unlock()
+	}
+}
+
+// sendInitialWatchlist tells a newly signed-in connection which of the
+// users it watches are online now.
+func (s *Server) sendInitialWatchlist(ctx context.Context, c *conn, app *config.App, ids []string) {
+	var online []string
+	for _, id := range ids {
+		e, err := s.opts.Stores.Users.Get(ctx, cluster.Key(app.ID, id))
+		if err != nil {
+			continue
+		}
+		if len(decodeSockets(e.Value())) > 0 {
+			online = append(online, id)
+		}
+	}
+	if len(online) > 0 {
+		c.write(protocol.AppendTextFrame(nil, protocol.AppendWatchlistEvent(nil, "online", online)))
+	}
+}
+
+// sweepUsers removes signed-in connections of gateways that are gone, and
+// announces the users who are offline because of it.
+func (s *Server) sweepUsers(ctx context.Context, live map[string]bool) {
+	lister, err := s.opts.Stores.Users.ListKeys(ctx)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrNoKeysFound) {
+			s.log.Warn().Err(err).Msg("sweeping users")
+		}
+		return
+	}
+	for key := range lister.Keys() {
+		appTok, userTok, ok := strings.Cut(key, ".")
+		if !ok {
+			continue
+		}
+		appID, err1 := cluster.ParseToken(appTok)
+		userID, err2 := cluster.ParseToken(userTok)
+		app, known := s.opts.Apps.ByID(appID)
+		if err1 != nil || err2 != nil || !known {
+			continue
+		}
+		last := false
+		err := cluster.Mutate(ctx, s.opts.Stores.Users, key, func(old []byte) ([]byte, error) {
+			conns := decodeSockets(old)
+			changed := false
+			for sid, gw := range conns {
+				if !live[gw] {
+					delete(conns, sid)
+					changed = true
+				}
+			}
+			if !changed {
+				return old, nil
+			}
+			last = len(conns) == 0
+			return conns.encode(), nil
+		})
+		if err == nil && last {
+			s.publishUserState(app, userID, false)
+		}
+	}
+}
+
+// socketGateways maps a user's signed-in socket ids to their gateways.
+type socketGateways map[string]string
+
+func decodeSockets(b []byte) socketGateways {
+	m := socketGateways{}
+	if len(b) > 0 {
+		_ = json.Unmarshal(b, &m)
+	}
+	return m
+}
+
+func (m socketGateways) encode() []byte {
+	if len(m) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
