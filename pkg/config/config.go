@@ -51,7 +51,8 @@ type Settings struct {
 	MaxEventSize    int     `envconfig:"RESOUND_MAX_EVENT_SIZE" default:"10240" desc:"largest event data accepted by the HTTP API in bytes (413 above)"`
 	MaxRequestSize  int     `envconfig:"RESOUND_MAX_REQUEST_SIZE" default:"262144" desc:"largest HTTP API request body in bytes (413 above)"`
 
-	CacheTTL Seconds `envconfig:"RESOUND_CACHE_TTL" default:"1800" desc:"seconds a cache channel keeps its last event, subscribers or not"`
+	CacheTTL   Seconds `envconfig:"RESOUND_CACHE_TTL" default:"1800" desc:"seconds a cache channel keeps its last event, subscribers or not"`
+	GatewayTTL Seconds `envconfig:"RESOUND_GATEWAY_TTL" default:"15" desc:"seconds after its last heartbeat that a gateway counts as dead and its presence members are removed"`
 
 	QueueMaxBytes int64   `envconfig:"RESOUND_QUEUE_MAX_BYTES" default:"1073741824" desc:"bytes the job stream may hold before the API answers 503"`
 	QueueMaxAge   Seconds `envconfig:"RESOUND_QUEUE_MAX_AGE" default:"86400" desc:"seconds a job may wait in the stream before it is discarded"`
@@ -159,6 +160,8 @@ func (s *Settings) validate() error {
 		return fmt.Errorf("invalid setting RESOUND_MAX_REQUEST_SIZE=%d: must be at least RESOUND_MAX_EVENT_SIZE (%d)", s.MaxRequestSize, s.MaxEventSize)
 	case s.QueueMaxBytes < 1<<20:
 		return fmt.Errorf("invalid setting RESOUND_QUEUE_MAX_BYTES=%d: must be at least 1 MiB", s.QueueMaxBytes)
+	case s.GatewayTTL < Seconds(3*time.Second):
+		return fmt.Errorf("invalid setting RESOUND_GATEWAY_TTL: must be at least 3 seconds")
 	case s.CacheTTL < Seconds(time.Second):
 		return fmt.Errorf("invalid setting RESOUND_CACHE_TTL: must be at least 1 second")
 	case s.QueueMaxAge < Seconds(time.Second):

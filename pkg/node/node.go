@@ -179,7 +179,7 @@ func Start(ctx context.Context, opts Options) (n *Node, err error) {
 
 // ClusterOptions size the shared-state buckets from the settings.
 func ClusterOptions(s *config.Settings) cluster.Options {
-	return cluster.Options{CacheTTL: s.CacheTTL.Duration()}
+	return cluster.Options{CacheTTL: s.CacheTTL.Duration(), GatewayTTL: s.GatewayTTL.Duration()}
 }
 
 // clusterView answers the HTTP API's queries from the shared state and the

@@ -36,6 +36,7 @@ func startNode(t *testing.T, tweak func(*config.Settings)) (*Node, *pushertest.A
 		PingInterval: config.Seconds(60 * time.Second), ActivityTimeout: config.Seconds(30 * time.Second),
 		PongTimeout: config.Seconds(30 * time.Second), MaxMessageSize: 10000, MaxEventSize: 10240,
 		MaxRequestSize: 262144, QueueMaxBytes: 64 << 20, QueueMaxAge: config.Seconds(time.Hour),
+		CacheTTL: config.Seconds(30 * time.Minute), GatewayTTL: config.Seconds(15 * time.Second),
 	}
 	if tweak != nil {
 		tweak(&s)

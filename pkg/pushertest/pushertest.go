@@ -64,9 +64,15 @@ func (m Message) DataObject(v any) error {
 // Dial connects to ws://addr/app/key without reading anything.
 func Dial(t testing.TB, addr, path string) *Client {
 	t.Helper()
+	return DialWith(t, addr, path, nil)
+}
+
+// DialWith is Dial with extra handshake headers (an Origin, say).
+func DialWith(t testing.TB, addr, path string, header ws.HandshakeHeader) *Client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, br, _, err := ws.Dial(ctx, "ws://"+addr+path)
+	conn, br, _, err := ws.Dialer{Header: header}.Dial(ctx, "ws://"+addr+path)
 	if err != nil {
 		t.Fatalf("dial %s: %v", path, err)
 	}
