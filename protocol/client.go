@@ -165,25 +165,19 @@ func OriginAllowed(origin string, patterns []string) bool {
 
 // wildcardMatch matches s against p, where '*' is any run of characters.
 func wildcardMatch(p, s string) bool {
-	for {
-		star := strings.IndexByte(p, '*')
-		if star < 0 {
-			return p == s
-		}
-		if !strings.HasPrefix(s, p[:star]) {
-			return false
-		}
-		s = s[star:]
-		p = p[star+1:]
-		if p == "" {
-			return true
-		}
-		// Try every position for the rest of the pattern.
-		for i := 0; i <= len(s); i++ {
-			if wildcardMatch(p, s[i:]) {
-				return true
-			}
-		}
+	star := strings.IndexByte(p, '*')
+	if star < 0 {
+		return p == s
+	}
+	if !strings.HasPrefix(s, p[:star]) {
 		return false
 	}
+	s, p = s[star:], p[star+1:]
+	// Let the star take 0, 1, 2... characters and match the rest.
+	for i := 0; i <= len(s); i++ {
+		if wildcardMatch(p, s[i:]) {
+			return true
+		}
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 
@@ -41,6 +42,11 @@ type channel struct {
 
 	mu   sync.RWMutex
 	subs map[*conn]struct{}
+
+	// For subscription_count: when the last count was sent (unix nanos),
+	// and whether a deferred one is due.
+	countSentAt  atomic.Int64
+	countPending atomic.Bool
 }
 
 func newHub(nc *nats.Conn, dispatch []chan *nats.Msg) *hub {

@@ -105,9 +105,25 @@ func (s *Server) subscriptionCountChanged(ch *channel) {
 			s.log.Warn().Err(err).Str("channel", ch.name).Msg("counting subscriptions")
 			return
 		}
+		// Pusher sends the count on every change, but at most every 5 s
+		// once a channel has more than 100 subscribers.
+		now := time.Now().UnixNano()
+		if total > 100 && now-ch.countSentAt.Load() < int64(countInterval) {
+			if ch.countPending.CompareAndSwap(false, true) {
+				time.AfterFunc(countInterval, func() {
+					ch.countPending.Store(false)
+					s.subscriptionCountChanged(ch)
+				})
+			}
+			return
+		}
+		ch.countSentAt.Store(now)
 		s.publishToChannel(ch.app, ch.name, protocol.AppendTextFrame(nil, protocol.AppendSubscriptionCount(nil, ch.name, total)), "")
 	})
 }
+
+// countInterval is Pusher's pace for subscription_count on busy channels.
+const countInterval = 5 * time.Second
 
 // gatewayCounts is a per-gateway count kept in the counts bucket.
 type gatewayCounts map[string]int

@@ -465,3 +465,39 @@ func TestOriginsAndConnectionQuota(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+func TestSubscriptionCountEvents(t *testing.T) {
+	counted := config.App{ID: "555", Key: "key-counted", Secret: "secret-counted", SubscriptionCount: true}
+	tc := startCluster(t, counted, app1)
+	count := func(c *pushertest.Client) int {
+		t.Helper()
+		m := c.Expect(protocol.EventSubscriptionCount)
+		var d struct {
+			N int `json:"subscription_count"`
+		}
+		if err := m.DataObject(&d); err != nil {
+			t.Fatalf("subscription_count %s", m.Raw)
+		}
+		return d.N
+	}
+	a := pushertest.Connect(t, tc.a.Addr().String(), counted.Key)
+	a.Subscribe("room")
+	if n := count(a); n != 1 {
+		t.Fatalf("count %d, want 1", n)
+	}
+	b := pushertest.Connect(t, tc.b.Addr().String(), counted.Key)
+	b.Subscribe("room")
+	// Both see the count reach 2, across gateways.
+	for _, c := range []*pushertest.Client{a, b} {
+		for n := count(c); n != 2; n = count(c) {
+		}
+	}
+	b.Close()
+	if n := count(a); n != 1 {
+		t.Fatalf("after a leave, count %d, want 1", n)
+	}
+	// Apps that did not turn it on get no count.
+	plain := pushertest.Connect(t, tc.a.Addr().String(), app1.Key)
+	plain.Subscribe("room")
+	plain.ExpectSilence(500 * time.Millisecond)
+}
