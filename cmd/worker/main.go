@@ -6,9 +6,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,6 +23,7 @@ import (
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/logging"
+	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/node"
 	"github.com/resoundhq/resound/pkg/queue"
 	"github.com/resoundhq/resound/pkg/worker"
@@ -78,11 +84,36 @@ func main() {
 		log.Error().Err(err).Msg("shared-state buckets")
 		os.Exit(1)
 	}
-	pool := worker.New(worker.Options{
-		Conn: nc, JetStream: js, Limits: node.Limits(&cfg.Settings), Workers: cfg.Workers, Log: log, Cache: stores.Cache,
+	reg := metrics.NewRegistry()
+	var pool *worker.Pool
+	wm := metrics.NewWorker(reg, func() float64 { return float64(pool.Stats().Pending.Load()) })
+	pool = worker.New(worker.Options{
+		Conn: nc, JetStream: js, Limits: node.Limits(&cfg.Settings), Workers: cfg.Workers, Log: log, Cache: stores.Cache, Metrics: wm,
 		Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 	})
-	log.Info().Int("workers", cfg.Workers).Str("nats", cfg.NATSURL).Msg("worker started")
+	var draining atomic.Bool
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", reg.Handler())
+	mux.HandleFunc("/up", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if draining.Load() || !nc.IsConnected() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"health":"UNAVAILABLE"}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"health":"OK"}`))
+	})
+	msrv := &http.Server{Addr: net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.MetricsPort)), Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if cfg.MetricsPort != 0 {
+		go func() {
+			if err := msrv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error().Err(err).Msg("metrics server")
+			}
+		}()
+		defer msrv.Close()
+	}
+	go func() { <-ctx.Done(); draining.Store(true) }()
+	log.Info().Int("workers", cfg.Workers).Str("nats", cfg.NATSURL).Int("metrics_port", cfg.MetricsPort).Msg("worker started")
 	if err := pool.Run(ctx); err != nil {
 		log.Error().Err(err).Msg("worker stopped")
 		os.Exit(1)

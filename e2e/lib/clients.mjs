@@ -46,7 +46,7 @@ export function makeEcho(gw, { key = gw.key, ...extra } = {}) {
 }
 
 /** The `pusher` server SDK pointed at the gateway's HTTP API. */
-export function makeServerSdk(gw, { secret = gw.secret, key = gw.key, appId = gw.appId } = {}) {
+export function makeServerSdk(gw, { secret = gw.secret, key = gw.key, appId = gw.appId, encryptionMasterKeyBase64 } = {}) {
   return new PusherServer({
     appId,
     key,
@@ -55,6 +55,7 @@ export function makeServerSdk(gw, { secret = gw.secret, key = gw.key, appId = gw
     port: String(gw.port),
     useTLS: false,
     timeout: 10_000,
+    ...(encryptionMasterKeyBase64 ? { encryptionMasterKeyBase64 } : {}),
   });
 }
 

@@ -15,7 +15,7 @@ export const REPO_ROOT = path.resolve(E2E_DIR, '..');
 export const BIN_DIR = path.join(E2E_DIR, '.bin');
 export const BIN_PATH = path.join(BIN_DIR, 'gateway');
 
-const HOST = '127.0.0.1';
+export const HOST = '127.0.0.1';
 const READY_TIMEOUT_MS = 20_000;
 const STOP_GRACE_MS = 5_000;
 const BUILD_TIMEOUT_MS = 8 * 60_000;
@@ -66,9 +66,9 @@ async function acquireLock(lockDir) {
   }
 }
 
-function runGoBuild() {
+function runGoBuild(binName = 'gateway', pkg = './cmd/gateway') {
   return new Promise((resolve, reject) => {
-    const args = ['build', '-o', path.join('e2e', '.bin', 'gateway'), './cmd/gateway'];
+    const args = ['build', '-o', path.join('e2e', '.bin', binName), pkg];
     const child = spawn('go', args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d) => { out += d; });
@@ -92,28 +92,64 @@ let builtPath = null;
  */
 export async function ensureBuilt() {
   if (builtPath) return builtPath;
-  if (process.env.RESOUND_GATEWAY_BIN) {
-    builtPath = path.resolve(process.env.RESOUND_GATEWAY_BIN);
-    return builtPath;
+  builtPath = await ensureBinary('gateway');
+  return builtPath;
+}
+
+/** The version of nats-server that go.mod pins (the build stamp for it). */
+function natsServerVersion() {
+  try {
+    const mod = fs.readFileSync(path.join(REPO_ROOT, 'go.mod'), 'utf8');
+    const m = mod.match(/github\.com\/nats-io\/nats-server\/v2\s+(\S+)/);
+    return m ? `nats-server ${m[1]}` : 'nats-server ?';
+  } catch {
+    return 'nats-server ?';
+  }
+}
+
+const BINARIES = {
+  gateway: { name: 'gateway', pkg: './cmd/gateway', envVar: 'RESOUND_GATEWAY_BIN', stampFile: '.build-stamp' },
+  worker: { name: 'worker', pkg: './cmd/worker', envVar: 'RESOUND_WORKER_BIN', stampFile: '.build-stamp-worker' },
+  // The go.mod tool directive; rebuilt only when its pinned version changes.
+  'nats-server': { name: 'nats-server', pkg: 'github.com/nats-io/nats-server/v2', envVar: 'RESOUND_NATS_SERVER_BIN', stampFile: '.build-stamp-nats-server', stamp: natsServerVersion },
+};
+
+const builtBinaries = new Map();
+
+/**
+ * Builds e2e/.bin/<name> (gateway, worker or nats-server) once per test run,
+ * like ensureBuilt() does for the gateway. An environment variable
+ * (RESOUND_GATEWAY_BIN, RESOUND_WORKER_BIN, RESOUND_NATS_SERVER_BIN) names a
+ * prebuilt binary instead. Returns the binary's path.
+ */
+export async function ensureBinary(spec) {
+  const b = typeof spec === 'string' ? BINARIES[spec] : spec;
+  if (!b) throw new Error(`unknown binary ${spec}`);
+  if (builtBinaries.has(b.name)) return builtBinaries.get(b.name);
+  if (process.env[b.envVar]) {
+    const p = path.resolve(process.env[b.envVar]);
+    builtBinaries.set(b.name, p);
+    return p;
   }
   await fsp.mkdir(BIN_DIR, { recursive: true });
   const lockDir = path.join(BIN_DIR, '.build-lock');
-  const stampPath = path.join(BIN_DIR, '.build-stamp');
-  const id = runIdentity();
+  const stampPath = path.join(BIN_DIR, b.stampFile);
+  const binPath = path.join(BIN_DIR, b.name);
+  const id = b.stamp ? b.stamp() : runIdentity();
   await acquireLock(lockDir);
   try {
     let stamp = null;
     try { stamp = await fsp.readFile(stampPath, 'utf8'); } catch { /* none */ }
-    if (stamp !== id || !fs.existsSync(BIN_PATH)) {
+    if (stamp !== id || !fs.existsSync(binPath)) {
       await fsp.rm(stampPath, { force: true });
-      await runGoBuild();
+      await runGoBuild(b.name, b.pkg);
       await fsp.writeFile(stampPath, id);
     }
   } finally {
     await fsp.rm(lockDir, { recursive: true, force: true });
   }
-  builtPath = BIN_PATH;
-  return builtPath;
+  builtBinaries.set(b.name, binPath);
+  return binPath;
 }
 
 export function freePort() {
@@ -132,7 +168,7 @@ function randomHex(n) {
   return randomBytes(n).toString('hex');
 }
 
-async function probeUp(port) {
+export async function probeUp(port) {
   try {
     const res = await fetch(`http://${HOST}:${port}/up`, { signal: AbortSignal.timeout(1000) });
     await res.arrayBuffer().catch(() => {});
@@ -142,7 +178,7 @@ async function probeUp(port) {
   }
 }
 
-function tailOf(file, lines) {
+export function tailOf(file, lines) {
   try {
     const text = fs.readFileSync(file, 'utf8');
     return text.split('\n').slice(-lines).join('\n');

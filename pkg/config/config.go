@@ -40,9 +40,10 @@ type Settings struct {
 	AppsFile string `envconfig:"RESOUND_APPS_FILE" desc:"JSON file with several apps (see README); used with or instead of REVERB_APP_*"`
 	DataDir  string `envconfig:"RESOUND_DATA_DIR" desc:"directory for the embedded NATS file store (default ./.resound/<port>)"`
 
-	Workers   int    `envconfig:"RESOUND_WORKERS" default:"4" desc:"worker goroutines that encode and route jobs, per worker process"`
-	LogLevel  string `envconfig:"RESOUND_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
-	LogFormat string `envconfig:"RESOUND_LOG_FORMAT" default:"auto" desc:"json, console, or auto (console on a terminal, json otherwise)"`
+	Workers     int    `envconfig:"RESOUND_WORKERS" default:"4" desc:"worker goroutines that encode and route jobs, per worker process"`
+	MetricsPort int    `envconfig:"RESOUND_METRICS_PORT" default:"9091" desc:"port of the worker process's /metrics and /up (gateways serve them on their own port)"`
+	LogLevel    string `envconfig:"RESOUND_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat   string `envconfig:"RESOUND_LOG_FORMAT" default:"auto" desc:"json, console, or auto (console on a terminal, json otherwise)"`
 
 	PingInterval    Seconds `envconfig:"RESOUND_PING_INTERVAL" default:"60" desc:"seconds of client silence before the server sends pusher:ping"`
 	ActivityTimeout Seconds `envconfig:"RESOUND_ACTIVITY_TIMEOUT" default:"30" desc:"activity_timeout told to clients: seconds of server silence before they ping"`
@@ -144,6 +145,8 @@ func (s *Settings) validate() error {
 		return fmt.Errorf("invalid setting REVERB_SERVER_PORT=%d: must be 0 to 65535", s.Port)
 	case s.Path != "" && (!strings.HasPrefix(s.Path, "/") || strings.HasSuffix(s.Path, "/")):
 		return fmt.Errorf("invalid setting REVERB_SERVER_PATH=%q: must start with / and not end with /", s.Path)
+	case s.MetricsPort < 0 || s.MetricsPort > 65535:
+		return fmt.Errorf("invalid setting RESOUND_METRICS_PORT=%d: must be 0 to 65535", s.MetricsPort)
 	case s.Workers < 1:
 		return fmt.Errorf("invalid setting RESOUND_WORKERS=%d: must be at least 1", s.Workers)
 	case s.PingInterval <= 0:

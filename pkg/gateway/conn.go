@@ -141,6 +141,7 @@ func (c *conn) writeLocked(b []byte) {
 	}
 	if len(c.out)+len(b) > c.poller.srv.opts.MaxOutbound {
 		c.poller.srv.log.Debug().Str("socket_id", c.socketID()).Msg("slow client cut off")
+		c.poller.srv.prom.SlowConsumers.Inc()
 		c.abortLocked()
 		return
 	}
@@ -185,6 +186,9 @@ func (c *conn) closeWith(code int, errMsg string) {
 		return
 	}
 	var msg []byte
+	if code >= 4000 {
+		c.poller.srv.prom.Error(code, c.app.ID)
+	}
 	if errMsg != "" && code >= 4000 {
 		msg = protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, errMsg))
 	}

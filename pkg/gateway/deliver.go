@@ -40,6 +40,7 @@ func (s *Server) runDispatcher(in <-chan *nats.Msg, done <-chan struct{}) {
 		}
 		ch.mu.RUnlock()
 		s.metrics.deliveries.Add(int64(n))
+		s.prom.Deliveries.Add(float64(n))
 	}
 }
 

@@ -122,6 +122,7 @@ func (s *Server) handleFrame(c *conn, h frameHeader, payload []byte) {
 }
 
 func (s *Server) handleMessage(c *conn, msg []byte) {
+	s.prom.MessagesIn.WithLabelValues("client").Inc()
 	m, err := protocol.ParseClientMessage(msg)
 	if err != nil {
 		s.sendError(c, protocol.CodeInvalidMessage, protocol.MessageInvalidFormat)
@@ -152,6 +153,8 @@ func (s *Server) handleMessage(c *conn, msg []byte) {
 }
 
 func (s *Server) sendError(c *conn, code int, message string) {
+	s.prom.Error(code, c.app.ID)
+	s.prom.MessagesOut.Inc()
 	c.write(protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, message)))
 }
 
@@ -162,6 +165,8 @@ func (s *Server) sendError(c *conn, code int, message string) {
 func (s *Server) subscriptionError(c *conn, channel, errType, message string, status int) {
 	out := protocol.AppendTextFrame(nil, protocol.AppendSubscriptionError(nil, channel, errType, message, status))
 	out = protocol.AppendTextFrame(out, protocol.AppendError(nil, protocol.CodeUnauthorized, message))
+	s.prom.Error(protocol.CodeUnauthorized, c.app.ID)
+	s.prom.MessagesOut.Add(2)
 	c.write(out)
 }
 
@@ -347,6 +352,7 @@ func (s *Server) unsubscribe(c *conn, m protocol.ClientMessage) {
 
 // leave takes c off a channel it had joined.
 func (s *Server) leave(c *conn, cs chanSub) {
+	s.metrics.subscriptions.Add(-1)
 	s.hub.unsubscribe(cs.ch, c)
 	if cs.member.ID != "" {
 		s.presenceLeave(c.app, cs.ch.name, cs.member.ID, c.socketID())
@@ -381,6 +387,8 @@ func (p *poller) completeSubscriptions() {
 			continue
 		}
 		ps.ch.join(c, ps.frames)
+		p.srv.prom.MessagesOut.Inc()
+		p.srv.metrics.subscriptions.Add(1)
 		if len(c.subs) == 0 {
 			p.srv.appStats(c.app).subscribed.Add(1)
 		}

@@ -233,6 +233,7 @@ func (p *poller) destroy(c *conn) {
 		p.srv.releaseConnectionSlot(c.app)
 	}
 	p.srv.metrics.connections.Add(-1)
+	p.srv.appStats(c.app).conns.Dec()
 }
 
 // scan pings silent connections, closes those that never answered, and

@@ -29,6 +29,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -59,7 +60,9 @@ type Options struct {
 	FlushTimeout time.Duration
 	Pollers      int
 	Dispatchers  int
-	Log          zerolog.Logger
+	// Metrics receives the gateway's counters; nil keeps them unexported.
+	Metrics *metrics.Gateway
+	Log     zerolog.Logger
 }
 
 func (o *Options) defaults() {
@@ -93,9 +96,11 @@ type Server struct {
 	ready   atomic.Bool
 	frames  struct{ ping, pong []byte }
 	metrics struct {
-		connections atomic.Int64
-		deliveries  atomic.Int64
+		connections   atomic.Int64
+		deliveries    atomic.Int64
+		subscriptions atomic.Int64
 	}
+	prom      *metrics.Gateway
 	dispatch  []chan *nats.Msg
 	httpConns *connListener
 
@@ -124,9 +129,13 @@ func New(opts Options) (*Server, error) {
 		userStates: make(chan *nats.Msg, 1<<12),
 	}
 	s.watchers.byKey = map[string]*watchEntry{}
+	s.prom = opts.Metrics
+	if s.prom == nil {
+		s.prom = metrics.NewGateway(metrics.NewRegistry(), s.subscriptionCount, s.channelCount)
+	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	for _, app := range opts.Apps.All() {
-		s.stats[app.ID] = &appStat{}
+		s.stats[app.ID] = &appStat{conns: s.prom.Connections.WithLabelValues(app.ID)}
 	}
 	s.frames.ping = protocol.AppendTextFrame(nil, protocol.MessagePing)
 	s.frames.pong = protocol.AppendTextFrame(nil, protocol.MessagePong)
@@ -153,6 +162,27 @@ func (s *Server) Connections() int64 { return s.metrics.connections.Load() }
 
 // Deliveries is the number of frames written to subscribers so far.
 func (s *Server) Deliveries() int64 { return s.metrics.deliveries.Load() }
+
+// NewMetrics registers a gateway's metrics in r; pass the result as
+// Options.Metrics. The gauges read the server once it exists.
+func NewMetrics(r *metrics.Registry, srv **Server) *metrics.Gateway {
+	return metrics.NewGateway(r,
+		func() float64 {
+			if *srv == nil {
+				return 0
+			}
+			return (*srv).subscriptionCount()
+		},
+		func() float64 {
+			if *srv == nil {
+				return 0
+			}
+			return (*srv).channelCount()
+		})
+}
+
+func (s *Server) subscriptionCount() float64 { return float64(s.metrics.subscriptions.Load()) }
+func (s *Server) channelCount() float64      { return float64(s.hub.channelCount()) }
 
 // Channels is the number of channels with local subscribers.
 func (s *Server) Channels() int { return s.hub.channelCount() }
@@ -272,6 +302,7 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
 			} else if backoff < time.Second {
 				backoff *= 2
 			}
+			s.prom.AcceptBackoff.Inc()
 			s.log.Warn().Err(err).Dur("backoff", backoff).Msg("accept failed")
 			select {
 			case <-time.After(backoff):
@@ -329,6 +360,7 @@ func (s *Server) handshake(nc net.Conn) {
 		_ = nc.Close()
 		return
 	}
+	s.prom.Handshakes.Inc()
 	app, ok := s.opts.Apps.ByKey(key)
 	if !ok {
 		// pusher-js reads the code from the pusher:error, or from the
@@ -338,6 +370,7 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	if !protocol.OriginAllowed(origin, app.AllowedOrigins) {
 		// Reverb sends 4009 but leaves the socket open; Resound closes it.
+		s.prom.Error(protocol.CodeUnauthorized, app.ID)
 		refuse(nc, protocol.CodeUnauthorized, "Origin not allowed")
 		return
 	}
@@ -347,6 +380,7 @@ func (s *Server) handshake(nc net.Conn) {
 			if !errors.Is(err, errOverQuota) {
 				s.log.Warn().Err(err).Msg("counting connections")
 			}
+			s.prom.Error(protocol.CodeOverQuota, app.ID)
 			refuse(nc, protocol.CodeOverQuota, "Application is over connection quota")
 			return
 		}
@@ -396,8 +430,10 @@ func (s *Server) attach(nc net.Conn, app *config.App, counted bool) error {
 	// poller can deliver anything else.
 	c.write(established)
 	s.metrics.connections.Add(1)
+	s.appStats(app).conns.Inc()
 	if err := p.add(c); err != nil {
 		s.metrics.connections.Add(-1)
+		s.appStats(app).conns.Dec()
 		_ = unix.Close(fd)
 		return err
 	}

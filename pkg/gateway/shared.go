@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
@@ -44,6 +45,7 @@ type appStat struct {
 	// subscribed counts connections on at least one channel: Reverb's
 	// /connections.
 	subscribed atomic.Int64
+	conns      prometheus.Gauge
 }
 
 func (s *Server) appStats(app *config.App) *appStat { return s.stats[app.ID] }

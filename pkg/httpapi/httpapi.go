@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/resoundhq/resound/pkg/config"
@@ -46,7 +47,11 @@ type Options struct {
 	PublishTimeout time.Duration
 	// Now is the clock for the timestamp window; nil means time.Now.
 	Now func() time.Time
-	Log zerolog.Logger
+	// Metrics, when set, is served at /metrics.
+	Metrics http.Handler
+	// Triggered counts events accepted through the API; may be nil.
+	Triggered prometheus.Counter
+	Log       zerolog.Logger
 }
 
 // apiError is a message for the client, worded for people, which is why it
@@ -94,6 +99,10 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, `{"health":"OK"}`)
+		return
+	}
+	if path == "/metrics" && a.opts.Metrics != nil {
+		a.opts.Metrics.ServeHTTP(w, r)
 		return
 	}
 	rest, ok := strings.CutPrefix(path, "/apps/")
@@ -168,6 +177,9 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !a.enqueue(w, r, &queue.Job{AppID: app.ID, Events: events}) {
 		return
+	}
+	if a.opts.Triggered != nil {
+		a.opts.Triggered.Add(float64(len(events)))
 	}
 	a.respondEvents(w, r, app, action == "batch_events", events)
 }

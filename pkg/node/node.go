@@ -23,6 +23,7 @@ import (
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/gateway"
 	"github.com/resoundhq/resound/pkg/httpapi"
+	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/natsembed"
 	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/pkg/queue"
@@ -45,6 +46,8 @@ type Node struct {
 	err      error
 	// DevApp is set when the node made a development app.
 	DevApp *config.App
+	// Registry holds the node's metrics, served at /metrics.
+	Registry *metrics.Registry
 }
 
 // Options start a node.
@@ -119,6 +122,7 @@ func Start(ctx context.Context, opts Options) (n *Node, err error) {
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
+	n.Registry = metrics.NewRegistry()
 
 	if allInOne {
 		wConn, err := n.connect("resound-worker")
@@ -131,13 +135,14 @@ func Start(ctx context.Context, opts Options) (n *Node, err error) {
 		}
 		n.pool = worker.New(worker.Options{
 			Conn: wConn, JetStream: wjs, Limits: Limits(&cfg.Settings), Workers: cfg.Workers, Log: n.log.With().Str("component", "worker").Logger(),
-			Cache: stores.Cache,
-			Apps:  func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+			Cache: stores.Cache, Metrics: metrics.NewWorker(n.Registry, func() float64 { return float64(n.pool.Stats().Pending.Load()) }),
+			Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 		})
 		n.goRun(func() error { return n.pool.Run(runCtx) })
 	}
 
 	var gw *gateway.Server
+	gwMetrics := gateway.NewMetrics(n.Registry, &gw)
 	registry := cluster.NewRegistry(stores, gatewayID, n.log.With().Str("component", "registry").Logger(),
 		func(ctx context.Context, live map[string]bool) { gw.Sweep(ctx, live) })
 	view := &clusterView{
@@ -146,12 +151,13 @@ func Start(ctx context.Context, opts Options) (n *Node, err error) {
 	}
 	api := httpapi.New(httpapi.Options{
 		Apps: cfg.Apps, Publisher: queue.NewPublisher(js), Limits: Limits(&cfg.Settings), Cluster: view,
+		Metrics: n.Registry.Handler(), Triggered: gwMetrics.MessagesIn.WithLabelValues("api"),
 		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
 		Ready: func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() },
 		Log:   n.log.With().Str("component", "httpapi").Logger(),
 	})
 	gw, err = gateway.New(gateway.Options{
-		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID,
+		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
 		PongTimeout: cfg.PongTimeout.Duration(), Log: n.log,
 	})
 	if err != nil {

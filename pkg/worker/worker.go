@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/resoundhq/resound/pkg/cluster"
+	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/queue"
 	"github.com/resoundhq/resound/pkg/route"
 	"github.com/resoundhq/resound/protocol"
@@ -43,6 +44,8 @@ type Options struct {
 	// Cache keeps the last event of every cache channel; nil disables
 	// caching.
 	Cache jetstream.KeyValue
+	// Metrics receives the pool's counters; may be nil.
+	Metrics *metrics.Worker
 	// Workers is how many goroutines encode and publish in parallel.
 	Workers int
 	Log     zerolog.Logger
@@ -63,6 +66,8 @@ type Stats struct {
 	Jobs       atomic.Uint64 // jobs completed and acked
 	Rejected   atomic.Uint64 // invalid jobs, terminated
 	Deliveries atomic.Uint64 // frames published (one per event and channel)
+	// Pending is the consumer's backlog as of the last job fetched.
+	Pending atomic.Uint64
 }
 
 // task is the part of one job that one shard handles: the channels whose
@@ -70,6 +75,7 @@ type Stats struct {
 type task struct {
 	job      *queue.Job
 	seq      uint64
+	stored   time.Time  // when JetStream stored the job
 	channels [][]string // per event: this shard's channels
 	pending  *atomic.Int32
 	msg      jetstream.Msg
@@ -139,6 +145,7 @@ func (p *Pool) dispatch(msg jetstream.Msg) {
 		p.reject(msg, 0, err)
 		return
 	}
+	p.stats.Pending.Store(meta.NumPending)
 	job := new(queue.Job)
 	if err := json.Unmarshal(msg.Data(), job); err != nil {
 		p.reject(msg, meta.Sequence.Stream, err)
@@ -166,7 +173,7 @@ func (p *Pool) dispatch(msg jetstream.Msg) {
 			s := shardOf(job.AppID, ch, n)
 			t := tasks[s]
 			if t == nil {
-				t = &task{job: job, seq: meta.Sequence.Stream, channels: make([][]string, len(job.Events)), pending: pending, msg: msg}
+				t = &task{job: job, seq: meta.Sequence.Stream, stored: meta.Timestamp, channels: make([][]string, len(job.Events)), pending: pending, msg: msg}
 				tasks[s] = t
 				pending.Add(1)
 			}
@@ -187,6 +194,9 @@ func (p *Pool) dispatch(msg jetstream.Msg) {
 
 func (p *Pool) reject(msg jetstream.Msg, seq uint64, err error) {
 	p.stats.Rejected.Add(1)
+	if m := p.opts.Metrics; m != nil {
+		m.Jobs.WithLabelValues("rejected").Inc()
+	}
 	p.opts.Log.Warn().Err(err).Uint64("seq", seq).Str("subject", msg.Subject()).Msg("invalid job terminated")
 	_ = msg.Term()
 }
@@ -218,6 +228,9 @@ func (p *Pool) runShard(in <-chan *task) {
 					break
 				}
 				p.stats.Deliveries.Add(1)
+				if m := p.opts.Metrics; m != nil {
+					m.Deliveries.Inc()
+				}
 				if p.opts.Cache != nil && protocol.ClassifyChannel(ch).Cache {
 					p.cache(t.job.AppID, ch, ev)
 				}
@@ -231,6 +244,9 @@ func (p *Pool) runShard(in <-chan *task) {
 			// earlier channels twice; the delivery envelope carries the
 			// job's sequence so that gateways can drop such repeats.
 			_ = t.msg.Nak()
+			if m := p.opts.Metrics; m != nil {
+				m.Jobs.WithLabelValues("failed").Inc()
+			}
 			continue
 		}
 		if t.pending.Add(-1) == 0 {
@@ -238,6 +254,10 @@ func (p *Pool) runShard(in <-chan *task) {
 				p.opts.Log.Warn().Err(err).Uint64("seq", t.seq).Msg("acking job")
 			}
 			p.stats.Jobs.Add(1)
+			if m := p.opts.Metrics; m != nil {
+				m.Jobs.WithLabelValues("ok").Inc()
+				m.JobLatency.Observe(time.Since(t.stored).Seconds())
+			}
 		}
 	}
 }

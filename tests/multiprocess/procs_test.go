@@ -375,7 +375,7 @@ func newAPI(addr, id, key, sec string) *pushertest.API {
 // launchWorker starts a worker process without waiting for it.
 func launchWorker(t *testing.T, name, natsURL string) *proc {
 	t.Helper()
-	return startProc(t, name, "worker", append(appEnv(), "NATS_URL="+natsURL, "RESOUND_WORKERS=2"))
+	return startProc(t, name, "worker", append(appEnv(), "NATS_URL="+natsURL, "RESOUND_WORKERS=2", "RESOUND_METRICS_PORT=0"))
 }
 
 const workerReady = `"message":"worker started"`
