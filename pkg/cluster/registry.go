@@ -49,6 +49,16 @@ func (r *Registry) Live(ctx context.Context) (map[string]bool, error) {
 	return live, nil
 }
 
+// leads reports whether this gateway has the lowest id among the live.
+func (r *Registry) leads(live map[string]bool) bool {
+	for id := range live {
+		if id < r.id {
+			return false
+		}
+	}
+	return true
+}
+
 // Run heartbeats until ctx ends, then removes this gateway's key so that
 // the others clean up after it at once.
 func (r *Registry) Run(ctx context.Context) {
@@ -62,6 +72,7 @@ func (r *Registry) Run(ctx context.Context) {
 	beat()
 	var seen map[string]bool
 	first := true
+	lastSweep := time.Now()
 	t := time.NewTicker(r.interval)
 	defer t.Stop()
 	for {
@@ -76,8 +87,15 @@ func (r *Registry) Run(ctx context.Context) {
 					r.log.Info().Str("gateway", id).Msg("gateway gone; cleaning up after it")
 				}
 			}
+			// A gateway that lived and died between two of our looks was
+			// never seen; the live gateway with the lowest id also sweeps
+			// once per TTL, so nothing outlives TTL plus a TTL.
+			if !gone && r.leads(live) && time.Since(lastSweep) >= r.stores.opts.GatewayTTL {
+				gone = true
+			}
 			if gone && r.onGone != nil {
 				r.onGone(ctx, live)
+				lastSweep = time.Now()
 			}
 			seen, first = live, false
 		} else if ctx.Err() == nil {

@@ -52,8 +52,9 @@ type Settings struct {
 	MaxEventSize    int     `envconfig:"RESOUND_MAX_EVENT_SIZE" default:"10240" desc:"largest event data accepted by the HTTP API in bytes (413 above)"`
 	MaxRequestSize  int     `envconfig:"RESOUND_MAX_REQUEST_SIZE" default:"262144" desc:"largest HTTP API request body in bytes (413 above)"`
 
-	CacheTTL   Seconds `envconfig:"RESOUND_CACHE_TTL" default:"1800" desc:"seconds a cache channel keeps its last event, subscribers or not"`
-	GatewayTTL Seconds `envconfig:"RESOUND_GATEWAY_TTL" default:"15" desc:"seconds after its last heartbeat that a gateway counts as dead and its presence members are removed"`
+	CacheTTL    Seconds `envconfig:"RESOUND_CACHE_TTL" default:"1800" desc:"seconds a cache channel keeps its last event, subscribers or not"`
+	DrainWindow Seconds `envconfig:"RESOUND_DRAIN_WINDOW" default:"10" desc:"seconds over which a stopping gateway spreads its clients' 4200 reconnects (SIGTERM); 0 closes them at once"`
+	GatewayTTL  Seconds `envconfig:"RESOUND_GATEWAY_TTL" default:"15" desc:"seconds after its last heartbeat that a gateway counts as dead and its presence members are removed"`
 
 	QueueMaxBytes int64   `envconfig:"RESOUND_QUEUE_MAX_BYTES" default:"1073741824" desc:"bytes the job stream may hold before the API answers 503"`
 	QueueMaxAge   Seconds `envconfig:"RESOUND_QUEUE_MAX_AGE" default:"86400" desc:"seconds a job may wait in the stream before it is discarded"`

@@ -19,7 +19,7 @@ func (s *Server) runDispatcher(in <-chan *nats.Msg, done <-chan struct{}) {
 		case <-done:
 			return
 		}
-		_, exclude, frame, err := route.ParseDelivery(m.Data)
+		env, err := route.ParseDelivery(m.Data)
 		if err != nil {
 			s.log.Warn().Str("subject", m.Subject).Msg("dropping malformed delivery")
 			continue
@@ -28,7 +28,12 @@ func (s *Server) runDispatcher(in <-chan *nats.Msg, done <-chan struct{}) {
 		if ch == nil {
 			continue // the last subscriber left while this was in flight
 		}
-		exA, exB, hasExclude := parseSocketID(exclude)
+		if ch.seen(env.ID()) {
+			s.prom.Duplicates.Inc()
+			continue
+		}
+		frame := env.Frame
+		exA, exB, hasExclude := parseSocketID(env.ExcludeSocketID)
 		n := 0
 		ch.mu.RLock()
 		for c := range ch.subs {

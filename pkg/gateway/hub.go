@@ -13,6 +13,26 @@ import (
 
 const hubShards = 64
 
+// dedupWindow is how many recent job sequences a channel remembers.
+const dedupWindow = 64
+
+// seen reports whether seq was delivered on the channel recently, and
+// remembers it. Sequence 0 marks frames a gateway made itself, which are
+// never repeated.
+func (ch *channel) seen(seq uint64) bool {
+	if seq == 0 {
+		return false
+	}
+	for _, s := range ch.recent {
+		if s == seq {
+			return true
+		}
+	}
+	ch.recent[ch.recentPos] = seq
+	ch.recentPos = (ch.recentPos + 1) % dedupWindow
+	return false
+}
+
 // hub is the gateway's index of channels with local subscribers. A channel
 // exists here exactly while some local connection is subscribed or about
 // to be, and only then does the gateway hold a NATS subscription to its
@@ -42,6 +62,13 @@ type channel struct {
 
 	mu   sync.RWMutex
 	subs map[*conn]struct{}
+
+	// recent holds the job sequences of the last deliveries, so that a job
+	// a worker delivers twice (it died before acking, and JetStream
+	// redelivered) reaches each subscriber once. Only the channel's
+	// dispatcher goroutine touches it.
+	recent    [dedupWindow]uint64
+	recentPos int
 
 	// For subscription_count: when the last count was sent (unix nanos),
 	// and whether a deferred one is due.

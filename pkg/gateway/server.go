@@ -58,8 +58,12 @@ type Options struct {
 	// FlushTimeout bounds the wait for new delivery subscriptions to reach
 	// NATS.
 	FlushTimeout time.Duration
-	Pollers      int
-	Dispatchers  int
+	// DrainWindow spreads the 4200 "reconnect" closes of a stopping
+	// gateway over this long, so that its clients do not all land on the
+	// other gateways at once. Zero closes them all at once.
+	DrainWindow time.Duration
+	Pollers     int
+	Dispatchers int
 	// Metrics receives the gateway's counters; nil keeps them unexported.
 	Metrics *metrics.Gateway
 	Log     zerolog.Logger
@@ -232,7 +236,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = httpSrv.Shutdown(shutdownCtx)
-	s.closeAll(protocol.CodeReconnect, "Server shutting down, reconnect")
+	s.drain(protocol.CodeReconnect, "Server shutting down, reconnect")
 	// Give the close frames a moment to leave, then stop the reactor.
 	deadline := time.Now().Add(2 * time.Second)
 	for s.metrics.connections.Load() > 0 && time.Now().Before(deadline) {
@@ -273,19 +277,38 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-func (s *Server) closeAll(code int, reason string) {
+// drain closes every connection with code, spread over the drain window
+// in batches every drainTick: a gateway with n clients closes about
+// n*drainTick/window of them per tick, and one with few clients is done in
+// a few ticks rather than waiting out the window.
+func (s *Server) drain(code int, reason string) {
+	var conns []*conn
 	for _, p := range s.pollers {
 		p.mu.RLock()
-		conns := make([]*conn, 0, len(p.conns))
 		for _, c := range p.conns {
 			conns = append(conns, c)
 		}
 		p.mu.RUnlock()
-		for _, c := range conns {
+	}
+	if len(conns) == 0 {
+		return
+	}
+	batch := len(conns)
+	if ticks := int(s.opts.DrainWindow / drainTick); ticks > 1 {
+		batch = (len(conns) + ticks - 1) / ticks
+	}
+	s.log.Info().Int("connections", len(conns)).Dur("window", s.opts.DrainWindow).Msg("draining")
+	for i := 0; i < len(conns); i += batch {
+		if i > 0 {
+			time.Sleep(drainTick)
+		}
+		for _, c := range conns[i:min(i+batch, len(conns))] {
 			c.closeWith(code, reason)
 		}
 	}
 }
+
+const drainTick = 100 * time.Millisecond
 
 func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
 	var backoff time.Duration

@@ -38,6 +38,7 @@ type Gateway struct {
 	MessagesOut   prometheus.Counter     // frames written that the gateway made for one connection
 	Deliveries    prometheus.Counter     // event frames written to subscribers
 	SlowConsumers prometheus.Counter
+	Duplicates    prometheus.Counter     // redelivered jobs dropped
 	Errors        *prometheus.CounterVec // by Pusher or close code, and app
 	Handshakes    prometheus.Counter
 	AcceptBackoff prometheus.Counter
@@ -53,11 +54,13 @@ func NewGateway(r *Registry, subscriptions, channels func() float64) *Gateway {
 		Deliveries:  prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_deliveries_total", Help: "Channel event frames written to subscribers."}),
 		SlowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_slow_consumers_total",
 			Help: "Connections cut off because their pending output passed the limit."}),
+		Duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_duplicates_dropped_total",
+			Help: "Deliveries of a job already delivered on the channel (a worker died before acking it), dropped."}),
 		Errors:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_errors_total", Help: "Errors sent to clients, by Pusher error or close code."}, []string{"code", "app"}),
 		Handshakes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_handshakes_total", Help: "WebSocket handshakes completed."}),
 		AcceptBackoff: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_accept_backoff_total", Help: "Times accept failed (e.g. out of file descriptors) and backed off."}),
 	}
-	r.MustRegister(g.Connections, g.MessagesIn, g.MessagesOut, g.Deliveries, g.SlowConsumers, g.Errors, g.Handshakes, g.AcceptBackoff,
+	r.MustRegister(g.Connections, g.MessagesIn, g.MessagesOut, g.Deliveries, g.SlowConsumers, g.Duplicates, g.Errors, g.Handshakes, g.AcceptBackoff,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_subscriptions", Help: "Channel subscriptions of local connections."}, subscriptions),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_channels", Help: "Channels with local subscribers."}, channels),
 	)

@@ -126,9 +126,12 @@ func unhex(c byte) (byte, bool) {
 
 // Delivery is one event on one channel, ready for the gateways.
 type Delivery struct {
-	// Seq is the job's JetStream stream sequence. Gateways may use it to
+	// Seq is the job's JetStream stream sequence, 0 for frames a gateway
+	// made itself. With Event it identifies the delivery, so gateways can
 	// drop a redelivered job they have already written.
 	Seq uint64
+	// Event is the event's index in its job (a batch holds up to 10).
+	Event uint8
 	// ExcludeSocketID is the connection that must not receive the event.
 	ExcludeSocketID string
 	// Frame is the complete WebSocket frame, written as is.
@@ -141,9 +144,9 @@ const envelopeVersion = 1
 var ErrBadEnvelope = errors.New("route: malformed delivery envelope")
 
 // AppendDelivery encodes d: a version byte, the sequence (8 bytes, big
-// endian), the excluded socket id behind a length byte, then the frame. A
-// binary envelope keeps decoding on the gateway's hot path to a few slice
-// operations, with no allocation.
+// endian), the event index (1 byte), the excluded socket id behind a
+// length byte, then the frame. A binary envelope keeps decoding on the
+// gateway's hot path to a few slice operations, with no allocation.
 func AppendDelivery(dst []byte, d Delivery) []byte {
 	sid := d.ExcludeSocketID
 	if len(sid) > 255 {
@@ -151,20 +154,36 @@ func AppendDelivery(dst []byte, d Delivery) []byte {
 	}
 	dst = append(dst, envelopeVersion)
 	dst = binary.BigEndian.AppendUint64(dst, d.Seq)
-	dst = append(dst, byte(len(sid)))
+	dst = append(dst, d.Event, byte(len(sid)))
 	dst = append(dst, sid...)
 	return append(dst, d.Frame...)
 }
 
-// ParseDelivery decodes an envelope. The returned slices alias b.
-func ParseDelivery(b []byte) (seq uint64, excludeSocketID []byte, frame []byte, err error) {
-	if len(b) < 10 || b[0] != envelopeVersion {
-		return 0, nil, nil, ErrBadEnvelope
+// Envelope is a decoded delivery; its slices alias the message.
+type Envelope struct {
+	Seq             uint64
+	Event           uint8
+	ExcludeSocketID []byte
+	Frame           []byte
+}
+
+// ID identifies the delivery among a channel's deliveries: the job's
+// sequence and the event's index. It is 0 for gateway-made frames.
+func (e Envelope) ID() uint64 {
+	if e.Seq == 0 {
+		return 0
 	}
-	seq = binary.BigEndian.Uint64(b[1:9])
-	n := int(b[9])
-	if len(b) < 10+n {
-		return 0, nil, nil, ErrBadEnvelope
+	return e.Seq<<4 | uint64(e.Event&0xF)
+}
+
+// ParseDelivery decodes an envelope without copying.
+func ParseDelivery(b []byte) (Envelope, error) {
+	if len(b) < 11 || b[0] != envelopeVersion {
+		return Envelope{}, ErrBadEnvelope
 	}
-	return seq, b[10 : 10+n], b[10+n:], nil
+	n := int(b[10])
+	if len(b) < 11+n {
+		return Envelope{}, ErrBadEnvelope
+	}
+	return Envelope{Seq: binary.BigEndian.Uint64(b[1:9]), Event: b[9], ExcludeSocketID: b[11 : 11+n], Frame: b[11+n:]}, nil
 }

@@ -42,18 +42,21 @@ func TestTokenRoundTrip(t *testing.T) {
 
 func TestDeliveryRoundTrip(t *testing.T) {
 	frame := []byte{0x81, 3, 'a', 'b', 'c'}
-	b := AppendDelivery(nil, Delivery{Seq: 1 << 40, ExcludeSocketID: "123.456", Frame: frame})
-	seq, sid, got, err := ParseDelivery(b)
-	if err != nil || seq != 1<<40 || string(sid) != "123.456" || !bytes.Equal(got, frame) {
-		t.Fatalf("got %d %q %v %v", seq, sid, got, err)
+	b := AppendDelivery(nil, Delivery{Seq: 1 << 40, Event: 3, ExcludeSocketID: "123.456", Frame: frame})
+	e, err := ParseDelivery(b)
+	if err != nil || e.Seq != 1<<40 || e.Event != 3 || string(e.ExcludeSocketID) != "123.456" || !bytes.Equal(e.Frame, frame) {
+		t.Fatalf("got %+v %v", e, err)
 	}
-	if _, _, _, err := ParseDelivery(b[:5]); err == nil {
+	if e.ID() == 0 || e.ID() == (Envelope{Seq: 1 << 40, Event: 2}).ID() || (Envelope{Event: 5}).ID() != 0 {
+		t.Fatal("delivery ids do not tell events apart")
+	}
+	if _, err := ParseDelivery(b[:5]); err == nil {
 		t.Fatal("truncated envelope accepted")
 	}
-	if _, _, _, err := ParseDelivery(append([]byte{9}, b[1:]...)); err == nil {
+	if _, err := ParseDelivery(append([]byte{9}, b[1:]...)); err == nil {
 		t.Fatal("unknown version accepted")
 	}
-	if _, _, _, err := ParseDelivery(b[:12]); err == nil {
+	if _, err := ParseDelivery(b[:13]); err == nil {
 		t.Fatal("envelope shorter than its socket id accepted")
 	}
 }

@@ -217,6 +217,7 @@ func (p *Pool) runShard(in <-chan *task) {
 				payload = protocol.AppendChannelEvent(payload[:0], ev.Name, ch, ev.Data, "")
 				envelope = route.AppendDelivery(envelope[:0], route.Delivery{
 					Seq:             t.seq,
+					Event:           uint8(ei),
 					ExcludeSocketID: ev.SocketID,
 					Frame:           protocol.AppendTextFrame(nil, payload),
 				})

@@ -180,7 +180,8 @@ type delivery struct {
 // unmasked, final WebSocket text frame, and returns its parts.
 func decode(t *testing.T, m *nats.Msg) delivery {
 	t.Helper()
-	seq, exclude, frame, err := route.ParseDelivery(m.Data)
+	env, err := route.ParseDelivery(m.Data)
+	seq, exclude, frame := env.Seq, env.ExcludeSocketID, env.Frame
 	if err != nil {
 		t.Fatalf("ParseDelivery(% x): %v", m.Data, err)
 	}
