@@ -94,6 +94,10 @@ func main() {
 	var draining atomic.Bool
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", reg.Handler())
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"health":"OK"}`))
+	})
 	mux.HandleFunc("/up", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		if draining.Load() || !nc.IsConnected() {

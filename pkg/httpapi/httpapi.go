@@ -89,6 +89,13 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "Not found.")
 		return
 	}
+	if path == "/livez" {
+		// Liveness: the process answers. Unlike /up it stays 200 while
+		// NATS is away, so an orchestrator does not restart a gateway (and
+		// drop its sockets) for an outage elsewhere.
+		writeJSON(w, http.StatusOK, `{"health":"OK"}`)
+		return
+	}
 	if path == "/up" {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			methodNotAllowed(w, "GET, HEAD")

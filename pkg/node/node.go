@@ -185,7 +185,7 @@ func Start(ctx context.Context, opts Options) (n *Node, err error) {
 
 // ClusterOptions size the shared-state buckets from the settings.
 func ClusterOptions(s *config.Settings) cluster.Options {
-	return cluster.Options{CacheTTL: s.CacheTTL.Duration(), GatewayTTL: s.GatewayTTL.Duration()}
+	return cluster.Options{CacheTTL: s.CacheTTL.Duration(), GatewayTTL: s.GatewayTTL.Duration(), Replicas: s.Replicas}
 }
 
 // clusterView answers the HTTP API's queries from the shared state and the
@@ -230,7 +230,7 @@ func (v *clusterView) Terminate(_ context.Context, appID, userID string) error {
 
 // StreamOptions are the job stream's limits from the settings.
 func StreamOptions(s *config.Settings) queue.StreamOptions {
-	return queue.StreamOptions{MaxBytes: s.QueueMaxBytes, MaxAge: s.QueueMaxAge.Duration()}
+	return queue.StreamOptions{MaxBytes: s.QueueMaxBytes, MaxAge: s.QueueMaxAge.Duration(), Replicas: s.Replicas}
 }
 
 func (n *Node) connect(name string) (*nats.Conn, error) {

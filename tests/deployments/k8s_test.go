@@ -193,7 +193,9 @@ func TestKubernetesDeployments(t *testing.T) {
 			t.Errorf("%s: no NATS_URL", where)
 		}
 
-		// Probes: GET /up on the port the process serves it on.
+		// Probes: readiness (and start-up) on GET /up, liveness on GET
+		// /livez (which stays 200 while NATS is away), on the port the
+		// process serves them on.
 		wantPort := portFrom(t, where, d.env, "REVERB_SERVER_PORT", defaultGatewayPort)
 		if d.role == "worker" {
 			wantPort = portFrom(t, where, d.env, "RESOUND_METRICS_PORT", defaultMetricsPort)
@@ -206,8 +208,12 @@ func TestKubernetesDeployments(t *testing.T) {
 				}
 				continue
 			}
-			if path := getString(p, "httpGet", "path"); path != "/up" {
-				t.Errorf("%s: %s path %q, want /up", where, probe, path)
+			want := "/up"
+			if probe == "livenessProbe" {
+				want = "/livez"
+			}
+			if path := getString(p, "httpGet", "path"); path != want {
+				t.Errorf("%s: %s path %q, want %s", where, probe, path, want)
 			}
 			port, ok := d.resolvePort(get(p, "httpGet", "port"))
 			if !ok || port != wantPort {
