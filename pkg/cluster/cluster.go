@@ -188,6 +188,14 @@ var ErrContention = errors.New("cluster: too much contention on a key")
 // key; returning the old value unchanged (same slice) writes nothing. f
 // may run several times and must be pure.
 func Mutate(ctx context.Context, kv jetstream.KeyValue, key string, f func(old []byte) ([]byte, error)) error {
+	_, err := MutateRev(ctx, kv, key, f)
+	return err
+}
+
+// MutateRev is Mutate, also returning the key's revision after the change:
+// the revision written, the one read when nothing changed, or 0 when the
+// key was deleted or never existed.
+func MutateRev(ctx context.Context, kv jetstream.KeyValue, key string, f func(old []byte) ([]byte, error)) (uint64, error) {
 	for attempt := 0; attempt < maxCASAttempts; attempt++ {
 		var old []byte
 		var rev uint64
@@ -197,31 +205,32 @@ func Mutate(ctx context.Context, kv jetstream.KeyValue, key string, f func(old [
 			old, rev = e.Value(), e.Revision()
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 		default:
-			return err
+			return 0, err
 		}
 		next, err := f(old)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if next != nil && old != nil && &next[0] == &old[0] && len(next) == len(old) {
-			return nil // unchanged
+			return rev, nil // unchanged
 		}
+		var newRev uint64
 		switch {
 		case next == nil && old == nil:
-			return nil
+			return 0, nil
 		case next == nil:
 			err = kv.Delete(ctx, key, jetstream.LastRevision(rev))
 		case old == nil:
-			_, err = kv.Create(ctx, key, next)
+			newRev, err = kv.Create(ctx, key, next)
 		default:
-			_, err = kv.Update(ctx, key, next, rev)
+			newRev, err = kv.Update(ctx, key, next, rev)
 		}
 		if err == nil {
-			return nil
+			return newRev, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
-			return err
+			return 0, err
 		}
 	}
-	return ErrContention
+	return 0, ErrContention
 }

@@ -74,8 +74,9 @@ func (q *Querier) Query(ctx context.Context, req QueryRequest) (QueryResult, err
 	}
 	res := QueryResult{Channels: map[string]int{}}
 	seen := map[string]bool{}
+	waiting := len(live) // live gateways that have not answered yet
 	deadline := time.Now().Add(q.timeout)
-	for len(seen) < len(live) {
+	for waiting > 0 {
 		wait := time.Until(deadline)
 		if d, ok := ctx.Deadline(); ok && time.Until(d) < wait {
 			wait = time.Until(d)
@@ -92,6 +93,11 @@ func (q *Querier) Query(ctx context.Context, req QueryRequest) (QueryResult, err
 			continue
 		}
 		seen[r.Gateway] = true
+		if live[r.Gateway] {
+			waiting--
+		}
+		// A gateway that is not listed yet (it just started) still counts:
+		// its subscribers are real.
 		for ch, n := range r.Channels {
 			res.Channels[ch] += n
 		}

@@ -36,9 +36,16 @@ func (s *Server) runDispatcher(in <-chan *nats.Msg, done <-chan struct{}) {
 		exA, exB, hasExclude := parseSocketID(env.ExcludeSocketID)
 		n := 0
 		ch.mu.RLock()
-		for c := range ch.subs {
+		presenceRev := uint64(0)
+		if env.Event == route.EventPresence {
+			presenceRev = env.Seq
+		}
+		for c, snapshotRev := range ch.subs {
 			if hasExclude && c.sidA == exA && c.sidB == exB {
 				continue
+			}
+			if presenceRev != 0 && presenceRev <= snapshotRev {
+				continue // the member list this subscriber got already has it
 			}
 			c.write(frame)
 			n++

@@ -22,6 +22,8 @@ type pendingSub struct {
 	// announce is set for a user's first presence connection:
 	// member_added goes out once the subscriber has joined.
 	announce bool
+	// presenceRev is the revision of the member list in frames.
+	presenceRev uint64
 }
 
 // handleBytes consumes bytes read from c: whole frames are handled, a
@@ -309,7 +311,7 @@ func (s *Server) finishPrepared(c *conn, name string, kind protocol.ChannelKind,
 			frames = protocol.AppendTextFrame(frames, protocol.AppendCacheMiss(nil, name))
 		}
 	}
-	if !s.addPending(c, name, pendingSub{frames: frames, member: member, announce: joined && res.First}) && joined {
+	if !s.addPending(c, name, pendingSub{frames: frames, member: member, announce: joined && res.First, presenceRev: res.Revision}) && joined {
 		s.presenceLeave(c.app, name, member.ID, c.socketID())
 	}
 }
@@ -386,7 +388,7 @@ func (p *poller) completeSubscriptions() {
 			}
 			continue
 		}
-		ps.ch.join(c, ps.frames)
+		ps.ch.join(c, ps.frames, ps.presenceRev)
 		p.srv.prom.MessagesOut.Inc()
 		p.srv.metrics.subscriptions.Add(1)
 		if len(c.subs) == 0 {
@@ -394,8 +396,8 @@ func (p *poller) completeSubscriptions() {
 		}
 		c.subs = append(c.subs, chanSub{ch: ps.ch, member: ps.member})
 		if ps.announce {
-			p.srv.publishToChannel(c.app, ps.ch.name,
-				protocol.AppendTextFrame(nil, protocol.AppendMemberAdded(nil, ps.ch.name, ps.member)), c.socketID())
+			p.srv.publishPresence(c.app, ps.ch.name,
+				protocol.AppendTextFrame(nil, protocol.AppendMemberAdded(nil, ps.ch.name, ps.member)), c.socketID(), ps.presenceRev)
 		}
 		p.srv.subscriptionCountChanged(ps.ch)
 	}

@@ -60,8 +60,10 @@ type channel struct {
 	refs    int // subscribers plus pending subscriptions; guarded by shard.mu
 	nsub    *nats.Subscription
 
-	mu   sync.RWMutex
-	subs map[*conn]struct{}
+	mu sync.RWMutex
+	// subs maps each subscriber to the presence revision of the snapshot
+	// it was sent (0 on other channels).
+	subs map[*conn]uint64
 
 	// recent holds the job sequences of the last deliveries, so that a job
 	// a worker delivers twice (it died before acking, and JetStream
@@ -101,7 +103,7 @@ func (h *hub) acquire(app *config.App, name string) (ch *channel, created bool, 
 		ch.refs++
 		return ch, false, nil
 	}
-	ch = &channel{app: app, name: name, subject: subject, shard: sh, refs: 1, subs: make(map[*conn]struct{})}
+	ch = &channel{app: app, name: name, subject: subject, shard: sh, refs: 1, subs: make(map[*conn]uint64)}
 	// Every subscription for one subject feeds the same dispatcher, so
 	// events on a channel are written in the order they arrive.
 	d := h.dispatch[maphash.String(h.seed, subject)%uint64(len(h.dispatch))]
@@ -129,9 +131,9 @@ func (h *hub) release(ch *channel) {
 // join adds c to the channel's subscribers and, under the same lock, sends
 // it subscription_succeeded: no delivery can slip in between, so the
 // client never sees an event of the channel before it is subscribed.
-func (ch *channel) join(c *conn, succeeded []byte) {
+func (ch *channel) join(c *conn, succeeded []byte, presenceRev uint64) {
 	ch.mu.Lock()
-	ch.subs[c] = struct{}{}
+	ch.subs[c] = presenceRev
 	c.write(succeeded)
 	ch.mu.Unlock()
 }

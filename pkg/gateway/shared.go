@@ -54,7 +54,17 @@ func (s *Server) appStats(app *config.App) *appStat { return s.stats[app.ID] }
 // changes, client events, counts) to every subscriber of a channel on
 // every gateway, through the channel's delivery subject.
 func (s *Server) publishToChannel(app *config.App, channel string, frame []byte, excludeSocketID string) {
-	env := route.AppendDelivery(make([]byte, 0, len(frame)+32), route.Delivery{ExcludeSocketID: excludeSocketID, Frame: frame})
+	s.publishDelivery(app, channel, route.Delivery{ExcludeSocketID: excludeSocketID, Frame: frame})
+}
+
+// publishPresence sends a member_added or member_removed, tagged with the
+// presence revision of the change (0 when unknown: always delivered).
+func (s *Server) publishPresence(app *config.App, channel string, frame []byte, excludeSocketID string, rev uint64) {
+	s.publishDelivery(app, channel, route.Delivery{Seq: rev, Event: route.EventPresence, ExcludeSocketID: excludeSocketID, Frame: frame})
+}
+
+func (s *Server) publishDelivery(app *config.App, channel string, d route.Delivery) {
+	env := route.AppendDelivery(make([]byte, 0, len(d.Frame)+32), d)
 	if err := s.opts.Conn.Publish(route.Subject(app.ID, channel), env); err != nil {
 		s.log.Warn().Err(err).Str("channel", channel).Msg("publishing to channel")
 	}
@@ -80,13 +90,13 @@ func (s *Server) cachedFrame(ctx context.Context, appID, channel string) ([]byte
 // was the user's last, tells the channel.
 func (s *Server) presenceLeave(app *config.App, channel, userID, socketID string) {
 	s.async(func(ctx context.Context) {
-		last, err := s.presence.Leave(ctx, app.ID, channel, userID, socketID)
+		last, rev, err := s.presence.Leave(ctx, app.ID, channel, userID, socketID)
 		if err != nil {
 			s.log.Warn().Err(err).Str("channel", channel).Msg("leaving presence channel")
 			return
 		}
 		if last {
-			s.publishToChannel(app, channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, channel, userID)), "")
+			s.publishPresence(app, channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, channel, userID)), "", rev)
 		}
 	})
 }
@@ -216,7 +226,7 @@ func (s *Server) Sweep(ctx context.Context, live map[string]bool) {
 	}
 	for _, r := range removed {
 		if app, ok := s.opts.Apps.ByID(r.App); ok {
-			s.publishToChannel(app, r.Channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, r.Channel, r.UserID)), "")
+			s.publishPresence(app, r.Channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, r.Channel, r.UserID)), "", 0)
 		}
 	}
 	s.sweepUsers(ctx, live)

@@ -81,13 +81,17 @@ type JoinResult struct {
 	// First is true when this was the user's first connection on the
 	// channel: member_added is due.
 	First bool
+	// Revision is the channel key's revision after the join. Member events
+	// carry the revision of their change, so that a subscriber drops those
+	// its snapshot already reflects.
+	Revision uint64
 }
 
 // Join adds a connection of a user. maxMembers bounds distinct users (0:
 // no bound); a user already present may always add connections.
 func (s *Store) Join(ctx context.Context, app, channel string, m protocol.PresenceMember, socketID, gatewayID string, maxMembers int) (JoinResult, error) {
 	var res JoinResult
-	err := cluster.Mutate(ctx, s.kv, cluster.Key(app, channel), func(old []byte) ([]byte, error) {
+	rev, err := cluster.MutateRev(ctx, s.kv, cluster.Key(app, channel), func(old []byte) ([]byte, error) {
 		st, err := decode(old)
 		if err != nil {
 			return nil, err
@@ -105,13 +109,15 @@ func (s *Store) Join(ctx context.Context, app, channel string, m protocol.Presen
 		res.Members = st.snapshot()
 		return st.encode(), nil
 	})
+	res.Revision = rev
 	return res, err
 }
 
 // Leave removes a connection. last reports that it was the user's last
-// connection on the channel: member_removed is due.
-func (s *Store) Leave(ctx context.Context, app, channel, userID, socketID string) (last bool, err error) {
-	err = cluster.Mutate(ctx, s.kv, cluster.Key(app, channel), func(old []byte) ([]byte, error) {
+// connection on the channel: member_removed is due. rev is the key's
+// revision after the change (0 when the channel emptied).
+func (s *Store) Leave(ctx context.Context, app, channel, userID, socketID string) (last bool, rev uint64, err error) {
+	rev, err = cluster.MutateRev(ctx, s.kv, cluster.Key(app, channel), func(old []byte) ([]byte, error) {
 		last = false
 		if old == nil {
 			return nil, nil
@@ -134,7 +140,7 @@ func (s *Store) Leave(ctx context.Context, app, channel, userID, socketID string
 		}
 		return st.encode(), nil
 	})
-	return last, err
+	return last, rev, err
 }
 
 // Members lists a channel's members, sorted by id.

@@ -167,10 +167,15 @@ type Envelope struct {
 	Frame           []byte
 }
 
+// EventPresence marks a presence change (member_added, member_removed): Seq
+// then holds the presence key's revision after the change, which a
+// subscriber compares with the revision of its subscription's snapshot.
+const EventPresence uint8 = 255
+
 // ID identifies the delivery among a channel's deliveries: the job's
 // sequence and the event's index. It is 0 for gateway-made frames.
 func (e Envelope) ID() uint64 {
-	if e.Seq == 0 {
+	if e.Seq == 0 || e.Event == EventPresence {
 		return 0
 	}
 	return e.Seq<<4 | uint64(e.Event&0xF)

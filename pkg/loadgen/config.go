@@ -1,0 +1,300 @@
+package loadgen
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/resoundhq/resound/protocol"
+)
+
+// Modes.
+const (
+	ModeIdle   = "idle"
+	ModeFanout = "fanout"
+	ModeChurn  = "churn"
+)
+
+// DefaultMaxConnsPerProcess keeps a process under this machine's open-files
+// hard limit (20,000), with room for the trigger client, epoll and logs.
+const DefaultMaxConnsPerProcess = 19000
+
+// Config is one run.
+type Config struct {
+	Mode string
+	// URL is the server's base URL: http://host:port[/prefix] (ws:// works
+	// too). WebSockets go to {prefix}/app/{key}, API calls to
+	// {prefix}/apps/{id}/...
+	URL                string
+	AppID, Key, Secret string
+	Origin             string
+	Conns              int           // connections (idle, fanout); cap on the total (churn)
+	Channels           int           // channels the connections spread over
+	Duration           time.Duration // hold (idle), send (fanout), or churn window
+	Ramp               float64       // connections opened per second while ramping up
+	Rate               float64       // events/s (fanout, 0 = unbounded) or connections/s (churn)
+	Events             int           // fanout: stop after this many events (0 = duration only)
+	Batch              int           // fanout: events per request (>1 uses batch_events)
+	Inflight           int           // fanout: concurrent HTTP requests at most
+	Drain              time.Duration // fanout: how long to wait for late deliveries
+	ConnectTimeout     time.Duration // connect to subscribed, per connection
+	MaxPending         int           // connections being set up at once
+	Pollers            int
+	Sources            []netip.Addr
+	MaxConnsPerProcess int
+	Run                string        // run id: part of the channel names
+	Shard, Shards      int           // this process is shard Shard of Shards
+	PID                int           // target process for RSS samples (0: none)
+	ChurnHold          time.Duration // churn: how long a subscribed connection stays before closing
+	ProgressInterval   time.Duration
+	CloseGrace         time.Duration
+}
+
+// target is the parsed URL.
+type target struct {
+	addr     netip.AddrPort
+	hostHdr  string // Host header value
+	prefix   string // path prefix, no trailing slash
+	wsPath   string // {prefix}/app/{key}?protocol=7...
+	httpBase string // http://host:port
+}
+
+func parseTarget(raw, key string) (target, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return target{}, fmt.Errorf("-url: %v", err)
+	}
+	switch u.Scheme {
+	case "http", "ws":
+	case "https", "wss":
+		return target{}, errors.New("-url: TLS is not supported; point the load generator at the plain port (or a TLS terminator's backend)")
+	default:
+		return target{}, fmt.Errorf("-url: scheme %q, want http:// or ws://", u.Scheme)
+	}
+	host, port := u.Hostname(), u.Port()
+	if port == "" {
+		port = "80"
+	}
+	ap, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(host, port))
+	if err != nil {
+		return target{}, fmt.Errorf("-url: %v", err)
+	}
+	addr, ok := netip.AddrFromSlice(ap.IP)
+	if !ok {
+		return target{}, fmt.Errorf("-url: cannot use address %v", ap.IP)
+	}
+	prefix := strings.TrimRight(u.Path, "/")
+	t := target{
+		addr:     netip.AddrPortFrom(addr.Unmap(), uint16(ap.Port)),
+		hostHdr:  u.Host,
+		prefix:   prefix,
+		httpBase: "http://" + u.Host,
+	}
+	t.wsPath = prefix + "/app/" + url.PathEscape(key) + "?protocol=7&client=resound-loadgen&version=1.0"
+	return t, nil
+}
+
+// ParseSources reads "-sources": a comma-separated list of IPv4/IPv6
+// addresses and IPv4 ranges "a.b.c.d-e.f.g.h" (inclusive).
+func ParseSources(s string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if lo, hi, ok := strings.Cut(part, "-"); ok {
+			a, err := netip.ParseAddr(strings.TrimSpace(lo))
+			if err != nil {
+				return nil, fmt.Errorf("-sources %q: %v", part, err)
+			}
+			b, err := netip.ParseAddr(strings.TrimSpace(hi))
+			if err != nil {
+				return nil, fmt.Errorf("-sources %q: %v", part, err)
+			}
+			if !a.Is4() || !b.Is4() {
+				return nil, fmt.Errorf("-sources %q: ranges are IPv4 only", part)
+			}
+			x, y := binary.BigEndian.Uint32(a.AsSlice()), binary.BigEndian.Uint32(b.AsSlice())
+			if y < x || y-x > 1<<16 {
+				return nil, fmt.Errorf("-sources %q: empty or huge range", part)
+			}
+			for v := x; ; v++ {
+				var b4 [4]byte
+				binary.BigEndian.PutUint32(b4[:], v)
+				out = append(out, netip.AddrFrom4(b4))
+				if v == y {
+					break
+				}
+			}
+			continue
+		}
+		a, err := netip.ParseAddr(part)
+		if err != nil {
+			return nil, fmt.Errorf("-sources %q: %v", part, err)
+		}
+		out = append(out, a.Unmap())
+	}
+	return out, nil
+}
+
+// ParseShard reads "-shard i/n".
+func ParseShard(s string) (i, n int, err error) {
+	if s == "" {
+		return 0, 1, nil
+	}
+	a, b, ok := strings.Cut(s, "/")
+	if ok {
+		i, err = strconv.Atoi(a)
+		if err == nil {
+			n, err = strconv.Atoi(b)
+		}
+	}
+	if !ok || err != nil || n < 1 || i < 0 || i >= n {
+		return 0, 0, fmt.Errorf("-shard %q: want i/n with 0 <= i < n", s)
+	}
+	return i, n, nil
+}
+
+// plan is what this process does, derived from Config and the shard.
+type plan struct {
+	// conns lists this process's connections: global index and channel.
+	conns []connSpec
+	// channels lists the channel indexes this process owns (fanout
+	// triggers only these).
+	channels []int
+	names    []string // channel name by global index
+}
+
+type connSpec struct {
+	idx int32
+	ch  int32
+}
+
+func channelName(run string, c int) string { return "lg-" + run + "-" + strconv.Itoa(c) }
+
+// makePlan splits the work. Connection k (of all shards) is on channel
+// k mod C; shard i owns the channels c with c mod n == i, and the
+// connections on them. So with -shard every channel is received and
+// triggered by one process, and each process's counts are exact.
+func makePlan(c *Config) plan {
+	p := plan{names: make([]string, c.Channels)}
+	for ch := 0; ch < c.Channels; ch++ {
+		p.names[ch] = channelName(c.Run, ch)
+		if ch%c.Shards == c.Shard {
+			p.channels = append(p.channels, ch)
+		}
+	}
+	if c.Mode == ModeChurn {
+		return p
+	}
+	for k := 0; k < c.Conns; k++ {
+		ch := k % c.Channels
+		if ch%c.Shards == c.Shard {
+			p.conns = append(p.conns, connSpec{idx: int32(k), ch: int32(ch)})
+		}
+	}
+	return p
+}
+
+// Validate fills defaults and checks limits.
+func (c *Config) Validate() error {
+	switch c.Mode {
+	case ModeIdle, ModeFanout, ModeChurn:
+	default:
+		return fmt.Errorf("unknown mode %q (idle, fanout, churn)", c.Mode)
+	}
+	if c.Key == "" {
+		return errors.New("-key is required")
+	}
+	if c.Mode == ModeFanout && (c.AppID == "" || c.Secret == "") {
+		return errors.New("fanout needs -app-id and -secret to trigger events")
+	}
+	if c.Channels < 1 {
+		return errors.New("-channels must be at least 1")
+	}
+	if c.Conns < 0 || c.Duration < 0 || c.Rate < 0 || c.Events < 0 {
+		return errors.New("-conns, -duration, -rate and -events cannot be negative")
+	}
+	if c.Shards < 1 {
+		c.Shard, c.Shards = 0, 1
+	}
+	if c.Ramp <= 0 {
+		c.Ramp = 2000
+	}
+	if c.Batch < 1 {
+		c.Batch = 1
+	}
+	if c.Batch > 100 {
+		return errors.New("-batch: at most 100 (Pusher allows 10)")
+	}
+	if c.Inflight < 1 {
+		c.Inflight = 64
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = 10 * time.Second
+	}
+	if c.Drain <= 0 {
+		c.Drain = 5 * time.Second
+	}
+	if c.CloseGrace <= 0 {
+		c.CloseGrace = 3 * time.Second
+	}
+	if c.MaxConnsPerProcess <= 0 {
+		c.MaxConnsPerProcess = DefaultMaxConnsPerProcess
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 1000
+	}
+	c.MaxPending = min(c.MaxPending, c.MaxConnsPerProcess)
+	if c.Pollers <= 0 {
+		c.Pollers = 2
+	}
+	if c.ProgressInterval <= 0 {
+		c.ProgressInterval = 2 * time.Second
+	}
+	if c.Mode == ModeChurn {
+		if c.Rate <= 0 {
+			return errors.New("churn needs -rate (connections per second)")
+		}
+		if c.Duration <= 0 {
+			return errors.New("churn needs -duration")
+		}
+	} else {
+		if c.Conns < 1 {
+			return errors.New("-conns must be at least 1")
+		}
+		mine := len(makePlan(c).conns)
+		if mine > c.MaxConnsPerProcess {
+			return fmt.Errorf("this process would hold %d connections, over -max-conns-per-process %d "+
+				"(the open-files hard limit here is 20,000 and cannot be raised): run several processes, "+
+				"each with -shard i/n and its own -sources, and combine them with `loadgen merge`", mine, c.MaxConnsPerProcess)
+		}
+		if c.Mode == ModeFanout && c.Duration <= 0 && c.Events == 0 {
+			return errors.New("fanout needs -duration or -events")
+		}
+	}
+	if c.Run == "" || !protocol.ValidChannelName(channelName(c.Run, c.Channels-1)) {
+		return fmt.Errorf("-run %q: not usable in a channel name (letters, digits, _-=@,.;)", c.Run)
+	}
+	for _, s := range c.Sources {
+		if s.Is4() != c.targetIs4() {
+			return fmt.Errorf("-sources %v: not the target's address family", s)
+		}
+	}
+	return nil
+}
+
+func (c *Config) targetIs4() bool {
+	t, err := parseTarget(c.URL, c.Key)
+	return err != nil || t.addr.Addr().Is4()
+}

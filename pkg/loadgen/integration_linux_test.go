@@ -1,0 +1,132 @@
+package loadgen
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/node"
+)
+
+const (
+	itAppID  = "123456"
+	itKey    = "lg-key"
+	itSecret = "lg-secret"
+)
+
+// startNode runs a whole all-in-one Resound node (embedded JetStream,
+// workers, gateway) in-process on a free loopback port.
+func startNode(t *testing.T) string {
+	t.Helper()
+	s := config.Settings{
+		AppID: itAppID, AppKey: itKey, AppSecret: itSecret,
+		Host: "127.0.0.1", DataDir: t.TempDir(), Workers: 2,
+		LogLevel: "warn", LogFormat: "json",
+		PingInterval: config.Seconds(60 * time.Second), ActivityTimeout: config.Seconds(30 * time.Second),
+		PongTimeout: config.Seconds(30 * time.Second), MaxMessageSize: 10000, MaxEventSize: 10240,
+		MaxRequestSize: 262144, QueueMaxBytes: 64 << 20, QueueMaxAge: config.Seconds(time.Hour),
+		CacheTTL: config.Seconds(30 * time.Minute), GatewayTTL: config.Seconds(15 * time.Second),
+	}
+	apps, err := config.NewApps([]config.App{{ID: s.AppID, Key: s.AppKey, Secret: s.AppSecret,
+		PingInterval: s.PingInterval, ActivityTimeout: s.ActivityTimeout, MaxMessageSize: s.MaxMessageSize}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := node.Start(ctx, node.Options{Config: &config.Config{Settings: s, Apps: apps}, Listener: ln,
+		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+func runLoad(t *testing.T, cfg Config) *Summary {
+	t.Helper()
+	cfg.AppID, cfg.Key, cfg.Secret = itAppID, itKey, itSecret
+	cfg.Run = strings.NewReplacer("/", ".", " ", "_").Replace(t.Name())
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	s, err := Run(context.Background(), cfg, log)
+	if err != nil {
+		t.Fatalf("run: %v (summary %+v)", err, s)
+	}
+	if s.Conns.Failed != 0 || s.Conns.Dropped != 0 || len(s.Conns.Failures) != 0 {
+		t.Fatalf("connections: %+v", s.Conns)
+	}
+	return s
+}
+
+func TestLoadAgainstRealNode(t *testing.T) {
+	url := startNode(t)
+
+	t.Run("fanout", func(t *testing.T) {
+		s := runLoad(t, Config{Mode: ModeFanout, URL: url, Conns: 50, Channels: 5, Rate: 500, Events: 200, Duration: 10 * time.Second})
+		f := s.Fanout
+		if s.Conns.Subscribed != 50 || f.EventsSent != 200 || f.Subscribers != 50 {
+			t.Fatalf("subscribed %d, sent %d, subscribers %d", s.Conns.Subscribed, f.EventsSent, f.Subscribers)
+		}
+		if f.Expected != 200*10 || f.Deliveries != 200*10 || f.Missing != 0 || f.Duplicates != 0 || f.OutOfOrder != 0 || f.Unexpected != 0 || f.Malformed != 0 {
+			t.Fatalf("fanout %+v", *f)
+		}
+		if s.LatencyMs == nil || s.LatencyMs.Count != 2000 || len(f.RequestFailures) != 0 {
+			t.Fatalf("latency %+v, failures %v", s.LatencyMs, f.RequestFailures)
+		}
+	})
+
+	t.Run("fanout batch unbounded", func(t *testing.T) {
+		s := runLoad(t, Config{Mode: ModeFanout, URL: url, Conns: 20, Channels: 4, Batch: 10, Events: 400, Duration: 10 * time.Second})
+		f := s.Fanout
+		if f.EventsSent != 400 || f.Deliveries != 400*5 || f.Missing != 0 || f.Duplicates != 0 || f.OutOfOrder != 0 || f.Requests != 40 {
+			t.Fatalf("fanout %+v", *f)
+		}
+	})
+
+	t.Run("idle", func(t *testing.T) {
+		s := runLoad(t, Config{Mode: ModeIdle, URL: url, Conns: 100, Channels: 10, Duration: 200 * time.Millisecond,
+			PID: os.Getpid(), Sources: []netip.Addr{mustAddr("127.0.0.2"), mustAddr("127.0.0.3")}})
+		if s.Conns.Established != 100 || s.Conns.Subscribed != 100 || s.Conns.ClosedClean != 100 {
+			t.Fatalf("conns %+v", s.Conns)
+		}
+		if s.Idle == nil || s.Idle.TargetPID != os.Getpid() || s.Idle.TargetRSSAfterKiB == 0 || s.ConnectMs.Count != 100 {
+			t.Fatalf("idle %+v connect %+v", s.Idle, s.ConnectMs)
+		}
+	})
+
+	t.Run("churn", func(t *testing.T) {
+		s := runLoad(t, Config{Mode: ModeChurn, URL: url, Rate: 200, Duration: 500 * time.Millisecond, Channels: 3})
+		if s.Conns.Planned != 100 || s.Conns.Established != 100 || s.Churn.Completed != 100 || s.ConnectMs.Count != 100 {
+			t.Fatalf("conns %+v churn %+v", s.Conns, s.Churn)
+		}
+	})
+
+	t.Run("wrong key", func(t *testing.T) {
+		s, err := Run(context.Background(), Config{Mode: ModeIdle, URL: url, Key: "nope", Conns: 3, Channels: 1, Duration: time.Millisecond, Run: "x"},
+			zerolog.New(zerolog.NewTestWriter(t)))
+		if err != nil || s.Conns.Failed != 3 || s.Conns.Failures["pusher_error_4001"] != 3 {
+			t.Fatalf("%v %+v", err, s.Conns)
+		}
+	})
+
+	t.Run("bad secret", func(t *testing.T) {
+		s, err := Run(context.Background(), Config{Mode: ModeFanout, URL: url, AppID: itAppID, Key: itKey, Secret: "wrong",
+			Conns: 2, Channels: 1, Events: 5, Duration: 5 * time.Second, Run: "y"}, zerolog.New(zerolog.NewTestWriter(t)))
+		if err == nil || s.Fanout.EventsSent != 0 || s.Fanout.RequestFailures["status_401"] != 1 {
+			t.Fatalf("%v %+v", err, s.Fanout)
+		}
+	})
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

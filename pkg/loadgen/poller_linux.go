@@ -1,0 +1,853 @@
+package loadgen
+
+import (
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/resoundhq/resound/protocol"
+)
+
+const (
+	readBufSize   = 64 << 10
+	maxReadsWake  = 8 // reads of one connection per wake-up before others get a turn
+	sweepInterval = 50 * time.Millisecond
+	maxOpenBurst  = 256 // connections opened per loop iteration at most
+	maxHoles      = 4096
+)
+
+type connState uint8
+
+const (
+	stConnecting connState = iota
+	stHandshake
+	stEstablishing // upgraded, waiting for pusher:connection_established
+	stSubscribing
+	stSubscribed
+	stClosing // our close frame is out; waiting for the server's close or EOF
+	stDead
+)
+
+var stateNames = [...]string{"connect", "handshake", "established", "subscribe", "subscribed", "closing", "dead"}
+
+// span is a run of missing sequence numbers, lo..hi inclusive.
+type span struct{ lo, hi int64 }
+
+// conn is one client connection. It is touched only by its poller.
+type conn struct {
+	fd        int32
+	ch        int32 // channel index
+	idx       int32 // global connection index (picks the source address)
+	state     connState
+	sentClose bool
+	inPending bool
+	counted   bool  // counted in runner.chanSubs
+	peerClose bool  // the server answered our close; waiting for its FIN
+	start     int64 // unix nanos of socket()
+	mark      int64 // unix nanos: subscribe sent, close sent, or churn close due
+	key       [16]byte
+	in        []byte // a frame cut by the network (nil almost always)
+	out       []byte // bytes the socket refused (nil almost always)
+	frag      []byte // a fragmented message being assembled (nil almost always)
+	// Load events on the connection's channel.
+	next  int64  // highest sequence number seen
+	recv  uint32 // distinct sequence numbers seen
+	dup   uint32
+	ooo   uint32
+	holes []span // sequence numbers skipped so far (nil while in order)
+}
+
+// pollStats are a poller's results, read by the runner after it exits.
+type pollStats struct {
+	failures                       map[string]int64
+	connect, subscribe, latency    Hist
+	closedClean, pings, wsPings    int64
+	completed                      int64 // churn: subscribed, then closed cleanly
+	expected, delivered, missing   int64
+	duplicates, outOfOrder, extra  int64
+	malformed, subscribersAtEnd    int64
+	holesOverflow, subscribedTotal int64
+}
+
+type poller struct {
+	r       *runner
+	id      int
+	epfd    int
+	wakefd  int
+	buf     []byte
+	wbuf    []byte
+	tmp     []byte
+	events  []unix.EpollEvent
+	conns   []*conn // by descriptor
+	live    int
+	pending []*conn // connections in a transient state, checked by sweep
+	again   []*conn // connections with unread input left
+	rng     *rand.Rand
+	now     int64
+	sa      unix.Sockaddr // the target (unix.Sockaddr is not safe to share: connect writes into it)
+
+	// Work: connections to open (idle, fanout) or a churn schedule.
+	specs      []connSpec
+	nextSpec   int
+	rate       float64 // connections per second this poller opens
+	rateStart  time.Time
+	churnEnd   time.Time
+	churnCap   int
+	churnMade  int
+	maxPending int
+	lastSweep  time.Time
+	closing    bool
+
+	// Commands from the runner.
+	closeAll atomic.Bool
+
+	// Live counters the runner reads while the poller runs.
+	attempted, established, subscribed, failed, dropped atomic.Int64
+	setup, delivered, lastRecv                          atomic.Int64
+
+	st pollStats
+}
+
+func newPoller(r *runner, id int) (*poller, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		_ = unix.Close(ep)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
+		_ = unix.Close(ep)
+		_ = unix.Close(wake)
+		return nil, err
+	}
+	return &poller{
+		r: r, id: id, epfd: ep, wakefd: wake,
+		sa:     sockaddr(r.target.addr.Addr(), int(r.target.addr.Port())),
+		buf:    make([]byte, readBufSize),
+		events: make([]unix.EpollEvent, 512),
+		rng:    rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(id)+0x9e3779b97f4a7c15)),
+		st:     pollStats{failures: map[string]int64{}},
+	}, nil
+}
+
+func (p *poller) wake() {
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, _ = unix.Write(p.wakefd, one[:])
+}
+
+func (p *poller) shutdown() {
+	_ = unix.Close(p.epfd)
+	_ = unix.Close(p.wakefd)
+}
+
+// loop runs until the poller has closed all its connections after
+// closeAll, or has nothing left to do.
+func (p *poller) loop() {
+	p.rateStart = time.Now()
+	p.lastSweep = p.rateStart
+	for {
+		n, err := unix.EpollWait(p.epfd, p.events, p.waitTimeout())
+		if err != nil && err != unix.EINTR {
+			p.r.fatal("epoll_wait: " + err.Error())
+			p.abortAll("poller_error")
+			return
+		}
+		p.now = time.Now().UnixNano()
+		for i := 0; i < n; i++ {
+			ev := p.events[i]
+			fd := int(ev.Fd)
+			if fd == p.wakefd {
+				var b [8]byte
+				_, _ = unix.Read(p.wakefd, b[:])
+				continue
+			}
+			if fd < len(p.conns) && p.conns[fd] != nil {
+				p.handle(p.conns[fd], ev.Events)
+			}
+		}
+		if len(p.again) > 0 {
+			again := p.again
+			p.again = nil
+			for _, c := range again {
+				if c.state != stDead {
+					p.read(c, 0)
+				}
+			}
+		}
+		if p.closeAll.Load() && !p.closing {
+			p.startCloseAll()
+		}
+		if !p.closing {
+			p.openDue()
+		}
+		if now := time.Now(); now.Sub(p.lastSweep) >= sweepInterval {
+			p.lastSweep = now
+			p.now = now.UnixNano()
+			p.sweep()
+		}
+		if p.closing && p.live == 0 {
+			return
+		}
+	}
+}
+
+func (p *poller) waitTimeout() int {
+	if len(p.again) > 0 {
+		return 0
+	}
+	if !p.closing && p.moreToOpen() && p.setup.Load() < int64(p.maxPending) {
+		var next time.Time
+		if p.r.cfg.Mode == ModeChurn {
+			next = p.rateStart.Add(time.Duration(float64(p.churnMade) / p.rate * float64(time.Second)))
+		} else {
+			next = p.rateStart.Add(time.Duration(float64(p.nextSpec) / p.rate * float64(time.Second)))
+		}
+		d := time.Until(next)
+		if d <= 0 {
+			return 0
+		}
+		return int(min(d, sweepInterval)/time.Millisecond) + 1
+	}
+	return int(sweepInterval / time.Millisecond)
+}
+
+func (p *poller) moreToOpen() bool {
+	if p.r.cfg.Mode == ModeChurn {
+		return p.churnMade < p.churnCap && time.Now().Before(p.churnEnd)
+	}
+	return p.nextSpec < len(p.specs)
+}
+
+// openDue opens the connections the ramp (or churn rate) says are due,
+// within the bound on connections being set up.
+func (p *poller) openDue() {
+	if !p.moreToOpen() {
+		return
+	}
+	elapsed := time.Since(p.rateStart).Seconds()
+	due := int(p.rate*elapsed) + 1
+	for opened := 0; opened < maxOpenBurst && p.setup.Load() < int64(p.maxPending); opened++ {
+		if p.r.cfg.Mode == ModeChurn {
+			if p.churnMade >= min(due, p.churnCap) {
+				return
+			}
+			idx := int32(p.churnMade*len(p.r.pollers) + p.id)
+			p.churnMade++
+			p.open(connSpec{idx: idx, ch: p.r.churnChannel(idx)})
+			continue
+		}
+		if p.nextSpec >= min(due, len(p.specs)) {
+			return
+		}
+		s := p.specs[p.nextSpec]
+		p.nextSpec++
+		p.open(s)
+	}
+}
+
+// open starts one non-blocking connect.
+func (p *poller) open(s connSpec) {
+	p.attempted.Add(1)
+	r := p.r
+	start := time.Now().UnixNano()
+	fam := unix.AF_INET
+	if !r.target.addr.Addr().Is4() {
+		fam = unix.AF_INET6
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		p.failEarly(errKind(err))
+		return
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if n := len(r.cfg.Sources); n > 0 {
+		src := r.cfg.Sources[int(s.idx)%n]
+		// Let connect pick the port, so each source address has its own
+		// 64k ports per destination.
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+		if err := unix.Bind(fd, sockaddr(src, 0)); err != nil {
+			_ = unix.Close(fd)
+			p.failEarly("bind_" + errKind(err))
+			return
+		}
+	}
+	err = unix.Connect(fd, p.sa)
+	if err != nil && err != unix.EINPROGRESS {
+		_ = unix.Close(fd)
+		p.failEarly(errKind(err))
+		return
+	}
+	c := &conn{fd: int32(fd), ch: s.ch, idx: s.idx, start: start, state: stConnecting}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		_ = unix.Close(fd)
+		p.failEarly("epoll_" + errKind(err))
+		return
+	}
+	for fd >= len(p.conns) {
+		p.conns = append(p.conns, make([]*conn, max(1024, len(p.conns)))...)
+	}
+	p.conns[fd] = c
+	p.live++
+	p.setup.Add(1)
+	p.addPending(c)
+}
+
+func (p *poller) failEarly(kind string) {
+	p.failed.Add(1)
+	p.st.failures[kind]++
+}
+
+func (p *poller) addPending(c *conn) {
+	if !c.inPending {
+		c.inPending = true
+		p.pending = append(p.pending, c)
+	}
+}
+
+func sockaddr(a netip.Addr, port int) unix.Sockaddr {
+	if a.Is4() {
+		return &unix.SockaddrInet4{Port: port, Addr: a.As4()}
+	}
+	return &unix.SockaddrInet6{Port: port, Addr: a.As16()}
+}
+
+func errKind(err error) string {
+	var e unix.Errno
+	if !errors.As(err, &e) {
+		return "error"
+	}
+	switch e {
+	case unix.ECONNREFUSED:
+		return "refused"
+	case unix.ECONNRESET:
+		return "reset"
+	case unix.ETIMEDOUT:
+		return "tcp_timeout"
+	case unix.EADDRNOTAVAIL:
+		return "no_local_port"
+	case unix.EMFILE, unix.ENFILE:
+		return "too_many_open_files"
+	case unix.EPIPE:
+		return "broken_pipe"
+	}
+	if n := unix.ErrnoName(e); n != "" {
+		return strings.ToLower(n)
+	}
+	return "errno_" + strconv.Itoa(int(e))
+}
+
+func (p *poller) handle(c *conn, evs uint32) {
+	if c.state == stConnecting {
+		if evs&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+			return
+		}
+		soerr, err := unix.GetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		if err == nil && soerr != 0 {
+			err = unix.Errno(soerr)
+		}
+		if err != nil {
+			p.lose(c, errKind(err))
+			return
+		}
+		if evs&unix.EPOLLHUP != 0 {
+			p.lose(c, "hangup")
+			return
+		}
+		c.state = stHandshake
+		binary.LittleEndian.PutUint64(c.key[:8], p.rng.Uint64())
+		binary.LittleEndian.PutUint64(c.key[8:], p.rng.Uint64())
+		p.tmp = appendUpgradeRequest(p.tmp[:0], p.r.target.hostHdr, p.r.target.wsPath, p.r.cfg.Origin, encodeKey(c.key))
+		p.write(c, p.tmp)
+		return
+	}
+	if evs&unix.EPOLLOUT != 0 && len(c.out) > 0 {
+		if !p.flush(c) {
+			return
+		}
+	}
+	if evs&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		p.read(c, evs)
+	}
+}
+
+// read drains c into the poller's buffer and handles every whole frame.
+func (p *poller) read(c *conn, evs uint32) {
+	for reads := 0; ; reads++ {
+		if reads == maxReadsWake {
+			p.again = append(p.again, c)
+			return
+		}
+		off := len(c.in)
+		if off+4096 > len(p.buf) {
+			p.buf = make([]byte, off+readBufSize)
+		}
+		copy(p.buf, c.in)
+		n, err := unix.Read(int(c.fd), p.buf[off:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return
+		}
+		if err != nil {
+			p.lose(c, errKind(err))
+			return
+		}
+		if n == 0 {
+			p.eof(c)
+			return
+		}
+		p.now = time.Now().UnixNano()
+		c.in = nil
+		total := off + n
+		used, ok := p.process(c, p.buf[:total])
+		if !ok {
+			return
+		}
+		if used < total {
+			rest := p.buf[used:total]
+			size := len(rest)
+			if c.state >= stEstablishing {
+				// Room for the whole frame, so the rest needs no regrowth.
+				size = max(size, min(frameLen(rest), maxFrame+16))
+			}
+			c.in = make([]byte, len(rest), size)
+			copy(c.in, rest)
+		}
+		if total < len(p.buf) && evs&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) == 0 {
+			// A short read drained the socket; edge-triggered epoll reports
+			// the next arrival.
+			return
+		}
+	}
+}
+
+// process handles the bytes in b; it returns how many it used, and false
+// if the connection is gone.
+func (p *poller) process(c *conn, b []byte) (int, bool) {
+	i := 0
+	if c.state == stHandshake {
+		n, err := parseUpgradeResponse(b, encodeKey(c.key))
+		if err != nil {
+			p.lose(c, err.Error())
+			return 0, false
+		}
+		if n == 0 {
+			return 0, true
+		}
+		i = n
+		c.state = stEstablishing
+	}
+	var delivered int64
+	for i < len(b) {
+		f, n, err := parseFrame(b[i:])
+		if err != nil {
+			p.lose(c, "protocol_error")
+			return i, false
+		}
+		if n == 0 {
+			break
+		}
+		i += n
+		if !p.onFrame(c, f, &delivered) {
+			p.addDelivered(delivered)
+			return i, false
+		}
+	}
+	p.addDelivered(delivered)
+	return i, true
+}
+
+func (p *poller) addDelivered(n int64) {
+	if n > 0 {
+		p.delivered.Add(n)
+		p.lastRecv.Store(p.now)
+	}
+}
+
+func (p *poller) onFrame(c *conn, f frame, delivered *int64) bool {
+	switch f.op {
+	case opPing:
+		p.st.wsPings++
+		return p.send(c, opPong, f.payload)
+	case opPong:
+		return true
+	case opClose:
+		code := 1005
+		if len(f.payload) >= 2 {
+			code = int(binary.BigEndian.Uint16(f.payload))
+		}
+		if c.sentClose {
+			// Wait for the server to close TCP first (RFC 6455 §7.1.1), so
+			// TIME_WAIT stays on its side and not on our ports.
+			c.peerClose = true
+			return true
+		}
+		// Echo the close, then let go: the server closes TCP first.
+		p.tmp = p.tmp[:0]
+		if code != 1005 {
+			p.tmp = append(p.tmp, byte(code>>8), byte(code))
+		}
+		p.send(c, opClose, p.tmp)
+		if c.state == stDead {
+			return false
+		}
+		p.lose(c, "server_close_"+strconv.Itoa(code))
+		return false
+	case opText, opBinary:
+		if !f.fin {
+			c.frag = append(c.frag[:0], f.payload...)
+			return true
+		}
+		return p.onMessage(c, f.payload, delivered)
+	default: // continuation
+		if c.frag == nil {
+			p.lose(c, "protocol_error")
+			return false
+		}
+		c.frag = append(c.frag, f.payload...)
+		if len(c.frag) > maxFrame {
+			p.lose(c, "protocol_error")
+			return false
+		}
+		if !f.fin {
+			return true
+		}
+		msg := c.frag
+		c.frag = nil
+		return p.onMessage(c, msg, delivered)
+	}
+}
+
+func (p *poller) onMessage(c *conn, m []byte, delivered *int64) bool {
+	ev := eventName(m)
+	switch string(ev) {
+	case "lg":
+		if c.state == stSubscribed {
+			p.onLoad(c, m, delivered)
+		}
+		return true
+	case protocol.EventPing:
+		p.st.pings++
+		return p.send(c, opText, protocol.MessagePong)
+	case protocol.EventConnectionEstablished:
+		if c.state != stEstablishing {
+			return true
+		}
+		p.st.connect.Record(p.now - c.start)
+		p.established.Add(1)
+		c.state = stSubscribing
+		c.mark = p.now
+		p.tmp = append(p.tmp[:0], `{"event":"pusher:subscribe","data":{"channel":`...)
+		p.tmp = protocol.AppendString(p.tmp, p.r.names[c.ch])
+		p.tmp = append(p.tmp, "}}"...)
+		return p.send(c, opText, p.tmp)
+	case protocol.EventSubscriptionSucceeded:
+		if c.state != stSubscribing {
+			return true
+		}
+		p.st.subscribe.Record(p.now - c.mark)
+		c.state = stSubscribed
+		p.setup.Add(-1)
+		p.subscribed.Add(1)
+		p.st.subscribedTotal++
+		p.r.chanSubs[c.ch].Add(1)
+		c.counted = true
+		if p.r.cfg.Mode == ModeChurn {
+			if p.r.cfg.ChurnHold <= 0 {
+				return p.closeConn(c)
+			}
+			c.mark = p.now + int64(p.r.cfg.ChurnHold)
+			p.addPending(c)
+		}
+		return true
+	case protocol.EventError:
+		code := errorCode(m)
+		if c.state < stSubscribed {
+			p.lose(c, "pusher_error_"+strconv.Itoa(code))
+			return false
+		}
+		p.st.failures["pusher_error_"+strconv.Itoa(code)]++
+		return true
+	case protocol.EventSubscriptionError:
+		if c.state < stSubscribed {
+			p.lose(c, "subscription_error")
+			return false
+		}
+		return true
+	}
+	return true
+}
+
+// onLoad accounts for one load event: its latency and its place in the
+// channel's sequence.
+func (p *poller) onLoad(c *conn, m []byte, delivered *int64) {
+	seq, ts, ok := loadEvent(m)
+	if !ok || seq < 1 {
+		p.st.malformed++
+		return
+	}
+	switch {
+	case seq > c.next:
+		if seq > c.next+1 {
+			if len(c.holes) < maxHoles {
+				c.holes = append(c.holes, span{c.next + 1, seq - 1})
+			} else {
+				p.st.holesOverflow++
+			}
+		}
+		c.next = seq
+	case p.fillHole(c, seq):
+		c.ooo++
+	default:
+		c.dup++
+		return
+	}
+	c.recv++
+	*delivered++
+	p.st.latency.Record(p.now - ts)
+}
+
+// fillHole removes seq from c's holes, reporting whether it was in one.
+func (p *poller) fillHole(c *conn, seq int64) bool {
+	for i := len(c.holes) - 1; i >= 0; i-- {
+		h := c.holes[i]
+		if seq < h.lo || seq > h.hi {
+			continue
+		}
+		switch {
+		case h.lo == h.hi:
+			c.holes = append(c.holes[:i], c.holes[i+1:]...)
+		case seq == h.lo:
+			c.holes[i].lo++
+		case seq == h.hi:
+			c.holes[i].hi--
+		default:
+			c.holes = append(c.holes, span{})
+			copy(c.holes[i+2:], c.holes[i+1:])
+			c.holes[i] = span{h.lo, seq - 1}
+			c.holes[i+1] = span{seq + 1, h.hi}
+		}
+		if len(c.holes) == 0 {
+			c.holes = nil
+		}
+		return true
+	}
+	return false
+}
+
+// send writes one masked frame.
+func (p *poller) send(c *conn, op byte, payload []byte) bool {
+	m := p.rng.Uint32()
+	p.wbuf = appendClientFrame(p.wbuf[:0], op, payload, [4]byte{byte(m), byte(m >> 8), byte(m >> 16), byte(m >> 24)})
+	return p.write(c, p.wbuf)
+}
+
+// write writes b, keeping what the socket refuses for EPOLLOUT.
+func (p *poller) write(c *conn, b []byte) bool {
+	if len(c.out) > 0 {
+		c.out = append(c.out, b...)
+		return true
+	}
+	for len(b) > 0 {
+		n, err := unix.Write(int(c.fd), b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			c.out = append([]byte(nil), b...)
+			return true
+		}
+		if err != nil {
+			p.lose(c, errKind(err))
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+func (p *poller) flush(c *conn) bool {
+	out := c.out
+	c.out = nil
+	return p.write(c, out)
+}
+
+// closeConn starts a clean close: our close frame, then wait for the
+// server's.
+func (p *poller) closeConn(c *conn) bool {
+	if c.sentClose || c.state == stDead {
+		return c.state != stDead
+	}
+	c.sentClose = true
+	if !p.send(c, opClose, []byte{0x03, 0xE8}) {
+		return false
+	}
+	c.state = stClosing
+	c.mark = p.now
+	p.addPending(c)
+	return true
+}
+
+// eof handles the peer's FIN.
+func (p *poller) eof(c *conn) {
+	if c.sentClose {
+		p.st.closedClean++
+		p.destroy(c)
+		return
+	}
+	p.lose(c, "eof_"+stateNames[c.state])
+}
+
+// lose ends a connection that failed or was dropped.
+func (p *poller) lose(c *conn, kind string) {
+	if c.state == stDead {
+		return
+	}
+	switch {
+	case c.sentClose:
+		// Our close was under way: whatever happened, it is closed.
+		p.st.failures["close_"+kind]++
+	case c.state < stSubscribed:
+		p.failed.Add(1)
+		p.setup.Add(-1)
+		p.st.failures[kind]++
+	default:
+		p.dropped.Add(1)
+		p.st.failures[kind]++
+	}
+	p.destroy(c)
+}
+
+// destroy closes the descriptor and folds the connection's counts in.
+func (p *poller) destroy(c *conn) {
+	if c.state == stDead {
+		return
+	}
+	if c.counted {
+		c.counted = false
+		p.r.chanSubs[c.ch].Add(-1)
+	}
+	p.st.duplicates += int64(c.dup)
+	p.st.outOfOrder += int64(c.ooo)
+	if c.sentClose && p.r.cfg.Mode == ModeChurn {
+		p.st.completed++
+	}
+	c.state = stDead
+	_ = unix.Close(int(c.fd))
+	p.conns[c.fd] = nil
+	p.live--
+	c.in, c.out, c.frag, c.holes = nil, nil, nil, nil
+}
+
+// startCloseAll settles the fan-out accounting of every subscribed
+// connection, then closes them all: those still being set up at once,
+// the others with a close handshake.
+func (p *poller) startCloseAll() {
+	p.closing = true
+	sent := p.r.sent
+	for _, c := range p.conns {
+		if c == nil {
+			continue
+		}
+		if c.state < stSubscribed {
+			p.lose(c, "aborted_"+stateNames[c.state])
+			continue
+		}
+		if c.state == stSubscribed && sent != nil {
+			p.settle(c, sent[c.ch])
+		}
+		p.closeConn(c)
+	}
+}
+
+// settle compares what c received with what was sent on its channel.
+func (p *poller) settle(c *conn, sent int64) {
+	p.st.subscribersAtEnd++
+	p.st.expected += sent
+	recv := int64(c.recv)
+	// Sequence numbers above sent were received but never acknowledged
+	// (a request that timed out yet was stored): not expected, so not
+	// counted as deliveries.
+	var extra int64
+	if c.next > sent {
+		extra = c.next - sent
+		for _, h := range c.holes {
+			lo, hi := max(h.lo, sent+1), h.hi
+			if hi >= lo {
+				extra -= hi - lo + 1
+			}
+		}
+	}
+	p.st.extra += extra
+	got := recv - extra
+	p.st.delivered += got
+	p.st.missing += max(0, sent-got)
+}
+
+// abortAll closes everything at once (on a fatal poller error).
+func (p *poller) abortAll(kind string) {
+	for _, c := range p.conns {
+		if c != nil {
+			p.lose(c, kind)
+		}
+	}
+}
+
+// sweep enforces the time limits of connections in transient states.
+func (p *poller) sweep() {
+	cfg := p.r.cfg
+	keep := p.pending[:0]
+	for _, c := range p.pending {
+		switch {
+		case c.state == stDead:
+			c.inPending = false
+			continue
+		case c.state < stSubscribed:
+			if p.now-c.start > int64(cfg.ConnectTimeout) {
+				c.inPending = false
+				p.lose(c, "timeout_"+stateNames[c.state])
+				continue
+			}
+		case c.state == stSubscribed:
+			if cfg.Mode != ModeChurn || cfg.ChurnHold <= 0 {
+				c.inPending = false
+				continue
+			}
+			if p.now >= c.mark {
+				p.closeConn(c)
+				if c.state == stDead {
+					c.inPending = false
+					continue
+				}
+			}
+		case c.state == stClosing:
+			if p.now-c.mark > int64(cfg.CloseGrace) {
+				c.inPending = false
+				if c.peerClose {
+					p.st.closedClean++
+				} else {
+					p.st.failures["close_timeout"]++
+				}
+				p.destroy(c)
+				continue
+			}
+		}
+		keep = append(keep, c)
+	}
+	clear(p.pending[len(keep):])
+	p.pending = keep
+}

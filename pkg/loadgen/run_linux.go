@@ -1,0 +1,413 @@
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+// runner is one process's run: the pollers and, for fanout, the
+// triggering lanes.
+type runner struct {
+	cfg      *Config
+	log      zerolog.Logger
+	target   target
+	plan     plan
+	names    []string
+	pollers  []*poller
+	chanSubs []atomic.Int32 // subscribed connections per channel, now
+	// sent is the acknowledged events per channel; set before closeAll.
+	sent []int64
+
+	errMu  sync.Mutex
+	errors []string
+}
+
+func (r *runner) fatal(msg string) {
+	r.errMu.Lock()
+	defer r.errMu.Unlock()
+	r.errors = append(r.errors, msg)
+}
+
+// churnChannel is the channel a churning connection subscribes to: one of
+// this process's channels, round-robin.
+func (r *runner) churnChannel(idx int32) int32 {
+	return int32(r.plan.channels[int(idx)%len(r.plan.channels)])
+}
+
+func (r *runner) sum(f func(p *poller) int64) int64 {
+	var n int64
+	for _, p := range r.pollers {
+		n += f(p)
+	}
+	return n
+}
+
+// Run performs one run and returns its summary. It is bounded: connection
+// set-up by ConnectTimeout, the main phase by Duration (and Events), the
+// drain by Drain, and closing by CloseGrace. Cancelling ctx ends the run
+// early; the summary then says interrupted.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t, err := parseTarget(cfg.URL, cfg.Key)
+	if err != nil {
+		return nil, err
+	}
+	r := &runner{cfg: &cfg, log: log, target: t}
+	r.plan = makePlan(&cfg)
+	r.names = r.plan.names
+	if len(r.plan.channels) == 0 {
+		return nil, fmt.Errorf("shard %d/%d owns none of the %d channels", cfg.Shard, cfg.Shards, cfg.Channels)
+	}
+	r.chanSubs = make([]atomic.Int32, len(r.names))
+
+	need := uint64(len(r.plan.conns) + cfg.Inflight + 64)
+	if cfg.Mode == ModeChurn {
+		need = uint64(cfg.MaxPending + 64)
+	}
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur < need {
+		lim.Cur = min(need, lim.Max)
+		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+		if lim.Cur < need {
+			return nil, fmt.Errorf("need %d open files but the limit is %d: lower -conns or run several processes", need, lim.Cur)
+		}
+	}
+
+	s := &Summary{
+		Mode: cfg.Mode, Run: cfg.Run, Processes: 1, Shards: []string{fmt.Sprintf("%d/%d", cfg.Shard, cfg.Shards)},
+		Target: cfg.URL, Start: time.Now().UTC().Format(time.RFC3339Nano),
+		Settings: Settings{
+			Conns: len(r.plan.conns), Channels: cfg.Channels, DurationSec: cfg.Duration.Seconds(), Rate: cfg.Rate,
+			Ramp: cfg.Ramp, Sources: len(cfg.Sources), Pollers: cfg.Pollers,
+		},
+	}
+	if cfg.Mode == ModeFanout {
+		s.Settings.Events, s.Settings.Batch, s.Settings.Inflight = cfg.Events, cfg.Batch, cfg.Inflight
+	}
+	began := time.Now()
+
+	var rssBefore int64
+	if cfg.PID > 0 {
+		if rssBefore, err = readRSS(strconv.Itoa(cfg.PID)); err != nil {
+			return nil, fmt.Errorf("-pid: %v", err)
+		}
+	}
+
+	// Pollers: connections dealt round-robin, each opening its share of the
+	// ramp (or churn rate).
+	np := cfg.Pollers
+	for i := 0; i < np; i++ {
+		p, err := newPoller(r, i)
+		if err != nil {
+			for _, q := range r.pollers {
+				q.shutdown()
+			}
+			return nil, err
+		}
+		p.maxPending = max(1, cfg.MaxPending/np)
+		r.pollers = append(r.pollers, p)
+	}
+	if cfg.Mode == ModeChurn {
+		total := int(cfg.Rate * cfg.Duration.Seconds())
+		if cfg.Conns > 0 {
+			total = min(total, cfg.Conns)
+		}
+		s.Conns.Planned = int64(total)
+		s.Settings.Conns = total
+		for i, p := range r.pollers {
+			p.rate = cfg.Rate / float64(np)
+			p.churnCap = total / np
+			if i < total%np {
+				p.churnCap++
+			}
+		}
+	} else {
+		s.Conns.Planned = int64(len(r.plan.conns))
+		for i, c := range r.plan.conns {
+			p := r.pollers[i%np]
+			p.specs = append(p.specs, c)
+		}
+		for _, p := range r.pollers {
+			p.rate = cfg.Ramp / float64(np)
+		}
+	}
+	var wg sync.WaitGroup
+	churnStart := time.Now()
+	for _, p := range r.pollers {
+		p.churnEnd = churnStart.Add(cfg.Duration)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.loop()
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+
+	progress := time.NewTicker(cfg.ProgressInterval)
+	defer progress.Stop()
+	logProgress := func(phase string) {
+		r.log.Info().Str("phase", phase).
+			Int64("attempted", r.sum(func(p *poller) int64 { return p.attempted.Load() })).
+			Int64("established", r.sum(func(p *poller) int64 { return p.established.Load() })).
+			Int64("subscribed", r.sum(func(p *poller) int64 { return p.subscribed.Load() })).
+			Int64("failed", r.sum(func(p *poller) int64 { return p.failed.Load() })).
+			Int64("dropped", r.sum(func(p *poller) int64 { return p.dropped.Load() })).
+			Int64("deliveries", r.sum(func(p *poller) int64 { return p.delivered.Load() })).
+			Msg("progress")
+	}
+	// wait waits for cond, up to d, logging progress; false if ctx ended.
+	wait := func(phase string, d time.Duration, cond func() bool) bool {
+		deadline := time.NewTimer(d)
+		defer deadline.Stop()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if cond != nil && cond() {
+				return true
+			}
+			select {
+			case <-ctx.Done():
+				return false
+			case <-deadline.C:
+				return true
+			case <-done:
+				return true
+			case <-progress.C:
+				logProgress(phase)
+			case <-tick.C:
+			}
+		}
+	}
+	setupDone := func() bool {
+		return r.sum(func(p *poller) int64 { return p.attempted.Load() }) >= s.Conns.Planned &&
+			r.sum(func(p *poller) int64 { return p.setup.Load() }) == 0
+	}
+	rampBound := time.Duration(float64(len(r.plan.conns))/cfg.Ramp*float64(time.Second)) + cfg.ConnectTimeout + time.Second
+
+	var loadgenRSS int64
+	var fanout *FanoutStats
+	var lanes []*lane
+	var trig *trigger
+	var sendSec float64
+	var sendStart time.Time
+	switch cfg.Mode {
+	case ModeIdle:
+		ok := wait("connect", rampBound, setupDone)
+		logProgress("connected")
+		held := time.Now()
+		if ok {
+			wait("hold", cfg.Duration, nil)
+		}
+		s.Idle = &IdleStats{HeldSec: round3(time.Since(held).Seconds())}
+		if cfg.PID > 0 {
+			after, err := readRSS(strconv.Itoa(cfg.PID))
+			if err != nil {
+				r.fatal("-pid: " + err.Error())
+			} else {
+				s.Idle.TargetPID, s.Idle.TargetRSSBeforeKiB, s.Idle.TargetRSSAfterKiB = cfg.PID, rssBefore, after
+			}
+		}
+		loadgenRSS, _ = readRSS("self")
+	case ModeFanout:
+		ok := wait("connect", rampBound, setupDone)
+		logProgress("connected")
+		trig = newTrigger(t, &cfg, r.names)
+		fanout = &FanoutStats{Channels: int64(len(r.plan.channels))}
+		if ok {
+			// Lanes: each owns some channels and sends their events in order.
+			nl := min(cfg.Inflight, len(r.plan.channels))
+			lanes = make([]*lane, nl)
+			for i := range lanes {
+				lanes[i] = &lane{}
+			}
+			for i, ch := range r.plan.channels {
+				l := lanes[i%nl]
+				l.chans = append(l.chans, ch)
+			}
+			// This shard's share of the rate and of the events.
+			owned := float64(len(r.plan.channels)) / float64(cfg.Channels)
+			var limit int64
+			if cfg.Events > 0 {
+				limit = max(1, int64(float64(cfg.Events)*owned+0.5))
+			}
+			for i, l := range lanes {
+				share := float64(len(l.chans)) / float64(len(r.plan.channels))
+				l.rate = cfg.Rate * owned * share
+				if limit > 0 {
+					l.limit = limit / int64(nl)
+					if int64(i) < limit%int64(nl) {
+						l.limit++
+					}
+					if l.limit == 0 {
+						l.limit = -1 // nothing for this lane
+					}
+				}
+			}
+			end := time.Now().Add(cfg.Duration)
+			if cfg.Duration <= 0 {
+				end = time.Now().Add(24 * time.Hour)
+			}
+			sctx, cancel := context.WithCancel(ctx)
+			var lw sync.WaitGroup
+			sendStart = time.Now()
+			for _, l := range lanes {
+				lw.Add(1)
+				go func() {
+					defer lw.Done()
+					l.run(sctx, trig, end, cancel)
+				}()
+			}
+			sendDone := make(chan struct{})
+			go func() { lw.Wait(); close(sendDone) }()
+			wait("send", time.Until(end)+time.Second, func() bool {
+				select {
+				case <-sendDone:
+					return true
+				default:
+					return false
+				}
+			})
+			cancel()
+			<-sendDone
+			sendSec = time.Since(sendStart).Seconds()
+			r.sent = make([]int64, len(r.names))
+			for _, l := range lanes {
+				for i, ch := range l.chans {
+					r.sent[ch] = l.sent[i]
+				}
+			}
+			logProgress("sent")
+			expected := func() int64 {
+				var n int64
+				for ch, sent := range r.sent {
+					n += sent * int64(r.chanSubs[ch].Load())
+				}
+				return n
+			}
+			wait("drain", cfg.Drain, func() bool {
+				return r.sum(func(p *poller) int64 { return p.delivered.Load() }) >= expected()
+			})
+			logProgress("drained")
+		}
+		loadgenRSS, _ = readRSS("self")
+	case ModeChurn:
+		wait("churn", cfg.Duration, nil)
+		// Let the connections already started finish.
+		wait("finish", cfg.ConnectTimeout+time.Second, func() bool {
+			return r.sum(func(p *poller) int64 { return p.setup.Load() }) == 0
+		})
+		loadgenRSS, _ = readRSS("self")
+	}
+	if ctx.Err() != nil {
+		s.Interrupted = true
+	}
+	if r.sent == nil && cfg.Mode == ModeFanout {
+		r.sent = make([]int64, len(r.names))
+	}
+	for _, p := range r.pollers {
+		p.closeAll.Store(true)
+		p.wake()
+	}
+	select {
+	case <-done:
+	case <-time.After(cfg.CloseGrace + 5*time.Second):
+		r.fatal("pollers did not finish closing")
+	}
+	for _, p := range r.pollers {
+		p.shutdown()
+	}
+	if trig != nil {
+		trig.client.CloseIdleConnections()
+	}
+
+	// Fold the pollers' results in.
+	s.Hist.Connect, s.Hist.Subscribe = &Hist{}, &Hist{}
+	s.Conns.Failures = map[string]int64{}
+	var lastRecv int64
+	for _, p := range r.pollers {
+		c := &s.Conns
+		c.Attempted += p.attempted.Load()
+		c.Established += p.established.Load()
+		c.Subscribed += p.subscribed.Load()
+		c.Failed += p.failed.Load()
+		c.Dropped += p.dropped.Load()
+		c.ClosedClean += p.st.closedClean
+		c.PingsAnswered += p.st.pings
+		c.WSPingsAnswered += p.st.wsPings
+		addMap(&c.Failures, p.st.failures)
+		s.Hist.Connect.Merge(&p.st.connect)
+		s.Hist.Subscribe.Merge(&p.st.subscribe)
+		lastRecv = max(lastRecv, p.lastRecv.Load())
+	}
+	if cfg.Mode == ModeIdle && s.Idle.TargetPID != 0 && s.Conns.Established > 0 {
+		s.Idle.KiBPerConn = round3(float64(s.Idle.TargetRSSAfterKiB-s.Idle.TargetRSSBeforeKiB) / float64(s.Conns.Established))
+	}
+	if cfg.Mode == ModeFanout {
+		f := fanout
+		s.Hist.Latency, s.Hist.Trigger = &Hist{}, &Hist{}
+		for _, p := range r.pollers {
+			f.Subscribers += p.st.subscribersAtEnd
+			f.Expected += p.st.expected
+			f.Deliveries += p.st.delivered
+			f.Missing += p.st.missing
+			f.Duplicates += p.st.duplicates
+			f.OutOfOrder += p.st.outOfOrder
+			f.Unexpected += p.st.extra
+			f.Malformed += p.st.malformed
+			s.Hist.Latency.Merge(&p.st.latency)
+		}
+		for _, l := range lanes {
+			f.EventsSent += l.events
+			f.Requests += l.requests
+			s.Hist.Trigger.Merge(&l.hist)
+		}
+		f.RequestFailures = trig.fails
+		if trig.fatal != "" {
+			r.fatal(trig.fatal)
+		}
+		f.SendSec = sendSec
+		if sendSec > 0 {
+			f.EventsPerSec = float64(f.EventsSent) / sendSec
+		}
+		if lastRecv > 0 && !sendStart.IsZero() {
+			f.ReceiveSec = float64(lastRecv-sendStart.UnixNano()) / 1e9
+			if f.ReceiveSec > 0 {
+				f.DeliveriesPerSec = float64(f.Deliveries) / f.ReceiveSec
+			}
+		}
+		s.Fanout = f
+	}
+	if cfg.Mode == ModeChurn {
+		window := cfg.Duration.Seconds()
+		var completed int64
+		for _, p := range r.pollers {
+			completed += p.st.completed
+		}
+		s.Churn = &ChurnStats{WindowSec: window, Completed: completed}
+		if window > 0 {
+			s.Churn.HandshakesPerSec = float64(s.Conns.Established) / window
+			s.Churn.CompletedPerSec = float64(completed) / window
+		}
+	}
+	s.LoadgenRSSKiB = loadgenRSS
+	s.ElapsedSec = time.Since(began).Seconds()
+	r.errMu.Lock()
+	s.Errors = append(s.Errors, r.errors...)
+	r.errMu.Unlock()
+	s.finish()
+	if len(s.Errors) > 0 {
+		return s, errors.New(s.Errors[0])
+	}
+	return s, nil
+}

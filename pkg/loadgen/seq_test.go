@@ -1,0 +1,95 @@
+package loadgen
+
+import (
+	"fmt"
+	"reflect"
+	"testing"
+
+	"github.com/resoundhq/resound/protocol"
+)
+
+func lgEvent(seq int64) []byte {
+	return protocol.AppendChannelEvent(nil, "lg", "lg-r-0", fmt.Sprintf(`{"seq":%d,"ts":1}`, seq), "")
+}
+
+func TestSequenceAccounting(t *testing.T) {
+	p := &poller{st: pollStats{failures: map[string]int64{}}}
+	c := &conn{}
+	var delivered int64
+	// 1 2 5 3 3 7 4 6 6 1, then sent = 9: 8 and 9 missing.
+	for _, s := range []int64{1, 2, 5, 3, 3, 7, 4, 6, 6, 1} {
+		p.onLoad(c, lgEvent(s), &delivered)
+	}
+	if c.recv != 7 || c.dup != 3 || c.ooo != 3 || c.next != 7 || c.holes != nil || delivered != 7 {
+		t.Fatalf("recv %d dup %d ooo %d next %d holes %v delivered %d", c.recv, c.dup, c.ooo, c.next, c.holes, delivered)
+	}
+	p.settle(c, 9)
+	if p.st.expected != 9 || p.st.delivered != 7 || p.st.missing != 2 || p.st.extra != 0 {
+		t.Fatalf("settle: %+v", p.st)
+	}
+
+	// A hole split in the middle, and events beyond what was acknowledged.
+	p = &poller{st: pollStats{failures: map[string]int64{}}}
+	c = &conn{}
+	for _, s := range []int64{1, 10, 5, 12} {
+		p.onLoad(c, lgEvent(s), &delivered)
+	}
+	if want := []span{{2, 4}, {6, 9}, {11, 11}}; !reflect.DeepEqual(c.holes, want) {
+		t.Fatalf("holes %v, want %v", c.holes, want)
+	}
+	p.settle(c, 10) // 12 arrived but was never acknowledged
+	if p.st.delivered != 3 || p.st.extra != 1 || p.st.missing != 7 {
+		t.Fatalf("settle: %+v", p.st)
+	}
+	p.onLoad(c, []byte(`{"event":"lg","data":"x"}`), &delivered)
+	if p.st.malformed != 1 {
+		t.Fatal("malformed not counted")
+	}
+}
+
+func TestPlanAndFlags(t *testing.T) {
+	src, err := ParseSources("127.0.0.2, 127.0.0.254-127.0.1.2,::1")
+	if err != nil || len(src) != 7 || src[1].String() != "127.0.0.254" || src[5].String() != "127.0.1.2" || src[6].String() != "::1" {
+		t.Fatalf("%v %v", src, err)
+	}
+	for _, bad := range []string{"127.0.0.5-127.0.0.2", "x", "::1-::2"} {
+		if _, err := ParseSources(bad); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+	if i, n, err := ParseShard("2/3"); i != 2 || n != 3 || err != nil {
+		t.Fatal(i, n, err)
+	}
+	for _, bad := range []string{"3/3", "1", "a/b", "-1/2"} {
+		if _, _, err := ParseShard(bad); err == nil {
+			t.Errorf("accepted shard %q", bad)
+		}
+	}
+	// Shards split connections and channels exactly.
+	seen := map[int32]bool{}
+	chans := map[int]int{}
+	for i := 0; i < 3; i++ {
+		c := &Config{Mode: ModeFanout, Conns: 1000, Channels: 7, Shard: i, Shards: 3, Run: "r"}
+		pl := makePlan(c)
+		for _, s := range pl.conns {
+			if seen[s.idx] || int(s.ch) != int(s.idx)%7 || int(s.ch)%3 != i {
+				t.Fatalf("conn %+v in shard %d", s, i)
+			}
+			seen[s.idx] = true
+		}
+		for _, ch := range pl.channels {
+			chans[ch]++
+		}
+	}
+	if len(seen) != 1000 || len(chans) != 7 {
+		t.Fatalf("%d conns, %d channels", len(seen), len(chans))
+	}
+	c := Config{Mode: ModeIdle, URL: "http://127.0.0.1:1", Key: "k", Conns: 20000, Channels: 2, Run: "r"}
+	if err := c.Validate(); err == nil {
+		t.Fatal("accepted 20,000 connections in one process")
+	}
+	c.Shard, c.Shards = 0, 2
+	if err := c.Validate(); err != nil {
+		t.Fatalf("half of 20,000 refused: %v", err)
+	}
+}
