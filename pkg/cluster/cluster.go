@@ -211,7 +211,7 @@ func MutateRev(ctx context.Context, kv jetstream.KeyValue, key string, f func(ol
 		if err != nil {
 			return 0, err
 		}
-		if next != nil && old != nil && &next[0] == &old[0] && len(next) == len(old) {
+		if len(next) > 0 && len(old) > 0 && &next[0] == &old[0] && len(next) == len(old) {
 			return rev, nil // unchanged
 		}
 		var newRev uint64

@@ -59,6 +59,14 @@ func (r *Registry) leads(live map[string]bool) bool {
 	return true
 }
 
+// Register writes this gateway's first heartbeat. Call it before the
+// gateway takes connections: a sweep by another gateway must never see
+// members held by a gateway missing from the registry.
+func (r *Registry) Register(ctx context.Context) error {
+	_, err := r.stores.Gateways.Put(ctx, r.id, []byte(time.Now().UTC().Format(time.RFC3339)))
+	return err
+}
+
 // Run heartbeats until ctx ends, then removes this gateway's key so that
 // the others clean up after it at once.
 func (r *Registry) Run(ctx context.Context) {

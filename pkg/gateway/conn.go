@@ -3,6 +3,7 @@ package gateway
 import (
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -148,6 +149,66 @@ func (c *conn) writeLocked(b []byte) {
 	// The socket is full; edge-triggered EPOLLOUT tells the poller when it
 	// drains, and flush writes the rest.
 	c.out = append(c.out, b...)
+}
+
+// writeFrames writes frames to the client with one writev, keeping what
+// the socket does not take. iovecs is the caller's scratch space, so the
+// common case allocates nothing.
+func (c *conn) writeFrames(frames [][]byte, iovecs *[]unix.Iovec) {
+	if len(frames) == 1 {
+		c.write(frames[0])
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return
+	}
+	written := 0
+	if len(c.out) == 0 {
+		n, err := writev(c.fd, frames, iovecs)
+		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+			c.abortLocked()
+			return
+		}
+		if n > 0 {
+			written = n
+		}
+	}
+	for _, f := range frames {
+		if written >= len(f) {
+			written -= len(f)
+			continue
+		}
+		c.writeLocked(f[written:])
+		written = 0
+		if c.state != stateOpen {
+			return
+		}
+	}
+}
+
+// writev writes bufs with one system call, building the iovec array in
+// the caller's scratch slice instead of allocating one as unix.Writev does.
+func writev(fd int, bufs [][]byte, scratch *[]unix.Iovec) (int, error) {
+	iov := (*scratch)[:0]
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: &b[0]}
+		v.SetLen(len(b))
+		iov = append(iov, v)
+	}
+	*scratch = iov
+	if len(iov) == 0 {
+		return 0, nil
+	}
+	r, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
 }
 
 // flush writes pending output; the poller calls it on EPOLLOUT.

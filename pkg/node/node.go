@@ -145,6 +145,9 @@ func Start(ctx context.Context, opts Options) (n *Node, err error) {
 	gwMetrics := gateway.NewMetrics(n.Registry, &gw)
 	registry := cluster.NewRegistry(stores, gatewayID, n.log.With().Str("component", "registry").Logger(),
 		func(ctx context.Context, live map[string]bool) { gw.Sweep(ctx, live) })
+	if err := registry.Register(setupCtx); err != nil {
+		return nil, fmt.Errorf("registering the gateway: %w", err)
+	}
 	view := &clusterView{
 		nc: gwConn, stores: stores, presence: presence.New(stores.Presence),
 		querier: cluster.NewQuerier(gwConn, registry.Live, 2*time.Second),

@@ -131,7 +131,7 @@ func TestMaxMembers(t *testing.T) {
 		t.Fatalf("members after refusal: %v", ids(got))
 	}
 	// Once someone leaves, a new user fits.
-	if last, err := s.Leave(ctx, "app", "presence-full", "2", "s2"); err != nil || !last {
+	if last, _, err := s.Leave(ctx, "app", "presence-full", "2", "s2"); err != nil || !last {
 		t.Fatalf("leave: %v %v", last, err)
 	}
 	if r, err := s.Join(ctx, "app", "presence-full", member("3"), "s3", "gw", 2); err != nil || !r.First {
@@ -160,7 +160,7 @@ func TestLeave(t *testing.T) {
 		{"presence-room", "nobody", "1.1"},
 		{"presence-none", "1", "1.1"},
 	} {
-		last, err := s.Leave(ctx, "app", c.ch, c.user, c.sid)
+		last, _, err := s.Leave(ctx, "app", c.ch, c.user, c.sid)
 		if err != nil || last {
 			t.Fatalf("Leave(%+v) = %v, %v; want a no-op", c, last, err)
 		}
@@ -172,20 +172,20 @@ func TestLeave(t *testing.T) {
 		t.Fatalf("leaving an empty channel created its key: %v", err)
 	}
 
-	if last, err := s.Leave(ctx, "app", "presence-room", "1", "1.1"); err != nil || last {
+	if last, _, err := s.Leave(ctx, "app", "presence-room", "1", "1.1"); err != nil || last {
 		t.Fatalf("leaving one of two sockets: last=%v %v", last, err)
 	}
-	if last, err := s.Leave(ctx, "app", "presence-room", "1", "1.1"); err != nil || last {
+	if last, _, err := s.Leave(ctx, "app", "presence-room", "1", "1.1"); err != nil || last {
 		t.Fatalf("leaving the same socket twice: last=%v %v", last, err)
 	}
 	got, _ := s.Members(ctx, "app", "presence-room")
 	if !reflect.DeepEqual(ids(got), []string{"1", "2"}) {
 		t.Fatalf("members %v", ids(got))
 	}
-	if last, err := s.Leave(ctx, "app", "presence-room", "1", "1.2"); err != nil || !last {
+	if last, _, err := s.Leave(ctx, "app", "presence-room", "1", "1.2"); err != nil || !last {
 		t.Fatalf("leaving the last socket: last=%v %v", last, err)
 	}
-	if last, err := s.Leave(ctx, "app", "presence-room", "2", "2.1"); err != nil || !last {
+	if last, _, err := s.Leave(ctx, "app", "presence-room", "2", "2.1"); err != nil || !last {
 		t.Fatalf("last member leaving: last=%v %v", last, err)
 	}
 	// Empty: the key is gone and Members is nil.
@@ -219,7 +219,7 @@ func TestChannels(t *testing.T) {
 	join("app-1", "presence-gone", "3", "3.1")
 	join("app-2", "presence-a", "9", "9.1") // same channel name, other app
 	join("app-12", "presence-z", "9", "9.2")
-	if _, err := s.Leave(ctx, "app-1", "presence-gone", "3", "3.1"); err != nil {
+	if _, _, err := s.Leave(ctx, "app-1", "presence-gone", "3", "3.1"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -292,7 +292,7 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 		t.Fatalf("presence-c = %v", ids(m))
 	}
 	// User 1's dead socket is gone: leaving the live one is their last.
-	if last, err := s.Leave(ctx, "app", "presence-a", "1", "1.1"); err != nil || !last {
+	if last, _, err := s.Leave(ctx, "app", "presence-a", "1", "1.1"); err != nil || !last {
 		t.Fatalf("user 1's remaining socket: last=%v %v", last, err)
 	}
 	// A second sweep finds nothing more.
@@ -395,5 +395,48 @@ func TestConcurrentJoinsRespectMaxMembers(t *testing.T) {
 		if in != (err == nil) {
 			t.Fatalf("user %d: member=%v, join error=%v", i, in, err)
 		}
+	}
+}
+
+// TestRevisions: Join and Leave report the channel key's revision after
+// their change, so that member events can be ordered against snapshots.
+func TestRevisions(t *testing.T) {
+	s, kv, ctx := newStore(t)
+	key := cluster.Key("app", "presence-rev")
+	current := func() uint64 {
+		t.Helper()
+		e, err := kv.Get(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Revision()
+	}
+	r1, err := s.Join(ctx, "app", "presence-rev", member("1"), "1.1", "gw", 0)
+	if err != nil || r1.Revision == 0 || r1.Revision != current() {
+		t.Fatalf("first join revision %d, key at %d (%v)", r1.Revision, current(), err)
+	}
+	r2, err := s.Join(ctx, "app", "presence-rev", member("2"), "2.1", "gw", 0)
+	if err != nil || r2.Revision <= r1.Revision || r2.Revision != current() {
+		t.Fatalf("second join revision %d after %d, key at %d (%v)", r2.Revision, r1.Revision, current(), err)
+	}
+	// Re-joining with the same socket writes nothing: the revision read.
+	r3, err := s.Join(ctx, "app", "presence-rev", member("2"), "2.1", "gw", 0)
+	if err != nil || r3.Revision != current() {
+		t.Fatalf("idempotent join revision %d, key at %d (%v)", r3.Revision, current(), err)
+	}
+	// A no-op leave reports the revision as it is.
+	if last, rev, err := s.Leave(ctx, "app", "presence-rev", "1", "9.9"); err != nil || last || rev != current() {
+		t.Fatalf("no-op leave: last=%v rev=%d key at %d (%v)", last, rev, current(), err)
+	}
+	last, rev, err := s.Leave(ctx, "app", "presence-rev", "1", "1.1")
+	if err != nil || !last || rev <= r3.Revision || rev != current() {
+		t.Fatalf("leave: last=%v rev=%d key at %d (%v)", last, rev, current(), err)
+	}
+	// The channel empties: revision 0.
+	if last, rev, err := s.Leave(ctx, "app", "presence-rev", "2", "2.1"); err != nil || !last || rev != 0 {
+		t.Fatalf("last leave: last=%v rev=%d (%v)", last, rev, err)
+	}
+	if last, rev, err := s.Leave(ctx, "app", "presence-none", "2", "2.1"); err != nil || last || rev != 0 {
+		t.Fatalf("leave of an empty channel: last=%v rev=%d (%v)", last, rev, err)
 	}
 }
