@@ -40,7 +40,7 @@ func (s *Server) clientEvent(c *conn, m protocol.ClientMessage) {
 	}
 	userID := ""
 	if i >= 0 {
-		userID = c.subs[i].member.ID
+		userID = c.subs[i].userID()
 	}
 	frame := protocol.AppendTextFrame(nil, protocol.AppendClientEvent(nil, m.Event, m.Channel, m.Data, userID))
 	s.publishToChannel(app, m.Channel, frame, c.socketID())

@@ -41,32 +41,36 @@ type conn struct {
 
 	// Owned by the poller goroutine.
 	partial    []byte // bytes of an incomplete frame, kept between reads
-	fragments  []byte // a fragmented message being reassembled
-	fragmented bool
-	lastSeen   int64 // unix nanos of the last frame received
-	pingSentAt int64 // unix nanos of our unanswered ping, or 0
+	lastSeen   int64  // unix nanos of the last frame received
+	pingSentAt int64  // unix nanos of our unanswered ping, or 0
 	subs       []chanSub
-	preparing  []preparing // subscriptions waiting on shared state
-	ext        *connExt    // sign-in and client-event state, made on first use
-	destroyed  bool        // set by poller.destroy; the descriptor may already be reused
-	countedMax bool        // this connection holds a slot of the app's max_connections
+	ext        *connExt // rarer state, made on first use
+	destroyed  bool     // set by poller.destroy; the descriptor may already be reused
+	countedMax bool     // this connection holds a slot of the app's max_connections
 
 	// mu guards the write side: deliveries write from other goroutines.
 	// The socket write happens under mu, so a write can never land on a
 	// descriptor number that was closed and reused.
 	mu        sync.Mutex
 	state     connState
+	shutWrite bool   // SHUT_WR is done
 	out       []byte // output the socket did not take yet
 	closingAt int64  // unix nanos when closing began
-	shutWrite bool   // SHUT_WR is done
 }
 
 // chanSub is one channel a connection is on.
 type chanSub struct {
 	ch *channel
-	// member is the presence identity the connection joined with; its ID
-	// is "" on other channels.
-	member protocol.PresenceMember
+	// member is the presence identity the connection joined with; nil on
+	// other channels.
+	member *protocol.PresenceMember
+}
+
+func (cs chanSub) userID() string {
+	if cs.member == nil {
+		return ""
+	}
+	return cs.member.ID
 }
 
 // preparing is a subscription whose shared state (presence membership,
@@ -77,8 +81,12 @@ type preparing struct {
 }
 
 // connExt is the state few connections need, kept out of conn so that an
-// idle subscriber stays small.
+// idle subscriber stays small. Only the poller goroutine touches it.
 type connExt struct {
+	fragments  []byte // a fragmented message being reassembled
+	fragmented bool
+	preparing  []preparing // subscriptions waiting on shared state
+
 	userID    string // signed in as, or ""
 	watchlist []string
 	// Client-event token bucket: tokens left and when it was last filled.
@@ -98,6 +106,13 @@ func (c *conn) signedInAs() string {
 		return ""
 	}
 	return c.ext.userID
+}
+
+func (c *conn) preparingList() []preparing {
+	if c.ext == nil {
+		return nil
+	}
+	return c.ext.preparing
 }
 
 func (c *conn) findSub(name string) int {

@@ -18,7 +18,7 @@ type pendingSub struct {
 	// frames are written on joining: subscription_succeeded, then the
 	// cached event or cache_miss.
 	frames []byte
-	member protocol.PresenceMember
+	member *protocol.PresenceMember // nil unless presence
 	// announce is set for a user's first presence connection:
 	// member_added goes out once the subscriber has joined.
 	announce bool
@@ -50,10 +50,15 @@ func (s *Server) handleBytes(c *conn, data []byte) bool {
 		if h.opcode == opText || h.opcode == opBinary || h.opcode == opContinuation {
 			total := h.length
 			if h.opcode == opContinuation {
-				total += int64(len(c.fragments))
+				if c.ext != nil {
+					total += int64(len(c.ext.fragments))
+				}
 			}
 			if total > int64(c.app.MaxMessageSize) {
-				c.partial, c.fragments = nil, nil
+				c.partial = nil
+				if c.ext != nil {
+					c.ext.fragments = nil
+				}
 				c.closeWith(protocol.CloseMessageTooBig, protocol.CloseReasonTooBigMsg)
 				return true
 			}
@@ -89,25 +94,27 @@ func (s *Server) handleFrame(c *conn, h frameHeader, payload []byte) {
 		// Pusher says binary frames are not supported; Reverb reads them as
 		// text. Reading them costs nothing and breaks no client, so Resound
 		// follows Reverb.
-		if c.fragmented {
+		if c.ext != nil && c.ext.fragmented {
 			c.closeWith(protocol.CloseProtocolError, "Expected a continuation frame")
 			return
 		}
 		if !h.fin {
-			c.fragmented = true
-			c.fragments = append([]byte(nil), payload...)
+			ext := c.extension()
+			ext.fragmented = true
+			ext.fragments = append([]byte(nil), payload...)
 			return
 		}
 		s.handleMessage(c, payload)
 	case opContinuation:
-		if !c.fragmented {
+		if c.ext == nil || !c.ext.fragmented {
 			c.closeWith(protocol.CloseProtocolError, "Unexpected continuation frame")
 			return
 		}
-		c.fragments = append(c.fragments, payload...)
+		ext := c.ext
+		ext.fragments = append(ext.fragments, payload...)
 		if h.fin {
-			msg := c.fragments
-			c.fragments, c.fragmented = nil, false
+			msg := ext.fragments
+			ext.fragments, ext.fragmented = nil, false
 			s.handleMessage(c, msg)
 		}
 	case opPing:
@@ -214,7 +221,7 @@ func (s *Server) subscribe(c *conn, m protocol.ClientMessage) {
 		c.write(s.succeededFrame(c, name, nil))
 		return
 	}
-	for _, pr := range c.preparing {
+	for _, pr := range c.preparingList() {
 		if pr.name == name && !pr.cancelled {
 			return // already on its way
 		}
@@ -255,7 +262,8 @@ func (s *Server) addPending(c *conn, name string, ps pendingSub) bool {
 // prepareSubscription fetches what a presence or cache subscription needs
 // from the shared state, off the poller goroutine, then finishes it there.
 func (s *Server) prepareSubscription(c *conn, name string, kind protocol.ChannelKind, member protocol.PresenceMember) {
-	c.preparing = append(c.preparing, preparing{name: name})
+	ext := c.extension()
+	ext.preparing = append(ext.preparing, preparing{name: name})
 	sid := c.socketID()
 	app := c.app
 	s.async(func(ctx context.Context) {
@@ -277,15 +285,17 @@ func (s *Server) prepareSubscription(c *conn, name string, kind protocol.Channel
 func (s *Server) finishPrepared(c *conn, name string, kind protocol.ChannelKind, member protocol.PresenceMember,
 	res presence.JoinResult, cache []byte, err error) {
 	cancelled := true
-	for i, pr := range c.preparing {
-		if pr.name == name {
-			cancelled = pr.cancelled || c.destroyed
-			c.preparing = append(c.preparing[:i], c.preparing[i+1:]...)
-			break
+	if ext := c.ext; ext != nil {
+		for i, pr := range ext.preparing {
+			if pr.name == name {
+				cancelled = pr.cancelled || c.destroyed
+				ext.preparing = append(ext.preparing[:i], ext.preparing[i+1:]...)
+				break
+			}
 		}
-	}
-	if len(c.preparing) == 0 {
-		c.preparing = nil
+		if len(ext.preparing) == 0 {
+			ext.preparing = nil
+		}
 	}
 	joined := err == nil && kind.Auth == protocol.AuthPresence
 	if cancelled {
@@ -311,7 +321,11 @@ func (s *Server) finishPrepared(c *conn, name string, kind protocol.ChannelKind,
 			frames = protocol.AppendTextFrame(frames, protocol.AppendCacheMiss(nil, name))
 		}
 	}
-	if !s.addPending(c, name, pendingSub{frames: frames, member: member, announce: joined && res.First, presenceRev: res.Revision}) && joined {
+	ps := pendingSub{frames: frames, announce: joined && res.First, presenceRev: res.Revision}
+	if joined {
+		ps.member = &member
+	}
+	if !s.addPending(c, name, ps) && joined {
 		s.presenceLeave(c.app, name, member.ID, c.socketID())
 	}
 }
@@ -332,9 +346,9 @@ func (s *Server) unsubscribe(c *conn, m protocol.ClientMessage) {
 		s.leave(c, cs)
 		return
 	}
-	for i := range c.preparing {
-		if c.preparing[i].name == name {
-			c.preparing[i].cancelled = true
+	for i, pr := range c.preparingList() {
+		if pr.name == name {
+			c.ext.preparing[i].cancelled = true
 			return
 		}
 	}
@@ -343,7 +357,7 @@ func (s *Server) unsubscribe(c *conn, m protocol.ClientMessage) {
 		if ps.c == c && ps.ch.name == name {
 			c.poller.newSubs = append(subs[:i], subs[i+1:]...)
 			s.hub.release(ps.ch)
-			if ps.member.ID != "" {
+			if ps.member != nil {
 				s.presenceLeave(c.app, name, ps.member.ID, c.socketID())
 			}
 			return
@@ -356,7 +370,7 @@ func (s *Server) unsubscribe(c *conn, m protocol.ClientMessage) {
 func (s *Server) leave(c *conn, cs chanSub) {
 	s.metrics.subscriptions.Add(-1)
 	s.hub.unsubscribe(cs.ch, c)
-	if cs.member.ID != "" {
+	if cs.member != nil {
 		s.presenceLeave(c.app, cs.ch.name, cs.member.ID, c.socketID())
 	}
 	s.subscriptionCountChanged(cs.ch)
@@ -383,7 +397,7 @@ func (p *poller) completeSubscriptions() {
 		c := ps.c
 		if c.destroyed || !c.isOpen() {
 			p.srv.hub.release(ps.ch)
-			if ps.member.ID != "" {
+			if ps.member != nil {
 				p.srv.presenceLeave(c.app, ps.ch.name, ps.member.ID, c.socketID())
 			}
 			continue
@@ -397,7 +411,7 @@ func (p *poller) completeSubscriptions() {
 		c.subs = append(c.subs, chanSub{ch: ps.ch, member: ps.member})
 		if ps.announce {
 			p.srv.publishPresence(c.app, ps.ch.name,
-				protocol.AppendTextFrame(nil, protocol.AppendMemberAdded(nil, ps.ch.name, ps.member)), c.socketID(), ps.presenceRev)
+				protocol.AppendTextFrame(nil, protocol.AppendMemberAdded(nil, ps.ch.name, *ps.member)), c.socketID(), ps.presenceRev)
 		}
 		p.srv.subscriptionCountChanged(ps.ch)
 	}

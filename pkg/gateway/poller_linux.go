@@ -216,9 +216,12 @@ func (p *poller) destroy(c *conn) {
 	_ = unix.Close(c.fd)
 	c.mu.Unlock()
 
-	c.partial, c.fragments = nil, nil
-	for i := range c.preparing {
-		c.preparing[i].cancelled = true
+	c.partial = nil
+	if c.ext != nil {
+		c.ext.fragments = nil
+		for i := range c.ext.preparing {
+			c.ext.preparing[i].cancelled = true
+		}
 	}
 	subs := c.subs
 	c.subs = nil

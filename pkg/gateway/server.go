@@ -116,6 +116,9 @@ type Server struct {
 	controlSubs []*nats.Subscription
 	watchers    watchers
 	userStates  chan *nats.Msg
+	// readers recycles the handshake's request reader: the WebSocket path
+	// is done with it once upgraded.
+	readers sync.Pool
 }
 
 // New builds a gateway; Serve runs it.
@@ -344,9 +347,15 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
 // the request straight off the socket; anything else goes to net/http.
 func (s *Server) handshake(nc net.Conn) {
 	_ = nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
-	br := bufio.NewReaderSize(nc, 2048)
+	br, _ := s.readers.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReaderSize(nc, 2048)
+	} else {
+		br.Reset(nc)
+	}
 	line, err := peekLine(br)
 	if err != nil {
+		s.putReader(br)
 		_ = nc.Close()
 		return
 	}
@@ -376,10 +385,12 @@ func (s *Server) handshake(nc net.Conn) {
 			return nil
 		},
 	}
-	if _, err := up.Upgrade(struct {
+	_, err = up.Upgrade(struct {
 		io.Reader
 		io.Writer
-	}{br, nc}); err != nil {
+	}{br, nc})
+	s.putReader(br)
+	if err != nil {
 		_ = nc.Close()
 		return
 	}
@@ -497,6 +508,11 @@ func peekLine(br *bufio.Reader) ([]byte, error) {
 func isWebSocketPath(line []byte, prefix string) bool {
 	rest, ok := bytes.CutPrefix(line, []byte("GET "))
 	return ok && bytes.HasPrefix(rest, []byte(prefix))
+}
+
+func (s *Server) putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	s.readers.Put(br)
 }
 
 // refuse finishes an upgraded connection that may not stay: a pusher:error

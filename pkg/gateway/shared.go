@@ -296,7 +296,7 @@ func (s *Server) onTerminate(m *nats.Msg) {
 				}
 				match := c.signedInAs() == req.UserID
 				for _, cs := range c.subs {
-					match = match || cs.member.ID == req.UserID
+					match = match || cs.userID() == req.UserID
 				}
 				if match {
 					hit = append(hit, c)

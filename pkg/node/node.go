@@ -66,12 +66,14 @@ func Limits(s *config.Settings) protocol.Limits {
 }
 
 // Start brings a node up and returns once it accepts connections.
-func Start(ctx context.Context, opts Options) (n *Node, err error) {
+func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	cfg := opts.Config
-	n = &Node{cfg: cfg, log: opts.Log}
+	n := &Node{cfg: cfg, log: opts.Log}
+	// Every failure below returns nil, so close what was started through n
+	// itself, not through the result.
 	defer func() {
 		if err != nil {
-			n.Close()
+			_ = n.Close()
 		}
 	}()
 	allInOne := cfg.NATSURL == ""
@@ -268,7 +270,7 @@ func (n *Node) goRun(f func() error) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if err := f(); err != nil {
+		if err := f(); err != nil && !errors.Is(err, context.Canceled) {
 			n.errMu.Lock()
 			if n.err == nil {
 				n.err = err
