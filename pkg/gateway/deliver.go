@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"math"
+	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sys/unix"
@@ -28,10 +30,9 @@ type channelBatch struct {
 
 // dispatcher is the reusable state of one dispatcher goroutine.
 type dispatcher struct {
-	msgs   []*nats.Msg
-	groups []channelBatch
-	frames [][]byte
-	iovecs []unix.Iovec
+	msgs    []*nats.Msg
+	groups  []channelBatch
+	scratch writeScratch
 }
 
 // runDispatcher writes the deliveries it receives to each channel's local
@@ -42,7 +43,7 @@ type dispatcher struct {
 // the same bytes go to every socket, with no copy and no allocation per
 // subscriber.
 func (s *Server) runDispatcher(in <-chan *nats.Msg, done <-chan struct{}) {
-	d := &dispatcher{iovecs: make([]unix.Iovec, 0, maxBatch)}
+	d := &dispatcher{scratch: writeScratch{iovecs: make([]unix.Iovec, 0, maxBatch)}}
 	for {
 		d.msgs = d.msgs[:0]
 		select {
@@ -112,28 +113,95 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 	for gi := range groups {
 		g := &groups[gi]
 		g.ch.mu.RLock()
-		for c, snapshotRev := range g.ch.subs {
-			frames := d.frames[:0]
-			for _, dl := range g.deliveries {
-				if dl.hasExclude && c.sidA == dl.exA && c.sidB == dl.exB {
-					continue
-				}
-				if dl.presenceRev != 0 && dl.presenceRev <= snapshotRev {
-					continue // the member list this subscriber got already has it
-				}
-				frames = append(frames, dl.frame)
-			}
-			if len(frames) > 0 {
-				c.writeFrames(frames, &d.iovecs)
-				n += len(frames)
-			}
-			d.frames = frames
-		}
+		n += s.fanOut(g.ch.members, g.deliveries, &d.scratch)
 		g.ch.mu.RUnlock()
 		g.ch = nil
 	}
 	s.metrics.deliveries.Add(int64(n))
 	s.prom.Deliveries.Add(float64(n))
+}
+
+// parallelMin is the subscriber count from which a channel's writes are
+// split between the fan-out writers: below it, handing work over costs
+// more than the writes.
+const parallelMin = 256
+
+// fanOut writes a channel's deliveries to its members and returns the
+// frames written. When a large channel has a single delivery waiting (the
+// latency-bound case: nothing to coalesce), its members are cut into
+// chunks written in parallel, one by the caller. Under load, when several
+// deliveries coalesce, one goroutine writes them all: measured here, that
+// keeps more throughput than splitting. It returns only once all are
+// written, so the channel's next batch cannot overtake this one.
+func (s *Server) fanOut(members []member, deliveries []delivery, ws *writeScratch) int {
+	chunks := min(len(s.writers)+1, len(members)/(parallelMin/2))
+	if len(members) < parallelMin || chunks < 2 || len(deliveries) > 1 {
+		return writeMembers(members, deliveries, ws)
+	}
+	size := (len(members) + chunks - 1) / chunks
+	var wg sync.WaitGroup
+	var written atomic.Int64
+	for i := 1; i < chunks; i++ {
+		part := members[i*size : min((i+1)*size, len(members))]
+		wg.Add(1)
+		s.writers[i-1] <- fanoutTask{members: part, deliveries: deliveries, wg: &wg, written: &written}
+	}
+	n := writeMembers(members[:size], deliveries, ws)
+	wg.Wait()
+	return n + int(written.Load())
+}
+
+// writeScratch is one writer's reusable buffers.
+type writeScratch struct {
+	frames [][]byte
+	iovecs []unix.Iovec
+}
+
+// writeMembers writes each member the deliveries meant for it with one
+// writev.
+func writeMembers(members []member, deliveries []delivery, ws *writeScratch) int {
+	n := 0
+	for _, m := range members {
+		c := m.c
+		frames := ws.frames[:0]
+		for _, dl := range deliveries {
+			if dl.hasExclude && c.sidA == dl.exA && c.sidB == dl.exB {
+				continue
+			}
+			if dl.presenceRev != 0 && dl.presenceRev <= m.presenceRev {
+				continue // the member list this subscriber got already has it
+			}
+			frames = append(frames, dl.frame)
+		}
+		if len(frames) > 0 {
+			c.writeFrames(frames, &ws.iovecs)
+			n += len(frames)
+		}
+		ws.frames = frames
+	}
+	return n
+}
+
+// fanoutTask is a chunk of a large channel for a fan-out writer.
+type fanoutTask struct {
+	members    []member
+	deliveries []delivery
+	wg         *sync.WaitGroup
+	written    *atomic.Int64
+}
+
+// runWriter writes the chunks handed to it.
+func runWriter(in <-chan fanoutTask, done <-chan struct{}) {
+	ws := &writeScratch{iovecs: make([]unix.Iovec, 0, maxBatch)}
+	for {
+		select {
+		case t := <-in:
+			t.written.Add(int64(writeMembers(t.members, t.deliveries, ws)))
+			t.wg.Done()
+		case <-done:
+			return
+		}
+	}
 }
 
 // parseSocketID reads "a.b" without allocating.

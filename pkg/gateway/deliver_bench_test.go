@@ -26,7 +26,7 @@ func benchServer(b *testing.B, subscribers int) (*Server, *dispatcher, []*nats.M
 	s.hub = newHub(nil, nil)
 	p := &poller{srv: s}
 	subject := route.Subject(app.ID, "bench")
-	ch := &channel{app: app, name: "bench", subject: subject, shard: s.hub.shardFor(subject), refs: subscribers, subs: map[*conn]uint64{}}
+	ch := &channel{app: app, name: "bench", subject: subject, shard: s.hub.shardFor(subject), refs: subscribers, index: map[*conn]int{}}
 	ch.shard.channels[subject] = ch
 	for i := 0; i < subscribers; i++ {
 		fd, err := unix.Open(os.DevNull, unix.O_WRONLY|unix.O_CLOEXEC, 0)
@@ -34,7 +34,7 @@ func benchServer(b *testing.B, subscribers int) (*Server, *dispatcher, []*nats.M
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { _ = unix.Close(fd) })
-		ch.subs[&conn{fd: fd, poller: p, app: app, sidA: uint64(i + 1), sidB: 1}] = 0
+		ch.join(&conn{fd: fd, poller: p, app: app, sidA: uint64(i + 1), sidB: 1}, nil, 0)
 	}
 	frame := protocol.AppendTextFrame(nil, protocol.AppendChannelEvent(nil, "App\\Events\\OrderShipped", "bench", `{"order_id":42,"status":"shipped"}`, ""))
 	var msgs []*nats.Msg
@@ -42,7 +42,7 @@ func benchServer(b *testing.B, subscribers int) (*Server, *dispatcher, []*nats.M
 		env := route.AppendDelivery(nil, route.Delivery{Seq: uint64(i + 1), Frame: frame})
 		msgs = append(msgs, &nats.Msg{Subject: subject, Data: env})
 	}
-	return s, &dispatcher{iovecs: make([]unix.Iovec, 0, maxBatch)}, msgs
+	return s, &dispatcher{scratch: writeScratch{iovecs: make([]unix.Iovec, 0, maxBatch)}}, msgs
 }
 
 // BenchmarkFanout writes one event to 1,000 subscribers per iteration:

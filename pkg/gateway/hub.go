@@ -61,9 +61,11 @@ type channel struct {
 	nsub    *nats.Subscription
 
 	mu sync.RWMutex
-	// subs maps each subscriber to the presence revision of the snapshot
-	// it was sent (0 on other channels).
-	subs map[*conn]uint64
+	// members are the subscribers, in a slice so that fan-out walks memory
+	// in order and can be split between writers; index finds a member's
+	// position for O(1) removal.
+	members []member
+	index   map[*conn]int
 
 	// recent holds the job sequences of the last deliveries, so that a job
 	// a worker delivers twice (it died before acking, and JetStream
@@ -103,7 +105,7 @@ func (h *hub) acquire(app *config.App, name string) (ch *channel, created bool, 
 		ch.refs++
 		return ch, false, nil
 	}
-	ch = &channel{app: app, name: name, subject: subject, shard: sh, refs: 1, subs: make(map[*conn]uint64)}
+	ch = &channel{app: app, name: name, subject: subject, shard: sh, refs: 1, index: make(map[*conn]int)}
 	// Every subscription for one subject feeds the same dispatcher, so
 	// events on a channel are written in the order they arrive.
 	d := h.dispatch[maphash.String(h.seed, subject)%uint64(len(h.dispatch))]
@@ -133,14 +135,40 @@ func (h *hub) release(ch *channel) {
 // client never sees an event of the channel before it is subscribed.
 func (ch *channel) join(c *conn, succeeded []byte, presenceRev uint64) {
 	ch.mu.Lock()
-	ch.subs[c] = presenceRev
+	if i, ok := ch.index[c]; ok {
+		ch.members[i].presenceRev = presenceRev
+	} else {
+		ch.index[c] = len(ch.members)
+		ch.members = append(ch.members, member{c: c, presenceRev: presenceRev})
+	}
 	c.write(succeeded)
 	ch.mu.Unlock()
 }
 
+// member is one subscriber of a channel and the presence revision of the
+// member list it was sent (0 on other channels).
+type member struct {
+	c           *conn
+	presenceRev uint64
+}
+
+// remove drops c; the caller holds ch.mu for writing.
+func (ch *channel) remove(c *conn) {
+	i, ok := ch.index[c]
+	if !ok {
+		return
+	}
+	last := len(ch.members) - 1
+	ch.members[i] = ch.members[last]
+	ch.index[ch.members[i].c] = i
+	ch.members[last] = member{}
+	ch.members = ch.members[:last]
+	delete(ch.index, c)
+}
+
 func (h *hub) unsubscribe(ch *channel, c *conn) {
 	ch.mu.Lock()
-	delete(ch.subs, c)
+	ch.remove(c)
 	ch.mu.Unlock()
 	h.release(ch)
 }

@@ -119,6 +119,8 @@ type Server struct {
 	// readers recycles the handshake's request reader: the WebSocket path
 	// is done with it once upgraded.
 	readers sync.Pool
+	// writers take chunks of large channels' fan-out, one queue each.
+	writers []chan fanoutTask
 }
 
 // New builds a gateway; Serve runs it.
@@ -151,6 +153,10 @@ func New(opts Options) (*Server, error) {
 		s.dispatch[i] = make(chan *nats.Msg, 1<<16)
 	}
 	s.hub = newHub(opts.Conn, s.dispatch)
+	// One writer per core besides the dispatcher's own share.
+	for i := 1; i < runtime.GOMAXPROCS(0); i++ {
+		s.writers = append(s.writers, make(chan fanoutTask, 4))
+	}
 	for i := 0; i < opts.Pollers; i++ {
 		p, err := newPoller(s)
 		if err != nil {
@@ -207,6 +213,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	for _, d := range s.dispatch {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.runDispatcher(d, done) }()
+	}
+	for _, w := range s.writers {
+		wg.Add(1)
+		go func() { defer wg.Done(); runWriter(w, done) }()
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); s.runUserStates(done) }()

@@ -110,7 +110,7 @@ func (s *Server) subscriptionCountChanged(ch *channel) {
 	}
 	s.async(func(ctx context.Context) {
 		ch.mu.RLock()
-		local := len(ch.subs)
+		local := len(ch.members)
 		ch.mu.RUnlock()
 		total, err := s.setCount(ctx, cluster.Key("subs", ch.app.ID, ch.name), local)
 		if err != nil {
@@ -351,7 +351,7 @@ func (s *Server) answerQuery(m *nats.Msg) {
 			return
 		}
 		ch.mu.RLock()
-		n := len(ch.subs)
+		n := len(ch.members)
 		ch.mu.RUnlock()
 		if n > 0 {
 			r.Channels[ch.name] = n
