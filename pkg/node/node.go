@@ -143,6 +143,16 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		n.goRun(func() error { return n.pool.Run(runCtx) })
 	}
 
+	// The API publishes on a connection of its own, so that its acks never
+	// queue behind the gateway's inbound deliveries.
+	apiConn, err := n.connect("resound-api")
+	if err != nil {
+		return nil, err
+	}
+	apiJS, err := jetstream.New(apiConn)
+	if err != nil {
+		return nil, err
+	}
 	var gw *gateway.Server
 	gwMetrics := gateway.NewMetrics(n.Registry, &gw)
 	registry := cluster.NewRegistry(stores, gatewayID, n.log.With().Str("component", "registry").Logger(),
@@ -155,10 +165,10 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		querier: cluster.NewQuerier(gwConn, registry.Live, 2*time.Second),
 	}
 	api := httpapi.New(httpapi.Options{
-		Apps: cfg.Apps, Publisher: queue.NewPublisher(js), Limits: Limits(&cfg.Settings), Cluster: view,
+		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: Limits(&cfg.Settings), Cluster: view,
 		Metrics: n.Registry.Handler(), Triggered: gwMetrics.MessagesIn.WithLabelValues("api"),
 		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
-		Ready: func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() },
+		Ready: func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() && apiConn.IsConnected() },
 		Log:   n.log.With().Str("component", "httpapi").Logger(),
 	})
 	gw, err = gateway.New(gateway.Options{
