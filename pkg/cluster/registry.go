@@ -10,13 +10,16 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Registry keeps this gateway's heartbeat in the gateways bucket and tells
-// when other gateways disappear.
+// Registry keeps this process's heartbeat in a bucket (gateways or
+// workers) and tells when others appear and disappear.
 type Registry struct {
-	stores   *Stores
+	kv       jetstream.KeyValue
+	ttl      time.Duration
 	id       string
 	interval time.Duration
 	log      zerolog.Logger
+	// onLive, when set, is called with the live set after every look.
+	onLive func(live map[string]bool)
 	// onGone is called with the set of live gateway ids whenever a gateway
 	// that was seen alive is gone, and once at start-up, so that state left
 	// by gateways that died before this one started is cleaned up too.
@@ -28,8 +31,15 @@ func NewGatewayID() string { return nuid.Next() }
 
 // NewRegistry returns a registry for the gateway id.
 func NewRegistry(stores *Stores, id string, log zerolog.Logger, onGone func(ctx context.Context, live map[string]bool)) *Registry {
-	interval := stores.opts.GatewayTTL / 3
-	return &Registry{stores: stores, id: id, interval: interval, log: log, onGone: onGone}
+	ttl := stores.opts.GatewayTTL
+	return &Registry{kv: stores.Gateways, ttl: ttl, id: id, interval: ttl / 3, log: log, onGone: onGone}
+}
+
+// NewWorkerRegistry returns a registry of worker processes; onLive hears
+// the live set after every look, to share out the partitions.
+func NewWorkerRegistry(stores *Stores, id string, log zerolog.Logger, onLive func(live map[string]bool)) *Registry {
+	ttl := stores.opts.GatewayTTL
+	return &Registry{kv: stores.Workers, ttl: ttl, id: id, interval: ttl / 3, log: log, onLive: onLive}
 }
 
 // ID is this gateway's id.
@@ -37,7 +47,7 @@ func (r *Registry) ID() string { return r.id }
 
 // Live lists the ids of the gateways whose heartbeat has not expired.
 func (r *Registry) Live(ctx context.Context) (map[string]bool, error) {
-	keys, err := r.stores.Gateways.Keys(ctx)
+	keys, err := r.kv.Keys(ctx)
 	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
 		return nil, err
 	}
@@ -63,7 +73,7 @@ func (r *Registry) leads(live map[string]bool) bool {
 // gateway takes connections: a sweep by another gateway must never see
 // members held by a gateway missing from the registry.
 func (r *Registry) Register(ctx context.Context) error {
-	_, err := r.stores.Gateways.Put(ctx, r.id, []byte(time.Now().UTC().Format(time.RFC3339)))
+	_, err := r.kv.Put(ctx, r.id, []byte(time.Now().UTC().Format(time.RFC3339)))
 	return err
 }
 
@@ -73,7 +83,7 @@ func (r *Registry) Run(ctx context.Context) {
 	beat := func() {
 		c, cancel := context.WithTimeout(ctx, r.interval)
 		defer cancel()
-		if _, err := r.stores.Gateways.Put(c, r.id, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil && ctx.Err() == nil {
+		if _, err := r.kv.Put(c, r.id, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil && ctx.Err() == nil {
 			r.log.Warn().Err(err).Msg("gateway heartbeat")
 		}
 	}
@@ -98,12 +108,15 @@ func (r *Registry) Run(ctx context.Context) {
 			// A gateway that lived and died between two of our looks was
 			// never seen; the live gateway with the lowest id also sweeps
 			// once per TTL, so nothing outlives TTL plus a TTL.
-			if !gone && r.leads(live) && time.Since(lastSweep) >= r.stores.opts.GatewayTTL {
+			if !gone && r.leads(live) && time.Since(lastSweep) >= r.ttl {
 				gone = true
 			}
 			if gone && r.onGone != nil {
 				r.onGone(ctx, live)
 				lastSweep = time.Now()
+			}
+			if r.onLive != nil {
+				r.onLive(live)
 			}
 			seen, first = live, false
 		} else if ctx.Err() == nil {
@@ -112,7 +125,7 @@ func (r *Registry) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = r.stores.Gateways.Delete(c, r.id)
+			_ = r.kv.Delete(c, r.id)
 			cancel()
 			return
 		case <-t.C:

@@ -56,7 +56,8 @@ type Settings struct {
 	DrainWindow Seconds `envconfig:"RESOUND_DRAIN_WINDOW" default:"10" desc:"seconds over which a stopping gateway spreads its clients' 4200 reconnects (SIGTERM); 0 closes them at once"`
 	GatewayTTL  Seconds `envconfig:"RESOUND_GATEWAY_TTL" default:"15" desc:"seconds after its last heartbeat that a gateway counts as dead and its presence members are removed"`
 
-	Replicas int `envconfig:"RESOUND_NATS_REPLICAS" default:"1" desc:"JetStream replicas of the job stream and the shared-state buckets: 3 on a 3-node NATS cluster survives losing a node"`
+	Partitions int `envconfig:"RESOUND_PARTITIONS" default:"8" desc:"ordered lanes of the job stream, shared out among worker processes; every process must use the same number"`
+	Replicas   int `envconfig:"RESOUND_NATS_REPLICAS" default:"1" desc:"JetStream replicas of the job stream and the shared-state buckets: 3 on a 3-node NATS cluster survives losing a node"`
 
 	QueueMaxBytes int64   `envconfig:"RESOUND_QUEUE_MAX_BYTES" default:"1073741824" desc:"bytes the job stream may hold before the API answers 503"`
 	QueueMaxAge   Seconds `envconfig:"RESOUND_QUEUE_MAX_AGE" default:"86400" desc:"seconds a job may wait in the stream before it is discarded"`
@@ -148,6 +149,8 @@ func (s *Settings) validate() error {
 		return fmt.Errorf("invalid setting REVERB_SERVER_PORT=%d: must be 0 to 65535", s.Port)
 	case s.Path != "" && (!strings.HasPrefix(s.Path, "/") || strings.HasSuffix(s.Path, "/")):
 		return fmt.Errorf("invalid setting REVERB_SERVER_PATH=%q: must start with / and not end with /", s.Path)
+	case s.Partitions < 1 || s.Partitions > 1024:
+		return fmt.Errorf("invalid setting RESOUND_PARTITIONS=%d: must be 1 to 1024", s.Partitions)
 	case s.Replicas < 1 || s.Replicas > 5:
 		return fmt.Errorf("invalid setting RESOUND_NATS_REPLICAS=%d: must be 1 to 5", s.Replicas)
 	case s.MetricsPort < 0 || s.MetricsPort > 65535:

@@ -608,26 +608,30 @@ func TestRealPublisherStoresTheJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.State.Msgs != 1 {
-		t.Fatalf("stream %s holds %d messages after a 200, want 1", queue.StreamName, info.State.Msgs)
+	// A trigger on two channels is stored as one job per channel, in one
+	// atomic batch, each on its channel's subject plus the partition.
+	if info.State.Msgs != 2 {
+		t.Fatalf("stream %s holds %d messages after a 200, want 2 (one per channel)", queue.StreamName, info.State.Msgs)
 	}
-	msg, err := stream.GetMsg(ctx, info.State.LastSeq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if msg.Subject != queue.Subject(appID) {
-		t.Errorf("job subject %q, want %q", msg.Subject, queue.Subject(appID))
-	}
-	var job queue.Job
-	if err := json.Unmarshal(msg.Data, &job); err != nil {
-		t.Fatal(err)
-	}
-	want := protocol.Trigger{Name: `App\Events\OrderShipped`, Data: `{"id":1}`, Channels: []string{"orders.1", "private-orders"}, SocketID: "12.34"}
-	if job.AppID != appID || len(job.Events) != 1 || !sameTrigger(job.Events[0], want) {
-		t.Fatalf("stored job %+v, want %+v", job, want)
-	}
-	if err := job.Validate(protocol.DefaultLimits); err != nil {
-		t.Fatalf("stored job does not validate: %v", err)
+	for i, ch := range []string{"orders.1", "private-orders"} {
+		msg, err := stream.GetMsg(ctx, info.State.FirstSeq+uint64(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(msg.Subject, queue.Subject(appID, ch)+".") {
+			t.Errorf("job subject %q, want %q plus a partition", msg.Subject, queue.Subject(appID, ch))
+		}
+		var job queue.Job
+		if err := json.Unmarshal(msg.Data, &job); err != nil {
+			t.Fatal(err)
+		}
+		want := protocol.Trigger{Name: `App\Events\OrderShipped`, Data: `{"id":1}`, Channels: []string{ch}, SocketID: "12.34"}
+		if job.AppID != appID || len(job.Events) != 1 || !sameTrigger(job.Events[0], want) {
+			t.Fatalf("stored job %+v, want %+v", job, want)
+		}
+		if err := job.Validate(protocol.DefaultLimits); err != nil {
+			t.Fatalf("stored job does not validate: %v", err)
+		}
 	}
 
 	// Without the stream nothing can be stored: 503, never 200.

@@ -137,7 +137,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		}
 		n.pool = worker.New(worker.Options{
 			Conn: wConn, JetStream: wjs, Limits: Limits(&cfg.Settings), Workers: cfg.Workers, Log: n.log.With().Str("component", "worker").Logger(),
-			Cache: stores.Cache, Metrics: metrics.NewWorker(n.Registry, func() float64 { return float64(n.pool.Stats().Pending.Load()) }),
+			Cache: stores.Cache, Stores: stores, Partitions: cfg.Partitions, Metrics: metrics.NewWorker(n.Registry, func() float64 { return float64(n.pool.Stats().Pending.Load()) }),
 			Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 		})
 		n.goRun(func() error { return n.pool.Run(runCtx) })
@@ -245,7 +245,7 @@ func (v *clusterView) Terminate(_ context.Context, appID, userID string) error {
 
 // StreamOptions are the job stream's limits from the settings.
 func StreamOptions(s *config.Settings) queue.StreamOptions {
-	return queue.StreamOptions{MaxBytes: s.QueueMaxBytes, MaxAge: s.QueueMaxAge.Duration(), Replicas: s.Replicas}
+	return queue.StreamOptions{MaxBytes: s.QueueMaxBytes, MaxAge: s.QueueMaxAge.Duration(), Replicas: s.Replicas, Partitions: s.Partitions}
 }
 
 func (n *Node) connect(name string) (*nats.Conn, error) {

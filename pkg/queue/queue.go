@@ -9,7 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/resoundhq/resound/pkg/route"
@@ -20,12 +25,45 @@ import (
 const (
 	StreamName    = "RESOUND_JOBS"
 	SubjectPrefix = "resound.jobs."
-	ConsumerName  = "resound-workers"
+	// ConsumerPrefix starts the name of each partition's consumer:
+	// resound-workers-0, resound-workers-1, ...
+	ConsumerPrefix = "resound-workers-"
+	// LegacyConsumer is the single shared consumer of earlier versions;
+	// EnsureConsumers removes it, since work-queue consumers may not
+	// overlap.
+	LegacyConsumer = "resound-workers"
+	// PriorityGroup is the pinned priority group every partition consumer
+	// has: JetStream delivers a partition to one worker at a time.
+	PriorityGroup = "workers"
+	// DefaultPartitions is how many ordered lanes the stream has.
+	DefaultPartitions = 8
 )
 
-// Subject is where jobs for an app are published: resound.jobs.<app_id>,
-// the id escaped as one subject token.
-func Subject(appID string) string { return SubjectPrefix + route.EscapeToken(appID) }
+// Subject is where a job whose events share the routing key key (a
+// channel name) is published: resound.jobs.<app_id>.<key>, each part
+// escaped as one subject token. The stream hashes the two tokens into a
+// partition, and each partition is worked by one worker at a time, in
+// order: so jobs with one key are delivered in the order they were stored.
+func Subject(appID, key string) string {
+	return SubjectPrefix + route.EscapeToken(appID) + "." + route.EscapeToken(key)
+}
+
+// PartitionFilter is the stored-subject filter of partition k.
+func PartitionFilter(k int) string { return SubjectPrefix + "*.*." + strconv.Itoa(k) }
+
+// ConsumerName is the name of partition k's consumer.
+func ConsumerName(k int) string { return ConsumerPrefix + strconv.Itoa(k) }
+
+// AppOfSubject returns the app id a stored job subject names.
+func AppOfSubject(subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, SubjectPrefix)
+	if !ok {
+		return "", false
+	}
+	tok, _, _ := strings.Cut(rest, ".")
+	app, err := route.UnescapeToken(tok)
+	return app, err == nil
+}
 
 // Job is one broadcast request: one or more events of one app, delivered in
 // order. A batch_events call is one job, so that it is queued all or
@@ -60,29 +98,48 @@ type StreamOptions struct {
 	MaxBytes int64
 	MaxAge   time.Duration
 	Replicas int
+	// Partitions is the number of ordered lanes; every process must use
+	// the same number.
+	Partitions int
+}
+
+func (o *StreamOptions) defaults() {
+	if o.Replicas == 0 {
+		o.Replicas = 1
+	}
+	if o.Partitions <= 0 {
+		o.Partitions = DefaultPartitions
+	}
 }
 
 // EnsureStream creates the job stream, or updates it to opts. Running it
 // from every process at start-up, any number of times, is harmless.
 //
-// Work-queue retention removes a job once a worker acks it. DiscardNew
-// makes a full stream refuse new jobs, so that the API answers 503 instead
-// of silently dropping the oldest acknowledged ones.
+//   - Work-queue retention removes a job once a worker acks it.
+//   - DiscardNew makes a full stream refuse new jobs, so that the API
+//     answers 503 instead of silently dropping acknowledged ones.
+//   - A subject transform appends the partition, a hash of the app and
+//     routing-key tokens, to every stored subject.
+//   - Atomic batches let a trigger on many channels be stored as one
+//     per-channel job each, all or none.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOptions) (jetstream.Stream, error) {
-	if opts.Replicas == 0 {
-		opts.Replicas = 1
-	}
+	opts.defaults()
 	cfg := jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Resound broadcast jobs",
-		Subjects:    []string{SubjectPrefix + ">"},
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Discard:     jetstream.DiscardNew,
-		MaxBytes:    opts.MaxBytes,
-		MaxAge:      opts.MaxAge,
-		Replicas:    opts.Replicas,
-		Duplicates:  2 * time.Minute,
+		Subjects:    []string{SubjectPrefix + "*.*"},
+		SubjectTransform: &jetstream.SubjectTransformConfig{
+			Source:      SubjectPrefix + "*.*",
+			Destination: SubjectPrefix + "{{wildcard(1)}}.{{wildcard(2)}}.{{partition(" + strconv.Itoa(opts.Partitions) + ",1,2)}}",
+		},
+		Retention:          jetstream.WorkQueuePolicy,
+		Storage:            jetstream.FileStorage,
+		Discard:            jetstream.DiscardNew,
+		MaxBytes:           opts.MaxBytes,
+		MaxAge:             opts.MaxAge,
+		Replicas:           opts.Replicas,
+		Duplicates:         2 * time.Minute,
+		AllowAtomicPublish: true,
 	}
 	s, err := js.CreateOrUpdateStream(ctx, cfg)
 	if err != nil {
@@ -91,20 +148,45 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 	return s, nil
 }
 
-// EnsureConsumer creates or updates the durable consumer the workers share.
-func EnsureConsumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
-	c, err := js.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
-		Durable:       ConsumerName,
-		Description:   "Resound workers",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		MaxAckPending: 20000,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("queue: consumer %s: %w", ConsumerName, err)
+// Consumer timing. A job's ack is due within AckWait; a partition whose
+// worker stopped pulling is handed to another after PinnedTTL. PinnedTTL is
+// longer than AckWait, so by the time another worker takes a partition,
+// the jobs the dead one held are due again, and JetStream hands out
+// redeliveries before new jobs: the partition stays in order.
+const (
+	AckWait   = 5 * time.Second
+	PinnedTTL = 8 * time.Second
+)
+
+// EnsureConsumers creates or updates one durable consumer per partition,
+// each in the pinned priority group, and removes the legacy shared one.
+func EnsureConsumers(ctx context.Context, js jetstream.JetStream, partitions int) ([]jetstream.Consumer, error) {
+	if partitions <= 0 {
+		partitions = DefaultPartitions
 	}
-	return c, nil
+	if err := js.DeleteConsumer(ctx, StreamName, LegacyConsumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("queue: removing consumer %s: %w", LegacyConsumer, err)
+	}
+	out := make([]jetstream.Consumer, partitions)
+	for k := range out {
+		c, err := js.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
+			Durable:        ConsumerName(k),
+			Description:    "Resound workers, partition " + strconv.Itoa(k),
+			FilterSubject:  PartitionFilter(k),
+			AckPolicy:      jetstream.AckExplicitPolicy,
+			AckWait:        AckWait,
+			MaxAckPending:  10000,
+			DeliverPolicy:  jetstream.DeliverAllPolicy,
+			PriorityPolicy: jetstream.PriorityPolicyPinned,
+			PriorityGroups: []string{PriorityGroup},
+			PinnedTTL:      PinnedTTL,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("queue: consumer %s: %w", ConsumerName(k), err)
+		}
+		out[k] = c
+	}
+	return out, nil
 }
 
 // Publisher enqueues jobs and waits for JetStream to store them.
@@ -119,16 +201,99 @@ func NewPublisher(js jetstream.JetStream) *Publisher { return &Publisher{js: js}
 // not report success.
 var ErrUnavailable = errors.New("queue: job not stored")
 
-// Publish stores job and returns its stream sequence once JetStream has
-// acknowledged it. It does not validate: callers validate first.
+// Split divides a job into one job per channel, each event keeping its
+// place: the unit that is ordered, since one partition holds all of a
+// channel's jobs.
+func Split(job *Job) []*Job {
+	if len(job.Events) == 1 && len(job.Events[0].Channels) == 1 {
+		return []*Job{job}
+	}
+	var order []string
+	byChannel := map[string]*Job{}
+	for _, ev := range job.Events {
+		for _, ch := range ev.Channels {
+			j := byChannel[ch]
+			if j == nil {
+				j = &Job{AppID: job.AppID}
+				byChannel[ch] = j
+				order = append(order, ch)
+			}
+			one := ev
+			one.Channels = []string{ch}
+			j.Events = append(j.Events, one)
+		}
+	}
+	out := make([]*Job, len(order))
+	for i, ch := range order {
+		out[i] = byChannel[ch]
+	}
+	return out
+}
+
+// Publish stores job, split per channel, and returns the stream sequence
+// of its last part once JetStream has acknowledged the whole of it. A job
+// on several channels is one atomic batch: JetStream stores all parts or
+// none. It does not validate: callers validate first.
 func (p *Publisher) Publish(ctx context.Context, job *Job) (uint64, error) {
-	body, err := json.Marshal(job)
+	parts := Split(job)
+	msgs := make([]*nats.Msg, len(parts))
+	for i, part := range parts {
+		body, err := json.Marshal(part)
+		if err != nil {
+			return 0, err
+		}
+		msgs[i] = &nats.Msg{Subject: Subject(part.AppID, part.Events[0].Channels[0]), Data: body, Header: nats.Header{}}
+	}
+	if len(msgs) == 1 {
+		ack, err := p.js.PublishMsg(ctx, msgs[0], jetstream.WithExpectStream(StreamName))
+		if err != nil {
+			return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		return ack.Sequence, nil
+	}
+	seq, err := publishAtomic(ctx, p.js.Conn(), msgs)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return seq, nil
+}
+
+// publishAtomic stores msgs as one JetStream atomic batch (ADR-50): every
+// message carries the batch id and its place, and the last one commits and
+// is answered with the batch's ack.
+func publishAtomic(ctx context.Context, nc *nats.Conn, msgs []*nats.Msg) (uint64, error) {
+	id := nuid.Next()
+	for i, m := range msgs {
+		m.Header.Set("Nats-Batch-Id", id)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		if i < len(msgs)-1 {
+			if err := nc.PublishMsg(m); err != nil {
+				return 0, err
+			}
+		}
+	}
+	last := msgs[len(msgs)-1]
+	last.Header.Set("Nats-Batch-Commit", "1")
+	resp, err := nc.RequestMsgWithContext(ctx, last)
 	if err != nil {
 		return 0, err
 	}
-	ack, err := p.js.Publish(ctx, Subject(job.AppID), body, jetstream.WithExpectStream(StreamName))
-	if err != nil {
-		return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	var ack struct {
+		Stream   string `json:"stream"`
+		Sequence uint64 `json:"seq"`
+		Error    *struct {
+			Code        int    `json:"code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return 0, err
+	}
+	if ack.Error != nil {
+		return 0, fmt.Errorf("atomic batch refused: %s (%d)", ack.Error.Description, ack.Error.Code)
+	}
+	if ack.Stream != StreamName {
+		return 0, fmt.Errorf("atomic batch stored in %q", ack.Stream)
 	}
 	return ack.Sequence, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -51,7 +52,8 @@ func TestEnsureStreamTwiceIsHarmless(t *testing.T) {
 	cfg := first.CachedInfo().Config
 	if cfg.Name != queue.StreamName || cfg.Retention != jetstream.WorkQueuePolicy || cfg.Discard != jetstream.DiscardNew ||
 		cfg.Storage != jetstream.FileStorage || cfg.MaxBytes != opts.MaxBytes || cfg.MaxAge != opts.MaxAge ||
-		cfg.Replicas != 1 || len(cfg.Subjects) != 1 || cfg.Subjects[0] != queue.SubjectPrefix+">" {
+		cfg.Replicas != 1 || len(cfg.Subjects) != 1 || cfg.Subjects[0] != queue.SubjectPrefix+"*.*" ||
+		!cfg.AllowAtomicPublish || cfg.SubjectTransform == nil {
 		t.Fatalf("stream config %+v", cfg)
 	}
 
@@ -91,21 +93,64 @@ func TestEnsureStreamTwiceIsHarmless(t *testing.T) {
 	}
 }
 
-func TestEnsureConsumerTwiceIsHarmless(t *testing.T) {
+func TestEnsureConsumersTwiceIsHarmless(t *testing.T) {
 	js := startJetStream(t)
 	ctx := testContext(t)
-	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour}); err != nil {
+	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour, Partitions: 4}); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 2; i++ {
-		c, err := queue.EnsureConsumer(ctx, js)
+		cs, err := queue.EnsureConsumers(ctx, js, 4)
 		if err != nil {
 			t.Fatalf("call %d: %v", i+1, err)
 		}
-		cfg := c.CachedInfo().Config
-		if cfg.Durable != queue.ConsumerName || cfg.AckPolicy != jetstream.AckExplicitPolicy {
-			t.Fatalf("consumer config %+v", cfg)
+		if len(cs) != 4 {
+			t.Fatalf("%d consumers, want 4", len(cs))
 		}
+		for k, c := range cs {
+			cfg := c.CachedInfo().Config
+			if cfg.Durable != queue.ConsumerName(k) || cfg.AckPolicy != jetstream.AckExplicitPolicy ||
+				cfg.FilterSubject != queue.PartitionFilter(k) || cfg.PriorityPolicy != jetstream.PriorityPolicyPinned {
+				t.Fatalf("consumer %d config %+v", k, cfg)
+			}
+		}
+	}
+}
+
+// A channel's jobs always land in one partition, in order; a multi-channel
+// job is split per channel and stored all at once.
+func TestPartitionsKeepAChannelTogether(t *testing.T) {
+	js := startJetStream(t)
+	ctx := testContext(t)
+	stream, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour, Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := queue.NewPublisher(js)
+	for i := 0; i < 5; i++ {
+		job := &queue.Job{AppID: "a", Events: []protocol.Trigger{{Name: "e", Data: fmt.Sprint(i), Channels: []string{"one", "two", "three"}}}}
+		if _, err := pub.Publish(ctx, job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	info, _ := stream.Info(ctx)
+	if info.State.Msgs != 15 {
+		t.Fatalf("%d jobs stored, want 15", info.State.Msgs)
+	}
+	partition := map[string]string{}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var job queue.Job
+		_ = json.Unmarshal(m.Data, &job)
+		ch := job.Events[0].Channels[0]
+		p := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+		if prev, ok := partition[ch]; ok && prev != p {
+			t.Fatalf("channel %s in partitions %s and %s", ch, prev, p)
+		}
+		partition[ch] = p
 	}
 }
 
@@ -136,16 +181,28 @@ func TestPublishStoresTheJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg.Subject != "resound.jobs.my~2Eapp" {
+	// The job was split per channel: x.y, z and w, the last one stored
+	// last.
+	if !strings.HasPrefix(msg.Subject, "resound.jobs.my~2Eapp.w.") {
 		t.Fatalf("published on %q", msg.Subject)
 	}
 	var got queue.Job
 	if err := json.Unmarshal(msg.Data, &got); err != nil {
 		t.Fatal(err)
 	}
-	if got.AppID != job.AppID || len(got.Events) != 2 || got.Events[0].Data != job.Events[0].Data ||
-		got.Events[0].SocketID != "1.2" || strings.Join(got.Events[0].Channels, ",") != "x.y,z" || got.Events[1].Name != "two" {
+	if got.AppID != job.AppID || len(got.Events) != 1 || got.Events[0].Name != "two" || strings.Join(got.Events[0].Channels, ",") != "w" {
 		t.Fatalf("stored %+v", got)
+	}
+	first, err := stream.GetMsg(ctx, last-2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(first.Data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Events) != 1 || got.Events[0].Data != job.Events[0].Data || got.Events[0].SocketID != "1.2" ||
+		strings.Join(got.Events[0].Channels, ",") != "x.y" {
+		t.Fatalf("first part %+v", got)
 	}
 }
 
@@ -176,26 +233,23 @@ func TestPublishToFullStreamIsUnavailable(t *testing.T) {
 }
 
 func TestSubject(t *testing.T) {
-	cases := map[string]string{
-		"123456":  "resound.jobs.123456",
-		"my.app":  "resound.jobs.my~2Eapp",
-		"a.b.c":   "resound.jobs.a~2Eb~2Ec",
-		"a*b":     "resound.jobs.a~2Ab",
-		"a>":      "resound.jobs.a~3E",
-		"with sp": "resound.jobs.with~20sp",
-		"~":       "resound.jobs.~7E",
+	cases := map[[2]string]string{
+		{"123456", "orders"}:  "resound.jobs.123456.orders",
+		{"my.app", "a.b"}:     "resound.jobs.my~2Eapp.a~2Eb",
+		{"a*b", "c>"}:         "resound.jobs.a~2Ab.c~3E",
+		{"with sp", "#x-1"}:   "resound.jobs.with~20sp.#x-1",
+		{"~", "presence-p;q"}: "resound.jobs.~7E.presence-p;q",
 	}
 	for in, want := range cases {
-		got := queue.Subject(in)
+		got := queue.Subject(in[0], in[1])
 		if got != want {
-			t.Errorf("Subject(%q) = %q, want %q", in, got, want)
+			t.Errorf("Subject(%q, %q) = %q, want %q", in[0], in[1], got, want)
 		}
-		// One token after the prefix: no dot, no wildcard.
-		if tok := strings.TrimPrefix(got, queue.SubjectPrefix); strings.ContainsAny(tok, ".*> ") {
-			t.Errorf("Subject(%q) = %q is not one token", in, got)
+		if app, ok := queue.AppOfSubject(got + ".3"); !ok || app != in[0] {
+			t.Errorf("AppOfSubject(%q) = %q, %v", got, app, ok)
 		}
 	}
-	if queue.Subject("a.b") == queue.Subject("a~2Eb") {
+	if queue.Subject("a.b", "c") == queue.Subject("a~2Eb", "c") {
 		t.Error("two app ids share a subject")
 	}
 }
@@ -250,11 +304,11 @@ func TestMsgIDDeduplicates(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := []byte(`{"app_id":"a","events":[{"name":"e","data":"d","channels":["c"]}]}`)
-	first, err := js.Publish(ctx, queue.Subject("a"), body, jetstream.WithMsgID("broadcast-1"))
+	first, err := js.Publish(ctx, queue.Subject("a", "c"), body, jetstream.WithMsgID("broadcast-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := js.Publish(ctx, queue.Subject("a"), body, jetstream.WithMsgID("broadcast-1"))
+	again, err := js.Publish(ctx, queue.Subject("a", "c"), body, jetstream.WithMsgID("broadcast-1"))
 	if err != nil {
 		t.Fatal(err)
 	}

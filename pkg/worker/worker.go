@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
 	"github.com/resoundhq/resound/pkg/cluster"
@@ -46,6 +47,12 @@ type Options struct {
 	Cache jetstream.KeyValue
 	// Metrics receives the pool's counters; may be nil.
 	Metrics *metrics.Worker
+	// Stores, when set, holds the registry the workers share the
+	// partitions through; without it this pool takes every partition.
+	Stores *cluster.Stores
+	// Partitions is the stream's partition count (queue.DefaultPartitions
+	// if zero); every process must agree.
+	Partitions int
 	// Workers is how many goroutines encode and publish in parallel.
 	Workers int
 	Log     zerolog.Logger
@@ -54,6 +61,7 @@ type Options struct {
 // Pool consumes the job stream.
 type Pool struct {
 	opts   Options
+	id     string
 	shards []chan *task
 	// quit stops the shards; tasks still queued are never acked, so
 	// JetStream delivers their jobs again.
@@ -86,7 +94,10 @@ func New(opts Options) *Pool {
 	if opts.Workers < 1 {
 		opts.Workers = 1
 	}
-	p := &Pool{opts: opts, shards: make([]chan *task, opts.Workers), quit: make(chan struct{})}
+	if opts.Partitions <= 0 {
+		opts.Partitions = queue.DefaultPartitions
+	}
+	p := &Pool{opts: opts, id: nuid.Next(), shards: make([]chan *task, opts.Workers), quit: make(chan struct{})}
 	for i := range p.shards {
 		p.shards[i] = make(chan *task, 256)
 	}
@@ -96,12 +107,16 @@ func New(opts Options) *Pool {
 // Stats returns the pool's counters.
 func (p *Pool) Stats() *Stats { return &p.stats }
 
-// Run consumes jobs until ctx ends. Jobs are fetched in stream order by one
-// goroutine and split by channel over the shards; a channel always hashes
-// to the same shard, and a shard works in order, so events on one channel
-// are published in the order they were queued.
+// Run consumes jobs until ctx ends. The stream is cut into partitions, a
+// channel always in the same one; the live workers share the partitions
+// out by rendezvous hashing, and JetStream's pinned priority group
+// delivers each partition to one worker at a time. Within a worker, a
+// partition's jobs arrive in stream order on one goroutine and are split
+// by channel over the shards; a channel always hashes to the same shard,
+// and a shard works in order. So events on one channel are published in
+// the order they were queued, however many workers run.
 func (p *Pool) Run(ctx context.Context) error {
-	cons, err := queue.EnsureConsumer(ctx, p.opts.JetStream)
+	consumers, err := queue.EnsureConsumers(ctx, p.opts.JetStream, p.opts.Partitions)
 	if err != nil {
 		return err
 	}
@@ -113,30 +128,117 @@ func (p *Pool) Run(ctx context.Context) error {
 			p.runShard(ch)
 		}()
 	}
-	cc, err := cons.Consume(p.dispatch,
-		jetstream.PullMaxMessages(512),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if !errors.Is(err, nats.ErrConnectionClosed) {
-				p.opts.Log.Warn().Err(err).Msg("job consumer")
-			}
-		}))
-	if err != nil {
-		close(p.quit)
-		wg.Wait()
-		return err
+	lanes := &lanes{pool: p, consumers: consumers, owned: map[int]jetstream.ConsumeContext{}}
+	if p.opts.Stores == nil {
+		lanes.assign(map[string]bool{p.id: true})
+	} else {
+		reg := cluster.NewWorkerRegistry(p.opts.Stores, p.id, p.opts.Log, lanes.assign)
+		wg.Add(1)
+		go func() { defer wg.Done(); reg.Run(ctx) }()
 	}
 	<-ctx.Done()
-	// Drain stops fetching and lets the messages already delivered to the
-	// handler finish; what is not acked is redelivered to another worker.
+	lanes.stopAll()
+	close(p.quit)
+	wg.Wait()
+	return nil
+}
+
+// lanes tracks which partitions this worker consumes.
+type lanes struct {
+	pool      *Pool
+	consumers []jetstream.Consumer
+	mu        sync.Mutex
+	owned     map[int]jetstream.ConsumeContext
+	stopped   bool
+}
+
+// owner picks a partition's worker by rendezvous hashing: every worker
+// computes the same answer from the same live set, and a worker joining or
+// leaving moves only the partitions it wins or held.
+func owner(k int, live map[string]bool) string {
+	best, bestScore := "", uint64(0)
+	for id := range live {
+		h := fnv.New64a()
+		h.Write([]byte(id))
+		h.Write([]byte{'/', byte(k), byte(k >> 8)})
+		if s := h.Sum64(); best == "" || s > bestScore || (s == bestScore && id < best) {
+			best, bestScore = id, s
+		}
+	}
+	return best
+}
+
+// assign consumes the partitions this worker owns in live, and hands back
+// those it no longer owns: it drains them (in-flight jobs finish and are
+// acked) and unpins them, so their new owner starts at once instead of
+// waiting out the pin.
+func (l *lanes) assign(live map[string]bool) {
+	p := l.pool
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return
+	}
+	for k, cons := range l.consumers {
+		mine := owner(k, live) == p.id
+		cc, have := l.owned[k]
+		switch {
+		case mine && !have:
+			cc, err := cons.Consume(p.dispatch,
+				jetstream.PullPriorityGroup(queue.PriorityGroup),
+				jetstream.PullMaxMessages(512),
+				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+					if !errors.Is(err, nats.ErrConnectionClosed) {
+						p.opts.Log.Debug().Err(err).Int("partition", k).Msg("job consumer")
+					}
+				}))
+			if err != nil {
+				p.opts.Log.Warn().Err(err).Int("partition", k).Msg("consuming partition")
+				continue
+			}
+			l.owned[k] = cc
+			p.opts.Log.Debug().Int("partition", k).Msg("partition taken")
+		case !mine && have:
+			delete(l.owned, k)
+			go l.release(k, cc)
+		}
+	}
+}
+
+func (l *lanes) release(k int, cc jetstream.ConsumeContext) {
 	cc.Drain()
 	select {
 	case <-cc.Closed():
 	case <-time.After(drainTimeout):
 		cc.Stop()
 	}
-	close(p.quit)
-	wg.Wait()
-	return nil
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if s, err := l.pool.opts.JetStream.Stream(ctx, queue.StreamName); err == nil {
+		_ = s.UnpinConsumer(ctx, queue.ConsumerName(k), queue.PriorityGroup)
+	}
+	l.pool.opts.Log.Debug().Int("partition", k).Msg("partition handed over")
+}
+
+// stopAll drains every partition: messages already delivered to the handler
+// finish; what is not acked is redelivered to another worker.
+func (l *lanes) stopAll() {
+	l.mu.Lock()
+	l.stopped = true
+	owned := l.owned
+	l.owned = map[int]jetstream.ConsumeContext{}
+	l.mu.Unlock()
+	for _, cc := range owned {
+		cc.Drain()
+	}
+	deadline := time.After(drainTimeout)
+	for _, cc := range owned {
+		select {
+		case <-cc.Closed():
+		case <-deadline:
+			cc.Stop()
+		}
+	}
 }
 
 func (p *Pool) dispatch(msg jetstream.Msg) {
@@ -155,7 +257,7 @@ func (p *Pool) dispatch(msg jetstream.Msg) {
 		p.reject(msg, meta.Sequence.Stream, err)
 		return
 	}
-	if msg.Subject() != queue.Subject(job.AppID) {
+	if app, ok := queue.AppOfSubject(msg.Subject()); !ok || app != job.AppID {
 		// Publish permissions are per subject; the body must not name
 		// another app than the subject does.
 		p.reject(msg, meta.Sequence.Stream, errors.New("app_id "+job.AppID+" does not match subject "+msg.Subject()))

@@ -129,7 +129,7 @@ func (e *env) publishRaw(t *testing.T, app string, data []byte) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	ack, err := e.js.Publish(ctx, queue.Subject(app), data)
+	ack, err := e.js.Publish(ctx, queue.Subject(app, "raw"), data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,18 +260,25 @@ func TestJobWithManyChannelsAndEvents(t *testing.T) {
 	e := start(t, 4)
 	channels := []string{"a", "b.c", "presence-room", "d", "e", "f", "g", "h"}
 	all := e.subscribe(t, route.DeliverPrefix+route.EscapeToken(appID)+".*")
-	seq := e.publish(t, &queue.Job{AppID: appID, Events: []protocol.Trigger{
+	last := e.publish(t, &queue.Job{AppID: appID, Events: []protocol.Trigger{
 		{Name: "first", Data: "1", Channels: channels},
 		{Name: "second", Data: "2", Channels: channels},
 	}})
-	// Per channel: first then second, each once, all with the job's seq.
+	// The job is stored as one part per channel, in one atomic batch: the
+	// parts take the sequences up to the last one's. Per channel: first
+	// then second, each once, with that channel's part's sequence.
 	got := map[string][]string{}
+	seqOf := map[string]uint64{}
 	for i := 0; i < 2*len(channels); i++ {
 		m := receive(t, all)
 		d := decode(t, m)
-		if d.seq != seq {
-			t.Fatalf("seq %d, want %d", d.seq, seq)
+		if d.seq > last || d.seq <= last-uint64(len(channels)) {
+			t.Fatalf("seq %d, want one of the batch's %d..%d", d.seq, last-uint64(len(channels))+1, last)
 		}
+		if prev, ok := seqOf[m.Subject]; ok && prev != d.seq {
+			t.Fatalf("channel %s delivered from parts %d and %d", m.Subject, prev, d.seq)
+		}
+		seqOf[m.Subject] = d.seq
 		name := d.event["channel"].(string)
 		if m.Subject != route.Subject(appID, name) {
 			t.Fatalf("channel %q delivered on %q", name, m.Subject)
@@ -283,7 +290,9 @@ func TestJobWithManyChannelsAndEvents(t *testing.T) {
 			t.Errorf("channel %q got %v, want [first second]", c, got[c])
 		}
 	}
-	eventually(t, "job acked once", func() bool { return e.pool.Stats().Jobs.Load() == 1 && e.streamMsgs(t) == 0 })
+	eventually(t, "every part acked once", func() bool {
+		return e.pool.Stats().Jobs.Load() == uint64(len(channels)) && e.streamMsgs(t) == 0
+	})
 }
 
 func TestEventsOnOneChannelStayInOrder(t *testing.T) {
@@ -297,13 +306,15 @@ func TestEventsOnOneChannelStayInOrder(t *testing.T) {
 			{Name: "tick", Data: fmt.Sprint(i), Channels: []string{"seq", fmt.Sprintf("other-%d", i%7)}},
 		}})
 	}
+	// Each job is two parts ("seq" first, then the noise channel), so the
+	// part on "seq" is the one before the last.
 	for i := 0; i < total; i++ {
 		d := decode(t, receive(t, ch))
-		if d.event["data"] != fmt.Sprint(i) || d.seq != seqs[i] {
-			t.Fatalf("delivery %d carried data %v seq %d, want %d seq %d", i, d.event["data"], d.seq, i, seqs[i])
+		if d.event["data"] != fmt.Sprint(i) || d.seq != seqs[i]-1 {
+			t.Fatalf("delivery %d carried data %v seq %d, want %d seq %d", i, d.event["data"], d.seq, i, seqs[i]-1)
 		}
 	}
-	eventually(t, "all jobs acked", func() bool { return e.pool.Stats().Jobs.Load() == total && e.streamMsgs(t) == 0 })
+	eventually(t, "all parts acked", func() bool { return e.pool.Stats().Jobs.Load() == 2*total && e.streamMsgs(t) == 0 })
 }
 
 func TestInvalidJobsAreTerminated(t *testing.T) {
@@ -331,17 +342,16 @@ func TestInvalidJobsAreTerminated(t *testing.T) {
 	}
 	for i, b := range bad {
 		b.pub()
-		// A valid job after each invalid one still gets through; the
-		// first delivery seen is that job's, so nothing was published
-		// for the invalid one.
+		// Jobs on different subjects may sit in different partitions and be
+		// worked in parallel, so wait for the rejection itself. A valid job
+		// after it still gets through, and the first delivery seen is that
+		// job's: nothing was published for the invalid one.
+		eventually(t, fmt.Sprintf("%q rejected", b.name), func() bool { return e.pool.Stats().Rejected.Load() == uint64(i+1) })
 		want := fmt.Sprint(i)
 		seq := e.publish(t, valid(want))
 		d := decode(t, receive(t, all))
 		if d.event["data"] != want || d.seq != seq {
 			t.Fatalf("after %q: got data %v seq %d, want %s seq %d", b.name, d.event["data"], d.seq, want, seq)
-		}
-		if got := e.pool.Stats().Rejected.Load(); got != uint64(i+1) {
-			t.Fatalf("after %q: Stats().Rejected = %d, want %d", b.name, got, i+1)
 		}
 	}
 	eventually(t, "every job removed from the stream", func() bool { return e.streamMsgs(t) == 0 })
