@@ -76,7 +76,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, opts Options) (*Stores,
 		// Heartbeats need no disk: after a NATS restart every live gateway
 		// writes its key again within one heartbeat.
 		{&s.Gateways, jetstream.KeyValueConfig{Bucket: BucketGateways, Description: "live Resound gateways", TTL: opts.GatewayTTL, Storage: jetstream.MemoryStorage}},
-		{&s.Workers, jetstream.KeyValueConfig{Bucket: BucketWorkers, Description: "live Resound worker processes", TTL: opts.GatewayTTL, Storage: jetstream.MemoryStorage}},
+		{&s.Workers, jetstream.KeyValueConfig{Bucket: BucketWorkers, Description: "live Resound worker processes", TTL: min(opts.GatewayTTL, WorkerTTL), Storage: jetstream.MemoryStorage}},
 		{&s.Presence, jetstream.KeyValueConfig{Bucket: BucketPresence, Description: "presence channel members", Storage: jetstream.FileStorage}},
 		{&s.Users, jetstream.KeyValueConfig{Bucket: BucketUsers, Description: "signed-in users", Storage: jetstream.FileStorage}},
 		{&s.Counts, jetstream.KeyValueConfig{Bucket: BucketCounts, Description: "connection and subscription counts", Storage: jetstream.FileStorage}},

@@ -38,9 +38,13 @@ func NewRegistry(stores *Stores, id string, log zerolog.Logger, onGone func(ctx 
 // NewWorkerRegistry returns a registry of worker processes; onLive hears
 // the live set after every look, to share out the partitions.
 func NewWorkerRegistry(stores *Stores, id string, log zerolog.Logger, onLive func(live map[string]bool)) *Registry {
-	ttl := stores.opts.GatewayTTL
+	ttl := min(stores.opts.GatewayTTL, WorkerTTL)
 	return &Registry{kv: stores.Workers, ttl: ttl, id: id, interval: ttl / 3, log: log, onLive: onLive}
 }
+
+// WorkerTTL caps how long a dead worker keeps its partitions: heartbeats
+// are cheap, and a partition without a worker delays its channels.
+const WorkerTTL = 6 * time.Second
 
 // ID is this gateway's id.
 func (r *Registry) ID() string { return r.id }
@@ -124,7 +128,9 @@ func (r *Registry) Run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			// Say goodbye, so the others take over at once; if NATS is
+			// away, the key simply expires.
+			c, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = r.kv.Delete(c, r.id)
 			cancel()
 			return

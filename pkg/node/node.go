@@ -144,8 +144,11 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	}
 
 	// The API publishes on a connection of its own, so that its acks never
-	// queue behind the gateway's inbound deliveries.
-	apiConn, err := n.connect("resound-api")
+	// queue behind the gateway's inbound deliveries. It buffers nothing
+	// while disconnected: a job the API answered 503 for must not be
+	// stored later behind its back, or the producer's retry would deliver
+	// it twice.
+	apiConn, err := n.connect("resound-api", nats.ReconnectBufSize(-1))
 	if err != nil {
 		return nil, err
 	}
@@ -248,7 +251,7 @@ func StreamOptions(s *config.Settings) queue.StreamOptions {
 	return queue.StreamOptions{MaxBytes: s.QueueMaxBytes, MaxAge: s.QueueMaxAge.Duration(), Replicas: s.Replicas, Partitions: s.Partitions}
 }
 
-func (n *Node) connect(name string) (*nats.Conn, error) {
+func (n *Node) connect(name string, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
@@ -262,6 +265,7 @@ func (n *Node) connect(name string) (*nats.Conn, error) {
 			n.log.Warn().Err(err).Str("conn", name).Msg("NATS error")
 		}),
 	}
+	opts = append(opts, extra...)
 	var nc *nats.Conn
 	var err error
 	if n.embedded != nil {

@@ -155,7 +155,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 // redeliveries before new jobs: the partition stays in order.
 const (
 	AckWait   = 5 * time.Second
-	PinnedTTL = 8 * time.Second
+	PinnedTTL = 6 * time.Second
 )
 
 // EnsureConsumers creates or updates one durable consumer per partition,

@@ -228,6 +228,14 @@ func (l *lanes) stopAll() {
 	owned := l.owned
 	l.owned = map[int]jetstream.ConsumeContext{}
 	l.mu.Unlock()
+	if !l.pool.opts.Conn.IsConnected() {
+		// Nothing can be acked without NATS; what is in flight is
+		// redelivered anyway, so there is nothing to wait for.
+		for _, cc := range owned {
+			cc.Stop()
+		}
+		return
+	}
 	for _, cc := range owned {
 		cc.Drain()
 	}
