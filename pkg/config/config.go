@@ -50,6 +50,7 @@ type Settings struct {
 	PongTimeout     Seconds `envconfig:"RESOUND_PONG_TIMEOUT" default:"30" desc:"seconds to wait for any reply to a server ping before closing with 4201"`
 	MaxMessageSize  int     `envconfig:"RESOUND_MAX_MESSAGE_SIZE" default:"10000" desc:"largest client WebSocket message in bytes; larger is closed with 1009"`
 	MaxEventSize    int     `envconfig:"RESOUND_MAX_EVENT_SIZE" default:"10240" desc:"largest event data accepted by the HTTP API in bytes (413 above)"`
+	MaxOutbound     int     `envconfig:"RESOUND_MAX_OUTBOUND" default:"1048576" desc:"bytes of output a client that is not reading may have waiting before it is cut off"`
 	MaxRequestSize  int     `envconfig:"RESOUND_MAX_REQUEST_SIZE" default:"262144" desc:"largest HTTP API request body in bytes (413 above)"`
 
 	CacheTTL    Seconds `envconfig:"RESOUND_CACHE_TTL" default:"1800" desc:"seconds a cache channel keeps its last event, subscribers or not"`
@@ -165,6 +166,8 @@ func (s *Settings) validate() error {
 		return fmt.Errorf("invalid setting RESOUND_PONG_TIMEOUT: must be positive")
 	case s.MaxMessageSize < 1:
 		return fmt.Errorf("invalid setting RESOUND_MAX_MESSAGE_SIZE=%d: must be positive", s.MaxMessageSize)
+	case s.MaxOutbound < 64<<10:
+		return fmt.Errorf("invalid setting RESOUND_MAX_OUTBOUND=%d: must be at least 65536", s.MaxOutbound)
 	case s.MaxEventSize < 1:
 		return fmt.Errorf("invalid setting RESOUND_MAX_EVENT_SIZE=%d: must be positive", s.MaxEventSize)
 	case s.MaxRequestSize < s.MaxEventSize:

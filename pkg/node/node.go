@@ -176,7 +176,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	})
 	gw, err = gateway.New(gateway.Options{
 		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
-		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), Log: n.log,
+		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), MaxOutbound: cfg.MaxOutbound, Log: n.log,
 	})
 	if err != nil {
 		return nil, err

@@ -65,8 +65,10 @@ type Pool struct {
 	shards []chan *task
 	// quit stops the shards; tasks still queued are never acked, so
 	// JetStream delivers their jobs again.
-	quit  chan struct{}
-	stats Stats
+	quit chan struct{}
+	// holdUntil (unix nanos) holds jobs after a reconnect.
+	holdUntil atomic.Int64
+	stats     Stats
 }
 
 // Stats counts what the pool did; read them with Snapshot.
@@ -128,6 +130,18 @@ func (p *Pool) Run(ctx context.Context) error {
 			p.runShard(ch)
 		}()
 	}
+	// Deliveries are core NATS: a gateway only gets those published while
+	// it is subscribed. After NATS comes back, the gateways resubscribe as
+	// they reconnect; publishing before they have would lose the jobs for
+	// their subscribers, acked all the same. So after a reconnect the pool
+	// holds its jobs for a moment.
+	prev := p.opts.Conn.Opts.ReconnectedCB
+	p.opts.Conn.SetReconnectHandler(func(nc *nats.Conn) {
+		p.holdUntil.Store(time.Now().Add(reconnectGrace).UnixNano())
+		if prev != nil {
+			prev(nc)
+		}
+	})
 	lanes := &lanes{pool: p, consumers: consumers, owned: map[int]jetstream.ConsumeContext{}}
 	if p.opts.Stores == nil {
 		lanes.assign(map[string]bool{p.id: true})
@@ -249,7 +263,16 @@ func (l *lanes) stopAll() {
 	}
 }
 
+// reconnectGrace is how long a pool holds jobs after reconnecting to NATS,
+// for the gateways to resubscribe; it is well inside the ack wait.
+const reconnectGrace = 2 * time.Second
+
 func (p *Pool) dispatch(msg jetstream.Msg) {
+	if until := p.holdUntil.Load(); until != 0 {
+		if d := time.Until(time.Unix(0, until)); d > 0 {
+			time.Sleep(d)
+		}
+	}
 	meta, err := msg.Metadata()
 	if err != nil {
 		p.reject(msg, 0, err)

@@ -194,3 +194,60 @@ func TestNATSRestartedUnderLoad(t *testing.T) {
 	}
 	c.ExpectSilence(time.Second)
 }
+
+// A client that stops reading: once its waiting output passes
+// RESOUND_MAX_OUTBOUND the gateway cuts it off, and the other subscriber
+// of the channel receives every event, exactly once, in order.
+func TestSlowConsumerIsCutOff(t *testing.T) {
+	nurl, _ := startNATS(t)
+	g := startGatewayWith(t, "gateway", nurl, "RESOUND_MAX_OUTBOUND=65536")
+	startWorker(t, "worker", nurl)
+	slow := pushertest.Connect(t, g.addr, appKey)
+	slow.Subscribe("firehose")
+	fast := pushertest.Connect(t, g.addr, appKey)
+	fast.Subscribe("firehose")
+
+	// 30 MB of events: far more than the kernel's socket buffers and the
+	// 64 KiB the gateway may hold for the slow client.
+	const batches, perBatch = 300, 10
+	payload := strings.Repeat("x", 10000)
+	done := make(chan error, 1)
+	go func() {
+		for b := 0; b < batches; b++ {
+			var items []string
+			for e := 0; e < perBatch; e++ {
+				items = append(items, fmt.Sprintf(`{"name":"tick","channel":"firehose","data":"%d %s"}`, b*perBatch+e, payload))
+			}
+			if r := g.api.Do(http.MethodPost, "/batch_events", []byte(`{"batch":[`+strings.Join(items, ",")+`]}`), nil); r.Status != 200 {
+				done <- fmt.Errorf("batch %d: %d %s", b, r.Status, r.Body)
+				return
+			}
+		}
+		done <- nil
+	}()
+	for i := 0; i < batches*perBatch; i++ {
+		m, err := fast.Read(30 * time.Second)
+		if err != nil {
+			t.Fatalf("fast client after %d events: %v", i, err)
+		}
+		n, _, _ := strings.Cut(m.DataString(), " ")
+		if m.Event != "tick" || n != strconv.Itoa(i) {
+			t.Fatalf("fast client: event %d is %.60s", i, m.Raw)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// The slow client was cut off: reading what the kernel still holds
+	// ends in a closed connection long before all events.
+	got := 0
+	for {
+		if _, err := slow.Read(10 * time.Second); err != nil {
+			break
+		}
+		got++
+	}
+	if got >= batches*perBatch {
+		t.Fatalf("the slow client got all %d events; it should have been cut off", got)
+	}
+}
