@@ -200,7 +200,7 @@ func TestNATSRestartedUnderLoad(t *testing.T) {
 // of the channel receives every event, exactly once, in order.
 func TestSlowConsumerIsCutOff(t *testing.T) {
 	nurl, _ := startNATS(t)
-	g := startGatewayWith(t, "gateway", nurl, "RESOUND_MAX_OUTBOUND=65536")
+	g := startGatewayWith(t, "gateway", nurl, "RESOUND_MAX_OUTBOUND=4194304")
 	startWorker(t, "worker", nurl)
 	slow := pushertest.Connect(t, g.addr, appKey)
 	slow.Subscribe("firehose")
@@ -208,7 +208,8 @@ func TestSlowConsumerIsCutOff(t *testing.T) {
 	fast.Subscribe("firehose")
 
 	// 30 MB of events: far more than the kernel's socket buffers and the
-	// 64 KiB the gateway may hold for the slow client.
+	// 4 MiB the gateway may hold for the slow client, while the fast
+	// client, reading along even on a loaded machine, stays well inside.
 	const batches, perBatch = 300, 10
 	payload := strings.Repeat("x", 10000)
 	done := make(chan error, 1)
