@@ -223,6 +223,9 @@ func TestSlowConsumerIsCutOff(t *testing.T) {
 				done <- fmt.Errorf("batch %d: %d %s", b, r.Status, r.Body)
 				return
 			}
+			// About 5 MB/s: a client that reads keeps up even on a loaded
+			// machine; one that never reads fills up within seconds.
+			time.Sleep(20 * time.Millisecond)
 		}
 		done <- nil
 	}()
@@ -250,5 +253,79 @@ func TestSlowConsumerIsCutOff(t *testing.T) {
 	}
 	if got >= batches*perBatch {
 		t.Fatalf("the slow client got all %d events; it should have been cut off", got)
+	}
+}
+
+// A gateway drained with SIGTERM: each of its clients gets 4200 ("reconnect
+// now") and a close, spread over RESOUND_DRAIN_WINDOW rather than all at
+// once; they reconnect to the other gateway, where every one of them
+// receives the next event exactly once.
+func TestReconnectStormAfterDrain(t *testing.T) {
+	nurl, _ := startNATS(t)
+	a := startGatewayWith(t, "gateway-a", nurl, "RESOUND_DRAIN_WINDOW=2")
+	b := startGatewayWith(t, "gateway-b", nurl)
+	startWorker(t, "worker", nurl)
+
+	const clients = 200
+	conns := make([]*pushertest.Client, clients)
+	for i := range conns {
+		conns[i] = pushertest.Connect(t, a.addr, appKey)
+		conns[i].Subscribe("storm")
+	}
+	stopped := make(chan int, 1)
+	go func() { stopped <- a.stop(t) }()
+
+	// Every client sees 4200 then a close with 4200, and reconnects to B.
+	type closed struct {
+		i  int
+		at time.Time
+	}
+	closes := make(chan closed, clients)
+	for i, c := range conns {
+		go func() {
+			for {
+				m, err := c.Read(20 * time.Second)
+				if err != nil {
+					return
+				}
+				if m.Event == protocol.EventError && strings.Contains(m.DataString(), "4200") {
+					closes <- closed{i, time.Now()}
+					return
+				}
+			}
+		}()
+	}
+	var first, last time.Time
+	for n := 0; n < clients; n++ {
+		select {
+		case cl := <-closes:
+			if first.IsZero() {
+				first = cl.at
+			}
+			last = cl.at
+			conns[cl.i].ExpectClose(protocol.CodeReconnect)
+			conns[cl.i] = pushertest.Connect(t, b.addr, appKey)
+			conns[cl.i].Subscribe("storm")
+		case <-time.After(30 * time.Second):
+			t.Fatalf("only %d of %d clients were told to reconnect", n, clients)
+		}
+	}
+	if code := <-stopped; code != 0 {
+		t.Fatalf("drained gateway exited %d", code)
+	}
+	// Spread out, not all in one burst: the window is 2 s.
+	if last.Sub(first) < 500*time.Millisecond {
+		t.Fatalf("all %d closes came within %v; the drain window should spread them", clients, last.Sub(first))
+	}
+	mustOK(t, b.api.Trigger([]string{"storm"}, "after", "1", ""))
+	for i, c := range conns {
+		m := c.Expect("after")
+		if m.Channel != "storm" {
+			t.Fatalf("client %d: %s", i, m.Raw)
+		}
+	}
+	// No duplicate trails behind: sample a few clients.
+	for _, c := range conns[:5] {
+		c.ExpectSilence(200 * time.Millisecond)
 	}
 }
