@@ -80,3 +80,34 @@ func resetDedup(s *Server) {
 		}
 	}
 }
+
+// BenchmarkRawWriteCeiling is the baseline for BenchmarkFanout: the same
+// frame written to the same 1,000 descriptors by a bare loop of write(2),
+// with none of the gateway's work. The ratio of the two is the share of
+// the raw-syscall ceiling the fan-out path reaches at one frame per write.
+func BenchmarkRawWriteCeiling(b *testing.B) {
+	s, _, msgs := benchServer(b, 1000)
+	var fds []int
+	for i := range s.hub.shards {
+		for _, ch := range s.hub.shards[i].channels {
+			for _, m := range ch.members {
+				fds = append(fds, m.c.fd)
+			}
+		}
+	}
+	env, err := route.ParseDelivery(msgs[0].Data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	frame := env.Frame
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, fd := range fds {
+			if _, err := unix.Write(fd, frame); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N)*float64(len(fds))/b.Elapsed().Seconds(), "deliveries/s")
+}
