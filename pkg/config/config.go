@@ -43,6 +43,7 @@ type Settings struct {
 	Workers     int    `envconfig:"RESOUND_WORKERS" default:"4" desc:"worker goroutines that encode and route jobs, per worker process"`
 	MetricsPort int    `envconfig:"RESOUND_METRICS_PORT" default:"9091" desc:"port of the worker process's /metrics and /up (gateways serve them on their own port)"`
 	LogLevel    string `envconfig:"RESOUND_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	Pprof       bool   `envconfig:"RESOUND_PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on the gateway port (never expose it publicly)"`
 	LogFormat   string `envconfig:"RESOUND_LOG_FORMAT" default:"auto" desc:"json, console, or auto (console on a terminal, json otherwise)"`
 
 	PingInterval    Seconds `envconfig:"RESOUND_PING_INTERVAL" default:"60" desc:"seconds of client silence before the server sends pusher:ping"`

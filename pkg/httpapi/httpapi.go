@@ -49,6 +49,8 @@ type Options struct {
 	Now func() time.Time
 	// Metrics, when set, is served at /metrics.
 	Metrics http.Handler
+	// Debug, when set, serves /debug/pprof/.
+	Debug http.Handler
 	// Triggered counts events accepted through the API; may be nil.
 	Triggered prometheus.Counter
 	Log       zerolog.Logger
@@ -106,6 +108,10 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, `{"health":"OK"}`)
+		return
+	}
+	if strings.HasPrefix(path, "/debug/pprof/") && a.opts.Debug != nil {
+		a.opts.Debug.ServeHTTP(w, r)
 		return
 	}
 	if path == "/metrics" && a.opts.Metrics != nil {

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -169,7 +171,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	}
 	api := httpapi.New(httpapi.Options{
 		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: Limits(&cfg.Settings), Cluster: view,
-		Metrics: n.Registry.Handler(), Triggered: gwMetrics.MessagesIn.WithLabelValues("api"),
+		Metrics: n.Registry.Handler(), Triggered: gwMetrics.MessagesIn.WithLabelValues("api"), Debug: debugHandler(cfg),
 		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
 		Ready: func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() && apiConn.IsConnected() },
 		Log:   n.log.With().Str("component", "httpapi").Logger(),
@@ -199,6 +201,20 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		}
 	}
 	return n, nil
+}
+
+// debugHandler serves Go's profiler when RESOUND_PPROF is on.
+func debugHandler(cfg *config.Config) http.Handler {
+	if !cfg.Pprof {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return http.StripPrefix(cfg.Path, mux)
 }
 
 // ClusterOptions size the shared-state buckets from the settings.
