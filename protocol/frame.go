@@ -10,12 +10,14 @@ func AppendTextFrame(dst, payload []byte) []byte {
 	return AppendFrame(dst, OpText, payload)
 }
 
-// WebSocket opcodes a server sends.
+// WebSocket opcodes (RFC 6455 §5.2).
 const (
-	OpText  byte = 0x1
-	OpClose byte = 0x8
-	OpPing  byte = 0x9
-	OpPong  byte = 0xA
+	OpContinuation byte = 0x0
+	OpText         byte = 0x1
+	OpBinary       byte = 0x2
+	OpClose        byte = 0x8
+	OpPing         byte = 0x9
+	OpPong         byte = 0xA
 )
 
 // AppendFrame appends one unmasked final frame with the given opcode.

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/resoundhq/resound/pkg/route"
 )
 
 // Bucket names.
@@ -103,79 +105,24 @@ func (s *Stores) CacheTTL() time.Duration { return s.opts.CacheTTL }
 
 // Key joins parts into a key-value key, each part escaped with Token.
 func Key(parts ...string) string {
-	var b strings.Builder
+	toks := make([]string, len(parts))
 	for i, p := range parts {
-		if i > 0 {
-			b.WriteByte('.')
-		}
-		writeToken(&b, p)
+		toks[i] = Token(p)
 	}
-	return b.String()
+	return strings.Join(toks, ".")
 }
 
 // Token escapes s for use as one part of a key. Keys allow only
 // [-/_=.a-zA-Z0-9]; '.' separates parts and '=' escapes. Any other byte
 // becomes =XX (hex), so the mapping is reversible and distinct names never
 // collide.
-func Token(s string) string {
-	var b strings.Builder
-	writeToken(&b, s)
-	return b.String()
-}
-
-const hexDigits = "0123456789ABCDEF"
-
-func writeToken(b *strings.Builder, s string) {
-	if s == "" {
-		b.WriteString("=")
-		return
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
-			b.WriteByte(c)
-		default:
-			b.WriteByte('=')
-			b.WriteByte(hexDigits[c>>4])
-			b.WriteByte(hexDigits[c&0xF])
-		}
-	}
-}
+func Token(s string) string { return route.Escape(s, kvSafe, '=') }
 
 // ParseToken reverses Token.
-func ParseToken(t string) (string, error) {
-	if t == "=" {
-		return "", nil
-	}
-	out := make([]byte, 0, len(t))
-	for i := 0; i < len(t); i++ {
-		if t[i] != '=' {
-			out = append(out, t[i])
-			continue
-		}
-		if i+2 >= len(t) {
-			return "", errors.New("cluster: truncated escape")
-		}
-		hi, ok1 := unhex(t[i+1])
-		lo, ok2 := unhex(t[i+2])
-		if !ok1 || !ok2 {
-			return "", errors.New("cluster: bad escape")
-		}
-		out = append(out, hi<<4|lo)
-		i += 2
-	}
-	return string(out), nil
-}
+func ParseToken(t string) (string, error) { return route.Unescape(t, '=') }
 
-func unhex(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'A' && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
+func kvSafe(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
 }
 
 // maxCASAttempts bounds the retries of one compare-and-set under

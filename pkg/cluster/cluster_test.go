@@ -17,28 +17,14 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 )
 
 // startJetStream runs a real embedded NATS JetStream server with its own
 // file store and returns a connection and its JetStream context.
 func startJetStream(t *testing.T) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := srv.Connect("cluster-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, js
+	return natstest.JetStream(t, "cluster-test")
 }
 
 func ensure(t *testing.T, js jetstream.JetStream, opts cluster.Options) *cluster.Stores {
@@ -292,22 +278,12 @@ func TestMutateRev(t *testing.T) {
 // connection, incrementing one counter: the compare-and-set must lose no
 // increment.
 func TestMutateUnderContention(t *testing.T) {
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natstest.Server(t, false)
 	ctx := testCtx(t)
 	const n = 20
 	kvs := make([]jetstream.KeyValue, n)
 	for i := range kvs {
-		nc, err := srv.Connect("contender-" + strconv.Itoa(i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, _ := jetstream.New(nc)
+		js, _ := jetstream.New(natstest.Conn(t, srv, "contender-"+strconv.Itoa(i)))
 		kvs[i] = ensure(t, js, cluster.Options{}).Counts
 	}
 	var wg sync.WaitGroup
@@ -567,23 +543,12 @@ func liveOf(ids ...string) func(context.Context) (map[string]bool, error) {
 // answers on its own connection to it.
 func startQueryServer(t *testing.T) *natsembed.Server {
 	t.Helper()
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	return srv
+	return natstest.Server(t, false)
 }
 
 func conn(t *testing.T, srv *natsembed.Server, name string) *nats.Conn {
 	t.Helper()
-	nc, err := srv.Connect(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
+	return natstest.Conn(t, srv, name)
 }
 
 func TestQuerierSumsTheLiveGateways(t *testing.T) {

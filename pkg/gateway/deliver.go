@@ -117,7 +117,6 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 		g.ch.mu.RUnlock()
 		g.ch = nil
 	}
-	s.metrics.deliveries.Add(int64(n))
 	s.prom.Deliveries.Add(float64(n))
 }
 

@@ -47,9 +47,9 @@ func (s *Server) handleBytes(c *conn, data []byte) bool {
 			c.closeWith(protocol.CloseProtocolError, "Protocol error")
 			return true
 		}
-		if h.opcode == opText || h.opcode == opBinary || h.opcode == opContinuation {
+		if h.opcode == protocol.OpText || h.opcode == protocol.OpBinary || h.opcode == protocol.OpContinuation {
 			total := h.length
-			if h.opcode == opContinuation {
+			if h.opcode == protocol.OpContinuation {
 				if c.ext != nil {
 					total += int64(len(c.ext.fragments))
 				}
@@ -90,7 +90,7 @@ func (s *Server) handleBytes(c *conn, data []byte) bool {
 
 func (s *Server) handleFrame(c *conn, h frameHeader, payload []byte) {
 	switch h.opcode {
-	case opText, opBinary:
+	case protocol.OpText, protocol.OpBinary:
 		// Pusher says binary frames are not supported; Reverb reads them as
 		// text. Reading them costs nothing and breaks no client, so Resound
 		// follows Reverb.
@@ -105,7 +105,7 @@ func (s *Server) handleFrame(c *conn, h frameHeader, payload []byte) {
 			return
 		}
 		s.handleMessage(c, payload)
-	case opContinuation:
+	case protocol.OpContinuation:
 		if c.ext == nil || !c.ext.fragmented {
 			c.closeWith(protocol.CloseProtocolError, "Unexpected continuation frame")
 			return
@@ -117,11 +117,11 @@ func (s *Server) handleFrame(c *conn, h frameHeader, payload []byte) {
 			ext.fragments, ext.fragmented = nil, false
 			s.handleMessage(c, msg)
 		}
-	case opPing:
+	case protocol.OpPing:
 		c.write(protocol.AppendFrame(nil, protocol.OpPong, payload))
-	case opPong:
+	case protocol.OpPong:
 		// lastSeen is already updated.
-	case opClose:
+	case protocol.OpClose:
 		code := uint16(protocol.CloseNormal)
 		if len(payload) >= 2 {
 			code = uint16(payload[0])<<8 | uint16(payload[1])

@@ -101,7 +101,6 @@ type Server struct {
 	frames  struct{ ping, pong []byte }
 	metrics struct {
 		connections   atomic.Int64
-		deliveries    atomic.Int64
 		subscriptions atomic.Int64
 	}
 	prom      *metrics.Gateway
@@ -169,12 +168,6 @@ func New(opts Options) (*Server, error) {
 
 // Ready reports whether the gateway accepts connections.
 func (s *Server) Ready() bool { return s.ready.Load() }
-
-// Connections is the number of open client connections.
-func (s *Server) Connections() int64 { return s.metrics.connections.Load() }
-
-// Deliveries is the number of frames written to subscribers so far.
-func (s *Server) Deliveries() int64 { return s.metrics.deliveries.Load() }
 
 // NewMetrics registers a gateway's metrics in r; pass the result as
 // Options.Metrics. The gauges read the server once it exists.
@@ -306,10 +299,7 @@ func (s *Server) drain(code int, reason string) {
 	if len(conns) == 0 {
 		return
 	}
-	batch := len(conns)
-	if ticks := int(s.opts.DrainWindow / drainTick); ticks > 1 {
-		batch = (len(conns) + ticks - 1) / ticks
-	}
+	batch := drainBatch(len(conns), s.opts.DrainWindow)
 	s.log.Info().Int("connections", len(conns)).Dur("window", s.opts.DrainWindow).Msg("draining")
 	for i := 0; i < len(conns); i += batch {
 		if i > 0 {
@@ -322,6 +312,16 @@ func (s *Server) drain(code int, reason string) {
 }
 
 const drainTick = 100 * time.Millisecond
+
+// drainBatch is how many of n connections to close per drainTick so that
+// the closes spread over window.
+func drainBatch(n int, window time.Duration) int {
+	ticks := int(window / drainTick)
+	if ticks <= 1 || n == 0 {
+		return max(n, 1)
+	}
+	return (n + ticks - 1) / ticks
+}
 
 func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
 	var backoff time.Duration

@@ -5,6 +5,8 @@ import (
 	"errors"
 
 	"github.com/gobwas/ws"
+
+	"github.com/resoundhq/resound/protocol"
 )
 
 // frameHeader is a parsed client frame header (RFC 6455 §5.2).
@@ -15,15 +17,6 @@ type frameHeader struct {
 	length int64
 	size   int // bytes the header itself takes
 }
-
-const (
-	opContinuation byte = 0x0
-	opText         byte = 0x1
-	opBinary       byte = 0x2
-	opClose        byte = 0x8
-	opPing         byte = 0x9
-	opPong         byte = 0xA
-)
 
 var (
 	errNeedMore = errors.New("need more bytes")
@@ -45,8 +38,8 @@ func parseFrameHeader(b []byte) (frameHeader, error) {
 		return h, errProtocol // clients must mask (§5.1)
 	}
 	switch h.opcode {
-	case opContinuation, opText, opBinary:
-	case opClose, opPing, opPong:
+	case protocol.OpContinuation, protocol.OpText, protocol.OpBinary:
+	case protocol.OpClose, protocol.OpPing, protocol.OpPong:
 		if !h.fin || b[1]&0x7F > 125 {
 			return h, errProtocol // control frames are short and whole (§5.5)
 		}

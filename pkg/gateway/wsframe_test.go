@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/resoundhq/resound/protocol"
 )
 
 var testMask = [4]byte{0x37, 0xfa, 0x21, 0x3d}
@@ -197,7 +199,7 @@ func TestParseAndUnmaskClientFrames(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !h.fin || h.opcode != opText || h.length != int64(n) || h.size+n != len(b) || h.mask != f.Header.Mask {
+			if !h.fin || h.opcode != protocol.OpText || h.length != int64(n) || h.size+n != len(b) || h.mask != f.Header.Mask {
 				t.Fatalf("got %+v for a %d-byte frame", h, len(b))
 			}
 			got := b[h.size:]
@@ -387,5 +389,28 @@ func TestPeekLineErrors(t *testing.T) {
 				t.Fatalf("peekLine waited for more input instead of giving up: %v", err)
 			}
 		})
+	}
+}
+
+// A drain spreads its closes over the window; a small gateway is done in
+// a few ticks, and no window closes everything at once.
+func TestDrainBatch(t *testing.T) {
+	cases := []struct {
+		n      int
+		window time.Duration
+		want   int
+	}{
+		{0, 10 * time.Second, 1},
+		{1, 10 * time.Second, 1},
+		{200, 2 * time.Second, 10},        // 20 ticks of 10
+		{15000, 10 * time.Second, 150},    // 100 ticks of 150
+		{15001, 10 * time.Second, 151},    // rounded up: done within the window
+		{200, 0, 200},                     // no window: all at once
+		{200, 50 * time.Millisecond, 200}, // shorter than a tick
+	}
+	for _, tc := range cases {
+		if got := drainBatch(tc.n, tc.window); got != tc.want {
+			t.Errorf("drainBatch(%d, %v) = %d, want %d", tc.n, tc.window, got, tc.want)
+		}
 	}
 }

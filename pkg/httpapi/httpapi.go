@@ -164,9 +164,8 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.terminate(w, r, app, arg)
 		return
 	}
-	action = route
 	var events []protocol.Trigger
-	if action == "events" {
+	if route == "events" {
 		var t protocol.Trigger
 		t, err = protocol.ParseTrigger(body, a.opts.Limits)
 		events = []protocol.Trigger{t}
@@ -194,7 +193,7 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if a.opts.Triggered != nil {
 		a.opts.Triggered.Add(float64(len(events)))
 	}
-	a.respondEvents(w, r, app, action == "batch_events", events)
+	a.respondEvents(w, r, app, route == "batch_events", events)
 }
 
 // respondEvents answers a stored trigger: {} or, when info was asked for,

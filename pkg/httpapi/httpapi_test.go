@@ -25,7 +25,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/httpapi"
-	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/queue"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -563,20 +563,7 @@ func TestHealth(t *testing.T) {
 // the real queue.Publisher on an embedded JetStream: a 200 means the job is
 // in the stream.
 func TestRealPublisherStoresTheJob(t *testing.T) {
-	ns, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
-	nc, err := ns.Connect("httpapi-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.JetStream(t, "httpapi-test")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stream, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 16 << 20, MaxAge: time.Hour})

@@ -4,16 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-)
 
-// WebSocket opcodes (RFC 6455 §5.2).
-const (
-	opContinuation byte = 0x0
-	opText         byte = 0x1
-	opBinary       byte = 0x2
-	opClose        byte = 0x8
-	opPing         byte = 0x9
-	opPong         byte = 0xA
+	"github.com/resoundhq/resound/protocol"
 )
 
 // maxFrame bounds one server frame; a bigger one is a protocol error here
@@ -43,7 +35,7 @@ func parseFrame(b []byte) (frame, int, error) {
 	}
 	b0, b1 := b[0], b[1]
 	f := frame{fin: b0&0x80 != 0, op: b0 & 0x0F}
-	if b0&0x70 != 0 || (f.op > opBinary && f.op < opClose) || f.op > opPong {
+	if b0&0x70 != 0 || (f.op > protocol.OpBinary && f.op < protocol.OpClose) || f.op > protocol.OpPong {
 		return frame{}, 0, errFrameReserved
 	}
 	if b1&0x80 != 0 {
@@ -65,7 +57,7 @@ func parseFrame(b []byte) (frame, int, error) {
 		n = binary.BigEndian.Uint64(b[2:])
 		hdr = 10
 	}
-	if f.op >= opClose && (n > 125 || !f.fin) {
+	if f.op >= protocol.OpClose && (n > 125 || !f.fin) {
 		return frame{}, 0, errControlFrame
 	}
 	if n > maxFrame {

@@ -47,11 +47,11 @@ func TestParseFrameWholeAndCut(t *testing.T) {
 			t.Fatalf("step %d: %d frames, %d bytes left", step, len(got), len(pending))
 		}
 		for i, p := range payloads {
-			if got[i].op != opText || !got[i].fin || !bytes.Equal(got[i].payload, p) {
+			if got[i].op != protocol.OpText || !got[i].fin || !bytes.Equal(got[i].payload, p) {
 				t.Fatalf("step %d frame %d: op %d len %d", step, i, got[i].op, len(got[i].payload))
 			}
 		}
-		if got[len(payloads)].op != opPing || got[len(payloads)+1].op != opClose ||
+		if got[len(payloads)].op != protocol.OpPing || got[len(payloads)+1].op != protocol.OpClose ||
 			!bytes.Equal(got[len(payloads)+1].payload, []byte{0x10, 0x68, 'b', 'y', 'e'}) {
 			t.Fatalf("control frames %+v", got[len(payloads):])
 		}
@@ -78,7 +78,7 @@ func TestParseFrameRejects(t *testing.T) {
 func TestClientFramesAreMaskedAndValid(t *testing.T) {
 	for _, n := range []int{0, 10, 125, 126, 1000, 70000} {
 		payload := bytes.Repeat([]byte("z"), n)
-		b := appendClientFrame(nil, opText, payload, [4]byte{1, 2, 3, 4})
+		b := appendClientFrame(nil, protocol.OpText, payload, [4]byte{1, 2, 3, 4})
 		r := bytes.NewReader(b)
 		h, err := ws.ReadHeader(r)
 		if err != nil {

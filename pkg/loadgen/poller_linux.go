@@ -480,12 +480,12 @@ func (p *poller) addDelivered(n int64) {
 
 func (p *poller) onFrame(c *conn, f frame, delivered *int64) bool {
 	switch f.op {
-	case opPing:
+	case protocol.OpPing:
 		p.st.wsPings++
-		return p.send(c, opPong, f.payload)
-	case opPong:
+		return p.send(c, protocol.OpPong, f.payload)
+	case protocol.OpPong:
 		return true
-	case opClose:
+	case protocol.OpClose:
 		code := 1005
 		if len(f.payload) >= 2 {
 			code = int(binary.BigEndian.Uint16(f.payload))
@@ -501,13 +501,13 @@ func (p *poller) onFrame(c *conn, f frame, delivered *int64) bool {
 		if code != 1005 {
 			p.tmp = append(p.tmp, byte(code>>8), byte(code))
 		}
-		p.send(c, opClose, p.tmp)
+		p.send(c, protocol.OpClose, p.tmp)
 		if c.state == stDead {
 			return false
 		}
 		p.lose(c, "server_close_"+strconv.Itoa(code))
 		return false
-	case opText, opBinary:
+	case protocol.OpText, protocol.OpBinary:
 		if !f.fin {
 			c.frag = append(c.frag[:0], f.payload...)
 			return true
@@ -542,7 +542,7 @@ func (p *poller) onMessage(c *conn, m []byte, delivered *int64) bool {
 		return true
 	case protocol.EventPing:
 		p.st.pings++
-		return p.send(c, opText, protocol.MessagePong)
+		return p.send(c, protocol.OpText, protocol.MessagePong)
 	case protocol.EventConnectionEstablished:
 		if c.state != stEstablishing {
 			return true
@@ -554,7 +554,7 @@ func (p *poller) onMessage(c *conn, m []byte, delivered *int64) bool {
 		p.tmp = append(p.tmp[:0], `{"event":"pusher:subscribe","data":{"channel":`...)
 		p.tmp = protocol.AppendString(p.tmp, p.r.names[c.ch])
 		p.tmp = append(p.tmp, "}}"...)
-		return p.send(c, opText, p.tmp)
+		return p.send(c, protocol.OpText, p.tmp)
 	case protocol.EventSubscriptionSucceeded:
 		if c.state != stSubscribing {
 			return true
@@ -693,7 +693,7 @@ func (p *poller) closeConn(c *conn) bool {
 		return c.state != stDead
 	}
 	c.sentClose = true
-	if !p.send(c, opClose, []byte{0x03, 0xE8}) {
+	if !p.send(c, protocol.OpClose, []byte{0x03, 0xE8}) {
 		return false
 	}
 	c.state = stClosing

@@ -194,6 +194,7 @@ func Merge(all []*Summary) (*Summary, error) {
 	out := &Summary{Mode: all[0].Mode, Run: all[0].Run, Target: all[0].Target, Start: all[0].Start, Settings: all[0].Settings}
 	out.Settings.Conns = 0
 	runs := map[string]bool{}
+	mixedTargets := false
 	for _, s := range all {
 		if s.Mode != out.Mode {
 			return nil, fmt.Errorf("cannot merge a %s summary with a %s one", s.Mode, out.Mode)
@@ -236,7 +237,10 @@ func Merge(all []*Summary) (*Summary, error) {
 						d.TargetPID, d.TargetRSSBeforeKiB = i.TargetPID, i.TargetRSSBeforeKiB
 					}
 					if i.TargetPID != d.TargetPID {
-						out.Errors = append(out.Errors, "merged RSS samples of different target processes")
+						// Several gateways: one process's RSS over every
+						// process's connections would mean nothing. Each
+						// input summary keeps its own.
+						mixedTargets = true
 					}
 					d.TargetRSSBeforeKiB = min(d.TargetRSSBeforeKiB, i.TargetRSSBeforeKiB)
 					d.TargetRSSAfterKiB = max(d.TargetRSSAfterKiB, i.TargetRSSAfterKiB)
@@ -283,6 +287,9 @@ func Merge(all []*Summary) (*Summary, error) {
 		}
 		sort.Strings(keys)
 		out.Run = strings.Join(keys, ",")
+	}
+	if d := out.Idle; d != nil && mixedTargets {
+		d.TargetPID, d.TargetRSSBeforeKiB, d.TargetRSSAfterKiB = 0, 0, 0
 	}
 	if d := out.Idle; d != nil && d.TargetPID != 0 && out.Conns.Established > 0 {
 		d.KiBPerConn = round3(float64(d.TargetRSSAfterKiB-d.TargetRSSBeforeKiB) / float64(out.Conns.Established))

@@ -16,7 +16,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
-	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/pushertest"
 	"github.com/resoundhq/resound/pkg/worker"
 	"github.com/resoundhq/resound/protocol"
@@ -45,11 +45,7 @@ func baseSettings(t *testing.T) config.Settings {
 func startCluster(t *testing.T, apps ...config.App) *testCluster {
 	t.Helper()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), ListenPort: -1, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natstest.Server(t, true)
 	s := baseSettings(t)
 	s.NATSURL = srv.ClientURL()
 	filled := make([]config.App, len(apps))
@@ -62,32 +58,15 @@ func startCluster(t *testing.T, apps ...config.App) *testCluster {
 		filled[i] = *cfg.Apps.All()[0]
 		tc.secret[app.ID] = app.Secret
 	}
+	var err error
 	tc.apps, err = config.NewApps(filled)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := &config.Config{Settings: s, Apps: tc.apps}
-	start := func() *Node {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		n, err := Start(ctx, Options{Config: cfg, Listener: ln, Log: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Close() })
-		return n
-	}
-	tc.a, tc.b = start(), start()
+	tc.a, tc.b = startOn(t, cfg, log), startOn(t, cfg, log)
 
-	nc, err := srv.Connect("test-worker")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := natstest.Conn(t, srv, "test-worker")
 	js, _ := jetstream.New(nc)
 	stores, err := cluster.Ensure(context.Background(), js, ClusterOptions(&s))
 	if err != nil {
@@ -104,6 +83,24 @@ func startCluster(t *testing.T, apps ...config.App) *testCluster {
 	tc.apiA = &pushertest.API{BaseURL: "http://" + tc.a.Addr().String(), AppID: app.ID, Key: app.Key, Secret: app.Secret}
 	tc.apiB = &pushertest.API{BaseURL: "http://" + tc.b.Addr().String(), AppID: app.ID, Key: app.Key, Secret: app.Secret}
 	return tc
+}
+
+// startOn starts a node with cfg on a free loopback port, closed when the
+// test ends.
+func startOn(t *testing.T, cfg *config.Config, log zerolog.Logger) *Node {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := Start(ctx, Options{Config: cfg, Listener: ln, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	return n
 }
 
 func sign(secret, msg string) string { return protocol.Sign(secret, msg) }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -14,7 +13,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
-	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/pkg/pushertest"
 	"github.com/resoundhq/resound/protocol"
@@ -60,11 +59,7 @@ func (sc *sweepCluster) die(t *testing.T, id string, deleteKey bool) {
 func startSweepCluster(t *testing.T, ttl time.Duration, app config.App, fakes ...string) *sweepCluster {
 	t.Helper()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), ListenPort: -1, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natstest.Server(t, true)
 	s := baseSettings(t)
 	s.NATSURL = srv.ClientURL()
 	if ttl < 3*time.Second {
@@ -72,12 +67,7 @@ func startSweepCluster(t *testing.T, ttl time.Duration, app config.App, fakes ..
 	}
 	s.GatewayTTL = config.Seconds(ttl)
 
-	nc, err := srv.Connect("sweep-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(natstest.Conn(t, srv, "sweep-test"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,21 +98,7 @@ func startSweepCluster(t *testing.T, ttl time.Duration, app config.App, fakes ..
 	}
 	tc := &testCluster{secret: map[string]string{app.ID: app.Secret}, apps: withApp.Apps}
 	cfg := &config.Config{Settings: s, Apps: tc.apps}
-	start := func() *Node {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		n, err := Start(ctx, Options{Config: cfg, Listener: ln, Log: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Close() })
-		return n
-	}
-	tc.a, tc.b = start(), start()
+	tc.a, tc.b = startOn(t, cfg, log), startOn(t, cfg, log)
 	tc.apiA = &pushertest.API{BaseURL: "http://" + tc.a.Addr().String(), AppID: app.ID, Key: app.Key, Secret: app.Secret}
 	tc.apiB = &pushertest.API{BaseURL: "http://" + tc.b.Addr().String(), AppID: app.ID, Key: app.Key, Secret: app.Secret}
 	sc.testCluster = tc

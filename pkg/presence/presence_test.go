@@ -13,10 +13,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 
 	"github.com/resoundhq/resound/pkg/cluster"
-	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -24,21 +23,7 @@ import (
 // newStore returns a presence store on a real JetStream bucket.
 func newStore(t *testing.T) (*presence.Store, jetstream.KeyValue, context.Context) {
 	t.Helper()
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := srv.Connect("presence-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.JetStream(t, "presence-test")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	stores, err := cluster.Ensure(ctx, js, cluster.Options{})

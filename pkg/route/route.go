@@ -21,13 +21,7 @@ const DeliverPrefix = "resound.deliver."
 // Subject is the delivery subject of a channel of an app:
 // resound.deliver.<app>.<channel>, each part escaped with EscapeToken.
 func Subject(appID, channel string) string {
-	var b strings.Builder
-	b.Grow(len(DeliverPrefix) + len(appID) + len(channel) + 8)
-	b.WriteString(DeliverPrefix)
-	writeToken(&b, appID)
-	b.WriteByte('.')
-	writeToken(&b, channel)
-	return b.String()
+	return DeliverPrefix + EscapeToken(appID) + "." + EscapeToken(channel)
 }
 
 // EscapeToken makes s usable as one NATS subject token. Pusher channel
@@ -35,23 +29,51 @@ func Subject(appID, channel string) string {
 // wildcards and white space ends a subject. Every byte outside a safe set
 // becomes ~XX (hex); '~' itself is escaped, so the mapping is reversible
 // and distinct names never share a subject.
-func EscapeToken(s string) string {
-	if tokenSafe(s) {
+func EscapeToken(s string) string { return Escape(s, safeByte, '~') }
+
+// UnescapeToken reverses EscapeToken.
+func UnescapeToken(t string) (string, error) { return Unescape(t, '~') }
+
+// Escape writes s with every byte that safe refuses, and esc itself, as esc
+// followed by two upper-case hex digits. The empty string becomes esc
+// alone, which no other input produces. esc must be a byte safe refuses.
+func Escape(s string, safe func(byte) bool, esc byte) string {
+	if s == "" {
+		return string(esc)
+	}
+	clean := true
+	for i := 0; i < len(s) && clean; i++ {
+		clean = s[i] != esc && safe(s[i])
+	}
+	if clean {
 		return s
 	}
 	var b strings.Builder
-	writeToken(&b, s)
+	b.Grow(len(s) + 8)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != esc && safe(c) {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte(esc)
+		b.WriteByte(hexDigits[c>>4])
+		b.WriteByte(hexDigits[c&0xF])
+	}
 	return b.String()
 }
 
-// UnescapeToken reverses EscapeToken.
-func UnescapeToken(t string) (string, error) {
-	if !strings.Contains(t, "~") {
+// Unescape reverses Escape with the same esc.
+func Unescape(t string, esc byte) (string, error) {
+	if t == string(esc) {
+		return "", nil
+	}
+	if strings.IndexByte(t, esc) < 0 {
 		return t, nil
 	}
 	out := make([]byte, 0, len(t))
 	for i := 0; i < len(t); i++ {
-		if t[i] != '~' {
+		if t[i] != esc {
 			out = append(out, t[i])
 			continue
 		}
@@ -71,35 +93,6 @@ func UnescapeToken(t string) (string, error) {
 
 const hexDigits = "0123456789ABCDEF"
 
-func writeToken(b *strings.Builder, s string) {
-	if s == "" {
-		b.WriteString("~") // an empty token is not allowed; "~" alone is never produced otherwise
-		return
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if safeByte(c) {
-			b.WriteByte(c)
-			continue
-		}
-		b.WriteByte('~')
-		b.WriteByte(hexDigits[c>>4])
-		b.WriteByte(hexDigits[c&0xF])
-	}
-}
-
-func tokenSafe(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !safeByte(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
 func safeByte(c byte) bool {
 	switch {
 	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
@@ -118,9 +111,9 @@ func unhex(c byte) (byte, bool) {
 		return c - '0', true
 	case c >= 'A' && c <= 'F':
 		return c - 'A' + 10, true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
 	}
+	// Escape writes upper case only; accepting lower case too would give
+	// one name two spellings.
 	return 0, false
 }
 

@@ -348,12 +348,13 @@ func (p *Pool) runShard(in <-chan *task) {
 			ev := &t.job.Events[ei]
 			for _, ch := range channels {
 				payload = protocol.AppendChannelEvent(payload[:0], ev.Name, ch, ev.Data, "")
+				// The frame ends the envelope: encode it straight into it.
 				envelope = route.AppendDelivery(envelope[:0], route.Delivery{
 					Seq:             t.seq,
 					Event:           uint8(ei),
 					ExcludeSocketID: ev.SocketID,
-					Frame:           protocol.AppendTextFrame(nil, payload),
 				})
+				envelope = protocol.AppendTextFrame(envelope, payload)
 				// Publish copies into the connection's buffer, so the
 				// scratch buffers are reused at once.
 				if err := p.opts.Conn.Publish(route.Subject(t.job.AppID, ch), envelope); err != nil {

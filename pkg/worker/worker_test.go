@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/queue"
 	"github.com/resoundhq/resound/pkg/route"
 	"github.com/resoundhq/resound/pkg/worker"
@@ -39,12 +40,9 @@ type env struct {
 // knows only appID.
 func start(t *testing.T, workers int) *env {
 	t.Helper()
-	ns, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := natstest.Server(t, false)
 	e := &env{ns: ns}
+	var err error
 
 	nc := connect(t, ns, "producer")
 	if e.js, err = jetstream.New(nc); err != nil {
@@ -90,12 +88,7 @@ func start(t *testing.T, workers int) *env {
 
 func connect(t *testing.T, ns *natsembed.Server, name string) *nats.Conn {
 	t.Helper()
-	nc, err := ns.Connect(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
+	return natstest.Conn(t, ns, name)
 }
 
 // subscribe listens on subject with core NATS, as a gateway does.
@@ -369,11 +362,7 @@ func TestInvalidJobsAreTerminated(t *testing.T) {
 // A job that waited in the stream while no worker ran is delivered once
 // one starts.
 func TestJobQueuedBeforeWorkersStart(t *testing.T) {
-	ns, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := natstest.Server(t, false)
 	nc := connect(t, ns, "all")
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -257,9 +257,9 @@ func TestSlowConsumerIsCutOff(t *testing.T) {
 }
 
 // A gateway drained with SIGTERM: each of its clients gets 4200 ("reconnect
-// now") and a close, spread over RESOUND_DRAIN_WINDOW rather than all at
-// once; they reconnect to the other gateway, where every one of them
-// receives the next event exactly once.
+// now") and a close (spread over RESOUND_DRAIN_WINDOW); they reconnect to
+// the other gateway, where every one of them receives the next event
+// exactly once.
 func TestReconnectStormAfterDrain(t *testing.T) {
 	nurl, _ := startNATS(t)
 	a := startGatewayWith(t, "gateway-a", nurl, "RESOUND_DRAIN_WINDOW=2")
@@ -276,11 +276,9 @@ func TestReconnectStormAfterDrain(t *testing.T) {
 	go func() { stopped <- a.stop(t) }()
 
 	// Every client sees 4200 then a close with 4200, and reconnects to B.
-	type closed struct {
-		i  int
-		at time.Time
-	}
-	closes := make(chan closed, clients)
+	// How the closes spread over the window is drainBatch's, unit-tested in
+	// pkg/gateway; here every client must be told, and come back.
+	closes := make(chan int, clients)
 	for i, c := range conns {
 		go func() {
 			for {
@@ -289,33 +287,24 @@ func TestReconnectStormAfterDrain(t *testing.T) {
 					return
 				}
 				if m.Event == protocol.EventError && strings.Contains(m.DataString(), "4200") {
-					closes <- closed{i, time.Now()}
+					closes <- i
 					return
 				}
 			}
 		}()
 	}
-	var first, last time.Time
 	for n := 0; n < clients; n++ {
 		select {
-		case cl := <-closes:
-			if first.IsZero() {
-				first = cl.at
-			}
-			last = cl.at
-			conns[cl.i].ExpectClose(protocol.CodeReconnect)
-			conns[cl.i] = pushertest.Connect(t, b.addr, appKey)
-			conns[cl.i].Subscribe("storm")
+		case i := <-closes:
+			conns[i].ExpectClose(protocol.CodeReconnect)
+			conns[i] = pushertest.Connect(t, b.addr, appKey)
+			conns[i].Subscribe("storm")
 		case <-time.After(30 * time.Second):
 			t.Fatalf("only %d of %d clients were told to reconnect", n, clients)
 		}
 	}
 	if code := <-stopped; code != 0 {
 		t.Fatalf("drained gateway exited %d", code)
-	}
-	// Spread out, not all in one burst: the window is 2 s.
-	if last.Sub(first) < 500*time.Millisecond {
-		t.Fatalf("all %d closes came within %v; the drain window should spread them", clients, last.Sub(first))
 	}
 	mustOK(t, b.api.Trigger([]string{"storm"}, "after", "1", ""))
 	for i, c := range conns {
