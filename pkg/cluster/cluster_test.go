@@ -652,3 +652,53 @@ func TestQuerierWaitsForLiveGatewaysDespiteAnUnlistedReply(t *testing.T) {
 		t.Fatalf("got %+v; want Complete with orders=3 and 3 connections: gw-b, which is live, answered after 500ms of a 20s timeout", res)
 	}
 }
+
+func TestAwaitGatewaysWaitsForEveryLiveGateway(t *testing.T) {
+	srv := startQueryServer(t)
+	answer := func(nc *nats.Conn, id string) {
+		sub, err := nc.Subscribe(cluster.ReadySubject, func(m *nats.Msg) { _ = m.Respond([]byte(id)) })
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		t.Cleanup(func() { _ = sub.Unsubscribe() })
+		_ = nc.Flush()
+	}
+	answer(conn(t, srv, "gw-a"), "gw-a")
+	worker := conn(t, srv, "worker")
+
+	// gw-b is listed but silent: the wait ends with the context, unfulfilled.
+	short, cancel := context.WithTimeout(testCtx(t), 500*time.Millisecond)
+	defer cancel()
+	if cluster.AwaitGateways(short, worker, liveOf("gw-a", "gw-b")) {
+		t.Fatal("AwaitGateways = true while gw-b never answered")
+	}
+
+	// gw-b comes back a few rounds later: the wait ends when it answers.
+	done := make(chan bool, 1)
+	go func() { done <- cluster.AwaitGateways(testCtx(t), worker, liveOf("gw-a", "gw-b")) }()
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case ok := <-done:
+		t.Fatalf("AwaitGateways returned %v before gw-b answered", ok)
+	default:
+	}
+	answer(conn(t, srv, "gw-b"), "gw-b")
+	if !<-done {
+		t.Fatal("AwaitGateways = false with both gateways answering")
+	}
+
+	// A registry that cannot be read yet (JetStream still recovering) is
+	// asked again rather than taken as empty.
+	var calls int
+	flaky := func(ctx context.Context) (map[string]bool, error) {
+		calls++
+		if calls < 3 {
+			return nil, errors.New("jetstream not ready")
+		}
+		return map[string]bool{"gw-a": true}, nil
+	}
+	if !cluster.AwaitGateways(testCtx(t), worker, flaky) || calls < 3 {
+		t.Fatalf("AwaitGateways over a flaky registry: calls = %d", calls)
+	}
+}

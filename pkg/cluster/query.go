@@ -111,3 +111,66 @@ func (q *Querier) Query(ctx context.Context, req QueryRequest) (QueryResult, err
 	}
 	return res, nil
 }
+
+// ReadySubject is where every gateway answers with its id. An answer
+// proves that the gateway's connection to NATS is up again and, because
+// nats.go sends a connection's subscriptions before anything else when it
+// reconnects, that its delivery subscriptions are back in place.
+const ReadySubject = "resound.ctl.ready"
+
+// readyRound is how long AwaitGateways waits for answers before it asks
+// again: a gateway that reconnects between two rounds answers the next.
+const readyRound = 200 * time.Millisecond
+
+// AwaitGateways asks until every gateway live lists has answered on
+// ReadySubject, or ctx ends, and reports whether all did. Workers call it
+// after reconnecting to NATS: deliveries are core NATS, so a job published
+// before a gateway has resubscribed would miss that gateway's clients and
+// be acked all the same.
+func AwaitGateways(ctx context.Context, nc *nats.Conn, live func(ctx context.Context) (map[string]bool, error)) bool {
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return false
+	}
+	defer sub.Unsubscribe()
+	seen := map[string]bool{}
+	for ctx.Err() == nil {
+		// The registry is read every round: right after a NATS restart
+		// JetStream may not answer yet, and gateways come and go.
+		want, err := live(ctx)
+		if err == nil && nc.PublishRequest(ReadySubject, inbox, nil) == nil {
+			round, cancel := context.WithTimeout(ctx, readyRound)
+			for {
+				m, err := sub.NextMsgWithContext(round)
+				if err != nil {
+					break
+				}
+				seen[string(m.Data)] = true
+				if covers(seen, want) {
+					cancel()
+					return true
+				}
+			}
+			cancel()
+			if covers(seen, want) {
+				return true
+			}
+		} else {
+			select {
+			case <-ctx.Done():
+			case <-time.After(readyRound):
+			}
+		}
+	}
+	return false
+}
+
+func covers(seen, want map[string]bool) bool {
+	for id := range want {
+		if !seen[id] {
+			return false
+		}
+	}
+	return true
+}

@@ -51,7 +51,21 @@ func (r *Registry) ID() string { return r.id }
 
 // Live lists the ids of the gateways whose heartbeat has not expired.
 func (r *Registry) Live(ctx context.Context) (map[string]bool, error) {
-	keys, err := r.kv.Keys(ctx)
+	live, err := liveIn(ctx, r.kv)
+	if err != nil {
+		return nil, err
+	}
+	live[r.id] = true
+	return live, nil
+}
+
+// LiveGateways lists the gateways whose heartbeat has not expired.
+func (s *Stores) LiveGateways(ctx context.Context) (map[string]bool, error) {
+	return liveIn(ctx, s.Gateways)
+}
+
+func liveIn(ctx context.Context, kv jetstream.KeyValue) (map[string]bool, error) {
+	keys, err := kv.Keys(ctx)
 	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
 		return nil, err
 	}
@@ -59,7 +73,6 @@ func (r *Registry) Live(ctx context.Context) (map[string]bool, error) {
 	for _, k := range keys {
 		live[k] = true
 	}
-	live[r.id] = true
 	return live, nil
 }
 

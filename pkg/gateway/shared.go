@@ -322,6 +322,12 @@ func (s *Server) subscribeControl() error {
 		return err
 	}
 	s.controlSubs = append(s.controlSubs, sub)
+	id := []byte(s.opts.GatewayID)
+	sub, err = s.opts.Conn.Subscribe(cluster.ReadySubject, func(m *nats.Msg) { _ = m.Respond(id) })
+	if err != nil {
+		return err
+	}
+	s.controlSubs = append(s.controlSubs, sub)
 	return nil
 }
 

@@ -82,6 +82,17 @@ func (s *Server) ClientURL() string {
 	return s.ns.ClientURL()
 }
 
+// Disconnect drops a client's connection, as a network fault would: the
+// client reconnects by itself. Tests use it to make one client reconnect
+// while the others stay connected.
+func (s *Server) Disconnect(nc *nats.Conn) error {
+	id, err := nc.GetClientID()
+	if err != nil {
+		return err
+	}
+	return s.ns.DisconnectClientByID(id)
+}
+
 // Shutdown stops the server and waits for it.
 func (s *Server) Shutdown() {
 	s.ns.Shutdown()

@@ -55,7 +55,11 @@ type Options struct {
 	Partitions int
 	// Workers is how many goroutines encode and publish in parallel.
 	Workers int
-	Log     zerolog.Logger
+	// ReconnectHold bounds how long jobs are held after reconnecting to
+	// NATS, for the gateways to resubscribe (DefaultReconnectHold if zero).
+	// Keep it well inside the ack wait, or held jobs are redelivered.
+	ReconnectHold time.Duration
+	Log           zerolog.Logger
 }
 
 // Pool consumes the job stream.
@@ -96,6 +100,9 @@ func New(opts Options) *Pool {
 	if opts.Workers < 1 {
 		opts.Workers = 1
 	}
+	if opts.ReconnectHold <= 0 {
+		opts.ReconnectHold = DefaultReconnectHold
+	}
 	if opts.Partitions <= 0 {
 		opts.Partitions = queue.DefaultPartitions
 	}
@@ -134,10 +141,22 @@ func (p *Pool) Run(ctx context.Context) error {
 	// it is subscribed. After NATS comes back, the gateways resubscribe as
 	// they reconnect; publishing before they have would lose the jobs for
 	// their subscribers, acked all the same. So after a reconnect the pool
-	// holds its jobs for a moment.
+	// holds its jobs until every live gateway has answered that it is back,
+	// or for reconnectHold at most.
 	prev := p.opts.Conn.Opts.ReconnectedCB
 	p.opts.Conn.SetReconnectHandler(func(nc *nats.Conn) {
-		p.holdUntil.Store(time.Now().Add(reconnectGrace).UnixNano())
+		until := time.Now().Add(p.opts.ReconnectHold)
+		p.holdUntil.Store(until.UnixNano())
+		if p.opts.Stores != nil {
+			go func() {
+				wait, cancel := context.WithDeadline(ctx, until)
+				defer cancel()
+				if cluster.AwaitGateways(wait, nc, p.opts.Stores.LiveGateways) {
+					// Only this reconnect's hold: a later one holds anew.
+					p.holdUntil.CompareAndSwap(until.UnixNano(), 0)
+				}
+			}()
+		}
 		if prev != nil {
 			prev(nc)
 		}
@@ -263,15 +282,23 @@ func (l *lanes) stopAll() {
 	}
 }
 
-// reconnectGrace is how long a pool holds jobs after reconnecting to NATS,
-// for the gateways to resubscribe; it is well inside the ack wait.
-const reconnectGrace = 2 * time.Second
+// DefaultReconnectHold bounds how long a pool holds jobs after
+// reconnecting to NATS, for the gateways to resubscribe. It is well inside
+// the ack wait, so the held jobs are not redelivered meanwhile. Without a
+// registry to say which gateways to wait for, the pool holds this long.
+const DefaultReconnectHold = 3 * time.Second
 
 func (p *Pool) dispatch(msg jetstream.Msg) {
-	if until := p.holdUntil.Load(); until != 0 {
-		if d := time.Until(time.Unix(0, until)); d > 0 {
-			time.Sleep(d)
+	for {
+		until := p.holdUntil.Load()
+		if until == 0 {
+			break
 		}
+		d := time.Until(time.Unix(0, until))
+		if d <= 0 {
+			break
+		}
+		time.Sleep(min(d, 10*time.Millisecond))
 	}
 	meta, err := msg.Metadata()
 	if err != nil {

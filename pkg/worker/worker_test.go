@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/natsembed"
 	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/queue"
@@ -396,6 +397,87 @@ func TestJobQueuedBeforeWorkersStart(t *testing.T) {
 	}()
 	d := decode(t, receive(t, ch))
 	if d.seq != seq || d.event["data"] != "waited" {
+		t.Fatalf("got seq %d %v", d.seq, d.event)
+	}
+}
+
+// After the worker reconnects to NATS, a job waits for every gateway the
+// registry lists to answer that it is back: published earlier, its
+// delivery would miss a gateway that has not resubscribed yet, and be
+// acked all the same.
+func TestJobsWaitForGatewaysAfterReconnect(t *testing.T) {
+	ns := natstest.Server(t, false)
+	nc := connect(t, ns, "producer")
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	stores, err := cluster.Ensure(ctx, js, cluster.Options{GatewayTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A gateway the registry lists, but whose connection is not back yet.
+	if _, err := stores.Gateways.Put(ctx, "gw-late", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	wc := connect(t, ns, "worker")
+	wjs, err := jetstream.New(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reconnected := make(chan struct{}, 1)
+	wc.SetReconnectHandler(func(*nats.Conn) { reconnected <- struct{}{} })
+	pool := worker.New(worker.Options{Conn: wc, JetStream: wjs, Stores: stores, Apps: func(id string) bool { return id == appID },
+		Limits: protocol.DefaultLimits, ReconnectHold: time.Minute}) // far longer than the test waits: only the answer ends it
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pool.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	// Run installs its handler around ours; wait until it has, then cut
+	// the worker off.
+	eventually(t, "worker registered", func() bool {
+		ks, _ := stores.Workers.Keys(ctx)
+		return len(ks) == 1
+	})
+	if err := ns.Disconnect(wc); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reconnected:
+	case <-time.After(wait):
+		t.Fatal("worker did not reconnect")
+	}
+	seq, err := queue.NewPublisher(js).Publish(ctx, &queue.Job{AppID: appID, Events: []protocol.Trigger{{Name: "e", Data: "held", Channels: []string{"late"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The gateway comes back a little later: subscriptions first, as
+	// nats.go resends them on reconnect, then its answer.
+	time.Sleep(300 * time.Millisecond)
+	gw := connect(t, ns, "gw-late")
+	ch := make(chan *nats.Msg, 4)
+	if _, err := gw.ChanSubscribe(route.Subject(appID, "late"), ch); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gw.Subscribe(cluster.ReadySubject, func(m *nats.Msg) { _ = m.Respond([]byte("gw-late")) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	d := decode(t, receive(t, ch))
+	if d.seq != seq || d.event["data"] != "held" {
 		t.Fatalf("got seq %d %v", d.seq, d.event)
 	}
 }
