@@ -595,8 +595,8 @@ func TestRealPublisherStoresTheJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A trigger on two channels is stored as one job per channel, in one
-	// atomic batch, each on its channel's subject plus the partition.
+	// A trigger on two channels is stored as one job per channel, each on
+	// its channel's subject plus the partition.
 	if info.State.Msgs != 2 {
 		t.Fatalf("stream %s holds %d messages after a 200, want 2 (one per channel)", queue.StreamName, info.State.Msgs)
 	}

@@ -154,7 +154,9 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	apiJS, err := jetstream.New(apiConn)
+	// Acks the API stopped waiting for (a 503 already went out) are
+	// forgotten after a while rather than kept forever.
+	apiJS, err := jetstream.New(apiConn, jetstream.WithPublishAsyncTimeout(time.Minute))
 	if err != nil {
 		return nil, err
 	}

@@ -310,3 +310,26 @@ func TestMsgIDDeduplicates(t *testing.T) {
 		t.Fatalf("stream holds %d jobs, want 1", info.State.Msgs)
 	}
 }
+
+// BenchmarkPublishTenChannels stores a trigger on ten channels, from many
+// goroutines at once, as the API does under load.
+func BenchmarkPublishTenChannels(b *testing.B) {
+	_, js := natstest.JetStream(b, "bench")
+	ctx := context.Background()
+	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 1 << 30, MaxAge: time.Hour}); err != nil {
+		b.Fatal(err)
+	}
+	pub := queue.NewPublisher(js)
+	chans := []string{"c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"}
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			job := &queue.Job{AppID: "app", Events: []protocol.Trigger{{Name: "e", Data: "{}", Channels: chans}}}
+			if _, err := pub.Publish(ctx, job); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

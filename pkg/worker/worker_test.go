@@ -258,7 +258,7 @@ func TestJobWithManyChannelsAndEvents(t *testing.T) {
 		{Name: "first", Data: "1", Channels: channels},
 		{Name: "second", Data: "2", Channels: channels},
 	}})
-	// The job is stored as one part per channel, in one atomic batch: the
+	// The job is stored as one part per channel, published together: the
 	// parts take the sequences up to the last one's. Per channel: first
 	// then second, each once, with that channel's part's sequence.
 	got := map[string][]string{}
