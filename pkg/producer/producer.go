@@ -6,7 +6,9 @@
 //
 // The stream must exist: Resound's gateways and workers create it at
 // start-up. The message format is documented in docs/jobs.md, for
-// producers in other languages.
+// producers in other languages. Give the JetStream context an async publish
+// timeout (jetstream.WithPublishAsyncTimeout): a trigger on several
+// channels waits for its acks asynchronously.
 package producer
 
 import (
@@ -66,8 +68,10 @@ func (p *Producer) TriggerJSON(ctx context.Context, appID string, channels []str
 	return p.Trigger(ctx, appID, Event{Channels: channels, Name: name, Data: string(data)})
 }
 
-// TriggerBatch enqueues up to 10 events as one job: all of them are stored,
-// or none is, and they are delivered in order.
+// TriggerBatch enqueues up to 10 events, one job per channel, and returns
+// once JetStream has acknowledged every job. Events on one channel are
+// delivered in order. On an error some channels' jobs may still have been
+// stored (and will be delivered); retrying repeats the events there.
 func (p *Producer) TriggerBatch(ctx context.Context, appID string, events []Event) (uint64, error) {
 	job := &queue.Job{AppID: appID, Events: make([]protocol.Trigger, len(events))}
 	for i, ev := range events {
