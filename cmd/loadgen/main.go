@@ -45,6 +45,19 @@
 //
 //	loadgen churn -rate 500 -duration 30s -channels 10
 //
+// # Centrifugo
+//
+// With -protocol centrifugo the same workloads run against Centrifugo
+// (https://centrifugal.dev), which has a protocol of its own: connections
+// use its JSON protocol at {prefix}/connection/websocket (connect, then
+// subscribe to the same channel names, answering its pings), and events
+// go through its server API, POST {prefix}/api/publish (or /api/batch
+// with -batch) with -secret as the X-API-Key; -key and -app-id are not
+// used. The published data is the object {"seq":N,"ts":unix-nanos}, so
+// the summary counts and measures exactly as for Pusher:
+//
+//	loadgen fanout -protocol centrifugo -url http://127.0.0.1:8000 -secret API_KEY -conns 1000 -channels 1 -rate 20 -duration 10s
+//
 // # More connections than one process may hold
 //
 // The open-files hard limit here is 20,000, so one process refuses more
@@ -184,6 +197,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Key, "key", os.Getenv("REVERB_APP_KEY"), "app key (default $REVERB_APP_KEY)")
 	fs.StringVar(&cfg.Secret, "secret", os.Getenv("REVERB_APP_SECRET"), "app secret (default $REVERB_APP_SECRET)")
 	fs.StringVar(&cfg.Origin, "origin", "", "Origin header to send, if any")
+	fs.StringVar(&cfg.Protocol, "protocol", loadgen.ProtocolPusher, "pusher, or centrifugo: its JSON protocol at {prefix}/connection/websocket, events via {prefix}/api/publish (/api/batch with -batch) with -secret as the API key")
 	fs.IntVar(&cfg.Conns, "conns", 1000, "connections in all (of every shard); churn: cap on connections made (default rate × duration)")
 	fs.IntVar(&cfg.Channels, "channels", 10, "channels; connection k subscribes to lg-<run>-<k mod channels>")
 	cfg.Duration = 30 * time.Second

@@ -21,6 +21,12 @@ const (
 	ModeChurn  = "churn"
 )
 
+// Protocols the load generator speaks.
+const (
+	ProtocolPusher     = "pusher"
+	ProtocolCentrifugo = "centrifugo"
+)
+
 // DefaultMaxConnsPerProcess keeps a process under this machine's open-files
 // hard limit (20,000), with room for the trigger client, epoll and logs.
 const DefaultMaxConnsPerProcess = 19000
@@ -28,6 +34,10 @@ const DefaultMaxConnsPerProcess = 19000
 // Config is one run.
 type Config struct {
 	Mode string
+	// Protocol is pusher (the default) or centrifugo: Centrifugo's JSON
+	// protocol at {prefix}/connection/websocket, events through its server
+	// API with Secret as the API key (AppID and Key are not used).
+	Protocol string
 	// URL is the server's base URL: http://host:port[/prefix] (ws:// works
 	// too). WebSockets go to {prefix}/app/{key}, API calls to
 	// {prefix}/apps/{id}/...
@@ -65,7 +75,7 @@ type target struct {
 	httpBase string // http://host:port
 }
 
-func parseTarget(raw, key string) (target, error) {
+func parseTarget(raw, key, proto string) (target, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return target{}, fmt.Errorf("-url: %v", err)
@@ -97,6 +107,9 @@ func parseTarget(raw, key string) (target, error) {
 		httpBase: "http://" + u.Host,
 	}
 	t.wsPath = prefix + "/app/" + url.PathEscape(key) + "?protocol=7&client=resound-loadgen&version=1.0"
+	if proto == ProtocolCentrifugo {
+		t.wsPath = prefix + centrifugoWSPath
+	}
 	return t, nil
 }
 
@@ -213,11 +226,24 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("unknown mode %q (idle, fanout, churn)", c.Mode)
 	}
-	if c.Key == "" {
-		return errors.New("-key is required")
+	switch c.Protocol {
+	case "":
+		c.Protocol = ProtocolPusher
+	case ProtocolPusher, ProtocolCentrifugo:
+	default:
+		return fmt.Errorf("unknown protocol %q (pusher, centrifugo)", c.Protocol)
 	}
-	if c.Mode == ModeFanout && (c.AppID == "" || c.Secret == "") {
-		return errors.New("fanout needs -app-id and -secret to trigger events")
+	if c.Protocol == ProtocolCentrifugo {
+		if c.Mode == ModeFanout && c.Secret == "" {
+			return errors.New("fanout with -protocol centrifugo needs -secret: Centrifugo's HTTP API key")
+		}
+	} else {
+		if c.Key == "" {
+			return errors.New("-key is required")
+		}
+		if c.Mode == ModeFanout && (c.AppID == "" || c.Secret == "") {
+			return errors.New("fanout needs -app-id and -secret to trigger events")
+		}
 	}
 	if c.Channels < 1 {
 		return errors.New("-channels must be at least 1")
@@ -295,6 +321,6 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) targetIs4() bool {
-	t, err := parseTarget(c.URL, c.Key)
+	t, err := parseTarget(c.URL, c.Key, c.Protocol)
 	return err != nil || t.addr.Addr().Is4()
 }

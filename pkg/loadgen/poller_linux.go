@@ -450,6 +450,9 @@ func (p *poller) process(c *conn, b []byte) (int, bool) {
 		}
 		i = n
 		c.state = stEstablishing
+		if p.r.cfg.Protocol == ProtocolCentrifugo && !p.send(c, protocol.OpText, centrifugoConnect) {
+			return i, false
+		}
 	}
 	var delivered int64
 	for i < len(b) {
@@ -533,6 +536,9 @@ func (p *poller) onFrame(c *conn, f frame, delivered *int64) bool {
 }
 
 func (p *poller) onMessage(c *conn, m []byte, delivered *int64) bool {
+	if p.r.cfg.Protocol == ProtocolCentrifugo {
+		return p.onCentrifugo(c, m, delivered)
+	}
 	ev := eventName(m)
 	switch string(ev) {
 	case "lg":
@@ -544,36 +550,15 @@ func (p *poller) onMessage(c *conn, m []byte, delivered *int64) bool {
 		p.st.pings++
 		return p.send(c, protocol.OpText, protocol.MessagePong)
 	case protocol.EventConnectionEstablished:
-		if c.state != stEstablishing {
+		if !p.onEstablished(c) {
 			return true
 		}
-		p.st.connect.Record(p.now - c.start)
-		p.established.Add(1)
-		c.state = stSubscribing
-		c.mark = p.now
 		p.tmp = append(p.tmp[:0], `{"event":"pusher:subscribe","data":{"channel":`...)
 		p.tmp = protocol.AppendString(p.tmp, p.r.names[c.ch])
 		p.tmp = append(p.tmp, "}}"...)
 		return p.send(c, protocol.OpText, p.tmp)
 	case protocol.EventSubscriptionSucceeded:
-		if c.state != stSubscribing {
-			return true
-		}
-		p.st.subscribe.Record(p.now - c.mark)
-		c.state = stSubscribed
-		p.setup.Add(-1)
-		p.subscribed.Add(1)
-		p.st.subscribedTotal++
-		p.r.chanSubs[c.ch].Add(1)
-		c.counted = true
-		if p.r.cfg.Mode == ModeChurn {
-			if p.r.cfg.ChurnHold <= 0 {
-				return p.closeConn(c)
-			}
-			c.mark = p.now + int64(p.r.cfg.ChurnHold)
-			p.addPending(c)
-		}
-		return true
+		return p.onSubscribed(c)
 	case protocol.EventError:
 		code := errorCode(m)
 		if c.state < stSubscribed {
@@ -588,6 +573,42 @@ func (p *poller) onMessage(c *conn, m []byte, delivered *int64) bool {
 			return false
 		}
 		return true
+	}
+	return true
+}
+
+// onEstablished moves c on from waiting for the server's greeting; false if
+// it was not waiting for it. The caller then sends the subscription.
+func (p *poller) onEstablished(c *conn) bool {
+	if c.state != stEstablishing {
+		return false
+	}
+	p.st.connect.Record(p.now - c.start)
+	p.established.Add(1)
+	c.state = stSubscribing
+	c.mark = p.now
+	return true
+}
+
+// onSubscribed handles the server's confirmation of c's subscription; false
+// if c is gone.
+func (p *poller) onSubscribed(c *conn) bool {
+	if c.state != stSubscribing {
+		return true
+	}
+	p.st.subscribe.Record(p.now - c.mark)
+	c.state = stSubscribed
+	p.setup.Add(-1)
+	p.subscribed.Add(1)
+	p.st.subscribedTotal++
+	p.r.chanSubs[c.ch].Add(1)
+	c.counted = true
+	if p.r.cfg.Mode == ModeChurn {
+		if p.r.cfg.ChurnHold <= 0 {
+			return p.closeConn(c)
+		}
+		c.mark = p.now + int64(p.r.cfg.ChurnHold)
+		p.addPending(c)
 	}
 	return true
 }

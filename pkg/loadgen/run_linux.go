@@ -58,7 +58,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	t, err := parseTarget(cfg.URL, cfg.Key)
+	t, err := parseTarget(cfg.URL, cfg.Key, cfg.Protocol)
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,10 @@ type trigger struct {
 	fails   map[string]int64
 	fatalMu sync.Once
 	fatal   string
+
+	// centrifugo: events go through Centrifugo's server API, with secret
+	// as its API key.
+	centrifugo bool
 }
 
 func newTrigger(t target, cfg *Config, names []string) *trigger {
@@ -60,6 +64,7 @@ func newTrigger(t target, cfg *Config, names []string) *trigger {
 		client: &http.Client{Transport: tr, Timeout: 30 * time.Second},
 		base:   t.httpBase, prefix: t.prefix, appID: cfg.AppID, key: cfg.Key, secret: cfg.Secret,
 		names: names, batch: cfg.Batch, fails: map[string]int64{},
+		centrifugo: cfg.Protocol == ProtocolCentrifugo,
 	}
 }
 
@@ -81,6 +86,9 @@ func appendData(dst []byte, seq, ts int64) []byte {
 
 // body builds one request for the events (channel, seq) in evs.
 func (t *trigger) body(dst []byte, evs []pendingEvent, ts int64) (path string, b []byte) {
+	if t.centrifugo {
+		return t.centrifugoBody(dst, evs, ts)
+	}
 	if len(evs) == 1 && t.batch == 1 {
 		dst = append(dst, `{"name":"lg","channels":[`...)
 		dst = protocol.AppendString(dst, t.names[evs[0].ch])
@@ -109,10 +117,17 @@ type pendingEvent struct {
 
 var errFatalStatus = errors.New("request refused")
 
-// post sends one signed request and reads the whole answer.
+// post sends one request (Pusher-signed, or with Centrifugo's API key)
+// and reads the whole answer.
 func (t *trigger) post(ctx context.Context, path string, body []byte) error {
-	q := signedQuery(t.key, t.secret, http.MethodPost, path, body, time.Now().Unix())
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.base+t.prefix+path+"?"+q.Encode(), bytes.NewReader(body))
+	var req *http.Request
+	var err error
+	if t.centrifugo {
+		req, err = t.centrifugoRequest(ctx, path, body)
+	} else {
+		q := signedQuery(t.key, t.secret, http.MethodPost, path, body, time.Now().Unix())
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, t.base+t.prefix+path+"?"+q.Encode(), bytes.NewReader(body))
+	}
 	if err != nil {
 		return err
 	}
@@ -133,6 +148,9 @@ func (t *trigger) post(ctx context.Context, path string, body []byte) error {
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	_ = resp.Body.Close()
 	if resp.StatusCode == http.StatusOK {
+		if t.centrifugo {
+			return t.centrifugoResult(msg)
+		}
 		return nil
 	}
 	t.fail("status_" + strconv.Itoa(resp.StatusCode))
