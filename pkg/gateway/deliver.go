@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,26 @@ type dispatcher struct {
 // frames coalesce and the syscall count drops. The frames arrive encoded;
 // the same bytes go to every socket, with no copy and no allocation per
 // subscriber.
+// DeliverLocal hands a delivery envelope straight to this gateway, as if
+// it had arrived over NATS on subject. The all-in-one process uses it: its
+// workers and its only gateway share the process (the embedded server
+// does not listen), so the NATS hop would only cost latency and CPU. It
+// copies envelope. A channel without local subscribers drops it, as NATS
+// would with no interest. A full dispatcher queue makes it wait, holding
+// the worker back, where NATS would drop the message as a slow consumer.
+func (s *Server) DeliverLocal(subject string, envelope []byte) error {
+	if s.hub.lookup(subject) == nil {
+		return nil
+	}
+	m := &nats.Msg{Subject: subject, Data: append([]byte(nil), envelope...)}
+	select {
+	case s.hub.dispatcherFor(subject) <- m:
+		return nil
+	case <-s.baseCtx.Done():
+		return errors.New("gateway: stopped")
+	}
+}
+
 func (s *Server) runDispatcher(in <-chan *nats.Msg, done <-chan struct{}) {
 	d := &dispatcher{scratch: writeScratch{iovecs: make([]unix.Iovec, 0, maxBatch)}}
 	for {

@@ -106,10 +106,7 @@ func (h *hub) acquire(app *config.App, name string) (ch *channel, created bool, 
 		return ch, false, nil
 	}
 	ch = &channel{app: app, name: name, subject: subject, shard: sh, refs: 1, index: make(map[*conn]int)}
-	// Every subscription for one subject feeds the same dispatcher, so
-	// events on a channel are written in the order they arrive.
-	d := h.dispatch[maphash.String(h.seed, subject)%uint64(len(h.dispatch))]
-	if ch.nsub, err = h.nc.ChanSubscribe(subject, d); err != nil {
+	if ch.nsub, err = h.nc.ChanSubscribe(subject, h.dispatcherFor(subject)); err != nil {
 		return nil, false, err
 	}
 	sh.channels[subject] = ch
@@ -185,6 +182,13 @@ func (h *hub) clear() {
 		}
 		sh.mu.Unlock()
 	}
+}
+
+// dispatcherFor is the one dispatcher queue every delivery on subject goes
+// through, whether from NATS or handed over locally, so events on a
+// channel are written in the order they arrive.
+func (h *hub) dispatcherFor(subject string) chan *nats.Msg {
+	return h.dispatch[maphash.String(h.seed, subject)%uint64(len(h.dispatch))]
 }
 
 func (h *hub) lookup(subject string) *channel {

@@ -128,23 +128,6 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	n.cancel = cancel
 	n.Registry = metrics.NewRegistry()
 
-	if allInOne {
-		wConn, err := n.connect("resound-worker")
-		if err != nil {
-			return nil, err
-		}
-		wjs, err := jetstream.New(wConn)
-		if err != nil {
-			return nil, err
-		}
-		n.pool = worker.New(worker.Options{
-			Conn: wConn, JetStream: wjs, Limits: Limits(&cfg.Settings), Workers: cfg.Workers, Log: n.log.With().Str("component", "worker").Logger(),
-			Cache: stores.Cache, Stores: stores, Partitions: cfg.Partitions, Metrics: metrics.NewWorker(n.Registry, func() float64 { return float64(n.pool.Stats().Pending.Load()) }),
-			Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
-		})
-		n.goRun(func() error { return n.pool.Run(runCtx) })
-	}
-
 	// The API publishes on a connection of its own, so that its acks never
 	// queue behind the gateway's inbound deliveries. It buffers nothing
 	// while disconnected: a job the API answered 503 for must not be
@@ -194,6 +177,26 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		}
 	}
 	n.goRun(func() error { return gw.Serve(runCtx, n.ln) })
+	if allInOne {
+		wConn, err := n.connect("resound-worker")
+		if err != nil {
+			return nil, err
+		}
+		wjs, err := jetstream.New(wConn)
+		if err != nil {
+			return nil, err
+		}
+		n.pool = worker.New(worker.Options{
+			Conn: wConn, JetStream: wjs, Limits: Limits(&cfg.Settings), Workers: cfg.Workers, Log: n.log.With().Str("component", "worker").Logger(),
+			Cache: stores.Cache, Stores: stores, Partitions: cfg.Partitions, Metrics: metrics.NewWorker(n.Registry, func() float64 { return float64(n.pool.Stats().Pending.Load()) }),
+			Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+			// The gateway in this process is the only one the embedded
+			// server serves: hand it the deliveries without the NATS hop.
+			Deliver: gw.DeliverLocal,
+		})
+		n.goRun(func() error { return n.pool.Run(runCtx) })
+	}
+
 	n.goRun(func() error { registry.Run(runCtx); return nil })
 	for !gw.Ready() {
 		select {

@@ -55,6 +55,10 @@ type Options struct {
 	Partitions int
 	// Workers is how many goroutines encode and publish in parallel.
 	Workers int
+	// Deliver, when set, takes the deliveries instead of Conn.Publish:
+	// the all-in-one process hands them straight to its gateway. It must
+	// copy envelope before returning.
+	Deliver func(subject string, envelope []byte) error
 	// ReconnectHold bounds how long jobs are held after reconnecting to
 	// NATS, for the gateways to resubscribe (DefaultReconnectHold if zero).
 	// Keep it well inside the ack wait, or held jobs are redelivered.
@@ -99,6 +103,9 @@ type task struct {
 func New(opts Options) *Pool {
 	if opts.Workers < 1 {
 		opts.Workers = 1
+	}
+	if opts.Deliver == nil {
+		opts.Deliver = opts.Conn.Publish
 	}
 	if opts.ReconnectHold <= 0 {
 		opts.ReconnectHold = DefaultReconnectHold
@@ -382,9 +389,9 @@ func (p *Pool) runShard(in <-chan *task) {
 					ExcludeSocketID: ev.SocketID,
 				})
 				envelope = protocol.AppendTextFrame(envelope, payload)
-				// Publish copies into the connection's buffer, so the
-				// scratch buffers are reused at once.
-				if err := p.opts.Conn.Publish(route.Subject(t.job.AppID, ch), envelope); err != nil {
+				// Deliver copies (Publish into the connection's buffer),
+				// so the scratch buffers are reused at once.
+				if err := p.opts.Deliver(route.Subject(t.job.AppID, ch), envelope); err != nil {
 					p.opts.Log.Error().Err(err).Uint64("seq", t.seq).Msg("publishing delivery")
 					failed = true
 					break
