@@ -55,15 +55,16 @@ type span struct{ lo, hi int64 }
 // acknowledged must reach the connection; those at or below base may or
 // may not.
 //
-// Without -reconnect a connection has one epoch, base is 0 (sending starts
-// once every connection is subscribed), and a connection lost before the
-// end is only counted as dropped. With -reconnect, a subscribed connection
+// Without -reconnect a connection has one epoch, whose base is 0 unless it
+// subscribed only after sending began (sending waits until every
+// connection has subscribed or failed, so normally it did not), and a
+// connection lost before the end is only counted as dropped. With -reconnect, a subscribed connection
 // that the server closes or loses opens again on the next WebSocket URL
 // and subscribes again, and its epochs make up one account:
 //
-//   - gap: the sequence numbers from the last one it received in the epoch
-//     that ended up to the base of the next epoch (up to S if it never got
-//     back), and 1..base of its first epoch. These were sent while it was
+//   - gap: the sequence numbers after the last one it received in an
+//     epoch that ended, up to the base of the next epoch (up to S if it
+//     never got back), and 1..base of its first epoch. These were sent while it was
 //     not subscribed, so they are not expected; any that arrive anyway are
 //     counted as gap_received (and not checked for duplicates).
 //   - expected: S minus the gap.
