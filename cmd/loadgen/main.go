@@ -38,6 +38,7 @@
 //	loadgen fanout -conns 1000 -channels 1 -rate 20 -duration 10s
 //	loadgen fanout -conns 5000 -channels 50 -rate 500 -batch 10 -duration 30s   # batch_events, 10 a request
 //	loadgen fanout -conns 50 -channels 5 -rate 500 -events 200                  # exactly 200 events
+//	loadgen fanout -conns 10 -channels 1 -rate 500 -batch 10 -payload 10000 -events 3000   # 10 KB events
 //
 // churn: 500 new connections a second for 30 s, each subscribing and then
 // closing (use -hold 2s to keep each one for a while); reports
@@ -90,11 +91,46 @@
 // random) are independent tests against the same server; their summaries
 // merge just as well. The server must allow that many open files too.
 //
+// One channel with more subscribers than a process holds (fan-out to
+// all): -shard-by conns gives shard i the connections k with k mod n = i
+// of every channel. Only shard 0 triggers: it first waits until the
+// server (GET /channels?info=subscription_count, counted over the whole
+// cluster) has every planned subscription, sends, then triggers "lg-end"
+// with the count on each channel; the other shards take each channel's
+// count from it. Give every shard the same -run, -conns, -channels, -rate,
+// -duration and -drain:
+//
+//	for i in 0 1 2; do
+//	  loadgen fanout -run $RUN -shard $i/3 -shard-by conns -conns 45000 -channels 1 -rate 10 -duration 10s \
+//	    -url http://127.0.0.1:$((8081+i)) -sources 127.0.$((i+1)).1-127.0.$((i+1)).20 > all-$i.json &
+//	done; wait
+//	loadgen merge all-*.json
+//
+// # Several gateways, and faults
+//
+// -ws-urls spreads the WebSockets over several servers while API requests
+// go to -url alone: the r-th subscriber of channel c connects to URL
+// (c + r) mod n, so every channel with at least n subscribers has some on
+// each. A gateway killed or drained among them then takes no request
+// (and no acknowledgement) with it, and -url can be any healthy one.
+// -reconnect makes a subscribed connection that the server closes (4200
+// on a drain, a killed gateway, …) connect again to the next URL and
+// subscribe again, within 100 ms and then backing off to 2 s. Counting
+// stays exact: events sent while a connection was away are its gap, not
+// missing; everything sent after it subscribed again is expected (the
+// exact rules are at conn in pkg/loadgen/poller_linux.go). -progress 200ms
+// makes the progress lines (events_sent, deliveries, reconnects,
+// request_failures) frequent enough to act on mid-run:
+//
+//	loadgen fanout -url http://127.0.0.1:8081 -ws-urls http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083 \
+//	  -conns 300 -channels 10 -rate 200 -duration 20s -reconnect -progress 200ms -json
+//
 // # Reading the summary
 //
 //   - conns: planned, attempted, established (got connection_established),
 //     subscribed, failed (never subscribed), dropped (lost after
-//     subscribing, before the end), failures by kind (refused,
+//     subscribing, before the end; with -reconnect each loss), reconnects
+//     (subscribed again after a loss), failures by kind (refused,
 //     no_local_port, timeout_<step>, handshake_status_<code>,
 //     pusher_error_<code>, server_close_<code>, eof_<step>, ...).
 //   - connect_ms: socket() to pusher:connection_established (TCP connect,
@@ -107,7 +143,10 @@
 //     latency_ms is trigger to receipt, trigger_ms the HTTP request time.
 //     Latency starts when the request is built: with -rate above what the
 //     server accepts, requests queue in the load generator and events_per_s
-//     falls short of -rate.
+//     falls short of -rate. With -reconnect: gap (events sent on a
+//     connection's channel while it was away: not expected) and
+//     gap_received (of those, how many arrived anyway); subscribers counts
+//     the connections subscribed at the end.
 //   - idle: held_s, target RSS before and after, target_kib_per_conn.
 //   - churn: handshakes_per_s (connections established / window),
 //     completed_per_s (also subscribed and closed by us).
@@ -192,7 +231,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg := loadgen.Config{Mode: mode}
 	fs := flag.NewFlagSet("loadgen "+mode, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.URL, "url", "http://127.0.0.1:8080", "server base URL, http://host:port[/prefix] (WebSockets at {prefix}/app/{key})")
+	fs.StringVar(&cfg.URL, "url", "http://127.0.0.1:8080", "server base URL, http://host:port[/prefix]: the HTTP API, and the WebSockets ({prefix}/app/{key}) unless -ws-urls is set")
+	wsURLs := fs.String("ws-urls", "", "comma-separated base URLs of the servers the WebSockets go to, round-robin (e.g. several gateways); API requests still go to -url only")
+	fs.BoolVar(&cfg.Reconnect, "reconnect", false, "idle, fanout: a subscribed connection the server closes or loses connects again, to the next -ws-urls URL, and subscribes again; reconnects and the events it was away for (gap) are counted apart")
 	fs.StringVar(&cfg.AppID, "app-id", os.Getenv("REVERB_APP_ID"), "app id (default $REVERB_APP_ID)")
 	fs.StringVar(&cfg.Key, "key", os.Getenv("REVERB_APP_KEY"), "app key (default $REVERB_APP_KEY)")
 	fs.StringVar(&cfg.Secret, "secret", os.Getenv("REVERB_APP_SECRET"), "app secret (default $REVERB_APP_SECRET)")
@@ -206,6 +247,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&cfg.Rate, "rate", 0, "fanout: events per second over all channels, round-robin (0 = unbounded); churn: connections per second")
 	fs.IntVar(&cfg.Events, "events", 0, "fanout: stop after this many events (0 = only -duration)")
 	fs.IntVar(&cfg.Batch, "batch", 1, "fanout: events per request; above 1 uses /batch_events (Pusher allows 10)")
+	fs.IntVar(&cfg.Payload, "payload", 0, "fanout: bytes of padding added to each event's data (Pusher allows 10 KB of data)")
 	fs.IntVar(&cfg.Inflight, "inflight", 64, "fanout: concurrent HTTP requests at most (one per channel at a time)")
 	cfg.Drain = 5 * time.Second
 	fs.Var(durationValue{&cfg.Drain}, "drain", "fanout: how long to wait after sending for the last deliveries")
@@ -217,8 +259,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	sources := fs.String("sources", "", "local source addresses: 127.0.0.2,127.0.0.3 or 127.0.0.2-127.0.0.40 (spread connections past the ephemeral-port limit)")
 	fs.IntVar(&cfg.MaxConnsPerProcess, "max-conns-per-process", loadgen.DefaultMaxConnsPerProcess, "refuse to hold more connections than this in one process")
 	fs.StringVar(&cfg.Run, "run", "", "run id, part of the channel names (default random; give shards the same)")
-	shard := fs.String("shard", "", "i/n: this process owns channels c with c mod n = i (and their connections and events)")
+	shard := fs.String("shard", "", "i/n: this process's part of the work, as -shard-by says")
+	fs.StringVar(&cfg.ShardBy, "shard-by", loadgen.ShardChannels, "channels: shard i/n owns channels c with c mod n = i, their connections and their events; "+
+		"conns: shard i/n holds connections k with k mod n = i of every channel, and only shard 0 triggers (fanout to channels with more subscribers than one process holds)")
 	fs.IntVar(&cfg.PID, "pid", 0, "idle: target process whose VmRSS to sample before and after")
+	fs.Var(durationValue{&cfg.ProgressInterval}, "progress", "interval of the progress lines on stderr (default 2s)")
 	jsonLogs := fs.Bool("json", false, "log to stderr as JSON lines (the summary on stdout is JSON either way)")
 	level := fs.String("log-level", "info", "stderr log level: debug, info, warn, error")
 	fs.Usage = func() {
@@ -240,6 +285,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.Visit(func(f *flag.Flag) { set = set || f.Name == "conns" })
 		if !set {
 			cfg.Conns = 0
+		}
+	}
+	for _, u := range strings.Split(*wsURLs, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			cfg.WSURLs = append(cfg.WSURLs, u)
 		}
 	}
 	var err error
@@ -346,8 +396,8 @@ func report(w io.Writer, s *loadgen.Summary) {
 	var b strings.Builder
 	c := s.Conns
 	fmt.Fprintf(&b, "%s run %s, %d process(es), %.1f s\n", s.Mode, s.Run, s.Processes, s.ElapsedSec)
-	fmt.Fprintf(&b, "  conns: %d planned, %d established, %d subscribed, %d failed, %d dropped %v\n",
-		c.Planned, c.Established, c.Subscribed, c.Failed, c.Dropped, c.Failures)
+	fmt.Fprintf(&b, "  conns: %d planned, %d established, %d subscribed, %d failed, %d dropped, %d reconnects %v\n",
+		c.Planned, c.Established, c.Subscribed, c.Failed, c.Dropped, c.Reconnects, c.Failures)
 	p := s.ConnectMs
 	fmt.Fprintf(&b, "  connect ms: p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f max %.2f\n", p.P50, p.P90, p.P99, p.P999, p.Max)
 	if i := s.Idle; i != nil {
@@ -360,6 +410,9 @@ func report(w io.Writer, s *loadgen.Summary) {
 	if f := s.Fanout; f != nil {
 		fmt.Fprintf(&b, "  fanout: %d events in %.1f s (%.0f/s), %d subscribers, %d/%d delivered (%.0f/s), missing %d, dup %d, out-of-order %d, request failures %v\n",
 			f.EventsSent, f.SendSec, f.EventsPerSec, f.Subscribers, f.Deliveries, f.Expected, f.DeliveriesPerSec, f.Missing, f.Duplicates, f.OutOfOrder, f.RequestFailures)
+		if f.Gap > 0 || f.GapReceived > 0 {
+			fmt.Fprintf(&b, "  reconnect gap: %d events sent while connections were away, %d of them arrived anyway\n", f.Gap, f.GapReceived)
+		}
 		if l := s.LatencyMs; l != nil {
 			fmt.Fprintf(&b, "  latency ms: p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f max %.2f\n", l.P50, l.P90, l.P99, l.P999, l.Max)
 		}

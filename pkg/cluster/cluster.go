@@ -86,7 +86,14 @@ func Ensure(ctx context.Context, js jetstream.JetStream, opts Options) (*Stores,
 	} {
 		b.cfg.History = 1
 		b.cfg.Replicas = opts.Replicas
-		if *b.kv, err = js.CreateOrUpdateKeyValue(ctx, b.cfg); err != nil {
+		*b.kv, err = js.CreateOrUpdateKeyValue(ctx, b.cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			// CreateOrUpdate is update, then create if there was nothing
+			// to update: another process created the bucket in between,
+			// with other settings. Now there is something to update.
+			*b.kv, err = js.CreateOrUpdateKeyValue(ctx, b.cfg)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("cluster: bucket %s: %w", b.cfg.Bucket, err)
 		}
 	}

@@ -125,6 +125,31 @@ func TestKeysAreAcceptedByJetStream(t *testing.T) {
 	}
 }
 
+// Processes started together on a fresh NATS all create the buckets at
+// once, some with other settings (workers and gateways with different
+// TTLs, or a rolling change); none of them may fail for it.
+func TestEnsureConcurrently(t *testing.T) {
+	srv := natstest.Server(t, false)
+	const procs = 6
+	errs := make([]error, procs)
+	var wg sync.WaitGroup
+	for i := range procs {
+		js, err := jetstream.New(natstest.Conn(t, srv, "proc-"+strconv.Itoa(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = cluster.Ensure(testCtx(t), js, cluster.Options{GatewayTTL: time.Duration(2+i%2) * time.Second})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestEnsureTwiceIsHarmless(t *testing.T) {
 	_, js := startJetStream(t)
 	ctx := testCtx(t)

@@ -27,6 +27,12 @@ const (
 	ProtocolCentrifugo = "centrifugo"
 )
 
+// How -shard splits the work.
+const (
+	ShardChannels = "channels"
+	ShardConns    = "conns"
+)
+
 // DefaultMaxConnsPerProcess keeps a process under this machine's open-files
 // hard limit (20,000), with room for the trigger client, epoll and logs.
 const DefaultMaxConnsPerProcess = 19000
@@ -41,7 +47,22 @@ type Config struct {
 	// URL is the server's base URL: http://host:port[/prefix] (ws:// works
 	// too). WebSockets go to {prefix}/app/{key}, API calls to
 	// {prefix}/apps/{id}/...
-	URL                string
+	URL string
+	// WSURLs, when set, are where the WebSockets go instead of URL, spread
+	// as wsTarget says; API calls still go to URL only. One URL for the
+	// API keeps each channel's requests on one path, so a gateway killed
+	// or drained among WSURLs takes no acknowledged request with it.
+	WSURLs []string
+	// Reconnect makes a connection that the server closes (or loses) after
+	// it subscribed open again, to the next of WSURLs, and subscribe
+	// again. How that is counted is explained at conn.
+	Reconnect bool
+	// ShardBy is how -shard splits the work: ShardChannels (each process
+	// owns some channels, their connections and their events) or
+	// ShardConns (each process holds every n-th connection of every
+	// channel; shard 0 triggers every channel; see receiveOnly).
+	ShardBy            string
+	Payload            int // fanout: bytes of padding in each event's data
 	AppID, Key, Secret string
 	Origin             string
 	Conns              int           // connections (idle, fanout); cap on the total (churn)
@@ -180,40 +201,65 @@ func ParseShard(s string) (i, n int, err error) {
 
 // plan is what this process does, derived from Config and the shard.
 type plan struct {
-	// conns lists this process's connections: global index and channel.
+	// conns lists this process's connections: global index, channel and
+	// WebSocket target.
 	conns []connSpec
-	// channels lists the channel indexes this process owns (fanout
-	// triggers only these).
+	// channels lists the channel indexes this process triggers.
 	channels []int
 	names    []string // channel name by global index
+	// receiveOnly: this process holds connections but triggers nothing
+	// (a shard other than 0 with ShardConns). It learns how many events
+	// each channel got from the "lg-end" event the triggering shard sends
+	// on every channel after its last acknowledged one.
+	receiveOnly bool
 }
 
 type connSpec struct {
 	idx int32
 	ch  int32
+	tgt int32 // index into the WebSocket targets
 }
 
 func channelName(run string, c int) string { return "lg-" + run + "-" + strconv.Itoa(c) }
 
+// wsTarget is the WebSocket URL (of n) that connection k (of all shards)
+// starts on: the r-th subscriber of channel c (k = c + r·C) goes to
+// (c + r) mod n. Over all connections that is round-robin, and a
+// channel's subscribers rotate through the URLs too, so with at least n
+// subscribers a channel has some on every URL (plain k mod n would put
+// all of a channel's subscribers on one URL whenever n divides C).
+func wsTarget(k, channels, n int) int32 {
+	return int32((k%channels + k/channels) % n)
+}
+
 // makePlan splits the work. Connection k (of all shards) is on channel
-// k mod C; shard i owns the channels c with c mod n == i, and the
-// connections on them. So with -shard every channel is received and
-// triggered by one process, and each process's counts are exact.
+// k mod C. With ShardChannels, shard i owns the channels c with c mod n == i
+// and the connections on them, so every channel is received and
+// triggered by one process, and each process's counts are exact on their
+// own. With ShardConns, shard i holds the connections k with k mod n == i,
+// of every channel, and only shard 0 triggers.
 func makePlan(c *Config) plan {
 	p := plan{names: make([]string, c.Channels)}
+	byConns := c.ShardBy == ShardConns
 	for ch := 0; ch < c.Channels; ch++ {
 		p.names[ch] = channelName(c.Run, ch)
-		if ch%c.Shards == c.Shard {
+		if (byConns && c.Shard == 0) || (!byConns && ch%c.Shards == c.Shard) {
 			p.channels = append(p.channels, ch)
 		}
 	}
+	p.receiveOnly = byConns && c.Shard != 0
 	if c.Mode == ModeChurn {
 		return p
 	}
+	nt := max(1, len(c.WSURLs))
 	for k := 0; k < c.Conns; k++ {
 		ch := k % c.Channels
-		if ch%c.Shards == c.Shard {
-			p.conns = append(p.conns, connSpec{idx: int32(k), ch: int32(ch)})
+		mine := ch%c.Shards == c.Shard
+		if byConns {
+			mine = k%c.Shards == c.Shard
+		}
+		if mine {
+			p.conns = append(p.conns, connSpec{idx: int32(k), ch: int32(ch), tgt: wsTarget(k, c.Channels, nt)})
 		}
 	}
 	return p
@@ -253,6 +299,33 @@ func (c *Config) Validate() error {
 	}
 	if c.Shards < 1 {
 		c.Shard, c.Shards = 0, 1
+	}
+	switch c.ShardBy {
+	case "":
+		c.ShardBy = ShardChannels
+	case ShardChannels:
+	case ShardConns:
+		if c.Mode == ModeChurn {
+			return errors.New("-shard-by conns: churn shards by channels only")
+		}
+		if c.Reconnect {
+			// A receiving shard cannot know which events were sent while
+			// one of its connections was away.
+			return errors.New("-reconnect works with -shard-by channels only")
+		}
+	default:
+		return fmt.Errorf("-shard-by %q: want channels or conns", c.ShardBy)
+	}
+	if c.Reconnect && c.Mode == ModeChurn {
+		return errors.New("-reconnect: churn closes its connections itself; use it with idle or fanout")
+	}
+	if c.Payload < 0 || c.Payload > maxPayload {
+		return fmt.Errorf("-payload: 0 to %d bytes", maxPayload)
+	}
+	for _, u := range c.WSURLs {
+		if _, err := parseTarget(u, c.Key, c.Protocol); err != nil {
+			return fmt.Errorf("-ws-urls %q: %v", u, err)
+		}
 	}
 	if c.Ramp <= 0 {
 		c.Ramp = 2000
@@ -313,14 +386,28 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-run %q: not usable in a channel name (letters, digits, _-=@,.;)", c.Run)
 	}
 	for _, s := range c.Sources {
-		if s.Is4() != c.targetIs4() {
-			return fmt.Errorf("-sources %v: not the target's address family", s)
+		for _, u := range c.wsURLs() {
+			if s.Is4() != targetIs4(u, c.Key, c.Protocol) {
+				return fmt.Errorf("-sources %v: not the address family of %s", s, u)
+			}
 		}
 	}
 	return nil
 }
 
-func (c *Config) targetIs4() bool {
-	t, err := parseTarget(c.URL, c.Key, c.Protocol)
+// wsURLs are the URLs the WebSockets go to.
+func (c *Config) wsURLs() []string {
+	if len(c.WSURLs) > 0 {
+		return c.WSURLs
+	}
+	return []string{c.URL}
+}
+
+func targetIs4(u, key, proto string) bool {
+	t, err := parseTarget(u, key, proto)
 	return err != nil || t.addr.Addr().Is4()
 }
+
+// maxPayload bounds -payload: Pusher's limit on an event's data is 10 KB,
+// and a server configured for more is still not asked for megabytes.
+const maxPayload = 1 << 20

@@ -124,12 +124,14 @@ func appendClientFrame(dst []byte, op byte, payload []byte, mask [4]byte) []byte
 // decodes whole messages: it finds the event name and, for load events,
 // two integers inside the data string.
 var (
-	keyEvent    = []byte(`"event":"`)
-	keySeqEsc   = []byte(`seq\":`)
-	keySeqPlain = []byte(`"seq":`)
-	keyTsEsc    = []byte(`ts\":`)
-	keyTsPlain  = []byte(`"ts":`)
-	keyCode     = []byte(`code`)
+	keyEvent     = []byte(`"event":"`)
+	keySeqEsc    = []byte(`seq\":`)
+	keySeqPlain  = []byte(`"seq":`)
+	keyTsEsc     = []byte(`ts\":`)
+	keyTsPlain   = []byte(`"ts":`)
+	keySentEsc   = []byte(`sent\":`)
+	keySentPlain = []byte(`"sent":`)
+	keyCode      = []byte(`code`)
 )
 
 // eventName returns the value of the message's "event" field. Event names

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,6 +92,39 @@ func TestLoadAgainstRealNode(t *testing.T) {
 		f := s.Fanout
 		if f.EventsSent != 400 || f.Deliveries != 400*5 || f.Missing != 0 || f.Duplicates != 0 || f.OutOfOrder != 0 || f.Requests != 40 {
 			t.Fatalf("fanout %+v", *f)
+		}
+	})
+
+	t.Run("shard by conns over two URLs", func(t *testing.T) {
+		// Two processes' worth of connections on one channel; shard 0
+		// waits for all of them, sends, and tells shard 1 the count.
+		sums := make([]*Summary, 2)
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		for i := range sums {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sums[i], errs[i] = Run(context.Background(), Config{Mode: ModeFanout, URL: url, WSURLs: []string{url, url},
+					AppID: itAppID, Key: itKey, Secret: itSecret, Run: "byconns", Conns: 30, Channels: 1, Rate: 500, Events: 100,
+					Duration: 10 * time.Second, Shard: i, Shards: 2, ShardBy: ShardConns}, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+			}()
+		}
+		wg.Wait()
+		if errs[0] != nil || errs[1] != nil {
+			t.Fatalf("shards: %v, %v", errs[0], errs[1])
+		}
+		s, err := Merge(sums)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := s.Fanout
+		if s.Conns.Subscribed != 30 || f.EventsSent != 100 || f.Subscribers != 30 || f.Expected != 3000 || f.Deliveries != 3000 ||
+			f.Missing != 0 || f.Duplicates != 0 || f.OutOfOrder != 0 || f.Unexpected != 0 || f.Gap != 0 {
+			t.Fatalf("conns %+v fanout %+v", s.Conns, *f)
+		}
+		if sums[1].Fanout.EventsSent != 0 || sums[1].Fanout.Deliveries != 1500 || sums[1].Fanout.DeliveriesPerSec <= 0 {
+			t.Fatalf("receiving shard: %+v", *sums[1].Fanout)
 		}
 	})
 

@@ -33,22 +33,57 @@ const (
 	stSubscribed
 	stClosing // our close frame is out; waiting for the server's close or EOF
 	stDead
+	stWaiting // -reconnect: lost after subscribing, no socket, reconnecting at mark
 )
 
-var stateNames = [...]string{"connect", "handshake", "established", "subscribe", "subscribed", "closing", "dead"}
+var stateNames = [...]string{"connect", "handshake", "established", "subscribe", "subscribed", "closing", "dead", "waiting"}
 
-// span is a run of missing sequence numbers, lo..hi inclusive.
+// span is a run of sequence numbers, lo..hi inclusive.
 type span struct{ lo, hi int64 }
 
 // conn is one client connection. It is touched only by its poller.
+//
+// # How a connection's events are counted
+//
+// The events of a channel carry sequence numbers 1, 2, 3… in the order
+// their requests were acknowledged (a channel's requests go one at a
+// time). At the end of the run, S is the number acknowledged on the
+// channel. A subscription of the connection (an epoch) starts when
+// subscription_succeeded arrives; base is then the highest sequence number
+// already put in a request (trigger.issued). The server registers the
+// subscription before it answers, so every event above base that is
+// acknowledged must reach the connection; those at or below base may or
+// may not.
+//
+// Without -reconnect a connection has one epoch, whose base is 0 unless it
+// subscribed only after sending began (sending waits until every
+// connection has subscribed or failed, so normally it did not), and a
+// connection lost before the end is only counted as dropped. With -reconnect, a subscribed connection
+// that the server closes or loses opens again on the next WebSocket URL
+// and subscribes again, and its epochs make up one account:
+//
+//   - gap: the sequence numbers after the last one it received in an
+//     epoch that ended, up to the base of the next epoch (up to S if it
+//     never got back), and 1..base of its first epoch. These were sent while it was
+//     not subscribed, so they are not expected; any that arrive anyway are
+//     counted as gap_received (and not checked for duplicates).
+//   - expected: S minus the gap.
+//   - deliveries: distinct expected sequence numbers received.
+//   - missing: expected minus deliveries. In an epoch that ended, a number
+//     below the last one received is missing, not gap: a channel's
+//     events arrive in order, so it should have come first.
+//
+// Numbers above S (sent, not acknowledged, yet stored) are unexpected.
 type conn struct {
-	fd        int32
+	fd        int32 // -1 while waiting to reconnect
 	ch        int32 // channel index
 	idx       int32 // global connection index (picks the source address)
+	tgt       int32 // WebSocket target now
+	epochs    int32 // subscriptions so far
+	retries   int32 // reconnection attempts since the last subscription
 	state     connState
 	sentClose bool
 	inPending bool
-	counted   bool  // counted in runner.chanSubs
 	peerClose bool  // the server answered our close; waiting for its FIN
 	start     int64 // unix nanos of socket()
 	mark      int64 // unix nanos: subscribe sent, close sent, or churn close due
@@ -62,6 +97,10 @@ type conn struct {
 	dup   uint32
 	ooo   uint32
 	holes []span // sequence numbers skipped so far (nil while in order)
+	// gaps are the sequence numbers sent while the connection was not
+	// subscribed; gapRecv counts arrivals among them.
+	gaps    []span
+	gapRecv uint32
 }
 
 // pollStats are a poller's results, read by the runner after it exits.
@@ -74,6 +113,7 @@ type pollStats struct {
 	duplicates, outOfOrder, extra  int64
 	malformed, subscribersAtEnd    int64
 	holesOverflow, subscribedTotal int64
+	gap, gapReceived, reconnects   int64
 }
 
 type poller struct {
@@ -91,7 +131,7 @@ type poller struct {
 	again   []*conn // connections with unread input left
 	rng     *rand.Rand
 	now     int64
-	sa      unix.Sockaddr // the target (unix.Sockaddr is not safe to share: connect writes into it)
+	sas     []unix.Sockaddr // the WebSocket targets (not safe to share: connect writes into them)
 
 	// Work: connections to open (idle, fanout) or a churn schedule.
 	specs      []connSpec
@@ -110,7 +150,11 @@ type poller struct {
 
 	// Live counters the runner reads while the poller runs.
 	attempted, established, subscribed, failed, dropped atomic.Int64
-	setup, delivered, lastRecv                          atomic.Int64
+	setup, delivered, lastRecv, firstRecv, reconnects   atomic.Int64
+	// caughtUp: once the runner has published the final counts (sentFinal),
+	// every connection of this poller is subscribed and has every
+	// sequence number up to its channel's count, with no hole.
+	caughtUp atomic.Bool
 
 	st pollStats
 }
@@ -131,9 +175,13 @@ func newPoller(r *runner, id int) (*poller, error) {
 		_ = unix.Close(wake)
 		return nil, err
 	}
+	sas := make([]unix.Sockaddr, len(r.targets))
+	for i, t := range r.targets {
+		sas[i] = sockaddr(t.addr.Addr(), int(t.addr.Port()))
+	}
 	return &poller{
 		r: r, id: id, epfd: ep, wakefd: wake,
-		sa:     sockaddr(r.target.addr.Addr(), int(r.target.addr.Port())),
+		sas:    sas,
 		buf:    make([]byte, readBufSize),
 		events: make([]unix.EpollEvent, 512),
 		rng:    rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(id)+0x9e3779b97f4a7c15)),
@@ -181,7 +229,9 @@ func (p *poller) loop() {
 			again := p.again
 			p.again = nil
 			for _, c := range again {
-				if c.state != stDead {
+				// A connection lost meanwhile may be waiting, or connecting
+				// again on a new socket: neither has input to read.
+				if c.state != stDead && c.state != stWaiting && c.state != stConnecting {
 					p.read(c, 0)
 				}
 			}
@@ -257,51 +307,93 @@ func (p *poller) openDue() {
 	}
 }
 
-// open starts one non-blocking connect.
+// open starts one connection of the plan.
 func (p *poller) open(s connSpec) {
 	p.attempted.Add(1)
+	c := &conn{ch: s.ch, idx: s.idx, tgt: s.tgt}
+	if kind := p.connect(c); kind != "" {
+		p.failEarly(kind)
+		return
+	}
+	p.setup.Add(1)
+}
+
+// connect starts a non-blocking connect for c to its target. It returns
+// the failure kind if that failed at once.
+func (p *poller) connect(c *conn) string {
 	r := p.r
 	start := time.Now().UnixNano()
 	fam := unix.AF_INET
-	if !r.target.addr.Addr().Is4() {
+	if !r.targets[c.tgt].addr.Addr().Is4() {
 		fam = unix.AF_INET6
 	}
 	fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		p.failEarly(errKind(err))
-		return
+		return errKind(err)
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	if n := len(r.cfg.Sources); n > 0 {
-		src := r.cfg.Sources[int(s.idx)%n]
+		src := r.cfg.Sources[int(c.idx)%n]
 		// Let connect pick the port, so each source address has its own
 		// 64k ports per destination.
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
 		if err := unix.Bind(fd, sockaddr(src, 0)); err != nil {
 			_ = unix.Close(fd)
-			p.failEarly("bind_" + errKind(err))
-			return
+			return "bind_" + errKind(err)
 		}
 	}
-	err = unix.Connect(fd, p.sa)
+	err = unix.Connect(fd, p.sas[c.tgt])
 	if err != nil && err != unix.EINPROGRESS {
 		_ = unix.Close(fd)
-		p.failEarly(errKind(err))
-		return
+		return errKind(err)
 	}
-	c := &conn{fd: int32(fd), ch: s.ch, idx: s.idx, start: start, state: stConnecting}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		_ = unix.Close(fd)
-		p.failEarly("epoll_" + errKind(err))
-		return
+		return "epoll_" + errKind(err)
 	}
 	for fd >= len(p.conns) {
 		p.conns = append(p.conns, make([]*conn, max(1024, len(p.conns)))...)
 	}
+	c.fd, c.start, c.state = int32(fd), start, stConnecting
 	p.conns[fd] = c
 	p.live++
-	p.setup.Add(1)
+	p.addPending(c)
+	return ""
+}
+
+// redial opens a lost connection again, on the next WebSocket target.
+func (p *poller) redial(c *conn) {
+	c.tgt = (c.tgt + 1) % int32(len(p.sas))
+	c.retries++
+	if kind := p.connect(c); kind != "" {
+		p.st.failures["reconnect_"+kind]++
+		p.schedule(c)
+	}
+}
+
+// detach closes a lost connection's socket but keeps its account, to
+// reconnect it at c.mark.
+func (p *poller) detach(c *conn) {
+	_ = unix.Close(int(c.fd))
+	p.conns[c.fd] = nil
+	p.live--
+	c.fd = -1
+	c.in, c.out, c.frag = nil, nil, nil
+	c.sentClose, c.peerClose = false, false
+	p.schedule(c)
+}
+
+// schedule sets when a waiting connection tries again: within 100 ms at
+// first (spread, as real clients are, so a storm is not one instant),
+// then backing off to 2 s.
+func (p *poller) schedule(c *conn) {
+	c.state = stWaiting
+	d := time.Duration(p.rng.Int64N(int64(100 * time.Millisecond)))
+	if c.retries > 0 {
+		d = min(2*time.Second, 50*time.Millisecond<<min(c.retries, 6))
+	}
+	c.mark = p.now + int64(d)
 	p.addPending(c)
 }
 
@@ -369,7 +461,8 @@ func (p *poller) handle(c *conn, evs uint32) {
 		c.state = stHandshake
 		binary.LittleEndian.PutUint64(c.key[:8], p.rng.Uint64())
 		binary.LittleEndian.PutUint64(c.key[8:], p.rng.Uint64())
-		p.tmp = appendUpgradeRequest(p.tmp[:0], p.r.target.hostHdr, p.r.target.wsPath, p.r.cfg.Origin, encodeKey(c.key))
+		t := &p.r.targets[c.tgt]
+		p.tmp = appendUpgradeRequest(p.tmp[:0], t.hostHdr, t.wsPath, p.r.cfg.Origin, encodeKey(c.key))
 		p.write(c, p.tmp)
 		return
 	}
@@ -478,6 +571,7 @@ func (p *poller) addDelivered(n int64) {
 	if n > 0 {
 		p.delivered.Add(n)
 		p.lastRecv.Store(p.now)
+		p.firstRecv.CompareAndSwap(0, p.now)
 	}
 }
 
@@ -546,6 +640,11 @@ func (p *poller) onMessage(c *conn, m []byte, delivered *int64) bool {
 			p.onLoad(c, m, delivered)
 		}
 		return true
+	case endEvent:
+		if n, ok := intAfter(m, keySentEsc, keySentPlain); ok && c.state == stSubscribed {
+			p.r.endSent[c.ch].CompareAndSwap(-1, n)
+		}
+		return true
 	case protocol.EventPing:
 		p.st.pings++
 		return p.send(c, protocol.OpText, protocol.MessagePong)
@@ -583,8 +682,12 @@ func (p *poller) onEstablished(c *conn) bool {
 	if c.state != stEstablishing {
 		return false
 	}
-	p.st.connect.Record(p.now - c.start)
-	p.established.Add(1)
+	if c.epochs == 0 {
+		// Connection counts and times are of first connections;
+		// reconnections are counted apart.
+		p.st.connect.Record(p.now - c.start)
+		p.established.Add(1)
+	}
 	c.state = stSubscribing
 	c.mark = p.now
 	return true
@@ -596,13 +699,17 @@ func (p *poller) onSubscribed(c *conn) bool {
 	if c.state != stSubscribing {
 		return true
 	}
-	p.st.subscribe.Record(p.now - c.mark)
 	c.state = stSubscribed
-	p.setup.Add(-1)
-	p.subscribed.Add(1)
+	if c.epochs == 0 {
+		p.st.subscribe.Record(p.now - c.mark)
+		p.setup.Add(-1)
+		p.subscribed.Add(1)
+	} else {
+		p.st.reconnects++
+		p.reconnects.Add(1)
+	}
+	startEpoch(c, p.r.issued[c.ch].Load())
 	p.st.subscribedTotal++
-	p.r.chanSubs[c.ch].Add(1)
-	c.counted = true
 	if p.r.cfg.Mode == ModeChurn {
 		if p.r.cfg.ChurnHold <= 0 {
 			return p.closeConn(c)
@@ -611,6 +718,18 @@ func (p *poller) onSubscribed(c *conn) bool {
 		p.addPending(c)
 	}
 	return true
+}
+
+// startEpoch begins a subscription of c. It expects what is sent above
+// base from now on; what was sent since the last number it received is its
+// gap (see conn).
+func startEpoch(c *conn, base int64) {
+	c.epochs++
+	c.retries = 0
+	if base > c.next {
+		c.gaps = append(c.gaps, span{c.next + 1, base})
+		c.next = base
+	}
 }
 
 // onLoad accounts for one load event: its latency and its place in the
@@ -633,6 +752,9 @@ func (p *poller) onLoad(c *conn, m []byte, delivered *int64) {
 		c.next = seq
 	case p.fillHole(c, seq):
 		c.ooo++
+	case inSpans(c.gaps, seq):
+		c.gapRecv++
+		return
 	default:
 		c.dup++
 		return
@@ -640,6 +762,15 @@ func (p *poller) onLoad(c *conn, m []byte, delivered *int64) {
 	c.recv++
 	*delivered++
 	p.st.latency.Record(p.now - ts)
+}
+
+func inSpans(spans []span, seq int64) bool {
+	for _, s := range spans {
+		if seq >= s.lo && seq <= s.hi {
+			return true
+		}
+	}
+	return false
 }
 
 // fillHole removes seq from c's holes, reporting whether it was in one.
@@ -733,15 +864,18 @@ func (p *poller) eof(c *conn) {
 	p.lose(c, "eof_"+stateNames[c.state])
 }
 
-// lose ends a connection that failed or was dropped.
+// lose ends a connection that failed or was dropped. With -reconnect, one
+// that had subscribed is opened again instead.
 func (p *poller) lose(c *conn, kind string) {
-	if c.state == stDead {
+	if c.state == stDead || c.state == stWaiting {
 		return
 	}
 	switch {
 	case c.sentClose:
 		// Our close was under way: whatever happened, it is closed.
 		p.st.failures["close_"+kind]++
+	case c.state < stSubscribed && c.epochs > 0:
+		p.st.failures["reconnect_"+kind]++
 	case c.state < stSubscribed:
 		p.failed.Add(1)
 		p.setup.Add(-1)
@@ -749,6 +883,10 @@ func (p *poller) lose(c *conn, kind string) {
 	default:
 		p.dropped.Add(1)
 		p.st.failures[kind]++
+	}
+	if p.r.cfg.Reconnect && c.epochs > 0 && !c.sentClose && !p.closing {
+		p.detach(c)
+		return
 	}
 	p.destroy(c)
 }
@@ -758,24 +896,23 @@ func (p *poller) destroy(c *conn) {
 	if c.state == stDead {
 		return
 	}
-	if c.counted {
-		c.counted = false
-		p.r.chanSubs[c.ch].Add(-1)
-	}
 	p.st.duplicates += int64(c.dup)
 	p.st.outOfOrder += int64(c.ooo)
 	if c.sentClose && p.r.cfg.Mode == ModeChurn {
 		p.st.completed++
 	}
+	wasWaiting := c.state == stWaiting
 	c.state = stDead
-	_ = unix.Close(int(c.fd))
-	p.conns[c.fd] = nil
-	p.live--
-	c.in, c.out, c.frag, c.holes = nil, nil, nil, nil
+	if !wasWaiting {
+		_ = unix.Close(int(c.fd))
+		p.conns[c.fd] = nil
+		p.live--
+	}
+	c.in, c.out, c.frag, c.holes, c.gaps = nil, nil, nil, nil, nil
 }
 
-// startCloseAll settles the fan-out accounting of every subscribed
-// connection, then closes them all: those still being set up at once,
+// startCloseAll settles the fan-out accounting of every connection that
+// subscribed, then closes them all: those still being set up at once,
 // the others with a close handshake.
 func (p *poller) startCloseAll() {
 	p.closing = true
@@ -783,6 +920,9 @@ func (p *poller) startCloseAll() {
 	for _, c := range p.conns {
 		if c == nil {
 			continue
+		}
+		if c.epochs > 0 && c.state != stSubscribed && sent != nil {
+			p.settle(c, sent[c.ch]) // lost, and not back yet
 		}
 		if c.state < stSubscribed {
 			p.lose(c, "aborted_"+stateNames[c.state])
@@ -793,13 +933,33 @@ func (p *poller) startCloseAll() {
 		}
 		p.closeConn(c)
 	}
+	for _, c := range p.pending {
+		if c.state == stWaiting {
+			if sent != nil {
+				p.settle(c, sent[c.ch])
+			}
+			p.destroy(c)
+		}
+	}
 }
 
-// settle compares what c received with what was sent on its channel.
+// settle compares what c received with what was sent on its channel (see
+// conn for the definitions).
 func (p *poller) settle(c *conn, sent int64) {
-	p.st.subscribersAtEnd++
-	p.st.expected += sent
-	recv := int64(c.recv)
+	back := c.state == stSubscribed
+	if back {
+		p.st.subscribersAtEnd++
+	}
+	var gap int64
+	for _, g := range c.gaps {
+		gap += overlap(g, 1, sent)
+	}
+	if !back && c.next < sent {
+		gap += sent - c.next // sent after it was lost
+	}
+	p.st.gap += gap
+	p.st.gapReceived += int64(c.gapRecv)
+	p.st.expected += sent - gap
 	// Sequence numbers above sent were received but never acknowledged
 	// (a request that timed out yet was stored): not expected, so not
 	// counted as deliveries.
@@ -807,16 +967,21 @@ func (p *poller) settle(c *conn, sent int64) {
 	if c.next > sent {
 		extra = c.next - sent
 		for _, h := range c.holes {
-			lo, hi := max(h.lo, sent+1), h.hi
-			if hi >= lo {
-				extra -= hi - lo + 1
-			}
+			extra -= overlap(h, sent+1, c.next)
+		}
+		for _, g := range c.gaps {
+			extra -= overlap(g, sent+1, c.next)
 		}
 	}
 	p.st.extra += extra
-	got := recv - extra
+	got := int64(c.recv) - extra
 	p.st.delivered += got
-	p.st.missing += max(0, sent-got)
+	p.st.missing += max(0, sent-gap-got)
+}
+
+// overlap is how many numbers of s lie in lo..hi.
+func overlap(s span, lo, hi int64) int64 {
+	return max(0, min(s.hi, hi)-max(s.lo, lo)+1)
 }
 
 // abortAll closes everything at once (on a fatal poller error).
@@ -837,10 +1002,20 @@ func (p *poller) sweep() {
 		case c.state == stDead:
 			c.inPending = false
 			continue
+		case c.state == stWaiting:
+			if p.closing {
+				break // startCloseAll settles it
+			}
+			if p.now >= c.mark {
+				p.redial(c) // stays pending: set up, or waiting again
+			}
 		case c.state < stSubscribed:
 			if p.now-c.start > int64(cfg.ConnectTimeout) {
-				c.inPending = false
 				p.lose(c, "timeout_"+stateNames[c.state])
+				if c.state == stWaiting {
+					break // reconnecting: stays pending
+				}
+				c.inPending = false
 				continue
 			}
 		case c.state == stSubscribed:
@@ -871,4 +1046,31 @@ func (p *poller) sweep() {
 	}
 	clear(p.pending[len(keep):])
 	p.pending = keep
+	if p.r.sentFinal.Load() && !p.closing {
+		p.caughtUp.Store(p.isCaughtUp())
+	}
+}
+
+// isCaughtUp tells whether every connection is subscribed and has received
+// every sequence number of its channel's final count, with no hole left.
+func (p *poller) isCaughtUp() bool {
+	sent := p.r.sent
+	for _, c := range p.pending {
+		if c.state == stWaiting {
+			return false
+		}
+	}
+	for _, c := range p.conns {
+		if c == nil {
+			continue
+		}
+		if c.state == stSubscribed {
+			if c.next < sent[c.ch] || len(c.holes) > 0 {
+				return false
+			}
+		} else if c.epochs > 0 && c.state < stSubscribed {
+			return false // reconnecting
+		}
+	}
+	return true
 }

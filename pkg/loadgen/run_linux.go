@@ -16,15 +16,23 @@ import (
 // runner is one process's run: the pollers and, for fanout, the
 // triggering lanes.
 type runner struct {
-	cfg      *Config
-	log      zerolog.Logger
-	target   target
-	plan     plan
-	names    []string
-	pollers  []*poller
-	chanSubs []atomic.Int32 // subscribed connections per channel, now
-	// sent is the acknowledged events per channel; set before closeAll.
-	sent []int64
+	cfg     *Config
+	log     zerolog.Logger
+	target  target   // the HTTP API
+	targets []target // the WebSockets
+	plan    plan
+	names   []string
+	pollers []*poller
+	// issued is trigger.issued, by channel index; read by the pollers
+	// when a connection subscribes.
+	issued []atomic.Int64
+	// endSent is, per channel, the count an endEvent carried (-1: none
+	// yet); a receive-only shard's counts.
+	endSent []atomic.Int64
+	// sent is the acknowledged events per channel. It is set before
+	// sentFinal, which lets the pollers read it.
+	sent      []int64
+	sentFinal atomic.Bool
 
 	errMu  sync.Mutex
 	errors []string
@@ -63,12 +71,23 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 		return nil, err
 	}
 	r := &runner{cfg: &cfg, log: log, target: t}
+	for _, u := range cfg.wsURLs() {
+		wt, err := parseTarget(u, cfg.Key, cfg.Protocol)
+		if err != nil {
+			return nil, err
+		}
+		r.targets = append(r.targets, wt)
+	}
 	r.plan = makePlan(&cfg)
 	r.names = r.plan.names
-	if len(r.plan.channels) == 0 {
+	if len(r.plan.channels) == 0 && !r.plan.receiveOnly {
 		return nil, fmt.Errorf("shard %d/%d owns none of the %d channels", cfg.Shard, cfg.Shards, cfg.Channels)
 	}
-	r.chanSubs = make([]atomic.Int32, len(r.names))
+	r.issued = make([]atomic.Int64, len(r.names))
+	r.endSent = make([]atomic.Int64, len(r.names))
+	for i := range r.endSent {
+		r.endSent[i].Store(-1)
+	}
 
 	need := uint64(len(r.plan.conns) + cfg.Inflight + 64)
 	if cfg.Mode == ModeChurn {
@@ -89,10 +108,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 		Settings: Settings{
 			Conns: len(r.plan.conns), Channels: cfg.Channels, DurationSec: cfg.Duration.Seconds(), Rate: cfg.Rate,
 			Ramp: cfg.Ramp, Sources: len(cfg.Sources), Pollers: cfg.Pollers,
+			WSURLs: len(cfg.WSURLs), Reconnect: cfg.Reconnect, ShardBy: cfg.ShardBy,
 		},
 	}
 	if cfg.Mode == ModeFanout {
 		s.Settings.Events, s.Settings.Batch, s.Settings.Inflight = cfg.Events, cfg.Batch, cfg.Inflight
+		s.Settings.Payload = cfg.Payload
 	}
 	began := time.Now()
 
@@ -156,15 +177,20 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 
 	progress := time.NewTicker(cfg.ProgressInterval)
 	defer progress.Stop()
+	var trig *trigger
 	logProgress := func(phase string) {
-		r.log.Info().Str("phase", phase).
+		e := r.log.Info().Str("phase", phase).
 			Int64("attempted", r.sum(func(p *poller) int64 { return p.attempted.Load() })).
 			Int64("established", r.sum(func(p *poller) int64 { return p.established.Load() })).
 			Int64("subscribed", r.sum(func(p *poller) int64 { return p.subscribed.Load() })).
 			Int64("failed", r.sum(func(p *poller) int64 { return p.failed.Load() })).
 			Int64("dropped", r.sum(func(p *poller) int64 { return p.dropped.Load() })).
-			Int64("deliveries", r.sum(func(p *poller) int64 { return p.delivered.Load() })).
-			Msg("progress")
+			Int64("reconnects", r.sum(func(p *poller) int64 { return p.reconnects.Load() })).
+			Int64("deliveries", r.sum(func(p *poller) int64 { return p.delivered.Load() }))
+		if trig != nil {
+			e = e.Int64("events_sent", trig.acked.Load()).Int64("request_failures", trig.failed.Load())
+		}
+		e.Msg("progress")
 	}
 	// wait waits for cond, up to d, logging progress; false if ctx ended.
 	wait := func(phase string, d time.Duration, cond func() bool) bool {
@@ -198,7 +224,6 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 	var loadgenRSS int64
 	var fanout *FanoutStats
 	var lanes []*lane
-	var trig *trigger
 	var sendSec float64
 	var sendStart time.Time
 	switch cfg.Mode {
@@ -222,9 +247,47 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 	case ModeFanout:
 		ok := wait("connect", rampBound, setupDone)
 		logProgress("connected")
-		trig = newTrigger(t, &cfg, r.names)
+		trig = newTrigger(t, &cfg, r.names, r.issued)
 		fanout = &FanoutStats{Channels: int64(len(r.plan.channels))}
-		if ok {
+		caughtUp := func() bool {
+			for _, p := range r.pollers {
+				if !p.caughtUp.Load() {
+					return false
+				}
+			}
+			return true
+		}
+		if ok && r.plan.receiveOnly {
+			// The triggering shard waits for every subscription before
+			// it sends, then sends for Duration, then the end events.
+			wait("receive", rampBound+cfg.Duration+cfg.Drain, func() bool {
+				for i := range r.endSent {
+					if r.endSent[i].Load() < 0 {
+						return false
+					}
+				}
+				return true
+			})
+			r.sent = make([]int64, len(r.names))
+			missing := 0
+			for i := range r.endSent {
+				r.sent[i] = max(0, r.endSent[i].Load())
+				if r.endSent[i].Load() < 0 {
+					missing++
+				}
+			}
+			if missing > 0 {
+				r.fatal(fmt.Sprintf("no %s event on %d of %d channels: their counts are unknown", endEvent, missing, len(r.names)))
+			}
+			r.sentFinal.Store(true)
+			logProgress("received")
+			wait("drain", cfg.Drain, caughtUp)
+			logProgress("drained")
+		}
+		if ok && !r.plan.receiveOnly {
+			if cfg.ShardBy == ShardConns && cfg.Shards > 1 {
+				r.awaitSubscribers(ctx, trig, rampBound, wait)
+			}
 			// Lanes: each owns some channels and sends their events in order.
 			nl := min(cfg.Inflight, len(r.plan.channels))
 			lanes = make([]*lane, nl)
@@ -287,17 +350,14 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 					r.sent[ch] = l.sent[i]
 				}
 			}
+			r.sentFinal.Store(true)
 			logProgress("sent")
-			expected := func() int64 {
-				var n int64
-				for ch, sent := range r.sent {
-					n += sent * int64(r.chanSubs[ch].Load())
+			if cfg.ShardBy == ShardConns {
+				if err := trig.sendEnd(ctx, r.plan.channels, r.sent, time.Now().Add(cfg.Drain)); err != nil {
+					r.fatal(err.Error())
 				}
-				return n
 			}
-			wait("drain", cfg.Drain, func() bool {
-				return r.sum(func(p *poller) int64 { return p.delivered.Load() }) >= expected()
-			})
+			wait("drain", cfg.Drain, caughtUp)
 			logProgress("drained")
 		}
 		loadgenRSS, _ = readRSS("self")
@@ -342,6 +402,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 		c.Subscribed += p.subscribed.Load()
 		c.Failed += p.failed.Load()
 		c.Dropped += p.dropped.Load()
+		c.Reconnects += p.st.reconnects
 		c.ClosedClean += p.st.closedClean
 		c.PingsAnswered += p.st.pings
 		c.WSPingsAnswered += p.st.wsPings
@@ -356,6 +417,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 	if cfg.Mode == ModeFanout {
 		f := fanout
 		s.Hist.Latency, s.Hist.Trigger = &Hist{}, &Hist{}
+		var firstRecv int64
 		for _, p := range r.pollers {
 			f.Subscribers += p.st.subscribersAtEnd
 			f.Expected += p.st.expected
@@ -365,7 +427,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 			f.OutOfOrder += p.st.outOfOrder
 			f.Unexpected += p.st.extra
 			f.Malformed += p.st.malformed
+			f.Gap += p.st.gap
+			f.GapReceived += p.st.gapReceived
 			s.Hist.Latency.Merge(&p.st.latency)
+			if v := p.firstRecv.Load(); v > 0 && (firstRecv == 0 || v < firstRecv) {
+				firstRecv = v
+			}
 		}
 		for _, l := range lanes {
 			f.EventsSent += l.events
@@ -380,8 +447,14 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 		if sendSec > 0 {
 			f.EventsPerSec = float64(f.EventsSent) / sendSec
 		}
-		if lastRecv > 0 && !sendStart.IsZero() {
-			f.ReceiveSec = float64(lastRecv-sendStart.UnixNano()) / 1e9
+		// A receive-only shard sends nothing: its deliveries are timed
+		// from its first receipt.
+		start := firstRecv
+		if !sendStart.IsZero() {
+			start = sendStart.UnixNano()
+		}
+		if lastRecv > 0 && start > 0 {
+			f.ReceiveSec = float64(lastRecv-start) / 1e9
 			if f.ReceiveSec > 0 {
 				f.DeliveriesPerSec = float64(f.Deliveries) / f.ReceiveSec
 			}
@@ -410,4 +483,52 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 		return s, errors.New(s.Errors[0])
 	}
 	return s, nil
+}
+
+// awaitSubscribers waits, before a triggering shard of ShardConns sends,
+// until the server counts every planned connection of every shard as
+// subscribed: the receiving shards count every event of a channel as
+// expected, so their connections must be in place first. It gives up
+// after bound (connections that never subscribe fail by then), noting it
+// in the summary's errors.
+func (r *runner) awaitSubscribers(ctx context.Context, trig *trigger, bound time.Duration,
+	wait func(string, time.Duration, func() bool) bool) {
+	want := make(map[string]int64, len(r.names))
+	for k := 0; k < r.cfg.Conns; k++ {
+		want[r.names[k%r.cfg.Channels]]++
+	}
+	prefix := "lg-" + r.cfg.Run + "-"
+	var have map[string]int64
+	var lastErr error
+	next, all := time.Now(), false
+	wait("await_subscribers", bound, func() bool {
+		if time.Now().Before(next) {
+			return false
+		}
+		next = time.Now().Add(200 * time.Millisecond)
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		have, lastErr = trig.subscriptionCounts(qctx, prefix)
+		cancel()
+		if lastErr != nil {
+			return false
+		}
+		all = true
+		for name, n := range want {
+			all = all && have[name] >= n
+		}
+		return all
+	})
+	if all {
+		return
+	}
+	var in, planned int64
+	for name, n := range want {
+		in += min(have[name], n)
+		planned += n
+	}
+	msg := fmt.Sprintf("sending with %d of %d subscriptions in place on the server", in, planned)
+	if lastErr != nil {
+		msg += " (" + lastErr.Error() + ")"
+	}
+	r.fatal(msg)
 }

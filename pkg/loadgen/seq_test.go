@@ -14,7 +14,7 @@ func lgEvent(seq int64) []byte {
 
 func TestSequenceAccounting(t *testing.T) {
 	p := &poller{st: pollStats{failures: map[string]int64{}}}
-	c := &conn{}
+	c := &conn{state: stSubscribed}
 	var delivered int64
 	// 1 2 5 3 3 7 4 6 6 1, then sent = 9: 8 and 9 missing.
 	for _, s := range []int64{1, 2, 5, 3, 3, 7, 4, 6, 6, 1} {
@@ -30,7 +30,7 @@ func TestSequenceAccounting(t *testing.T) {
 
 	// A hole split in the middle, and events beyond what was acknowledged.
 	p = &poller{st: pollStats{failures: map[string]int64{}}}
-	c = &conn{}
+	c = &conn{state: stSubscribed}
 	for _, s := range []int64{1, 10, 5, 12} {
 		p.onLoad(c, lgEvent(s), &delivered)
 	}
@@ -44,6 +44,54 @@ func TestSequenceAccounting(t *testing.T) {
 	p.onLoad(c, []byte(`{"event":"lg","data":"x"}`), &delivered)
 	if p.st.malformed != 1 {
 		t.Fatal("malformed not counted")
+	}
+}
+
+// A connection that is lost and subscribes again: what was sent while it
+// was away is its gap, not missing, and everything after is expected.
+func TestReconnectAccounting(t *testing.T) {
+	newP := func() *poller { return &poller{st: pollStats{failures: map[string]int64{}}} }
+	var delivered int64
+
+	p, c := newP(), &conn{state: stSubscribed}
+	startEpoch(c, 0)
+	for _, s := range []int64{1, 2, 3, 5} { // 4 never comes
+		p.onLoad(c, lgEvent(s), &delivered)
+	}
+	c.state = stWaiting // lost; 6..9 are sent meanwhile
+	c.state = stSubscribed
+	startEpoch(c, 9)
+	for _, s := range []int64{7, 10, 11, 13, 12, 10} { // 7 was stored before it was back
+		p.onLoad(c, lgEvent(s), &delivered)
+	}
+	p.settle(c, 14)
+	st := p.st
+	if st.gap != 4 || st.gapReceived != 1 || st.expected != 10 || st.delivered != 8 || st.missing != 2 ||
+		c.ooo != 1 || c.dup != 1 || st.subscribersAtEnd != 1 || st.extra != 0 {
+		t.Fatalf("back again: %+v ooo %d dup %d", st, c.ooo, c.dup)
+	}
+
+	// Lost and not back by the end: what followed its last event is gap.
+	p, c = newP(), &conn{state: stSubscribed}
+	startEpoch(c, 0)
+	for _, s := range []int64{1, 2, 3} {
+		p.onLoad(c, lgEvent(s), &delivered)
+	}
+	c.state = stWaiting
+	p.settle(c, 10)
+	if st := p.st; st.gap != 7 || st.expected != 3 || st.delivered != 3 || st.missing != 0 || st.subscribersAtEnd != 0 {
+		t.Fatalf("not back: %+v", st)
+	}
+
+	// Subscribed only after five events were sent: those are its gap.
+	p, c = newP(), &conn{state: stSubscribed}
+	startEpoch(c, 5)
+	for _, s := range []int64{6, 7, 9} {
+		p.onLoad(c, lgEvent(s), &delivered)
+	}
+	p.settle(c, 8) // 9 was stored but never acknowledged
+	if st := p.st; st.gap != 5 || st.expected != 3 || st.delivered != 2 || st.missing != 1 || st.extra != 1 {
+		t.Fatalf("late first subscription: %+v", st)
 	}
 }
 
@@ -83,6 +131,50 @@ func TestPlanAndFlags(t *testing.T) {
 	}
 	if len(seen) != 1000 || len(chans) != 7 {
 		t.Fatalf("%d conns, %d channels", len(seen), len(chans))
+	}
+	// Over several WebSocket URLs, a channel's subscribers are on as many
+	// different URLs as they can be, even when the URLs divide the
+	// channels, and the URLs get equal shares.
+	for _, chans := range []int{1, 3, 4, 6} {
+		c := &Config{Mode: ModeFanout, Conns: 12, Channels: chans, Shards: 1, Run: "r", WSURLs: []string{"a", "b", "c"}}
+		perURL := map[int32]int{}
+		urls := map[int32]map[int32]bool{}
+		subs := map[int32]int{}
+		for _, s := range makePlan(c).conns {
+			perURL[s.tgt]++
+			if urls[s.ch] == nil {
+				urls[s.ch] = map[int32]bool{}
+			}
+			urls[s.ch][s.tgt] = true
+			subs[s.ch]++
+		}
+		for ch, n := range subs {
+			if len(urls[ch]) != min(n, 3) {
+				t.Errorf("%d channels: channel %d's %d subscribers are on URLs %v", chans, ch, n, urls[ch])
+			}
+		}
+		if perURL[0] != 4 || perURL[1] != 4 || perURL[2] != 4 {
+			t.Errorf("%d channels: connections per URL %v", chans, perURL)
+		}
+	}
+	// -shard-by conns: every shard holds part of each channel; shard 0
+	// alone triggers.
+	seen = map[int32]bool{}
+	for i := 0; i < 3; i++ {
+		c := &Config{Mode: ModeFanout, Conns: 10, Channels: 1, Shard: i, Shards: 3, ShardBy: ShardConns, Run: "r"}
+		pl := makePlan(c)
+		if pl.receiveOnly != (i != 0) || (i == 0) != (len(pl.channels) == 1) {
+			t.Fatalf("shard %d: receive only %v, channels %v", i, pl.receiveOnly, pl.channels)
+		}
+		for _, s := range pl.conns {
+			if seen[s.idx] || int(s.idx)%3 != i {
+				t.Fatalf("conn %+v in shard %d", s, i)
+			}
+			seen[s.idx] = true
+		}
+	}
+	if len(seen) != 10 {
+		t.Fatalf("%d conns over the conns shards", len(seen))
 	}
 	c := Config{Mode: ModeIdle, URL: "http://127.0.0.1:1", Key: "k", Conns: 20000, Channels: 2, Run: "r"}
 	if err := c.Validate(); err == nil {

@@ -14,7 +14,7 @@ func TestSignedQueryMatchesPusherVector(t *testing.T) {
 		secret = "7ad3773142a6692b25b8"
 		body   = `{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}`
 	)
-	q := signedQuery(key, secret, "POST", "/apps/3/events", []byte(body), 1353088179)
+	q := signedQuery(key, secret, "POST", "/apps/3/events", []byte(body), 1353088179, nil)
 	want := url.Values{
 		"auth_key":       {key},
 		"auth_timestamp": {"1353088179"},
@@ -47,5 +47,17 @@ func TestTriggerBodies(t *testing.T) {
 	evs, err := protocol.ParseBatch(b, protocol.DefaultLimits)
 	if err != nil || len(evs) != 3 {
 		t.Fatalf("protocol rejects %s: %v", b, err)
+	}
+
+	// -payload pads the data after seq and ts, which still parse.
+	tr.batch, tr.pad = 1, []byte("xxxxx")
+	_, b = tr.body(nil, []pendingEvent{{ch: 0, seq: 12}}, 34)
+	tg, err := protocol.ParseTrigger(b, protocol.DefaultLimits)
+	if err != nil || tg.Data != `{"seq":12,"ts":34,"pad":"xxxxx"}` {
+		t.Fatalf("padded %s: %+v %v", b, tg, err)
+	}
+	frame := protocol.AppendChannelEvent(nil, "lg", "lg-r-0", tg.Data, "")
+	if seq, ts, ok := loadEvent(frame); !ok || seq != 12 || ts != 34 {
+		t.Fatalf("padded event %s: %d %d %v", frame, seq, ts, ok)
 	}
 }

@@ -53,11 +53,19 @@ type Settings struct {
 	Ramp        float64 `json:"ramp"`
 	Sources     int     `json:"sources"`
 	Pollers     int     `json:"pollers"`
+	WSURLs      int     `json:"ws_urls,omitempty"`
+	Reconnect   bool    `json:"reconnect,omitempty"`
+	ShardBy     string  `json:"shard_by,omitempty"`
+	Payload     int     `json:"payload,omitempty"`
 }
 
 // ConnStats counts connections. A connection is failed if it never got to
 // subscribed, dropped if it did and then was lost before the run closed
-// it. Failures counts both, by kind.
+// it (with -reconnect, each time it was lost). Failures counts both, by
+// kind, and failed reconnection attempts as reconnect_<kind>. Established,
+// Subscribed and the connect and subscribe times are of first
+// connections; Reconnects counts the subscriptions made again after a
+// loss.
 type ConnStats struct {
 	Planned         int64            `json:"planned"`
 	Attempted       int64            `json:"attempted"`
@@ -65,6 +73,7 @@ type ConnStats struct {
 	Subscribed      int64            `json:"subscribed"`
 	Failed          int64            `json:"failed"`
 	Dropped         int64            `json:"dropped"`
+	Reconnects      int64            `json:"reconnects"`
 	Failures        map[string]int64 `json:"failures"`
 	ClosedClean     int64            `json:"closed_clean"`
 	PingsAnswered   int64            `json:"pusher_pings_answered"`
@@ -85,7 +94,12 @@ type IdleStats struct {
 // channel; Deliveries counts distinct events received; Missing =
 // Expected - Deliveries (never negative); Duplicates are events received
 // again; OutOfOrder are events received after a later one on the same
-// channel (each is also a distinct delivery).
+// channel (each is also a distinct delivery). With -reconnect, a
+// connection lost on the way is counted too, and Gap is the events sent
+// on its channel while it was not subscribed, which Expected leaves out;
+// GapReceived counts those that arrived anyway (conn in poller_linux.go
+// has the exact rules). Subscribers counts the connections subscribed at
+// the end.
 type FanoutStats struct {
 	Channels         int64            `json:"channels"`
 	Subscribers      int64            `json:"subscribers"`
@@ -101,6 +115,8 @@ type FanoutStats struct {
 	OutOfOrder       int64            `json:"out_of_order"`
 	Unexpected       int64            `json:"unexpected"`
 	Malformed        int64            `json:"malformed"`
+	Gap              int64            `json:"gap"`
+	GapReceived      int64            `json:"gap_received"`
 	ReceiveSec       float64          `json:"receive_s"`
 	DeliveriesPerSec float64          `json:"deliveries_per_s"`
 }
@@ -216,6 +232,7 @@ func Merge(all []*Summary) (*Summary, error) {
 		c.Subscribed += o.Subscribed
 		c.Failed += o.Failed
 		c.Dropped += o.Dropped
+		c.Reconnects += o.Reconnects
 		c.ClosedClean += o.ClosedClean
 		c.PingsAnswered += o.PingsAnswered
 		c.WSPingsAnswered += o.WSPingsAnswered
@@ -266,6 +283,8 @@ func Merge(all []*Summary) (*Summary, error) {
 			d.OutOfOrder += f.OutOfOrder
 			d.Unexpected += f.Unexpected
 			d.Malformed += f.Malformed
+			d.Gap += f.Gap
+			d.GapReceived += f.GapReceived
 			d.ReceiveSec = max(d.ReceiveSec, f.ReceiveSec)
 			d.DeliveriesPerSec += f.DeliveriesPerSec
 		}

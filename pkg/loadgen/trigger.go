@@ -3,23 +3,29 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/resoundhq/resound/protocol"
 )
 
-// signedQuery returns the query of a Pusher-signed API request: auth_key,
-// auth_timestamp, auth_version=1.0, body_md5 (when there is a body) and
-// auth_signature over "METHOD\npath\nsorted query".
-func signedQuery(key, secret, method, path string, body []byte, ts int64) url.Values {
+// signedQuery returns the query of a Pusher-signed API request: params
+// (may be nil), auth_key, auth_timestamp, auth_version=1.0, body_md5 (when
+// there is a body) and auth_signature over "METHOD\npath\nsorted query".
+func signedQuery(key, secret, method, path string, body []byte, ts int64, params url.Values) url.Values {
 	q := url.Values{}
+	for k, v := range params {
+		q[k] = v
+	}
 	q.Set("auth_key", key)
 	q.Set("auth_timestamp", strconv.FormatInt(ts, 10))
 	q.Set("auth_version", "1.0")
@@ -40,6 +46,7 @@ type trigger struct {
 	secret  string
 	names   []string
 	batch   int
+	pad     []byte // -payload bytes of padding
 	mu      sync.Mutex
 	fails   map[string]int64
 	fatalMu sync.Once
@@ -48,9 +55,17 @@ type trigger struct {
 	// centrifugo: events go through Centrifugo's server API, with secret
 	// as its API key.
 	centrifugo bool
+	// issued is, per channel, the highest sequence number put in a
+	// request so far, stored before its first attempt is sent: a
+	// connection that subscribed when issued was X can expect every
+	// acknowledged event above X (see conn).
+	issued []atomic.Int64
+	// acked and failed count acknowledged events and failed requests, for
+	// the progress lines.
+	acked, failed atomic.Int64
 }
 
-func newTrigger(t target, cfg *Config, names []string) *trigger {
+func newTrigger(t target, cfg *Config, names []string, issued []atomic.Int64) *trigger {
 	tr := &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -63,24 +78,31 @@ func newTrigger(t target, cfg *Config, names []string) *trigger {
 	return &trigger{
 		client: &http.Client{Transport: tr, Timeout: 30 * time.Second},
 		base:   t.httpBase, prefix: t.prefix, appID: cfg.AppID, key: cfg.Key, secret: cfg.Secret,
-		names: names, batch: cfg.Batch, fails: map[string]int64{},
+		names: names, batch: cfg.Batch, fails: map[string]int64{}, issued: issued,
+		pad:        bytes.Repeat([]byte("x"), cfg.Payload),
 		centrifugo: cfg.Protocol == ProtocolCentrifugo,
 	}
 }
 
 func (t *trigger) fail(kind string) {
+	t.failed.Add(1)
 	t.mu.Lock()
 	t.fails[kind]++
 	t.mu.Unlock()
 }
 
 // appendData appends the event's data: a JSON string holding
-// {"seq":N,"ts":T}.
-func appendData(dst []byte, seq, ts int64) []byte {
+// {"seq":N,"ts":T}, or {"seq":N,"ts":T,"pad":"xxx…"} with -payload.
+func (t *trigger) appendData(dst []byte, seq, ts int64) []byte {
 	dst = append(dst, `"{\"seq\":`...)
 	dst = strconv.AppendInt(dst, seq, 10)
 	dst = append(dst, `,\"ts\":`...)
 	dst = strconv.AppendInt(dst, ts, 10)
+	if len(t.pad) > 0 {
+		dst = append(dst, `,\"pad\":\"`...)
+		dst = append(dst, t.pad...)
+		dst = append(dst, `\"`...)
+	}
 	return append(dst, `}"`...)
 }
 
@@ -93,7 +115,7 @@ func (t *trigger) body(dst []byte, evs []pendingEvent, ts int64) (path string, b
 		dst = append(dst, `{"name":"lg","channels":[`...)
 		dst = protocol.AppendString(dst, t.names[evs[0].ch])
 		dst = append(dst, `],"data":`...)
-		dst = appendData(dst, evs[0].seq, ts)
+		dst = t.appendData(dst, evs[0].seq, ts)
 		return "/apps/" + t.appID + "/events", append(dst, '}')
 	}
 	dst = append(dst, `{"batch":[`...)
@@ -104,7 +126,7 @@ func (t *trigger) body(dst []byte, evs []pendingEvent, ts int64) (path string, b
 		dst = append(dst, `{"name":"lg","channel":`...)
 		dst = protocol.AppendString(dst, t.names[e.ch])
 		dst = append(dst, `,"data":`...)
-		dst = appendData(dst, e.seq, ts)
+		dst = t.appendData(dst, e.seq, ts)
 		dst = append(dst, '}')
 	}
 	return "/apps/" + t.appID + "/batch_events", append(dst, "]}"...)
@@ -125,7 +147,7 @@ func (t *trigger) post(ctx context.Context, path string, body []byte) error {
 	if t.centrifugo {
 		req, err = t.centrifugoRequest(ctx, path, body)
 	} else {
-		q := signedQuery(t.key, t.secret, http.MethodPost, path, body, time.Now().Unix())
+		q := signedQuery(t.key, t.secret, http.MethodPost, path, body, time.Now().Unix(), nil)
 		req, err = http.NewRequestWithContext(ctx, http.MethodPost, t.base+t.prefix+path+"?"+q.Encode(), bytes.NewReader(body))
 	}
 	if err != nil {
@@ -211,6 +233,11 @@ func (l *lane) run(ctx context.Context, t *trigger, end time.Time, stop func()) 
 			count[i]++
 			evs = append(evs, pendingEvent{ch: l.chans[i], seq: l.sent[i] + count[i]})
 		}
+		for _, e := range evs {
+			// Before the first attempt, so that a subscription seen
+			// before this store is in place before the request goes out.
+			t.issued[e.ch].Store(e.seq)
+		}
 		backoff := 10 * time.Millisecond
 		for {
 			ts := time.Now()
@@ -233,6 +260,7 @@ func (l *lane) run(ctx context.Context, t *trigger, end time.Time, stop func()) 
 		}
 		l.requests++
 		l.events += n
+		t.acked.Add(n)
 		for i := range count {
 			l.sent[i] += count[i]
 		}
@@ -250,4 +278,72 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-tm.C:
 	}
+}
+
+// endEvent is the event a triggering shard sends on each of its channels
+// after the last acknowledged load event; its data is {"sent":N}. Shards
+// that only receive (ShardConns) take a channel's count from it. Per-channel
+// order puts it after every load event of the channel.
+const endEvent = "lg-end"
+
+// sendEnd triggers endEvent with each channel's count (sent, by channel
+// index) on the channels chans, retrying until end.
+func (t *trigger) sendEnd(ctx context.Context, chans []int, sent []int64, end time.Time) error {
+	var buf []byte
+	for _, ch := range chans {
+		buf = append(buf[:0], `{"name":"`+endEvent+`","channels":[`...)
+		buf = protocol.AppendString(buf, t.names[ch])
+		buf = append(buf, `],"data":"{\"sent\":`...)
+		buf = strconv.AppendInt(buf, sent[ch], 10)
+		buf = append(buf, `}"}`...)
+		for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, time.Second) {
+			err := t.post(ctx, "/apps/"+t.appID+"/events", buf)
+			if err == nil {
+				break
+			}
+			if err == errFatalStatus || ctx.Err() != nil || !time.Now().Add(backoff).Before(end) {
+				return fmt.Errorf("sending %s on %s: %v", endEvent, t.names[ch], err)
+			}
+			sleep(ctx, backoff)
+		}
+	}
+	return nil
+}
+
+// subscriptionCounts asks the server how many connections, over the whole
+// cluster, are subscribed to each channel whose name starts with prefix
+// (GET /channels?filter_by_prefix=…&info=subscription_count).
+func (t *trigger) subscriptionCounts(ctx context.Context, prefix string) (map[string]int64, error) {
+	path := "/apps/" + t.appID + "/channels"
+	q := signedQuery(t.key, t.secret, http.MethodGet, path, nil, time.Now().Unix(),
+		url.Values{"filter_by_prefix": {prefix}, "info": {"subscription_count"}})
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.base+t.prefix+path+"?"+q.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s %s", path, resp.Status, b)
+	}
+	var body struct {
+		Channels map[string]struct {
+			SubscriptionCount int64 `json:"subscription_count"`
+		} `json:"channels"`
+	}
+	if err := json.Unmarshal(b, &body); err != nil {
+		return nil, fmt.Errorf("GET %s: %v", path, err)
+	}
+	out := make(map[string]int64, len(body.Channels))
+	for name, c := range body.Channels {
+		out[name] = c.SubscriptionCount
+	}
+	return out, nil
 }

@@ -143,6 +143,11 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 		AllowAtomicPublish: true,
 	}
 	s, err := js.CreateOrUpdateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		// Another process created it between our update and create, with
+		// other settings: update it now.
+		s, err = js.CreateOrUpdateStream(ctx, cfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("queue: stream %s: %w", StreamName, err)
 	}

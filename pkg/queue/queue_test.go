@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +27,30 @@ func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// Processes started together on a fresh NATS all create the stream at
+// once, some with other settings; none of them may fail for it.
+func TestEnsureStreamConcurrently(t *testing.T) {
+	srv := natstest.Server(t, false)
+	const procs = 6
+	errs := make([]error, procs)
+	var wg sync.WaitGroup
+	for i := range procs {
+		js, err := jetstream.New(natstest.Conn(t, srv, fmt.Sprintf("proc-%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = queue.EnsureStream(testContext(t), js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Duration(1+i%2) * time.Hour})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestEnsureStreamTwiceIsHarmless(t *testing.T) {

@@ -1,5 +1,6 @@
 // Package multiprocess tests Resound as it is deployed: the gateway and
 // worker binaries and a real nats-server, each in its own process, talking
-// only over the network. The tests live in the _test.go files; TestMain
-// builds the three binaries once.
+// only over the network, with cmd/loadgen as the load in the fault tests.
+// The tests live in the _test.go files; TestMain builds the four binaries
+// once.
 package multiprocess

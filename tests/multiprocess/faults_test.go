@@ -3,6 +3,8 @@ package multiprocess
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,15 +14,12 @@ import (
 	"github.com/resoundhq/resound/protocol"
 )
 
-// startGatewayWith runs a gateway with extra settings.
-func startGatewayWith(t *testing.T, name, natsURL string, extra ...string) *gatewayProc {
-	t.Helper()
-	env := append(append(appEnv(), "NATS_URL="+natsURL), extra...)
-	p, port := startListening(t, name, env, 0)
-	g := &gatewayProc{proc: p, port: port, addr: "127.0.0.1:" + strconv.Itoa(port)}
-	g.api = newAPI(g.addr, appID, appKey, secret)
-	return g
-}
+// The fault tests: each runs a real nats-server, three gateway processes
+// and two worker processes, drives them with cmd/loadgen (its WebSockets
+// spread over the three gateways, so every channel has subscribers on
+// each), injects one fault in the middle of the load, and checks loadgen's
+// counts exactly: every expected delivery made, none missing, duplicated
+// or out of order.
 
 func joinPresence(t *testing.T, c *pushertest.Client, channel, userID string) {
 	t.Helper()
@@ -31,70 +30,105 @@ func joinPresence(t *testing.T, c *pushertest.Client, channel, userID string) {
 	c.Expect(protocol.EventSubscriptionSucceeded)
 }
 
-// A gateway killed with SIGKILL: the survivors remove its presence members
-// cluster-wide with member_removed, within twice the gateway TTL, the
-// connection quota it held heals, and the other gateway's clients keep
-// receiving events exactly once.
+// A worker killed with SIGKILL under load: the other worker takes its
+// partitions (the registry notices within the TTL, JetStream's pin lapses,
+// and the dead worker's unacked jobs come first), and every event reaches
+// every subscriber exactly once, in order per channel.
+func TestWorkerKilledUnderLoad(t *testing.T) {
+	c := startCluster(t, clusterSpec{gateways: 3, workers: 2, workerEnv: []string{"RESOUND_GATEWAY_TTL=3"}})
+	const conns, channels, events = 24, 8, 1200
+	lg := startLoadgen(t, c, c.gateways[0], "wkill", "-conns", strconv.Itoa(conns), "-channels", strconv.Itoa(channels),
+		"-rate", "200", "-events", strconv.Itoa(events))
+	lg.waitSent(t, events/3)
+	c.workers[0].kill(t)
+	if p := lg.progress(); p.EventsSent >= events {
+		t.Fatalf("the load was over (%d events sent) before the worker was killed", p.EventsSent)
+	}
+	s := lg.summary(t)
+	expectExact(t, s, conns, events, conns/channels)
+	if s.Fanout.Expected != events*conns/channels || s.Conns.Dropped != 0 || len(s.Conns.Failures) != 0 || len(s.Fanout.RequestFailures) != 0 {
+		t.Errorf("expected %d, want %d; dropped %d, failures %v, request failures %v",
+			s.Fanout.Expected, events*conns/channels, s.Conns.Dropped, s.Conns.Failures, s.Fanout.RequestFailures)
+	}
+	if c.workers[1].exited() {
+		t.Fatal("the surviving worker exited")
+	}
+}
+
+// A gateway killed with SIGKILL under load: loadgen's connections on it
+// reconnect to the next gateway and every event sent after they are back
+// reaches them, exactly once, as it does the others'; the survivors remove
+// the dead gateway's presence members cluster-wide with member_removed,
+// within twice the gateway TTL; and the connection quota it held heals.
 func TestGatewayKilledUnderLoad(t *testing.T) {
-	nurl, _ := startNATS(t)
-	extra := []string{"RESOUND_GATEWAY_TTL=3", "REVERB_APP_MAX_CONNECTIONS=2"}
-	a := startGatewayWith(t, "gateway-a", nurl, extra...)
-	b := startGatewayWith(t, "gateway-b", nurl, extra...)
-	startWorker(t, "worker", nurl)
+	// The quota is tested on an app of its own, capped at 2 connections,
+	// so that loadgen's reconnections are not refused by it.
+	apps := filepath.Join(t.TempDir(), "apps.json")
+	const quotaID, quotaKey, quotaSecret = "654321", "quota-key", "quota-secret"
+	if err := os.WriteFile(apps, []byte(`{"apps":[{"app_id":"`+quotaID+`","key":"`+quotaKey+`","secret":"`+quotaSecret+`","max_connections":2}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"RESOUND_GATEWAY_TTL=3", "RESOUND_APPS_FILE=" + apps}
+	c := startCluster(t, clusterSpec{gateways: 3, workers: 2, workerEnv: env,
+		gatewayEnv: func(int) []string { return env }})
+	a, dead := c.gateways[0], c.gateways[2]
 
 	ca := pushertest.Connect(t, a.addr, appKey)
-	cb := pushertest.Connect(t, b.addr, appKey)
+	cb := pushertest.Connect(t, dead.addr, appKey)
 	joinPresence(t, ca, "presence-room", "1")
 	joinPresence(t, cb, "presence-room", "2")
 	ca.Expect(protocol.EventMemberAdded)
-	ca.Subscribe("news")
-
-	// The quota (2) is full: a third connection is refused.
-	third := pushertest.Dial(t, a.addr, "/app/"+appKey)
+	pushertest.Connect(t, a.addr, quotaKey)
+	pushertest.Connect(t, dead.addr, quotaKey)
+	third := pushertest.Dial(t, a.addr, "/app/"+quotaKey)
 	third.ExpectError(protocol.CodeOverQuota)
 
-	// Events flow while gateway B dies.
-	const total = 60
-	go func() {
-		for i := 0; i < total; i++ {
-			a.api.Trigger([]string{"news"}, "tick", strconv.Itoa(i), "")
-			if i == total/3 {
-				b.kill(t)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
-	removed, next := false, 0
-	deadline := time.Now().Add(20 * time.Second)
-	for !removed || next < total {
-		m, err := ca.Read(time.Until(deadline))
-		if err != nil {
-			t.Fatalf("member_removed seen: %v, events %d of %d: %v", removed, next, total, err)
-		}
-		switch m.Event {
-		case protocol.EventMemberRemoved:
-			if !strings.Contains(m.DataString(), `"2"`) {
-				t.Fatalf("member_removed %s", m.Raw)
-			}
-			removed = true
-		case "tick":
-			if m.DataString() != strconv.Itoa(next) {
-				t.Fatalf("tick %s, want %d", m.DataString(), next)
-			}
-			next++
-		default:
-			t.Fatalf("unexpected %s", m.Raw)
-		}
+	// 30 connections over 6 channels: 10 on each gateway, 5 subscribers a
+	// channel on all three.
+	const conns, channels, events = 30, 6, 900
+	lg := startLoadgen(t, c, a, "gkill", "-reconnect", "-conns", strconv.Itoa(conns), "-channels", strconv.Itoa(channels),
+		"-rate", "150", "-events", strconv.Itoa(events))
+	lg.waitSent(t, events/3)
+	dead.kill(t)
+	if p := lg.progress(); p.EventsSent >= events {
+		t.Fatalf("the load was over (%d events sent) before the gateway was killed", p.EventsSent)
 	}
-	r := a.api.Do(http.MethodGet, "/channels/presence-room/users", nil, nil)
-	if r.Status != 200 || string(r.Body) != `{"users":[{"id":"1"}]}` {
+
+	// Presence: member 2 was on the dead gateway. The sweep takes up to
+	// twice the TTL.
+	m, err := ca.Read(30 * time.Second)
+	if err != nil {
+		t.Fatalf("no member_removed: %v", err)
+	}
+	if m.Event != protocol.EventMemberRemoved || !strings.Contains(m.DataString(), `"2"`) {
+		t.Fatalf("got %s, want member_removed of user 2", m.Raw)
+	}
+	if r := a.api.Do(http.MethodGet, "/channels/presence-room/users", nil, nil); r.Status != 200 || string(r.Body) != `{"users":[{"id":"1"}]}` {
 		t.Fatalf("users after the sweep: %d %s", r.Status, r.Body)
 	}
-	// B's slot of the quota is given back by the same sweep, just after
-	// the presence members.
-	deadline = time.Now().Add(10 * time.Second)
+
+	s := lg.summary(t)
+	expectExact(t, s, conns, events, conns/channels)
+	// The dead gateway's 10 connections, and only they, were lost once
+	// each (end of file or reset, as the kernel closed them) and came back.
+	lost := int64(0)
+	for kind, n := range s.Conns.Failures {
+		if kind != "eof_subscribed" && kind != "reset" {
+			t.Errorf("failure %s ×%d", kind, n)
+		}
+		lost += n
+	}
+	if s.Conns.Dropped != conns/3 || s.Conns.Reconnects != conns/3 || lost != conns/3 || len(s.Fanout.RequestFailures) != 0 {
+		t.Errorf("dropped %d, reconnects %d, failures %v, request failures %v; want %d lost and back",
+			s.Conns.Dropped, s.Conns.Reconnects, s.Conns.Failures, s.Fanout.RequestFailures, conns/3)
+	}
+	t.Logf("gap: %d events sent while connections were away, %d of them arrived anyway", s.Fanout.Gap, s.Fanout.GapReceived)
+
+	// The dead gateway's quota slot was given back by the same sweep, just
+	// after the presence members.
+	deadline := time.Now().Add(10 * time.Second)
 	for {
-		again := pushertest.Dial(t, a.addr, "/app/"+appKey)
+		again := pushertest.Dial(t, a.addr, "/app/"+quotaKey)
 		m, err := again.Read(5 * time.Second)
 		if err == nil && m.Event == protocol.EventConnectionEstablished {
 			break
@@ -142,106 +176,63 @@ func (n *natsProc) start(t *testing.T) {
 }
 
 // NATS restarted under load: while it is down the API answers 503, never
-// 200; gateways and workers reconnect by themselves; every event the API
-// acknowledged reaches the connected client exactly once, in order.
+// 200, and loadgen retries; gateways and workers reconnect by themselves,
+// no client connection is lost, and every event the API acknowledged
+// reaches every subscriber exactly once, in order.
 func TestNATSRestartedUnderLoad(t *testing.T) {
 	n := startRestartableNATS(t)
-	g := startGatewayWith(t, "gateway", n.url())
-	startWorker(t, "worker", n.url())
-	c := pushertest.Connect(t, g.addr, appKey)
-	c.Subscribe("news")
-
-	var acked []int
-	refused := 0
-	trigger := func(i int) {
-		r := g.api.Trigger([]string{"news"}, "tick", strconv.Itoa(i), "")
-		switch r.Status {
-		case 200:
-			acked = append(acked, i)
-		case 503:
-			refused++
-		default:
-			t.Fatalf("trigger %d: %d %s", i, r.Status, r.Body)
-		}
-	}
-	i := 0
-	for ; i < 20; i++ {
-		trigger(i)
-	}
+	c := startCluster(t, clusterSpec{gateways: 3, workers: 2, natsURL: n.url()})
+	const conns, channels, events = 24, 8, 800
+	lg := startLoadgen(t, c, c.gateways[0], "natsrestart", "-conns", strconv.Itoa(conns), "-channels", strconv.Itoa(channels),
+		"-rate", "100", "-events", strconv.Itoa(events))
+	lg.waitSent(t, events/4)
 	n.p.stop(t)
-	for ; i < 23; i++ {
-		trigger(i) // each waits out the publish timeout: 503
-	}
+	// Keep it down until the API has refused a request.
+	waitFor(t, lg.proc, lgSendBound, "a request refused while NATS is down", func() bool {
+		return lg.progress().RequestFailures > 0
+	})
 	n.start(t)
-	// Give the gateway and worker a moment to reconnect, as operators'
-	// producers retry; then everything acknowledged must arrive.
-	deadline := time.Now().Add(30 * time.Second)
-	for ; i < 60; i++ {
-		trigger(i)
-		time.Sleep(20 * time.Millisecond)
+
+	s := lg.summary(t)
+	expectExact(t, s, conns, events, conns/channels)
+	f := s.Fanout
+	if f.Expected != events*conns/channels || s.Conns.Dropped != 0 || len(s.Conns.Failures) != 0 {
+		t.Errorf("expected %d, want %d; dropped %d, failures %v", f.Expected, events*conns/channels, s.Conns.Dropped, s.Conns.Failures)
 	}
-	if refused == 0 {
-		t.Fatal("no trigger was refused while NATS was down")
-	}
-	for k, want := range acked {
-		m, err := c.Read(time.Until(deadline))
-		if err != nil {
-			t.Fatalf("after %d of %d acknowledged events: %v", k, len(acked), err)
-		}
-		if m.Event != "tick" || m.DataString() != strconv.Itoa(want) {
-			t.Fatalf("event %d: got %s, want tick %d", k, m.Raw, want)
+	for kind, k := range f.RequestFailures {
+		if kind != "status_503" {
+			t.Errorf("request failure %s ×%d; while NATS is down the API must answer 503", kind, k)
 		}
 	}
-	c.ExpectSilence(time.Second)
+	if f.RequestFailures["status_503"] == 0 {
+		t.Error("no request was refused while NATS was down")
+	}
+	t.Logf("%d requests refused while NATS was down, then retried", f.RequestFailures["status_503"])
 }
 
 // A client that stops reading: once its waiting output passes
-// RESOUND_MAX_OUTBOUND the gateway cuts it off, and the other subscriber
-// of the channel receives every event, exactly once, in order.
+// RESOUND_MAX_OUTBOUND its gateway cuts it off, while loadgen's
+// subscribers of the same channel, on every gateway, receive every event
+// exactly once, in order.
 func TestSlowConsumerIsCutOff(t *testing.T) {
-	nurl, _ := startNATS(t)
-	g := startGatewayWith(t, "gateway", nurl, "RESOUND_MAX_OUTBOUND=4194304")
-	startWorker(t, "worker", nurl)
-	slow := pushertest.Connect(t, g.addr, appKey)
-	slow.Subscribe("firehose")
-	fast := pushertest.Connect(t, g.addr, appKey)
-	fast.Subscribe("firehose")
+	c := startCluster(t, clusterSpec{gateways: 3, workers: 2,
+		gatewayEnv: func(int) []string { return []string{"RESOUND_MAX_OUTBOUND=4194304"} }})
+	const run = "slow"
+	slow := pushertest.Connect(t, c.gateways[1].addr, appKey)
+	slow.Subscribe("lg-" + run + "-0")
 
 	// 30 MB of events: far more than the kernel's socket buffers and the
-	// 4 MiB the gateway may hold for the slow client, while the fast
-	// client, reading along even on a loaded machine, stays well inside.
-	const batches, perBatch = 300, 10
-	payload := strings.Repeat("x", 10000)
-	done := make(chan error, 1)
-	go func() {
-		for b := 0; b < batches; b++ {
-			var items []string
-			for e := 0; e < perBatch; e++ {
-				items = append(items, fmt.Sprintf(`{"name":"tick","channel":"firehose","data":"%d %s"}`, b*perBatch+e, payload))
-			}
-			if r := g.api.Do(http.MethodPost, "/batch_events", []byte(`{"batch":[`+strings.Join(items, ",")+`]}`), nil); r.Status != 200 {
-				done <- fmt.Errorf("batch %d: %d %s", b, r.Status, r.Body)
-				return
-			}
-			// About 5 MB/s: a client that reads keeps up even on a loaded
-			// machine; one that never reads fills up within seconds.
-			time.Sleep(20 * time.Millisecond)
-		}
-		done <- nil
-	}()
-	for i := 0; i < batches*perBatch; i++ {
-		m, err := fast.Read(30 * time.Second)
-		if err != nil {
-			t.Fatalf("fast client after %d events: %v", i, err)
-		}
-		n, _, _ := strings.Cut(m.DataString(), " ")
-		if m.Event != "tick" || n != strconv.Itoa(i) {
-			t.Fatalf("fast client: event %d is %.60s", i, m.Raw)
-		}
+	// 4 MiB the gateway may hold for the slow client, while a client that
+	// reads, even on a loaded machine, stays well inside at about 5 MB/s.
+	const conns, events = 6, 3000
+	lg := startLoadgen(t, c, c.gateways[0], run, "-conns", strconv.Itoa(conns), "-channels", "1",
+		"-payload", "10000", "-batch", "10", "-rate", "500", "-events", strconv.Itoa(events))
+	s := lg.summary(t)
+	expectExact(t, s, conns, events, conns)
+	if s.Fanout.Expected != events*conns || s.Conns.Dropped != 0 || len(s.Conns.Failures) != 0 {
+		t.Errorf("expected %d, want %d; dropped %d, failures %v", s.Fanout.Expected, events*conns, s.Conns.Dropped, s.Conns.Failures)
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+
 	// The slow client was cut off: reading what the kernel still holds
 	// ends in a closed connection long before all events.
 	got := 0
@@ -251,70 +242,54 @@ func TestSlowConsumerIsCutOff(t *testing.T) {
 		}
 		got++
 	}
-	if got >= batches*perBatch {
+	if got >= events {
 		t.Fatalf("the slow client got all %d events; it should have been cut off", got)
 	}
 }
 
-// A gateway drained with SIGTERM: each of its clients gets 4200 ("reconnect
-// now") and a close (spread over RESOUND_DRAIN_WINDOW); they reconnect to
-// the other gateway, where every one of them receives the next event
-// exactly once.
+// A gateway drained with SIGTERM under load: each of its clients gets 4200
+// ("reconnect now") and a close, spread over RESOUND_DRAIN_WINDOW; all of
+// them reconnect to the next gateway at about the same time, and every
+// event sent after each is back reaches it exactly once, as it does the
+// clients that never moved.
 func TestReconnectStormAfterDrain(t *testing.T) {
-	nurl, _ := startNATS(t)
-	a := startGatewayWith(t, "gateway-a", nurl, "RESOUND_DRAIN_WINDOW=2")
-	b := startGatewayWith(t, "gateway-b", nurl)
-	startWorker(t, "worker", nurl)
-
-	const clients = 200
-	conns := make([]*pushertest.Client, clients)
-	for i := range conns {
-		conns[i] = pushertest.Connect(t, a.addr, appKey)
-		conns[i].Subscribe("storm")
-	}
-	stopped := make(chan int, 1)
-	go func() { stopped <- a.stop(t) }()
-
-	// Every client sees 4200 then a close with 4200, and reconnects to B.
-	// How the closes spread over the window is drainBatch's, unit-tested in
-	// pkg/gateway; here every client must be told, and come back.
-	closes := make(chan int, clients)
-	for i, c := range conns {
-		go func() {
-			for {
-				m, err := c.Read(20 * time.Second)
-				if err != nil {
-					return
-				}
-				if m.Event == protocol.EventError && strings.Contains(m.DataString(), "4200") {
-					closes <- i
-					return
-				}
-			}
-		}()
-	}
-	for n := 0; n < clients; n++ {
-		select {
-		case i := <-closes:
-			conns[i].ExpectClose(protocol.CodeReconnect)
-			conns[i] = pushertest.Connect(t, b.addr, appKey)
-			conns[i].Subscribe("storm")
-		case <-time.After(30 * time.Second):
-			t.Fatalf("only %d of %d clients were told to reconnect", n, clients)
+	c := startCluster(t, clusterSpec{gateways: 3, workers: 2, gatewayEnv: func(i int) []string {
+		if i == 0 {
+			return []string{"RESOUND_DRAIN_WINDOW=2"}
 		}
-	}
-	if code := <-stopped; code != 0 {
+		return nil
+	}})
+	drained := c.gateways[0]
+	// 300 connections over 10 channels: 100 on each gateway.
+	const conns, channels, events = 300, 10, 900
+	lg := startLoadgen(t, c, c.gateways[1], "storm", "-reconnect", "-conns", strconv.Itoa(conns), "-channels", strconv.Itoa(channels),
+		"-rate", "150", "-events", strconv.Itoa(events))
+	lg.waitSent(t, events/4)
+	if code := drained.stop(t); code != 0 {
 		t.Fatalf("drained gateway exited %d", code)
 	}
-	mustOK(t, b.api.Trigger([]string{"storm"}, "after", "1", ""))
-	for i, c := range conns {
-		m := c.Expect("after")
-		if m.Channel != "storm" {
-			t.Fatalf("client %d: %s", i, m.Raw)
+	if p := lg.progress(); p.EventsSent >= events {
+		t.Fatalf("the load was over (%d events sent) before the drain ended", p.EventsSent)
+	}
+
+	s := lg.summary(t)
+	expectExact(t, s, conns, events, conns/channels)
+	want := map[string]int64{"pusher_error_4200": conns / 3, "server_close_4200": conns / 3}
+	if s.Conns.Dropped != conns/3 || s.Conns.Reconnects != conns/3 || !sameCounts(s.Conns.Failures, want) || len(s.Fanout.RequestFailures) != 0 {
+		t.Errorf("dropped %d, reconnects %d, failures %v, request failures %v; want %d told to reconnect (%v), and back",
+			s.Conns.Dropped, s.Conns.Reconnects, s.Conns.Failures, s.Fanout.RequestFailures, conns/3, want)
+	}
+	t.Logf("gap: %d events sent while connections were away, %d of them arrived anyway", s.Fanout.Gap, s.Fanout.GapReceived)
+}
+
+func sameCounts(a, b map[string]int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
 		}
 	}
-	// No duplicate trails behind: sample a few clients.
-	for _, c := range conns[:5] {
-		c.ExpectSilence(200 * time.Millisecond)
-	}
+	return true
 }

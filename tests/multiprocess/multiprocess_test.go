@@ -3,7 +3,6 @@ package multiprocess
 import (
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"regexp"
 	"sort"
@@ -382,63 +381,4 @@ func (j jsz) stream(t *testing.T) jszStream {
 	}
 	t.Fatalf("no RESOUND_JOBS stream among %v", names)
 	return jszStream{}
-}
-
-// A worker killed with SIGKILL while events stream over eight channels:
-// the other worker takes its partitions (the registry notices within the
-// gateway TTL, JetStream's pin lapses, and the dead worker's unacked jobs
-// come first), and every event reaches the client exactly once, in order
-// per channel.
-func TestWorkerKilledUnderLoad(t *testing.T) {
-	nurl, _ := startNATS(t)
-	g := startGateway(t, "gateway", nurl, 0)
-	fast := []string{"RESOUND_GATEWAY_TTL=3"}
-	w1 := startProc(t, "worker-1", "worker", append(append(appEnv(), fast...), "NATS_URL="+nurl, "RESOUND_WORKERS=2", "RESOUND_METRICS_PORT=0"))
-	w2 := startProc(t, "worker-2", "worker", append(append(appEnv(), fast...), "NATS_URL="+nurl, "RESOUND_WORKERS=2", "RESOUND_METRICS_PORT=0"))
-	w1.waitLog(t, workerReady)
-	w2.waitLog(t, workerReady)
-
-	const channels, perChannel = 8, 60
-	c := pushertest.Connect(t, g.addr, appKey)
-	for k := 0; k < channels; k++ {
-		c.Subscribe(fmt.Sprintf("load-%d", k))
-	}
-	done := make(chan error, 1)
-	go func() {
-		for i := 0; i < perChannel; i++ {
-			for k := 0; k < channels; k++ {
-				if r := g.api.Trigger([]string{fmt.Sprintf("load-%d", k)}, "tick", strconv.Itoa(i), ""); r.Status != 200 {
-					done <- fmt.Errorf("trigger %d on load-%d: %d %s", i, k, r.Status, r.Body)
-					return
-				}
-			}
-			if i == perChannel/3 {
-				w1.kill(t)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		done <- nil
-	}()
-	next := make([]int, channels)
-	deadline := time.Now().Add(60 * time.Second)
-	for received := 0; received < channels*perChannel; {
-		m, err := c.Read(time.Until(deadline))
-		if err != nil {
-			t.Fatalf("after %d of %d events: %v (next per channel %v)", received, channels*perChannel, err, next)
-		}
-		var k int
-		if _, err := fmt.Sscanf(m.Channel, "load-%d", &k); err != nil || m.Event != "tick" {
-			t.Fatalf("unexpected %s", m.Raw)
-		}
-		i, _ := strconv.Atoi(m.DataString())
-		if i != next[k] {
-			t.Fatalf("load-%d: got event %d, want %d (a duplicate, a loss or a reordering)", k, i, next[k])
-		}
-		next[k]++
-		received++
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	c.ExpectSilence(time.Second)
 }

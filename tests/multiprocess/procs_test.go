@@ -36,7 +36,8 @@ const (
 	buildTimeout = 5 * time.Minute
 )
 
-// binDir holds gateway, worker and nats-server, built once by TestMain.
+// binDir holds gateway, worker, loadgen and nats-server, built once by
+// TestMain.
 var binDir string
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
@@ -57,6 +58,7 @@ func run(m *testing.M) int {
 	builds := []struct{ out, pkg string }{
 		{"gateway", "./cmd/gateway"},
 		{"worker", "./cmd/worker"},
+		{"loadgen", "./cmd/loadgen"},
 		{"nats-server", "github.com/nats-io/nats-server/v2"}, // the go.mod tool directive
 	}
 	errs := make([]error, len(builds))
@@ -144,6 +146,13 @@ type proc struct {
 // ends, and its log's tail is printed if the test failed.
 func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
 	t.Helper()
+	return startProcOut(t, name, bin, env, "", args...)
+}
+
+// startProcOut is startProc with stdout to the file stdout (when not
+// empty) and only stderr to the log.
+func startProcOut(t *testing.T, name, bin string, env []string, stdout string, args ...string) *proc {
+	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
@@ -154,8 +163,18 @@ func startProc(t *testing.T, name, bin string, env []string, args ...string) *pr
 	cmd.Dir = t.TempDir()
 	cmd.Stdout = f
 	cmd.Stderr = f
+	var out *os.File
+	if stdout != "" {
+		if out, err = os.Create(stdout); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout = out
+	}
 	err = cmd.Start()
 	_ = f.Close() // the child has its own descriptor
+	if out != nil {
+		_ = out.Close()
+	}
 	if err != nil {
 		t.Fatalf("starting %s: %v", name, err)
 	}
@@ -340,24 +359,13 @@ func startGateway(t *testing.T, name, natsURL string, port int) *gatewayProc {
 // and picks another if that one was taken before the gateway bound it.
 func startListening(t *testing.T, name string, env []string, port int) (*proc, int) {
 	t.Helper()
-	hc := &http.Client{Timeout: 2 * time.Second}
 	for attempt := 1; ; attempt++ {
 		p0 := port
 		if p0 == 0 {
 			p0 = freePort(t)
 		}
-		addr := "127.0.0.1:" + strconv.Itoa(p0)
-		p := startProc(t, name, "gateway", append(env, "REVERB_SERVER_HOST=127.0.0.1", "REVERB_SERVER_PORT="+strconv.Itoa(p0)))
-		err := poll(p, startTimeout, "GET /up 200 from "+name, func() bool {
-			resp, err := hc.Get("http://" + addr + "/up")
-			if err != nil {
-				return false
-			}
-			defer resp.Body.Close()
-			b, _ := io.ReadAll(resp.Body)
-			var body map[string]string
-			return resp.StatusCode == http.StatusOK && json.Unmarshal(b, &body) == nil && body["health"] == "OK"
-		})
+		p := launchGateway(t, name, env, p0)
+		err := awaitUp(p, p0)
 		if err == nil {
 			return p, p0
 		}
@@ -365,6 +373,29 @@ func startListening(t *testing.T, name string, env []string, port int) (*proc, i
 			t.Fatal(err)
 		}
 	}
+}
+
+// launchGateway starts gateway with env on 127.0.0.1:port without waiting.
+func launchGateway(t *testing.T, name string, env []string, port int) *proc {
+	t.Helper()
+	return startProc(t, name, "gateway", append(env, "REVERB_SERVER_HOST=127.0.0.1", "REVERB_SERVER_PORT="+strconv.Itoa(port)))
+}
+
+// awaitUp waits until the gateway p on port answers GET /up with 200
+// {"health":"OK"}.
+func awaitUp(p *proc, port int) error {
+	hc := &http.Client{Timeout: 2 * time.Second}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	return poll(p, startTimeout, "GET /up 200 from "+p.name, func() bool {
+		resp, err := hc.Get("http://" + addr + "/up")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var body map[string]string
+		return resp.StatusCode == http.StatusOK && json.Unmarshal(b, &body) == nil && body["health"] == "OK"
+	})
 }
 
 func newAPI(addr, id, key, sec string) *pushertest.API {
