@@ -34,6 +34,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/resoundhq/resound/pkg/logging"
 )
 
 func main() {
@@ -93,7 +95,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "report: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05", NoColor: !isTerminal(stderr)}).With().Timestamp().Logger()
+	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05", NoColor: !logging.IsTerminal(stderr)}).With().Timestamp().Logger()
 
 	switch *writeDocs {
 	case "auto", "true", "false":
@@ -162,15 +164,6 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log.Info().Str("report", out).Str("images", filepath.Join(filepath.Dir(out), "img")).Str("results", dir).Msg("done")
 	return 0
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // repoRoot is the nearest directory up from here with a go.mod.

@@ -172,6 +172,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/resoundhq/resound/pkg/loadgen"
+	"github.com/resoundhq/resound/pkg/logging"
 )
 
 const usage = `Usage:
@@ -315,7 +316,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *jsonLogs {
 		log = zerolog.New(stderr)
 	} else {
-		log = zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05.000", NoColor: !isTerminal(stderr)})
+		log = zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05.000", NoColor: !logging.IsTerminal(stderr)})
 	}
 	log = log.Level(lvl).With().Timestamp().Str("mode", mode).Logger()
 	if err := cfg.Validate(); err != nil {
@@ -344,15 +345,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 func writeSummary(w io.Writer, s *loadgen.Summary) error {

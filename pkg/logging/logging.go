@@ -21,7 +21,7 @@ func New(w io.Writer, level, format string) zerolog.Logger {
 	}
 	if format == "auto" {
 		format = "json"
-		if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+		if IsTerminal(w) {
 			format = "console"
 		}
 	}
@@ -29,4 +29,10 @@ func New(w io.Writer, level, format string) zerolog.Logger {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}
+
+// IsTerminal reports whether w is a terminal, where people read colours.
+func IsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && isatty.IsTerminal(f.Fd())
 }

@@ -360,20 +360,28 @@ func TestInvalidJobsAreTerminated(t *testing.T) {
 	}
 }
 
-// A job that waited in the stream while no worker ran is delivered once
-// one starts.
-func TestJobQueuedBeforeWorkersStart(t *testing.T) {
+// startStream runs an embedded JetStream with the job stream and no
+// worker, and connects to it as name.
+func startStream(t *testing.T, name string) (*natsembed.Server, *nats.Conn, jetstream.JetStream, context.Context) {
+	t.Helper()
 	ns := natstest.Server(t, false)
-	nc := connect(t, ns, "all")
+	nc := connect(t, ns, name)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
+	return ns, nc, js, ctx
+}
+
+// A job that waited in the stream while no worker ran is delivered once
+// one starts.
+func TestJobQueuedBeforeWorkersStart(t *testing.T) {
+	_, nc, js, ctx := startStream(t, "all")
 	ch := make(chan *nats.Msg, 4)
 	if _, err := nc.ChanSubscribe(route.Subject(appID, "late"), ch); err != nil {
 		t.Fatal(err)
@@ -406,17 +414,7 @@ func TestJobQueuedBeforeWorkersStart(t *testing.T) {
 // delivery would miss a gateway that has not resubscribed yet, and be
 // acked all the same.
 func TestJobsWaitForGatewaysAfterReconnect(t *testing.T) {
-	ns := natstest.Server(t, false)
-	nc := connect(t, ns, "producer")
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
+	ns, _, js, ctx := startStream(t, "producer")
 	stores, err := cluster.Ensure(ctx, js, cluster.Options{GatewayTTL: time.Minute})
 	if err != nil {
 		t.Fatal(err)
