@@ -139,28 +139,24 @@ func AwaitGateways(ctx context.Context, nc *nats.Conn, live func(ctx context.Con
 		// The registry is read every round: right after a NATS restart
 		// JetStream may not answer yet, and gateways come and go.
 		want, err := live(ctx)
-		if err == nil && nc.PublishRequest(ReadySubject, inbox, nil) == nil {
-			round, cancel := context.WithTimeout(ctx, readyRound)
-			for {
-				m, err := sub.NextMsgWithContext(round)
-				if err != nil {
-					break
-				}
-				seen[string(m.Data)] = true
-				if covers(seen, want) {
-					cancel()
-					return true
-				}
-			}
-			cancel()
-			if covers(seen, want) {
-				return true
-			}
-		} else {
+		if err != nil || nc.PublishRequest(ReadySubject, inbox, nil) != nil {
 			select {
 			case <-ctx.Done():
 			case <-time.After(readyRound):
 			}
+			continue
+		}
+		round, cancel := context.WithTimeout(ctx, readyRound)
+		for !covers(seen, want) {
+			m, err := sub.NextMsgWithContext(round)
+			if err != nil {
+				break
+			}
+			seen[string(m.Data)] = true
+		}
+		cancel()
+		if covers(seen, want) {
+			return true
 		}
 	}
 	return false

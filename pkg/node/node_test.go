@@ -1,10 +1,8 @@
 package node
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -29,15 +27,8 @@ const (
 // gateway) on a free loopback port with its own data directory.
 func startNode(t *testing.T, tweak func(*config.Settings)) (*Node, *pushertest.API) {
 	t.Helper()
-	s := config.Settings{
-		AppID: appID, AppKey: appKey, AppSecret: secret,
-		Host: "127.0.0.1", DataDir: t.TempDir(), Workers: 2,
-		LogLevel: "warn", LogFormat: "json",
-		PingInterval: config.Seconds(60 * time.Second), ActivityTimeout: config.Seconds(30 * time.Second),
-		PongTimeout: config.Seconds(30 * time.Second), MaxMessageSize: 10000, MaxEventSize: 10240,
-		MaxRequestSize: 262144, QueueMaxBytes: 64 << 20, QueueMaxAge: config.Seconds(time.Hour),
-		CacheTTL: config.Seconds(30 * time.Minute), GatewayTTL: config.Seconds(15 * time.Second),
-	}
+	s := baseSettings(t)
+	s.AppID, s.AppKey, s.AppSecret = appID, appKey, secret
 	if tweak != nil {
 		tweak(&s)
 	}
@@ -46,19 +37,8 @@ func startNode(t *testing.T, tweak func(*config.Settings)) (*Node, *pushertest.A
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	n, err := Start(ctx, Options{Config: &config.Config{Settings: s, Apps: apps}, Listener: ln, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
-	api := &pushertest.API{BaseURL: "http://" + ln.Addr().String(), AppID: appID, Key: appKey, Secret: secret}
+	n := startOn(t, &config.Config{Settings: s, Apps: apps}, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+	api := &pushertest.API{BaseURL: "http://" + n.Addr().String(), AppID: appID, Key: appKey, Secret: secret}
 	return n, api
 }
 

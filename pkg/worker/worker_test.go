@@ -70,9 +70,16 @@ func start(t *testing.T, workers int) *env {
 		Workers:   workers,
 		Log:       zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel),
 	})
+	runPool(t, e.pool)
+	return e
+}
+
+// runPool runs pool until the test ends, then checks that it stops.
+func runPool(t *testing.T, pool *worker.Pool) {
+	t.Helper()
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- e.pool.Run(runCtx) }()
+	go func() { done <- pool.Run(runCtx) }()
 	t.Cleanup(func() {
 		stop()
 		select {
@@ -84,7 +91,6 @@ func start(t *testing.T, workers int) *env {
 			t.Error("Run did not return after its context ended")
 		}
 	})
-	return e
 }
 
 func connect(t *testing.T, ns *natsembed.Server, name string) *nats.Conn {
@@ -394,15 +400,7 @@ func TestJobQueuedBeforeWorkersStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	pool := worker.New(worker.Options{Conn: nc, JetStream: js, Apps: func(id string) bool { return id == appID }, Limits: protocol.DefaultLimits})
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- pool.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runPool(t, pool)
 	d := decode(t, receive(t, ch))
 	if d.seq != seq || d.event["data"] != "waited" {
 		t.Fatalf("got seq %d %v", d.seq, d.event)
@@ -432,15 +430,7 @@ func TestJobsWaitForGatewaysAfterReconnect(t *testing.T) {
 	wc.SetReconnectHandler(func(*nats.Conn) { reconnected <- struct{}{} })
 	pool := worker.New(worker.Options{Conn: wc, JetStream: wjs, Stores: stores, Apps: func(id string) bool { return id == appID },
 		Limits: protocol.DefaultLimits, ReconnectHold: time.Minute}) // far longer than the test waits: only the answer ends it
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- pool.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runPool(t, pool)
 
 	// Run installs its handler around ours; wait until it has, then cut
 	// the worker off.
@@ -460,9 +450,22 @@ func TestJobsWaitForGatewaysAfterReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The gateway comes back a little later: subscriptions first, as
-	// nats.go resends them on reconnect, then its answer.
-	time.Sleep(300 * time.Millisecond)
+	// The worker has the job and holds it, unacked.
+	eventually(t, "job delivered to the worker and held", func() bool {
+		var held int
+		for k := 0; k < queue.DefaultPartitions; k++ {
+			c, err := js.Consumer(ctx, queue.StreamName, queue.ConsumerName(k))
+			if err != nil {
+				return false
+			}
+			if info, err := c.Info(ctx); err == nil {
+				held += info.NumAckPending
+			}
+		}
+		return held == 1
+	})
+	// Only now does the gateway come back: subscriptions first, as nats.go
+	// resends them on reconnect, then its answer.
 	gw := connect(t, ns, "gw-late")
 	ch := make(chan *nats.Msg, 4)
 	if _, err := gw.ChanSubscribe(route.Subject(appID, "late"), ch); err != nil {
