@@ -35,6 +35,11 @@ type App struct {
 	MaxPresenceMembers      int `json:"max_presence_members,omitempty"`
 	MaxPresenceUserInfo     int `json:"max_presence_user_info,omitempty"`
 	MaxPresenceUserIDLength int `json:"max_presence_user_id_length,omitempty"`
+	// MaxUserConnections bounds the connections one user may have on one
+	// presence channel, and signed in at once, so that one user's sockets
+	// cannot grow a shared key without end. Pusher has no such limit; 100
+	// is more tabs than anyone opens.
+	MaxUserConnections int `json:"max_user_connections,omitempty"`
 	// SubscriptionCount turns on pusher_internal:subscription_count events
 	// for non-presence channels, as Pusher's app setting does.
 	SubscriptionCount bool `json:"subscription_count,omitempty"`
@@ -74,7 +79,7 @@ func NewApps(apps []App) (*Apps, error) {
 			return nil, fmt.Errorf("app %q: activity_timeout must be at least 1 second", app.ID)
 		case app.MaxConnections < 0:
 			return nil, fmt.Errorf("app %q: max_connections must not be negative", app.ID)
-		case app.ClientEventRateLimit < 0 || app.MaxPresenceMembers < 0 || app.MaxPresenceUserInfo < 0 || app.MaxPresenceUserIDLength < 0:
+		case app.ClientEventRateLimit < 0 || app.MaxPresenceMembers < 0 || app.MaxPresenceUserInfo < 0 || app.MaxPresenceUserIDLength < 0 || app.MaxUserConnections < 0:
 			return nil, fmt.Errorf("app %q: limits must not be negative", app.ID)
 		}
 		switch app.AcceptClientEventsFrom {
@@ -133,6 +138,9 @@ func (s *Settings) withDefaults(app App) App {
 	}
 	if app.MaxPresenceUserIDLength == 0 {
 		app.MaxPresenceUserIDLength = 128
+	}
+	if app.MaxUserConnections == 0 {
+		app.MaxUserConnections = 100
 	}
 	return app
 }

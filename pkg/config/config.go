@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -61,8 +63,60 @@ type Settings struct {
 	Partitions int `envconfig:"RESOUND_PARTITIONS" default:"8" desc:"ordered lanes of the job stream, shared out among worker processes; every process must use the same number"`
 	Replicas   int `envconfig:"RESOUND_NATS_REPLICAS" default:"1" desc:"JetStream replicas of the job stream and the shared-state buckets: 3 on a 3-node NATS cluster survives losing a node"`
 
-	QueueMaxBytes int64   `envconfig:"RESOUND_QUEUE_MAX_BYTES" default:"1073741824" desc:"bytes the job stream may hold before the API answers 503"`
-	QueueMaxAge   Seconds `envconfig:"RESOUND_QUEUE_MAX_AGE" default:"86400" desc:"seconds a job may wait in the stream before it is discarded"`
+	QueueMaxBytes  int64   `envconfig:"RESOUND_QUEUE_MAX_BYTES" default:"1073741824" desc:"bytes the job stream may hold before the API answers 503"`
+	QueueMaxAge    Seconds `envconfig:"RESOUND_QUEUE_MAX_AGE" default:"86400" desc:"seconds a job may wait in the stream before it is discarded"`
+	JobMaxAttempts int     `envconfig:"RESOUND_JOB_MAX_ATTEMPTS" default:"10" desc:"times a worker tries a job, with backoff, before setting it aside in the dead-letter stream"`
+
+	// Bounds on what one client, or all of them, can make a gateway hold.
+	// docs/security.md lists each with the attack it stops.
+	HandshakeTimeout         Seconds `envconfig:"RESOUND_HANDSHAKE_TIMEOUT" default:"10" desc:"seconds from accept to a complete request head (WebSocket upgrade or first HTTP request); then the socket is closed"`
+	MaxRequestHead           int     `envconfig:"RESOUND_MAX_REQUEST_HEAD" default:"16384" desc:"bytes of request line and headers, WebSocket upgrades and HTTP API alike; over it 431, then close"`
+	MaxHandshakes            int     `envconfig:"RESOUND_MAX_HANDSHAKES" default:"2048" desc:"handshakes in progress at once; past it a new socket gets 503 and is closed"`
+	MaxHTTPConnections       int     `envconfig:"RESOUND_MAX_HTTP_CONNECTIONS" default:"1024" desc:"plain HTTP (API) connections open at once; past it 503 and close"`
+	MaxConnectionsPerIP      int     `envconfig:"RESOUND_MAX_CONNECTIONS_PER_IP" default:"0" desc:"open connections (WebSocket and HTTP) per client IP; past it 429 and close; 0 is no cap"`
+	TrustedProxies           CIDRs   `envconfig:"RESOUND_TRUSTED_PROXIES" desc:"comma-separated CIDRs of load balancers whose X-Forwarded-For or PROXY header names the client"`
+	ProxyProtocol            bool    `envconfig:"RESOUND_PROXY_PROTOCOL" default:"false" desc:"connections from trusted proxies start with a PROXY protocol v1 or v2 header"`
+	MaxChannelsPerConnection int     `envconfig:"RESOUND_MAX_CHANNELS_PER_CONNECTION" default:"1000" desc:"channels one connection may be on; the next subscription gets pusher:subscription_error and pusher:error 4301"`
+	MaxOutboundTotal         int64   `envconfig:"RESOUND_MAX_OUTBOUND_TOTAL" default:"268435456" desc:"bytes of output all slow clients of a gateway may hold at once; a write past it cuts that client off"`
+	OpsAddr                  string  `envconfig:"RESOUND_OPS_ADDR" desc:"host:port for /metrics and /debug/pprof/ (and /up, /livez); empty serves them nowhere, never on the public port"`
+}
+
+// CIDRs is a comma-separated list of networks ("10.0.0.0/8,192.168.1.7");
+// a bare address is a network of one.
+type CIDRs []netip.Prefix
+
+// Decode implements envconfig.Decoder.
+func (c *CIDRs) Decode(value string) error {
+	var out CIDRs
+	for _, part := range strings.Split(value, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(part); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(part)
+		if err != nil {
+			return fmt.Errorf("%q is neither a CIDR nor an address", part)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	*c = out
+	return nil
+}
+
+// Contains reports whether addr is in one of the networks.
+func (c CIDRs) Contains(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, p := range c {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // Seconds is a duration written as whole seconds ("60"), as Reverb's
@@ -181,6 +235,27 @@ func (s *Settings) validate() error {
 		return fmt.Errorf("invalid setting RESOUND_CACHE_TTL: must be at least 1 second")
 	case s.QueueMaxAge < Seconds(time.Second):
 		return fmt.Errorf("invalid setting RESOUND_QUEUE_MAX_AGE: must be at least 1 second")
+	case s.JobMaxAttempts < 1:
+		return fmt.Errorf("invalid setting RESOUND_JOB_MAX_ATTEMPTS=%d: must be at least 1", s.JobMaxAttempts)
+	case s.HandshakeTimeout < Seconds(time.Second):
+		return fmt.Errorf("invalid setting RESOUND_HANDSHAKE_TIMEOUT: must be at least 1 second")
+	case s.MaxRequestHead < 1024:
+		return fmt.Errorf("invalid setting RESOUND_MAX_REQUEST_HEAD=%d: must be at least 1024", s.MaxRequestHead)
+	case s.MaxHandshakes < 1:
+		return fmt.Errorf("invalid setting RESOUND_MAX_HANDSHAKES=%d: must be at least 1", s.MaxHandshakes)
+	case s.MaxHTTPConnections < 1:
+		return fmt.Errorf("invalid setting RESOUND_MAX_HTTP_CONNECTIONS=%d: must be at least 1", s.MaxHTTPConnections)
+	case s.MaxConnectionsPerIP < 0:
+		return fmt.Errorf("invalid setting RESOUND_MAX_CONNECTIONS_PER_IP=%d: must not be negative", s.MaxConnectionsPerIP)
+	case s.MaxChannelsPerConnection < 1:
+		return fmt.Errorf("invalid setting RESOUND_MAX_CHANNELS_PER_CONNECTION=%d: must be at least 1", s.MaxChannelsPerConnection)
+	case s.MaxOutboundTotal < int64(s.MaxOutbound):
+		return fmt.Errorf("invalid setting RESOUND_MAX_OUTBOUND_TOTAL=%d: must be at least RESOUND_MAX_OUTBOUND (%d)", s.MaxOutboundTotal, s.MaxOutbound)
+	}
+	if s.OpsAddr != "" {
+		if _, _, err := net.SplitHostPort(s.OpsAddr); err != nil {
+			return fmt.Errorf("invalid setting RESOUND_OPS_ADDR=%q: must be host:port", s.OpsAddr)
+		}
 	}
 	switch s.LogLevel {
 	case "debug", "info", "warn", "error":

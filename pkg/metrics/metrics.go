@@ -42,7 +42,54 @@ type Gateway struct {
 	Errors        *prometheus.CounterVec // by Pusher or close code, and app
 	Handshakes    prometheus.Counter
 	AcceptBackoff prometheus.Counter
+	// LimitHits counts each time a bound on what clients can make the
+	// gateway hold refused or cut something off, by Limit.
+	LimitHits *prometheus.CounterVec
+	// Panics counts panics recovered at the edges that handle client
+	// input, by where they happened.
+	Panics *prometheus.CounterVec
+	// StateRetries counts shared-state clean-ups (presence leaves,
+	// sign-outs, connection-slot releases) that failed and were retried.
+	StateRetries prometheus.Counter
 }
+
+// Limit names a bound: the label of resound_limit_hits_total. The set is
+// fixed, so the series are too.
+type Limit string
+
+// The bounds docs/security.md lists.
+const (
+	LimitRequestHead      Limit = "request_head"
+	LimitHandshakeTimeout Limit = "handshake_timeout"
+	LimitHandshakes       Limit = "handshakes"
+	LimitHTTPConnections  Limit = "http_connections"
+	LimitConnectionsPerIP Limit = "connections_per_ip"
+	LimitChannels         Limit = "channels_per_connection"
+	LimitMessageSize      Limit = "message_size"
+	LimitOutbound         Limit = "outbound"
+	LimitOutboundTotal    Limit = "outbound_total"
+	LimitInvalidUTF8      Limit = "invalid_utf8"
+	LimitProtocolError    Limit = "protocol_error"
+	LimitClientEventRate  Limit = "client_event_rate"
+	LimitUserConnections  Limit = "user_connections"
+	LimitPendingOps       Limit = "pending_ops"
+)
+
+// Limits lists every Limit, so that their series exist from the start.
+var Limits = []Limit{LimitRequestHead, LimitHandshakeTimeout, LimitHandshakes, LimitHTTPConnections,
+	LimitConnectionsPerIP, LimitChannels, LimitMessageSize, LimitOutbound, LimitOutboundTotal,
+	LimitInvalidUTF8, LimitProtocolError, LimitClientEventRate, LimitUserConnections, LimitPendingOps}
+
+// Where a panic was recovered: the label of resound_panics_total.
+const (
+	PanicHandshake  = "handshake"
+	PanicPoller     = "poller"
+	PanicDispatcher = "dispatcher"
+	PanicAsync      = "async"
+	PanicNATS       = "nats"
+	PanicHTTP       = "http"
+	PanicWorker     = "worker"
+)
 
 // NewGateway registers a gateway's metrics. subscriptions and channels are
 // read when scraped.
@@ -59,18 +106,48 @@ func NewGateway(r *Registry, subscriptions, channels func() float64) *Gateway {
 		Errors:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_errors_total", Help: "Errors sent to clients, by Pusher error or close code."}, []string{"code", "app"}),
 		Handshakes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_handshakes_total", Help: "WebSocket handshakes completed."}),
 		AcceptBackoff: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_accept_backoff_total", Help: "Times accept failed (e.g. out of file descriptors) and backed off."}),
+		LimitHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_limit_hits_total",
+			Help: "Times a bound on what clients can make the gateway hold refused or cut something off, by limit."}, []string{"limit"}),
+		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_panics_total",
+			Help: "Panics recovered while handling client input, by where; the connection concerned is closed with 1011."}, []string{"where"}),
+		StateRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_state_retries_total",
+			Help: "Shared-state clean-ups (presence leaves, sign-outs, connection-slot releases) that failed and were retried."}),
+	}
+	for _, l := range Limits {
+		g.LimitHits.WithLabelValues(string(l))
 	}
 	r.MustRegister(g.Connections, g.MessagesIn, g.MessagesOut, g.Deliveries, g.SlowConsumers, g.Duplicates, g.Errors, g.Handshakes, g.AcceptBackoff,
+		g.LimitHits, g.Panics, g.StateRetries,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_subscriptions", Help: "Channel subscriptions of local connections."}, subscriptions),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_channels", Help: "Channels with local subscribers."}, channels),
 	)
 	return g
 }
 
-// Error counts an error code sent to a client of app.
+// Error counts an error code sent to a client of app. The code label is
+// bucketed: a client can close with any of thousands of codes, and each
+// distinct label value would be a series kept forever.
 func (g *Gateway) Error(code int, app string) {
 	if g != nil {
-		g.Errors.WithLabelValues(strconv.Itoa(code), app).Inc()
+		g.Errors.WithLabelValues(CodeLabel(code), app).Inc()
+	}
+}
+
+// CodeLabel is the label of an error or close code: the code itself when
+// it is one Resound sends, "other" for the rest.
+func CodeLabel(code int) string {
+	switch code {
+	case 1000, 1001, 1002, 1007, 1008, 1009, 1011,
+		4001, 4004, 4009, 4100, 4200, 4201, 4202, 4301, 4302:
+		return strconv.Itoa(code)
+	}
+	return "other"
+}
+
+// LimitHit counts one bite of a bound.
+func (g *Gateway) LimitHit(l Limit) {
+	if g != nil {
+		g.LimitHits.WithLabelValues(string(l)).Inc()
 	}
 }
 
