@@ -31,8 +31,10 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/counts"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/presence"
+	"github.com/resoundhq/resound/pkg/users"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -151,6 +153,8 @@ type Server struct {
 	httpConns *connListener
 
 	presence    *presence.Store
+	users       *users.Store
+	counts      *counts.Store
 	stats       map[string]*appStat
 	baseCtx     context.Context
 	cancelBase  context.CancelFunc
@@ -184,6 +188,8 @@ func New(opts Options) (*Server, error) {
 		opts:       opts,
 		log:        opts.Log.With().Str("component", "gateway").Str("gateway", opts.GatewayID).Logger(),
 		presence:   presence.New(opts.Stores.Presence),
+		users:      users.New(opts.Stores.Users),
+		counts:     counts.New(opts.Stores.Counts),
 		stats:      map[string]*appStat{},
 		userStates: make(chan *nats.Msg, 1<<12),
 		perIP:      newIPLimiter(opts.MaxConnectionsPerIP),
@@ -580,7 +586,7 @@ func (s *Server) handshake(nc net.Conn, trusted bool, slot *ipSlot) {
 		err := s.acquireConnectionSlot(ctx, app)
 		cancel()
 		if err != nil {
-			if !errors.Is(err, errOverQuota) {
+			if !errors.Is(err, counts.ErrOverQuota) {
 				s.log.Warn().Err(err).Msg("counting connections")
 			}
 			s.prom.Error(protocol.CodeOverQuota, app.ID)
