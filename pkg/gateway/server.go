@@ -146,6 +146,9 @@ type Server struct {
 	}
 	prom      *metrics.Gateway
 	limitLogs limitLoggers
+	// epoch is when the gateway started: connections keep times as ticks
+	// from it.
+	epoch time.Time
 	// outbound is the bytes waiting in every connection's out, against
 	// MaxOutboundTotal.
 	outbound  atomic.Int64
@@ -186,6 +189,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts:       opts,
+		epoch:      time.Now(),
 		log:        opts.Log.With().Str("component", "gateway").Str("gateway", opts.GatewayID).Logger(),
 		presence:   presence.New(opts.Stores.Presence),
 		users:      users.New(opts.Stores.Users),
@@ -659,7 +663,7 @@ func (s *Server) attach(nc net.Conn, app *config.App, counted bool, slot *ipSlot
 		return err
 	}
 	p := s.pollers[int(s.next.Add(1))%len(s.pollers)]
-	c := &conn{fd: fd, poller: p, app: app, lastSeen: time.Now().UnixNano(), countedMax: counted, ipSlot: slot}
+	c := &conn{fd: fd, poller: p, app: app, lastSeen: s.ticks(time.Now()), countedMax: counted, ipSlot: slot}
 	c.sidA, c.sidB = newSocketID()
 	established := protocol.AppendTextFrame(nil,
 		protocol.AppendConnectionEstablished(nil, c.socketID(), int(app.ActivityTimeout.Duration()/time.Second)))
