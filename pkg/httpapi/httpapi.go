@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -138,6 +139,13 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case "terminate":
 		a.terminate(w, r, app, arg)
+		return
+	}
+	if !utf8.Valid(body) {
+		// encoding/json would turn the bad bytes into U+FFFD without a
+		// word; the producer should hear that its event is not what it
+		// meant.
+		writeError(w, http.StatusBadRequest, "The request body is not valid UTF-8.")
 		return
 	}
 	var events []protocol.Trigger
