@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -223,8 +224,31 @@ func MutateRev(ctx context.Context, kv jetstream.KeyValue, key string, f func(ol
 		if !isConflict(err) {
 			return 0, err
 		}
+		if err := casBackoff(ctx, attempt); err != nil {
+			return 0, err
+		}
 	}
 	return 0, ErrContention
+}
+
+// casBackoff waits before retrying a lost compare-and-set. Writers that
+// keep retrying at once keep colliding (sixteen connects at once on one
+// app's connection count lost 64 times in a row without it), so after
+// the first retry each waits a random time up to a bound that doubles,
+// and the collisions thin out ("full jitter").
+func casBackoff(ctx context.Context, attempt int) error {
+	if attempt == 0 {
+		return nil
+	}
+	limit := min(time.Duration(100<<min(attempt, 10))*time.Microsecond, 20*time.Millisecond)
+	t := time.NewTimer(rand.N(limit) + 1)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // isConflict reports whether a write lost a compare-and-set: the key

@@ -93,6 +93,33 @@ func (s *Store) ReleaseSlot(ctx context.Context, app, gatewayID string) error {
 	})
 }
 
+// AdjustSlots applies a gateway's batch of connection-slot changes in one
+// compare-and-set: it gives back release slots (never below zero), then
+// takes up to want more within limit across the cluster (0: no cap), and
+// returns how many it took. A gateway batches its connects and closes
+// through it, so that a storm of them costs one write per batch rather
+// than a write per connection all contending for the app's one key.
+func (s *Store) AdjustSlots(ctx context.Context, app, gatewayID string, release, want, limit int) (taken int, err error) {
+	err = cluster.Mutate(ctx, s.kv, slotsKey(app), func(old []byte) ([]byte, error) {
+		c := decode(old)
+		held := max(c[gatewayID]-release, 0)
+		c[gatewayID] = held
+		taken = want
+		if limit > 0 {
+			taken = max(min(want, limit-c.total()), 0)
+		}
+		c[gatewayID] += taken
+		if c[gatewayID] == 0 {
+			delete(c, gatewayID)
+		}
+		return c.encode(), nil
+	})
+	if err != nil {
+		taken = 0
+	}
+	return taken, err
+}
+
 // SetSubscriptions sets a gateway's count of subscriptions to a channel
 // (0 forgets the gateway) and returns the channel's total across the
 // cluster.

@@ -275,7 +275,7 @@ func (p *poller) destroy(c *conn) {
 	}
 	p.srv.signOut(c)
 	if c.countedMax {
-		p.srv.releaseConnectionSlot(c)
+		p.srv.releaseConnectionSlot(c.app)
 	}
 	p.srv.perIP.release(c.ipSlot)
 	c.ipSlot = nil

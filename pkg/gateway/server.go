@@ -155,9 +155,12 @@ type Server struct {
 	dispatch  []chan *nats.Msg
 	httpConns *connListener
 
-	presence    *presence.Store
-	users       *users.Store
-	counts      *counts.Store
+	presence *presence.Store
+	users    *users.Store
+	counts   *counts.Store
+	// slots count connections of the apps with max_connections; built by
+	// New, only read after.
+	slots       map[string]*slotBatcher
 	stats       map[string]*appStat
 	baseCtx     context.Context
 	cancelBase  context.CancelFunc
@@ -195,6 +198,7 @@ func New(opts Options) (*Server, error) {
 		users:      users.New(opts.Stores.Users),
 		counts:     counts.New(opts.Stores.Counts),
 		stats:      map[string]*appStat{},
+		slots:      map[string]*slotBatcher{},
 		userStates: make(chan *nats.Msg, 1<<12),
 		perIP:      newIPLimiter(opts.MaxConnectionsPerIP),
 		rejecting:  make(chan struct{}, maxRejecting),
@@ -210,6 +214,9 @@ func New(opts Options) (*Server, error) {
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	for _, app := range opts.Apps.All() {
 		s.stats[app.ID] = &appStat{conns: s.prom.Connections.WithLabelValues(app.ID)}
+		if app.MaxConnections > 0 {
+			s.slots[app.ID] = &slotBatcher{srv: s, app: app}
+		}
 	}
 	s.frames.ping = protocol.AppendTextFrame(nil, protocol.MessagePing)
 	s.frames.pong = protocol.AppendTextFrame(nil, protocol.MessagePong)
@@ -589,12 +596,19 @@ func (s *Server) handshake(nc net.Conn, trusted bool, slot *ipSlot) {
 		ctx, cancel := context.WithTimeout(s.baseCtx, s.opts.HandshakeTimeout)
 		err := s.acquireConnectionSlot(ctx, app)
 		cancel()
-		if err != nil {
-			if !errors.Is(err, counts.ErrOverQuota) {
-				s.log.Warn().Err(err).Msg("counting connections")
-			}
+		switch {
+		case errors.Is(err, counts.ErrOverQuota):
 			s.prom.Error(protocol.CodeOverQuota, app.ID)
 			refuse(nc, protocol.CodeOverQuota, "Application is over connection quota")
+			return
+		case err != nil:
+			// The count could not be read or written (NATS away, a key
+			// too contended): not the client's quota, so not 4004, which
+			// tells pusher-js never to retry. 4100 tells it to back off
+			// and come back.
+			s.log.Warn().Err(err).Msg("counting connections")
+			s.prom.Error(protocol.CodeOverCapacity, app.ID)
+			refuse(nc, protocol.CodeOverCapacity, "Server is busy, try again")
 			return
 		}
 		counted = true
@@ -602,9 +616,7 @@ func (s *Server) handshake(nc net.Conn, trusted bool, slot *ipSlot) {
 	_ = nc.SetDeadline(time.Time{})
 	if err := s.attach(nc, app, counted, slot); err != nil {
 		if counted {
-			s.lanes.must(0, nil, func(ctx context.Context) {
-				s.retry("connection slot release", func(ctx context.Context) error { return s.releaseSlot(ctx, app) })
-			})
+			s.releaseConnectionSlot(app)
 		}
 		s.log.Warn().Err(err).Msg("attaching connection")
 		_ = nc.Close()

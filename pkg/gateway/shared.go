@@ -107,21 +107,13 @@ const countInterval = 5 * time.Second
 // max_connections, across the cluster. It runs on the handshake goroutine,
 // before the connection is established.
 func (s *Server) acquireConnectionSlot(ctx context.Context, app *config.App) error {
-	return s.counts.AcquireSlot(ctx, app.ID, s.opts.GatewayID, app.MaxConnections)
+	return s.slots[app.ID].acquire(ctx)
 }
 
-// releaseConnectionSlot gives a closed connection's slot back, on its
-// lane, retrying until done: a release that is dropped keeps the slot
-// taken for as long as this gateway lives.
-func (s *Server) releaseConnectionSlot(c *conn) {
-	app := c.app
-	s.lanes.must(c.sidA, nil, func(context.Context) {
-		s.retry("connection slot release", func(ctx context.Context) error { return s.releaseSlot(ctx, app) })
-	})
-}
-
-func (s *Server) releaseSlot(ctx context.Context, app *config.App) error {
-	return s.counts.ReleaseSlot(ctx, app.ID, s.opts.GatewayID)
+// releaseConnectionSlot gives a closed connection's slot back; the
+// batcher retries until it is written.
+func (s *Server) releaseConnectionSlot(app *config.App) {
+	s.slots[app.ID].giveBack()
 }
 
 // Sweep removes what gateways that are no longer live left in the shared
