@@ -63,20 +63,25 @@ const maxRejecting = 256
 // that the client reads the response instead of a reset.
 const rejectLinger = time.Second
 
-// reject writes an HTTP error response and closes the socket, reading
-// what the client still sends for a moment so that the response is not
-// lost to a reset.
+// reject answers a refused socket with an HTTP error response and closes
+// it. When a goroutine is free it first waits a moment for the client's
+// request, so that a client that writes before it reads gets the response
+// rather than a reset, and reads what follows before closing; under a
+// flood the socket is answered and closed at once.
 func (s *Server) reject(nc net.Conn, response []byte) {
 	_ = nc.SetDeadline(time.Now().Add(rejectLinger))
-	_, _ = nc.Write(response)
 	select {
 	case s.rejecting <- struct{}{}:
 	default:
+		_, _ = nc.Write(response)
 		_ = nc.Close()
 		return
 	}
 	go func() {
 		defer func() { <-s.rejecting }()
+		var buf [1024]byte
+		_, _ = nc.Read(buf[:]) // the request, or what of it has come
+		_, _ = nc.Write(response)
 		lingerClose(nc)
 	}()
 }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -97,5 +98,23 @@ func TestRejectResponsesAreHTTP(t *testing.T) {
 		if !bytes.HasPrefix(r, []byte("HTTP/1.1 ")) || !bytes.HasSuffix(r, []byte("\r\n\r\n")) {
 			t.Errorf("%q", r)
 		}
+	}
+}
+
+func TestReadHead(t *testing.T) {
+	long := strings.Repeat("v", 5000)
+	req := "POST /apps/1/events HTTP/1.1\r\nHost: x\r\nX-Long: " + long + "\r\n\r\n{\"body\":1}"
+	br := bufio.NewReaderSize(strings.NewReader(req), 2048)
+	head, err := readHead(br)
+	if err != nil || string(head) != req[:len(req)-len(`{"body":1}`)] {
+		t.Fatalf("head %q, %v", head, err)
+	}
+	rest, _ := io.ReadAll(br)
+	if string(rest) != `{"body":1}` {
+		t.Fatalf("body %q", rest)
+	}
+	br = bufio.NewReaderSize(&headLimiter{r: io.MultiReader(strings.NewReader("GET / HTTP/1.1\r\nX: "), neverEnding('a')), left: 4096}, 2048)
+	if _, err := readHead(br); !errors.Is(err, errHeadTooLarge) {
+		t.Fatalf("endless head: %v", err)
 	}
 }

@@ -513,8 +513,16 @@ func (s *Server) handshake(nc net.Conn, trusted bool, slot *ipSlot) {
 			s.reject(nc, response503)
 			return
 		}
-		// net/http bounds each request's head itself (MaxHeaderBytes,
-		// ReadHeaderTimeout); the reader stays ours until it is done.
+		// The first request's head is read here, within the same bounds
+		// as an upgrade's and counted the same way; net/http bounds the
+		// later requests of a kept-alive connection itself
+		// (MaxHeaderBytes, ReadHeaderTimeout).
+		first, err := readHead(br)
+		if err != nil {
+			s.httpOpen.Add(-1)
+			s.handshakeFailed(nc, err)
+			return
+		}
 		head.left = -1
 		_ = nc.SetDeadline(time.Time{})
 		held, httpSlot := br, slot
@@ -522,7 +530,7 @@ func (s *Server) handshake(nc net.Conn, trusted bool, slot *ipSlot) {
 		done()
 		// The reader is not recycled: net/http may close the connection
 		// while its background read is still in it.
-		s.httpConns.push(&httpConn{Conn: nc, r: held, release: func() {
+		s.httpConns.push(&httpConn{Conn: nc, r: io.MultiReader(bytes.NewReader(first), held), release: func() {
 			s.httpOpen.Add(-1)
 			s.perIP.release(httpSlot)
 		}})
@@ -722,6 +730,24 @@ func peekLine(br *bufio.Reader) ([]byte, error) {
 		}
 		if _, err := br.Peek(len(b) + 1); err != nil {
 			return nil, err
+		}
+	}
+}
+
+// readHead reads a request's line and headers, up to and including the
+// blank line that ends them. The head limiter bounds it.
+func readHead(br *bufio.Reader) ([]byte, error) {
+	var head []byte
+	for {
+		line, err := br.ReadSlice('\n')
+		head = append(head, line...)
+		switch {
+		case err == bufio.ErrBufferFull:
+			continue
+		case err != nil:
+			return nil, err
+		case len(line) <= 2 && (len(line) == 1 || line[0] == '\r'):
+			return head, nil
 		}
 	}
 }

@@ -124,8 +124,12 @@ func TestMultiChannelTriggerAndUnsubscribe(t *testing.T) {
 	mustOK(t, api.Trigger([]string{"a"}, "gone", "x", ""))
 	mustOK(t, api.Trigger([]string{"b"}, "here", "x", ""))
 	c.Expect("here")
-	if n.Gateway().Channels() != 1 {
-		t.Fatalf("gateway holds %d channels, want 1", n.Gateway().Channels())
+	// The channel's NATS subscription is released off the poller, just
+	// after the unsubscribe.
+	for deadline := time.Now().Add(5 * time.Second); n.Gateway().Channels() != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway holds %d channels, want 1", n.Gateway().Channels())
+		}
 	}
 }
 
