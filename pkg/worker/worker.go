@@ -195,17 +195,33 @@ type lanes struct {
 // owner picks a partition's worker by rendezvous hashing: every worker
 // computes the same answer from the same live set, and a worker joining or
 // leaving moves only the partitions it wins or held.
+//
+// The FNV hash is finished with a mixer: the partition's bytes come last,
+// and FNV-1a's last multiplications carry them only into the low bits, so
+// raw FNV scores ranked the workers the same way for every partition, and
+// one worker won them all.
 func owner(k int, live map[string]bool) string {
 	best, bestScore := "", uint64(0)
 	for id := range live {
 		h := fnv.New64a()
 		h.Write([]byte(id))
 		h.Write([]byte{'/', byte(k), byte(k >> 8)})
-		if s := h.Sum64(); best == "" || s > bestScore || (s == bestScore && id < best) {
+		if s := mix64(h.Sum64()); best == "" || s > bestScore || (s == bestScore && id < best) {
 			best, bestScore = id, s
 		}
 	}
 	return best
+}
+
+// mix64 is MurmurHash3's 64-bit finalizer: every input bit reaches every
+// output bit.
+func mix64(x uint64) uint64 {
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x
 }
 
 // assign consumes the partitions this worker owns in live, and hands back
