@@ -89,7 +89,7 @@ func main() {
 	wm := metrics.NewWorker(reg, func() float64 { return float64(pool.Stats().Pending.Load()) })
 	pool = worker.New(worker.Options{
 		Conn: nc, JetStream: js, Limits: node.Limits(&cfg.Settings), Workers: cfg.Workers, Log: log, Cache: stores.Cache, Metrics: wm,
-		Stores: stores, Partitions: cfg.Partitions,
+		Stores: stores, Partitions: cfg.Partitions, MaxAttempts: cfg.JobMaxAttempts,
 		Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 	})
 	var draining atomic.Bool

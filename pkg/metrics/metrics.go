@@ -5,6 +5,7 @@
 package metrics
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 
@@ -108,8 +109,7 @@ func NewGateway(r *Registry, subscriptions, channels func() float64) *Gateway {
 		AcceptBackoff: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_accept_backoff_total", Help: "Times accept failed (e.g. out of file descriptors) and backed off."}),
 		LimitHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_limit_hits_total",
 			Help: "Times a bound on what clients can make the gateway hold refused or cut something off, by limit."}, []string{"limit"}),
-		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_panics_total",
-			Help: "Panics recovered while handling client input, by where; the connection concerned is closed with 1011."}, []string{"where"}),
+		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_panics_total", Help: panicsHelp}, []string{"where"}),
 		StateRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_state_retries_total",
 			Help: "Shared-state clean-ups (presence leaves, sign-outs, connection-slot releases) that failed and were retried."}),
 	}
@@ -153,22 +153,57 @@ func (g *Gateway) LimitHit(l Limit) {
 
 // Worker holds a worker's metrics.
 type Worker struct {
-	Jobs       *prometheus.CounterVec // by result: ok, rejected, failed
-	JobLatency prometheus.Histogram   // from JetStream storing the job to its deliveries being published
+	// Jobs counts jobs by result: ok (delivered and acked), rejected
+	// (invalid, set aside untried), failed (an attempt failed), retried (a
+	// failed attempt tried again), dead_lettered (stored in the
+	// dead-letter stream).
+	Jobs       *prometheus.CounterVec
+	JobLatency prometheus.Histogram // from JetStream storing the job to its deliveries being published
 	Deliveries prometheus.Counter
+	// Panics is resound_panics_total; the worker bumps where="worker".
+	Panics *prometheus.CounterVec
 }
 
+// Results of a job: the label values of resound_jobs_total.
+const (
+	JobOK           = "ok"
+	JobRejected     = "rejected"
+	JobFailed       = "failed"
+	JobRetried      = "retried"
+	JobDeadLettered = "dead_lettered"
+)
+
+// panicsHelp is resound_panics_total's help. It must stay equal to the one
+// NewGateway registers: in an all-in-one process the gateway and the
+// worker share a registry, and so one collector, which the registry only
+// hands back when name, labels and help all match.
+const panicsHelp = "Panics recovered while handling client input, by where; the connection concerned is closed with 1011."
+
 // NewWorker registers a worker's metrics. lag is read when scraped: the
-// jobs waiting in the consumer.
+// jobs waiting in the consumer. In a process that also runs a gateway,
+// call it after NewGateway: resound_panics_total is then shared.
 func NewWorker(r *Registry, lag func() float64) *Worker {
 	w := &Worker{
-		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_jobs_total", Help: "Jobs handled, by result."}, []string{"result"}),
+		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_jobs_total",
+			Help: "Jobs by result: ok (delivered), rejected (invalid, dead-lettered untried), failed (an attempt failed), retried, dead_lettered."}, []string{"result"}),
 		JobLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "resound_job_latency_seconds",
 			Help:    "Time from the job being stored in JetStream to its deliveries being published.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}),
 		Deliveries: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_worker_deliveries_total", Help: "Delivery messages published (one per event and channel)."}),
 	}
+	for _, res := range []string{JobOK, JobRejected, JobFailed, JobRetried, JobDeadLettered} {
+		w.Jobs.WithLabelValues(res)
+	}
 	r.MustRegister(w.Jobs, w.JobLatency, w.Deliveries,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_queue_lag", Help: "Jobs waiting in the worker consumer."}, lag))
+	w.Panics = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_panics_total", Help: panicsHelp}, []string{"where"})
+	if err := r.Register(w.Panics); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			panic(err)
+		}
+		w.Panics = are.ExistingCollector.(*prometheus.CounterVec)
+	}
+	w.Panics.WithLabelValues(PanicWorker)
 	return w
 }

@@ -195,7 +195,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			return nil, err
 		}
 		n.pool = worker.New(worker.Options{
-			Conn: wConn, JetStream: wjs, Limits: Limits(&cfg.Settings), Workers: cfg.Workers, Log: n.log.With().Str("component", "worker").Logger(),
+			Conn: wConn, JetStream: wjs, Limits: Limits(&cfg.Settings), Workers: cfg.Workers, MaxAttempts: cfg.JobMaxAttempts, Log: n.log.With().Str("component", "worker").Logger(),
 			Cache: stores.Cache, Stores: stores, Partitions: cfg.Partitions, Metrics: metrics.NewWorker(n.Registry, func() float64 { return float64(n.pool.Stats().Pending.Load()) }),
 			Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 			// The gateway in this process is the only one the embedded

@@ -123,6 +123,8 @@ func (o *StreamOptions) defaults() {
 //   - Atomic batches are allowed, for producers that want a trigger on
 //     many channels stored all or none; Publish does without them (see
 //     there why).
+//
+// It creates the dead-letter stream beside it, with the same replicas.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOptions) (jetstream.Stream, error) {
 	opts.defaults()
 	cfg := jetstream.StreamConfig{
@@ -142,14 +144,12 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 		Duplicates:         2 * time.Minute,
 		AllowAtomicPublish: true,
 	}
-	s, err := js.CreateOrUpdateStream(ctx, cfg)
-	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		// Another process created it between our update and create, with
-		// other settings: update it now.
-		s, err = js.CreateOrUpdateStream(ctx, cfg)
-	}
+	s, err := createOrUpdate(ctx, js, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("queue: stream %s: %w", StreamName, err)
+		return nil, err
+	}
+	if err := ensureDeadLetters(ctx, js, opts.Replicas); err != nil {
+		return nil, err
 	}
 	return s, nil
 }

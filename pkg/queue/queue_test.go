@@ -51,6 +51,13 @@ func TestEnsureStreamConcurrently(t *testing.T) {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
+	js, err := jetstream.New(natstest.Conn(t, srv, "check"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Stream(testContext(t), queue.DeadLetterStream); err != nil {
+		t.Fatalf("dead-letter stream: %v", err)
+	}
 }
 
 func TestEnsureStreamTwiceIsHarmless(t *testing.T) {

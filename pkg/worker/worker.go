@@ -8,10 +8,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/fnv"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,7 +24,6 @@ import (
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/queue"
-	"github.com/resoundhq/resound/pkg/route"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -57,46 +59,96 @@ type Options struct {
 	Workers int
 	// Deliver, when set, takes the deliveries instead of Conn.Publish:
 	// the all-in-one process hands them straight to its gateway. It must
-	// copy envelope before returning.
+	// copy envelope before returning. An error fails the attempt: the job
+	// is tried again (see MaxAttempts).
 	Deliver func(subject string, envelope []byte) error
 	// ReconnectHold bounds how long jobs are held after reconnecting to
 	// NATS, for the gateways to resubscribe (DefaultReconnectHold if zero).
 	// Keep it well inside the ack wait, or held jobs are redelivered.
 	ReconnectHold time.Duration
-	Log           zerolog.Logger
+	// MaxAttempts is how many times a job is tried before it is set aside
+	// in the dead-letter stream (DefaultMaxAttempts if zero); also the
+	// most deliveries JetStream may make of it before it is set aside
+	// untried. RESOUND_JOB_MAX_ATTEMPTS.
+	MaxAttempts int
+	// RetryBackoff is the wait before a failed job's first retry
+	// (DefaultRetryBackoff if zero); it doubles at each retry, up to
+	// RetryBackoffMax (DefaultRetryBackoffMax if zero).
+	RetryBackoff    time.Duration
+	RetryBackoffMax time.Duration
+	Log             zerolog.Logger
 }
+
+// Retry defaults: ten attempts spread over about 21 s (0.1 + 0.2 + ... +
+// 3.2 + 5 + 5 + 5), long enough to ride out a NATS reconnect or a
+// gateway restart, short enough that one poison job does not hold its
+// channel for long.
+const (
+	DefaultMaxAttempts     = 10
+	DefaultRetryBackoff    = 100 * time.Millisecond
+	DefaultRetryBackoffMax = 5 * time.Second
+)
 
 // Pool consumes the job stream.
 type Pool struct {
 	opts   Options
 	id     string
-	shards []chan *task
+	shards []*shard
+	// stopping is closed when Run's context ends: failed jobs are no
+	// longer retried nor set aside, but left for the next owner.
+	stopping chan struct{}
+	// leaving is set once a job was left unfinished while stopping: from
+	// then on no shard starts a job, so that none overtakes it.
+	leaving atomic.Bool
+	// retrying counts the tasks between their first failure and their
+	// end; partitions are not handed over while there are any (see
+	// lanes.release).
+	retrying atomic.Int32
 	// quit stops the shards; tasks still queued are never acked, so
 	// JetStream delivers their jobs again.
 	quit chan struct{}
 	// holdUntil (unix nanos) holds jobs after a reconnect.
 	holdUntil atomic.Int64
-	stats     Stats
+	// retryLog says that jobs are being retried, once per 10 s at most.
+	retryLog zerolog.Logger
+	stats    Stats
 }
 
 // Stats counts what the pool did; read them with Snapshot.
 type Stats struct {
-	Jobs       atomic.Uint64 // jobs completed and acked
-	Rejected   atomic.Uint64 // invalid jobs, terminated
-	Deliveries atomic.Uint64 // frames published (one per event and channel)
+	Jobs         atomic.Uint64 // jobs completed and acked
+	Rejected     atomic.Uint64 // invalid jobs, set aside untried
+	Failed       atomic.Uint64 // attempts that failed
+	Retried      atomic.Uint64 // failed attempts tried again
+	DeadLettered atomic.Uint64 // jobs stored in the dead-letter stream
+	Deliveries   atomic.Uint64 // frames published (one per event and channel)
 	// Pending is the consumer's backlog as of the last job fetched.
 	Pending atomic.Uint64
+	// Partitions is how many partitions this worker is assigned (some may
+	// still be finishing their hand-over to another).
+	Partitions atomic.Int64
+}
+
+// run is one delivery of a job, shared by the shards that work its parts.
+type run struct {
+	job        *queue.Job
+	msg        jetstream.Msg
+	lane       *lane
+	seq        uint64    // the job's stream sequence
+	stored     time.Time // when JetStream stored the job
+	deliveries uint64    // JetStream's count, this one included
+	// pending counts the parts not yet delivered.
+	pending atomic.Int32
+	// settled is set by whoever decides the job's fate (acked, set aside
+	// or left), once: the other parts then stop.
+	settled atomic.Bool
 }
 
 // task is the part of one job that one shard handles: the channels whose
 // hash falls on that shard, for every event of the job.
 type task struct {
-	job      *queue.Job
-	seq      uint64
-	stored   time.Time  // when JetStream stored the job
+	run      *run
 	channels [][]string // per event: this shard's channels
-	pending  *atomic.Int32
-	msg      jetstream.Msg
 }
 
 // New returns a pool; Run starts it.
@@ -113,9 +165,20 @@ func New(opts Options) *Pool {
 	if opts.Partitions <= 0 {
 		opts.Partitions = queue.DefaultPartitions
 	}
-	p := &Pool{opts: opts, id: nuid.Next(), shards: make([]chan *task, opts.Workers), quit: make(chan struct{})}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = DefaultMaxAttempts
+	}
+	if opts.RetryBackoff <= 0 {
+		opts.RetryBackoff = DefaultRetryBackoff
+	}
+	if opts.RetryBackoffMax <= 0 {
+		opts.RetryBackoffMax = DefaultRetryBackoffMax
+	}
+	p := &Pool{opts: opts, id: nuid.Next(), shards: make([]*shard, opts.Workers),
+		stopping: make(chan struct{}), quit: make(chan struct{}),
+		retryLog: opts.Log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second})}
 	for i := range p.shards {
-		p.shards[i] = make(chan *task, 256)
+		p.shards[i] = &shard{pool: p, in: make(chan *task, 256)}
 	}
 	return p
 }
@@ -131,17 +194,22 @@ func (p *Pool) Stats() *Stats { return &p.stats }
 // by channel over the shards; a channel always hashes to the same shard,
 // and a shard works in order. So events on one channel are published in
 // the order they were queued, however many workers run.
+//
+// A job whose delivery fails (a publish error, a panic) is retried where
+// it is, on its shard, with backoff, so that nothing later on its channels
+// overtakes it; after MaxAttempts it is set aside in the dead-letter
+// stream (queue.DeadLetterStream), as are invalid jobs, at once.
 func (p *Pool) Run(ctx context.Context) error {
 	consumers, err := queue.EnsureConsumers(ctx, p.opts.JetStream, p.opts.Partitions)
 	if err != nil {
 		return err
 	}
 	var wg sync.WaitGroup
-	for _, ch := range p.shards {
+	for _, sh := range p.shards {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.runShard(ch)
+			sh.run()
 		}()
 	}
 	// Deliveries are core NATS: a gateway only gets those published while
@@ -168,7 +236,7 @@ func (p *Pool) Run(ctx context.Context) error {
 			prev(nc)
 		}
 	})
-	lanes := &lanes{pool: p, consumers: consumers, owned: map[int]jetstream.ConsumeContext{}}
+	lanes := &lanes{pool: p, consumers: consumers, owned: map[int]*lane{}}
 	if p.opts.Stores == nil {
 		lanes.assign(map[string]bool{p.id: true})
 	} else {
@@ -177,6 +245,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); reg.Run(ctx) }()
 	}
 	<-ctx.Done()
+	close(p.stopping)
 	lanes.stopAll()
 	close(p.quit)
 	wg.Wait()
@@ -188,24 +257,49 @@ type lanes struct {
 	pool      *Pool
 	consumers []jetstream.Consumer
 	mu        sync.Mutex
-	owned     map[int]jetstream.ConsumeContext
+	owned     map[int]*lane
 	stopped   bool
+}
+
+// lane is one spell of this worker consuming one partition.
+type lane struct {
+	partition int
+	cc        jetstream.ConsumeContext
+	// inflight counts the jobs received and not yet settled; the
+	// partition is unpinned only once they are.
+	inflight atomic.Int64
 }
 
 // owner picks a partition's worker by rendezvous hashing: every worker
 // computes the same answer from the same live set, and a worker joining or
 // leaving moves only the partitions it wins or held.
+//
+// The FNV hash is finished with a mixer: the partition's bytes come last,
+// and FNV-1a's last multiplications carry them only into the low bits, so
+// raw FNV scores ranked the workers the same way for every partition, and
+// one worker won them all.
 func owner(k int, live map[string]bool) string {
 	best, bestScore := "", uint64(0)
 	for id := range live {
 		h := fnv.New64a()
 		h.Write([]byte(id))
 		h.Write([]byte{'/', byte(k), byte(k >> 8)})
-		if s := h.Sum64(); best == "" || s > bestScore || (s == bestScore && id < best) {
+		if s := mix64(h.Sum64()); best == "" || s > bestScore || (s == bestScore && id < best) {
 			best, bestScore = id, s
 		}
 	}
 	return best
+}
+
+// mix64 is MurmurHash3's 64-bit finalizer: every input bit reaches every
+// output bit.
+func mix64(x uint64) uint64 {
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x
 }
 
 // assign consumes the partitions this worker owns in live, and hands back
@@ -221,10 +315,11 @@ func (l *lanes) assign(live map[string]bool) {
 	}
 	for k, cons := range l.consumers {
 		mine := owner(k, live) == p.id
-		cc, have := l.owned[k]
+		ln, have := l.owned[k]
 		switch {
 		case mine && !have:
-			cc, err := cons.Consume(p.dispatch,
+			ln := &lane{partition: k}
+			cc, err := cons.Consume(func(msg jetstream.Msg) { p.dispatch(ln, msg) },
 				jetstream.PullPriorityGroup(queue.PriorityGroup),
 				jetstream.PullMaxMessages(512),
 				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
@@ -236,28 +331,53 @@ func (l *lanes) assign(live map[string]bool) {
 				p.opts.Log.Warn().Err(err).Int("partition", k).Msg("consuming partition")
 				continue
 			}
-			l.owned[k] = cc
+			ln.cc = cc
+			l.owned[k] = ln
 			p.opts.Log.Debug().Int("partition", k).Msg("partition taken")
 		case !mine && have:
 			delete(l.owned, k)
-			go l.release(k, cc)
+			go l.release(ln)
 		}
 	}
+	p.stats.Partitions.Store(int64(len(l.owned)))
 }
 
-func (l *lanes) release(k int, cc jetstream.ConsumeContext) {
-	cc.Drain()
+// release hands a partition over: it stops pulling it, lets the jobs
+// already received finish, and unpins it, so that the next owner starts at
+// once instead of waiting out the pin.
+//
+// While a job is being retried, one of the partition's may be, or wait
+// behind it in a shard; so the worker first keeps the partition, pulling
+// and all. JetStream's pin is what keeps the next owner from taking the
+// partition's later jobs, and it lapses PinnedTTL after the worker stops
+// pulling; handing the jobs back would not do either: a Nak'd job is
+// queued for redelivery, but while the pin is held by a worker that no
+// longer pulls, JetStream rotates that queue each time it finds no one to
+// deliver to, and the order is lost. Retries end within their attempts
+// (retryBudget), and the jobs that come meanwhile queue behind them, in
+// order.
+func (l *lanes) release(ln *lane) {
+	p := l.pool
+	hold := time.Now().Add(p.retryBudget())
+	for p.retrying.Load() > 0 && ln.inflight.Load() > 0 && !isClosed(p.stopping) && time.Now().Before(hold) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	ln.cc.Drain()
+	deadline := time.Now().Add(drainTimeout)
 	select {
-	case <-cc.Closed():
+	case <-ln.cc.Closed():
 	case <-time.After(drainTimeout):
-		cc.Stop()
+		ln.cc.Stop()
+	}
+	for ln.inflight.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if s, err := l.pool.opts.JetStream.Stream(ctx, queue.StreamName); err == nil {
-		_ = s.UnpinConsumer(ctx, queue.ConsumerName(k), queue.PriorityGroup)
+	if s, err := p.opts.JetStream.Stream(ctx, queue.StreamName); err == nil {
+		_ = s.UnpinConsumer(ctx, queue.ConsumerName(ln.partition), queue.PriorityGroup)
 	}
-	l.pool.opts.Log.Debug().Int("partition", k).Msg("partition handed over")
+	p.opts.Log.Debug().Int("partition", ln.partition).Msg("partition handed over")
 }
 
 // stopAll drains every partition: messages already delivered to the handler
@@ -266,25 +386,26 @@ func (l *lanes) stopAll() {
 	l.mu.Lock()
 	l.stopped = true
 	owned := l.owned
-	l.owned = map[int]jetstream.ConsumeContext{}
+	l.owned = map[int]*lane{}
+	l.pool.stats.Partitions.Store(0)
 	l.mu.Unlock()
 	if !l.pool.opts.Conn.IsConnected() {
 		// Nothing can be acked without NATS; what is in flight is
 		// redelivered anyway, so there is nothing to wait for.
-		for _, cc := range owned {
-			cc.Stop()
+		for _, ln := range owned {
+			ln.cc.Stop()
 		}
 		return
 	}
-	for _, cc := range owned {
-		cc.Drain()
+	for _, ln := range owned {
+		ln.cc.Drain()
 	}
 	deadline := time.After(drainTimeout)
-	for _, cc := range owned {
+	for _, ln := range owned {
 		select {
-		case <-cc.Closed():
+		case <-ln.cc.Closed():
 		case <-deadline:
-			cc.Stop()
+			ln.cc.Stop()
 		}
 	}
 }
@@ -295,54 +416,47 @@ func (l *lanes) stopAll() {
 // registry to say which gateways to wait for, the pool holds this long.
 const DefaultReconnectHold = 3 * time.Second
 
-func (p *Pool) dispatch(msg jetstream.Msg) {
-	for {
-		until := p.holdUntil.Load()
-		if until == 0 {
-			break
-		}
-		d := time.Until(time.Unix(0, until))
-		if d <= 0 {
-			break
-		}
-		time.Sleep(min(d, 10*time.Millisecond))
-	}
+func (p *Pool) dispatch(ln *lane, msg jetstream.Msg) {
+	p.awaitHold()
+	r := &run{msg: msg, lane: ln}
+	ln.inflight.Add(1)
 	meta, err := msg.Metadata()
 	if err != nil {
-		p.reject(msg, 0, err)
+		p.reject(r, "no JetStream metadata: "+err.Error())
 		return
 	}
+	r.seq, r.stored, r.deliveries = meta.Sequence.Stream, meta.Timestamp, meta.NumDelivered
 	p.stats.Pending.Store(meta.NumPending)
-	job := new(queue.Job)
-	if err := json.Unmarshal(msg.Data(), job); err != nil {
-		p.reject(msg, meta.Sequence.Stream, err)
+	if meta.NumDelivered > uint64(p.opts.MaxAttempts) {
+		// Every delivery so far ended with no ack: the job killed or
+		// stalled the workers it reached. Another try would likely do the
+		// same.
+		p.setAside(r, fmt.Sprintf("delivered %d times (more than the %d attempts allowed) and never acked: it killed or stalled the workers", meta.NumDelivered, p.opts.MaxAttempts))
 		return
 	}
-	if err := job.Validate(p.opts.Limits); err != nil {
-		p.reject(msg, meta.Sequence.Stream, err)
+	job, reason, panicked := p.decode(msg)
+	if job == nil {
+		if panicked {
+			// Decoding depends on nothing but the job, so a second try
+			// would panic again: set it aside at once.
+			p.failed()
+			p.setAside(r, reason)
+		} else {
+			p.reject(r, reason)
+		}
 		return
 	}
-	if app, ok := queue.AppOfSubject(msg.Subject()); !ok || app != job.AppID {
-		// Publish permissions are per subject; the body must not name
-		// another app than the subject does.
-		p.reject(msg, meta.Sequence.Stream, errors.New("app_id "+job.AppID+" does not match subject "+msg.Subject()))
-		return
-	}
-	if !p.opts.Apps(job.AppID) {
-		p.reject(msg, meta.Sequence.Stream, errors.New("unknown app_id "+job.AppID))
-		return
-	}
+	r.job = job
 	n := len(p.shards)
 	tasks := make([]*task, n)
-	pending := new(atomic.Int32)
 	for ei, ev := range job.Events {
 		for _, ch := range ev.Channels {
 			s := shardOf(job.AppID, ch, n)
 			t := tasks[s]
 			if t == nil {
-				t = &task{job: job, seq: meta.Sequence.Stream, stored: meta.Timestamp, channels: make([][]string, len(job.Events)), pending: pending, msg: msg}
+				t = &task{run: r, channels: make([][]string, len(job.Events))}
 				tasks[s] = t
-				pending.Add(1)
+				r.pending.Add(1)
 			}
 			t.channels[ei] = append(t.channels[ei], ch)
 		}
@@ -352,83 +466,157 @@ func (p *Pool) dispatch(msg jetstream.Msg) {
 			continue
 		}
 		select {
-		case p.shards[s] <- t:
+		case p.shards[s].in <- t:
 		case <-p.quit:
 			return // not acked: redelivered
 		}
 	}
 }
 
-func (p *Pool) reject(msg jetstream.Msg, seq uint64, err error) {
-	p.stats.Rejected.Add(1)
-	if m := p.opts.Metrics; m != nil {
-		m.Jobs.WithLabelValues("rejected").Inc()
-	}
-	p.opts.Log.Warn().Err(err).Uint64("seq", seq).Str("subject", msg.Subject()).Msg("invalid job terminated")
-	_ = msg.Term()
-}
-
-func (p *Pool) runShard(in <-chan *task) {
-	var payload, envelope []byte
+// awaitHold waits while jobs are held after a reconnect.
+func (p *Pool) awaitHold() {
 	for {
-		var t *task
-		select {
-		case t = <-in:
-		case <-p.quit:
+		d := p.holdLeft()
+		if d <= 0 {
 			return
 		}
-		failed := false
-		for ei, channels := range t.channels {
-			ev := &t.job.Events[ei]
-			for _, ch := range channels {
-				payload = protocol.AppendChannelEvent(payload[:0], ev.Name, ch, ev.Data, "")
-				// The frame ends the envelope: encode it straight into it.
-				envelope = route.AppendDelivery(envelope[:0], route.Delivery{
-					Seq:             t.seq,
-					Event:           uint8(ei),
-					ExcludeSocketID: ev.SocketID,
-				})
-				envelope = protocol.AppendTextFrame(envelope, payload)
-				// Deliver copies (Publish into the connection's buffer),
-				// so the scratch buffers are reused at once.
-				if err := p.opts.Deliver(route.Subject(t.job.AppID, ch), envelope); err != nil {
-					p.opts.Log.Error().Err(err).Uint64("seq", t.seq).Msg("publishing delivery")
-					failed = true
-					break
-				}
-				p.stats.Deliveries.Add(1)
-				if m := p.opts.Metrics; m != nil {
-					m.Deliveries.Inc()
-				}
-				if p.opts.Cache != nil && protocol.ClassifyChannel(ch).Cache {
-					p.cache(t.job.AppID, ch, ev)
-				}
-			}
-			if failed {
-				break
-			}
+		time.Sleep(min(d, 10*time.Millisecond))
+	}
+}
+
+// holdLeft is how long jobs are still held after a reconnect.
+func (p *Pool) holdLeft() time.Duration {
+	until := p.holdUntil.Load()
+	if until == 0 {
+		return 0
+	}
+	return time.Until(time.Unix(0, until))
+}
+
+// decode reads and checks a job. A job it refuses comes back nil, with the
+// reason; panicked says that decoding panicked (and was recovered).
+func (p *Pool) decode(msg jetstream.Msg) (job *queue.Job, reason string, panicked bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			p.recovered(v, msg)
+			job, reason, panicked = nil, fmt.Sprintf("panic while decoding: %v", v), true
 		}
-		if failed {
-			// Redeliver the whole job. Subscribers may then see its
-			// earlier channels twice; the delivery envelope carries the
-			// job's sequence so that gateways can drop such repeats.
-			_ = t.msg.Nak()
-			if m := p.opts.Metrics; m != nil {
-				m.Jobs.WithLabelValues("failed").Inc()
-			}
-			continue
-		}
-		if t.pending.Add(-1) == 0 {
-			if err := t.msg.Ack(); err != nil {
-				p.opts.Log.Warn().Err(err).Uint64("seq", t.seq).Msg("acking job")
-			}
-			p.stats.Jobs.Add(1)
-			if m := p.opts.Metrics; m != nil {
-				m.Jobs.WithLabelValues("ok").Inc()
-				m.JobLatency.Observe(time.Since(t.stored).Seconds())
-			}
+	}()
+	data := msg.Data()
+	// Before decoding: json.Unmarshal would replace invalid bytes with
+	// U+FFFD and let the job through, changed.
+	if !utf8.Valid(data) {
+		return nil, "invalid UTF-8", false
+	}
+	job = new(queue.Job)
+	if err := json.Unmarshal(data, job); err != nil {
+		return nil, "invalid JSON: " + err.Error(), false
+	}
+	if err := job.Validate(p.opts.Limits); err != nil {
+		return nil, "invalid job: " + err.Error(), false
+	}
+	if app, ok := queue.AppOfSubject(msg.Subject()); !ok || app != job.AppID {
+		// Publish permissions are per subject; the body must not name
+		// another app than the subject does.
+		return nil, "app_id " + job.AppID + " does not match subject " + msg.Subject(), false
+	}
+	if !p.opts.Apps(job.AppID) {
+		return nil, "unknown app_id " + job.AppID, false
+	}
+	return job, "", false
+}
+
+// recovered logs a panic with its stack and counts it.
+func (p *Pool) recovered(v any, msg jetstream.Msg) {
+	p.opts.Log.Error().Str("panic", fmt.Sprint(v)).Str("subject", msg.Subject()).Bytes("stack", debug.Stack()).
+		Msg("panic while handling a job, recovered")
+	if m := p.opts.Metrics; m != nil {
+		m.Panics.WithLabelValues(metrics.PanicWorker).Inc()
+	}
+}
+
+// reject sets an invalid job aside, untried.
+func (p *Pool) reject(r *run, reason string) {
+	p.stats.Rejected.Add(1)
+	if m := p.opts.Metrics; m != nil {
+		m.Jobs.WithLabelValues(metrics.JobRejected).Inc()
+	}
+	p.setAside(r, reason)
+}
+
+// failed counts a failed attempt.
+func (p *Pool) failed() {
+	p.stats.Failed.Add(1)
+	if m := p.opts.Metrics; m != nil {
+		m.Jobs.WithLabelValues(metrics.JobFailed).Inc()
+	}
+}
+
+// settle claims r's fate for the caller: false if another part of the job
+// claimed it first.
+func (r *run) settle() bool {
+	if !r.settled.CompareAndSwap(false, true) {
+		return false
+	}
+	r.lane.inflight.Add(-1)
+	return true
+}
+
+// finish acks a job whose parts are all delivered.
+func (p *Pool) finish(r *run) {
+	if !r.settle() {
+		return
+	}
+	if err := r.msg.Ack(); err != nil {
+		p.opts.Log.Warn().Err(err).Uint64("seq", r.seq).Msg("acking job")
+	}
+	p.stats.Jobs.Add(1)
+	if m := p.opts.Metrics; m != nil {
+		m.Jobs.WithLabelValues(metrics.JobOK).Inc()
+		m.JobLatency.Observe(time.Since(r.stored).Seconds())
+	}
+}
+
+// deadLetterTimeout bounds the wait for the dead-letter stream's ack.
+const deadLetterTimeout = 5 * time.Second
+
+// setAside stores the job in the dead-letter stream, then terminates it.
+// If it cannot be stored, the job is left unacked, for JetStream to
+// deliver again: a job is never dropped unseen.
+func (p *Pool) setAside(r *run, reason string) {
+	if !r.settle() {
+		return
+	}
+	log := p.opts.Log.With().Uint64("seq", r.seq).Str("subject", r.msg.Subject()).Uint64("deliveries", r.deliveries).
+		Str("reason", reason).Logger()
+	ctx, cancel := context.WithTimeout(context.Background(), deadLetterTimeout)
+	defer cancel()
+	dup, err := queue.PublishDeadLetter(ctx, p.opts.JetStream, queue.DeadLetter{
+		Subject: r.msg.Subject(), Data: r.msg.Data(), Reason: reason,
+		StreamSeq: r.seq, Deliveries: r.deliveries, Stored: r.stored,
+	})
+	if err != nil {
+		log.Error().Err(err).Msg("job not set aside: the dead letter was not stored; left for redelivery")
+		return
+	}
+	if !dup {
+		p.stats.DeadLettered.Add(1)
+		if m := p.opts.Metrics; m != nil {
+			m.Jobs.WithLabelValues(metrics.JobDeadLettered).Inc()
 		}
 	}
+	log.Warn().Str("dead_letter", queue.DeadLetterSubject(r.msg.Subject())).Msg("job set aside in " + queue.DeadLetterStream)
+	if err := r.msg.TermWithReason("dead-lettered"); err != nil {
+		log.Warn().Err(err).Msg("terminating a dead-lettered job")
+	}
+}
+
+// leave gives up an unfinished job while stopping, unacked: JetStream
+// delivers it again once its ack wait passes, to the next owner. No job
+// starts after it.
+func (p *Pool) leave(r *run) {
+	p.leaving.Store(true)
+	r.settle()
 }
 
 // cache stores ev as the channel's last event. Pusher keeps it whether or

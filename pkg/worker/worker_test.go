@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"testing"
@@ -12,9 +13,9 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 
 	"github.com/resoundhq/resound/pkg/cluster"
+	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/natsembed"
 	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/queue"
@@ -35,11 +36,12 @@ type env struct {
 	pub    *queue.Publisher
 	sub    *nats.Conn // a separate connection, as a gateway's would be
 	pool   *worker.Pool
+	reg    *metrics.Registry // the pool's metrics
 }
 
 // start runs an embedded JetStream, the job stream, and a worker pool that
-// knows only appID.
-func start(t *testing.T, workers int) *env {
+// knows only appID. with, if any, change the pool's options.
+func start(t *testing.T, workers int, with ...func(*worker.Options)) *env {
 	t.Helper()
 	ns := natstest.Server(t, false)
 	e := &env{ns: ns}
@@ -57,19 +59,10 @@ func start(t *testing.T, workers int) *env {
 	e.pub = queue.NewPublisher(e.js)
 	e.sub = connect(t, ns, "subscriber")
 
-	wc := connect(t, ns, "worker")
-	wjs, err := jetstream.New(wc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.pool = worker.New(worker.Options{
-		Conn:      wc,
-		JetStream: wjs,
-		Apps:      func(id string) bool { return id == appID },
-		Limits:    protocol.DefaultLimits,
-		Workers:   workers,
-		Log:       zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel),
-	})
+	e.reg = metrics.NewRegistry()
+	e.pool = worker.New(poolOptions(t, ns, "worker", append([]func(*worker.Options){func(o *worker.Options) {
+		o.Workers, o.Metrics = workers, metrics.NewWorker(e.reg, func() float64 { return 0 })
+	}}, with...)...))
 	runPool(t, e.pool)
 	return e
 }
@@ -317,7 +310,9 @@ func TestEventsOnOneChannelStayInOrder(t *testing.T) {
 	eventually(t, "all parts acked", func() bool { return e.pool.Stats().Jobs.Load() == 2*total && e.streamMsgs(t) == 0 })
 }
 
-func TestInvalidJobsAreTerminated(t *testing.T) {
+// Invalid jobs are never delivered: each is set aside in the dead-letter
+// stream, untried, and terminated.
+func TestInvalidJobsAreDeadLettered(t *testing.T) {
 	e := start(t, 4)
 	all := e.subscribe(t, route.DeliverPrefix+">")
 	valid := func(data string) *queue.Job {
@@ -363,6 +358,21 @@ func TestInvalidJobsAreTerminated(t *testing.T) {
 	}
 	if got := e.pool.Stats().Deliveries.Load(); got != uint64(len(bad)) {
 		t.Fatalf("Stats().Deliveries = %d, want %d", got, len(bad))
+	}
+	dls := deadLetters(t, e.js)
+	if len(dls) != len(bad) {
+		t.Fatalf("%d dead letters, want %d", len(dls), len(bad))
+	}
+	for i, dl := range dls {
+		if dl.Header.Get(queue.HeaderReason) == "" || dl.Header.Get(queue.HeaderDeliveries) != "1" {
+			t.Errorf("dead letter of %q: headers %v", bad[i].name, dl.Header)
+		}
+	}
+	if got := counter(t, e.reg, "resound_jobs_total", "rejected"); got != float64(len(bad)) {
+		t.Errorf("resound_jobs_total{result=rejected} = %v, want %d", got, len(bad))
+	}
+	if got := counter(t, e.reg, "resound_jobs_total", "dead_lettered"); got != float64(len(bad)) {
+		t.Errorf("resound_jobs_total{result=dead_lettered} = %v, want %d", got, len(bad))
 	}
 }
 
@@ -451,19 +461,7 @@ func TestJobsWaitForGatewaysAfterReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The worker has the job and holds it, unacked.
-	eventually(t, "job delivered to the worker and held", func() bool {
-		var held int
-		for k := 0; k < queue.DefaultPartitions; k++ {
-			c, err := js.Consumer(ctx, queue.StreamName, queue.ConsumerName(k))
-			if err != nil {
-				return false
-			}
-			if info, err := c.Info(ctx); err == nil {
-				held += info.NumAckPending
-			}
-		}
-		return held == 1
-	})
+	eventually(t, "job delivered to the worker and held", func() bool { return ackPending(ctx, js) == 1 })
 	// Only now does the gateway come back: subscriptions first, as nats.go
 	// resends them on reconnect, then its answer.
 	gw := connect(t, ns, "gw-late")
@@ -481,4 +479,74 @@ func TestJobsWaitForGatewaysAfterReconnect(t *testing.T) {
 	if d.seq != seq || d.event["data"] != "held" {
 		t.Fatalf("got seq %d %v", d.seq, d.event)
 	}
+}
+
+// ackPending is how many jobs the workers hold unacked, over every
+// partition; -1 if it cannot be read.
+func ackPending(ctx context.Context, js jetstream.JetStream) int {
+	var held int
+	for k := 0; k < queue.DefaultPartitions; k++ {
+		c, err := js.Consumer(ctx, queue.StreamName, queue.ConsumerName(k))
+		if err != nil {
+			return -1
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return -1
+		}
+		held += info.NumAckPending
+	}
+	return held
+}
+
+// deadLetters returns every message in the dead-letter stream, in order.
+func deadLetters(t *testing.T, js jetstream.JetStream) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	s, err := js.Stream(ctx, queue.DeadLetterStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*jetstream.RawStreamMsg
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// counter reads the counter name{label=value} (the metric's one label)
+// from reg.
+func counter(t *testing.T, reg *metrics.Registry, name, value string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if ls := m.GetLabel(); len(ls) == 1 && ls[0].GetValue() == value {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no series %s{%q}", name, value)
+	return 0
 }
