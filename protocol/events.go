@@ -66,6 +66,22 @@ const (
 	CloseReasonTooBigMsg = "Maximum message size exceeded"
 )
 
+// ValidCloseCode reports whether a close frame may carry code (RFC 6455
+// §7.4): the defined codes 1000–1003 and 1007–1011, the IANA-registered
+// 1012–1014, and the 3000–4999 ranges for libraries and applications.
+// 1004 is reserved, and 1005, 1006 and 1015 only ever describe a close
+// locally: they must never be sent, so a peer that sends one has broken
+// the protocol, and echoing it would be the server breaking it too.
+func ValidCloseCode(code int) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
+		return true
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
+}
+
 // AppendConnectionEstablished appends the first message of every
 // connection. activity_timeout is in seconds and must be non-zero:
 // pusher-js fails the handshake without it.

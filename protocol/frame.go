@@ -38,8 +38,16 @@ func AppendFrame(dst []byte, opcode byte, payload []byte) []byte {
 }
 
 // AppendCloseFrame appends a close frame carrying code and reason. The
-// reason is cut to fit the 125-byte control-frame limit.
+// reason is cut to fit the 125-byte control-frame limit. A code that must
+// not be sent (see ValidCloseCode) becomes 1011: nothing Resound does may
+// put one on the wire.
 func AppendCloseFrame(dst []byte, code uint16, reason string) []byte {
+	if !ValidCloseCode(int(code)) {
+		code = CloseInternalError
+	}
+	if !utf8.ValidString(reason) {
+		reason = ""
+	}
 	if len(reason) > 123 {
 		// Cut on a character boundary: the reason must stay valid UTF-8, or
 		// browsers fail the connection and the client never sees the code.

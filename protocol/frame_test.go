@@ -196,3 +196,29 @@ func TestAppendCloseFrameTruncatesOnRuneBoundary(t *testing.T) {
 		}
 	}
 }
+
+func TestValidCloseCode(t *testing.T) {
+	for _, c := range []int{1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4000, 4001, 4200, 4999} {
+		if !ValidCloseCode(c) {
+			t.Errorf("ValidCloseCode(%d) = false", c)
+		}
+	}
+	for _, c := range []int{0, 1, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535} {
+		if ValidCloseCode(c) {
+			t.Errorf("ValidCloseCode(%d) = true", c)
+		}
+	}
+}
+
+func TestAppendCloseFrameNeverSendsAForbiddenCode(t *testing.T) {
+	for _, c := range []uint16{1005, 1006, 1015, 999, 0} {
+		f := AppendCloseFrame(nil, c, "x")
+		if got := int(f[2])<<8 | int(f[3]); got != CloseInternalError {
+			t.Errorf("code %d sent as %d", c, got)
+		}
+	}
+	f := AppendCloseFrame(nil, 4001, "bad \xff reason")
+	if len(f) != 4 {
+		t.Errorf("invalid UTF-8 reason kept: % x", f)
+	}
+}

@@ -1,7 +1,10 @@
 package gateway
 
 import (
+	"context"
+
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -35,6 +38,7 @@ func (s *Server) clientEvent(c *conn, m protocol.ClientMessage) {
 		return
 	}
 	if !s.takeClientEventToken(c) {
+		s.limitHit(metrics.LimitClientEventRate, c)
 		s.sendError(c, protocol.CodeClientRateLimit, "Client event rejected due to rate limit")
 		return
 	}
@@ -43,7 +47,13 @@ func (s *Server) clientEvent(c *conn, m protocol.ClientMessage) {
 		userID = c.subs[i].userID()
 	}
 	frame := protocol.AppendTextFrame(nil, protocol.AppendClientEvent(nil, m.Event, m.Channel, m.Data, userID))
-	s.publishToChannel(app, m.Channel, frame, c.socketID())
+	channel, sid := m.Channel, c.socketID()
+	// Publishing may wait on NATS, so it happens on the connection's lane,
+	// which also keeps one connection's client events in order.
+	if !s.lanes.try(c.sidA, c, func(context.Context) { s.publishToChannel(app, channel, frame, sid) }) {
+		s.limitHit(metrics.LimitPendingOps, c)
+		s.sendError(c, protocol.CodeClientRateLimit, "Client event rejected: the server is busy, try again")
+	}
 }
 
 // takeClientEventToken is a token bucket of client_event_rate_limit tokens

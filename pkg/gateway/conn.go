@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -40,13 +41,14 @@ type conn struct {
 	sidA, sidB uint64
 
 	// Owned by the poller goroutine.
-	partial    []byte // bytes of an incomplete frame, kept between reads
-	lastSeen   int64  // unix nanos of the last frame received
-	pingSentAt int64  // unix nanos of our unanswered ping, or 0
+	reader     frameReader
+	lastSeen   int64 // unix nanos of the last frame received
+	pingSentAt int64 // unix nanos of our unanswered ping, or 0
 	subs       []chanSub
 	ext        *connExt // rarer state, made on first use
 	destroyed  bool     // set by poller.destroy; the descriptor may already be reused
 	countedMax bool     // this connection holds a slot of the app's max_connections
+	ipSlot     *ipSlot  // its client address's count, when connections per IP are capped
 
 	// mu guards the write side: deliveries write from other goroutines.
 	// The socket write happens under mu, so a write can never land on a
@@ -73,19 +75,28 @@ func (cs chanSub) userID() string {
 	return cs.member.ID
 }
 
-// preparing is a subscription whose shared state (presence membership,
-// cached event) is being fetched.
+// preparing is a subscription on its way: its shared state (presence
+// membership, cached event, NATS subscription) is being set up on an async
+// lane. An unsubscribe meanwhile marks it cancelled, and the lane's result
+// is then undone instead of joined.
 type preparing struct {
-	name      string
 	cancelled bool
 }
 
 // connExt is the state few connections need, kept out of conn so that an
 // idle subscriber stays small. Only the poller goroutine touches it.
 type connExt struct {
-	fragments  []byte // a fragmented message being reassembled
-	fragmented bool
-	preparing  []preparing // subscriptions waiting on shared state
+	// preparing are the subscriptions on their way, by channel.
+	preparing map[string]*preparing
+	// subIndex finds a channel in subs once there are many, so that no
+	// per-connection work grows with the square of its subscriptions.
+	subIndex map[string]int
+	// pong is the answer to the latest WebSocket ping, kept while output
+	// is waiting: a client that pings and never reads holds one pong, not
+	// one per ping (RFC 6455 §5.5.3 lets a pong answer only the latest).
+	// pusherPong is the same for pusher:ping.
+	pong       []byte
+	pusherPong bool
 
 	userID    string // signed in as, or ""
 	watchlist []string
@@ -108,20 +119,91 @@ func (c *conn) signedInAs() string {
 	return c.ext.userID
 }
 
-func (c *conn) preparingList() []preparing {
-	if c.ext == nil {
-		return nil
-	}
-	return c.ext.preparing
-}
+// subIndexMin is the subscription count from which a connection indexes
+// its channels: below it a scan is cheaper than a map.
+const subIndexMin = 8
 
 func (c *conn) findSub(name string) int {
+	if c.ext != nil && c.ext.subIndex != nil {
+		if i, ok := c.ext.subIndex[name]; ok {
+			return i
+		}
+		return -1
+	}
 	for i := range c.subs {
 		if c.subs[i].ch.name == name {
 			return i
 		}
 	}
 	return -1
+}
+
+// addSub records a channel the connection joined.
+func (c *conn) addSub(cs chanSub) {
+	c.subs = append(c.subs, cs)
+	if len(c.subs) < subIndexMin {
+		return
+	}
+	ext := c.extension()
+	if ext.subIndex == nil {
+		ext.subIndex = make(map[string]int, len(c.subs))
+		for i := range c.subs {
+			ext.subIndex[c.subs[i].ch.name] = i
+		}
+		return
+	}
+	ext.subIndex[cs.ch.name] = len(c.subs) - 1
+}
+
+// removeSub forgets subs[i], moving the last one into its place.
+func (c *conn) removeSub(i int) chanSub {
+	cs := c.subs[i]
+	last := len(c.subs) - 1
+	c.subs[i] = c.subs[last]
+	c.subs[last] = chanSub{}
+	c.subs = c.subs[:last]
+	if c.ext != nil && c.ext.subIndex != nil {
+		delete(c.ext.subIndex, cs.ch.name)
+		if i < last {
+			c.ext.subIndex[c.subs[i].ch.name] = i
+		}
+		if len(c.subs) == 0 {
+			c.ext.subIndex = nil
+		}
+	}
+	if len(c.subs) == 0 {
+		c.subs = nil
+	}
+	c.releaseExt()
+	return cs
+}
+
+func (c *conn) preparingFor(name string) *preparing {
+	if c.ext == nil {
+		return nil
+	}
+	return c.ext.preparing[name]
+}
+
+// subscriptionCount is the channels the connection is on or on its way to,
+// cancelled ones included: each holds work in flight.
+func (c *conn) subscriptionCount() int {
+	n := len(c.subs)
+	if c.ext != nil {
+		n += len(c.ext.preparing)
+	}
+	return n
+}
+
+// releaseExt drops the rare state once nothing is left in it, so that a
+// connection that subscribed and settled is small again.
+func (c *conn) releaseExt() {
+	e := c.ext
+	if e == nil || len(e.preparing) > 0 || e.subIndex != nil || e.pong != nil || e.pusherPong ||
+		e.userID != "" || e.lastFill != 0 {
+		return
+	}
+	c.ext = nil
 }
 
 func (c *conn) socketID() string {
@@ -155,15 +237,85 @@ func (c *conn) writeLocked(b []byte) {
 			b = b[n:]
 		}
 	}
-	if len(c.out)+len(b) > c.poller.srv.opts.MaxOutbound {
-		c.poller.srv.log.Debug().Str("socket_id", c.socketID()).Msg("slow client cut off")
-		c.poller.srv.prom.SlowConsumers.Inc()
+	srv := c.poller.srv
+	if len(c.out)+len(b) > srv.opts.MaxOutbound {
+		srv.prom.SlowConsumers.Inc()
+		srv.limitHit(metrics.LimitOutbound, c)
+		c.abortLocked()
+		return
+	}
+	// Every byte waiting in any connection's out is charged to the
+	// process's budget, so that many slow clients together cannot hold
+	// more than MaxOutboundTotal, each below its own limit.
+	if srv.outbound.Add(int64(len(b))) > srv.opts.MaxOutboundTotal {
+		srv.outbound.Add(-int64(len(b)))
+		srv.prom.SlowConsumers.Inc()
+		srv.limitHit(metrics.LimitOutboundTotal, c)
 		c.abortLocked()
 		return
 	}
 	// The socket is full; edge-triggered EPOLLOUT tells the poller when it
 	// drains, and flush writes the rest.
 	c.out = append(c.out, b...)
+}
+
+// dropOutLocked forgets the output waiting, and gives its bytes back to
+// the process's budget.
+func (c *conn) dropOutLocked() {
+	if len(c.out) > 0 {
+		c.poller.srv.outbound.Add(-int64(len(c.out)))
+	}
+	c.out = nil
+}
+
+// writePong answers a WebSocket ping. While output is waiting, only the
+// latest ping's answer is kept, so a client that pings without reading
+// holds at most one pong. Only the poller goroutine calls it.
+func (c *conn) writePong(payload []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return
+	}
+	if len(c.out) == 0 {
+		var buf [2 + 125]byte
+		c.writeLocked(protocol.AppendFrame(buf[:0], protocol.OpPong, payload))
+		return
+	}
+	ext := c.extension()
+	ext.pong = protocol.AppendFrame(ext.pong[:0], protocol.OpPong, payload)
+}
+
+// writePusherPong answers pusher:ping, keeping at most one answer while
+// output is waiting, as writePong does.
+func (c *conn) writePusherPong() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return
+	}
+	if len(c.out) == 0 {
+		c.writeLocked(c.poller.srv.frames.pong)
+		return
+	}
+	c.extension().pusherPong = true
+}
+
+// writeHeldPongsLocked writes the pongs kept while output was waiting;
+// flush calls it once out is empty, on the poller goroutine.
+func (c *conn) writeHeldPongsLocked() {
+	ext := c.ext
+	if ext == nil || (ext.pong == nil && !ext.pusherPong) {
+		return
+	}
+	pong, pusherPong := ext.pong, ext.pusherPong
+	ext.pong, ext.pusherPong = nil, false
+	if pong != nil {
+		c.writeLocked(pong)
+	}
+	if pusherPong && c.state == stateOpen {
+		c.writeLocked(c.poller.srv.frames.pong)
+	}
 }
 
 // writeFrames writes frames to the client with one writev, keeping what
@@ -237,6 +389,7 @@ func (c *conn) flush() {
 		n, err := unix.Write(c.fd, c.out)
 		if n > 0 {
 			c.out = c.out[n:]
+			c.poller.srv.outbound.Add(-int64(n))
 		}
 		if err == unix.EAGAIN {
 			return
@@ -247,6 +400,12 @@ func (c *conn) flush() {
 		}
 	}
 	c.out = nil // give the backing array back to the GC
+	if c.state == stateOpen {
+		c.writeHeldPongsLocked()
+		if len(c.out) > 0 || c.state != stateOpen {
+			return
+		}
+	}
 	if c.state == stateClosing && !c.shutWrite {
 		c.shutWrite = true
 		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
@@ -254,21 +413,35 @@ func (c *conn) flush() {
 }
 
 // closeWith sends a pusher:error (when code is a Pusher code and errMsg is
-// set) and a close frame, then half-closes and waits for the peer.
+// set) and a close frame, then half-closes and waits for the peer. It is
+// for closes the server decides, and counts them; echoClose answers the
+// peer's.
 func (c *conn) closeWith(code int, errMsg string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state != stateOpen {
 		return
 	}
+	c.poller.srv.prom.Error(code, c.app.ID)
 	var msg []byte
-	if code >= 4000 {
-		c.poller.srv.prom.Error(code, c.app.ID)
-	}
 	if errMsg != "" && code >= 4000 {
 		msg = protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, errMsg))
 	}
-	msg = protocol.AppendCloseFrame(msg, uint16(code), errMsg)
+	c.closeLocked(protocol.AppendCloseFrame(msg, uint16(code), errMsg))
+}
+
+// echoClose answers the peer's close frame with its code, which the frame
+// reader has checked may be sent (RFC 6455 §5.5.1).
+func (c *conn) echoClose(code int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return
+	}
+	c.closeLocked(protocol.AppendCloseFrame(nil, uint16(code), ""))
+}
+
+func (c *conn) closeLocked(msg []byte) {
 	c.writeLocked(msg)
 	if c.state != stateOpen {
 		return // the write failed and aborted
@@ -288,7 +461,7 @@ func (c *conn) abortLocked() {
 	if c.state == stateDead {
 		return
 	}
-	c.out = nil
+	c.dropOutLocked()
 	if c.state == stateOpen {
 		c.state = stateClosing
 		c.closingAt = time.Now().UnixNano()

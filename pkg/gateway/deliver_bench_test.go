@@ -23,7 +23,7 @@ func benchServer(b *testing.B, subscribers int) (*Server, *dispatcher, []*nats.M
 	s := &Server{log: zerolog.Nop(), stats: map[string]*appStat{}}
 	s.opts.MaxOutbound = 1 << 20
 	s.prom = metrics.NewGateway(metrics.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 })
-	s.hub = newHub(nil, nil)
+	s.hub = newHub(nil, nil, 0)
 	p := &poller{srv: s}
 	subject := route.Subject(app.ID, "bench")
 	ch := &channel{app: app, name: "bench", subject: subject, shard: s.hub.shardFor(subject), refs: subscribers, index: map[*conn]int{}}

@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"context"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -37,11 +39,17 @@ func (ch *channel) seen(seq uint64) bool {
 // exists here exactly while some local connection is subscribed or about
 // to be, and only then does the gateway hold a NATS subscription to its
 // delivery subject.
+//
+// The hub never calls NATS under a lock: the first subscriber's work makes
+// the NATS subscription outside the shard lock, while later subscribers
+// wait for it on the channel's ready, so a slow NATS never stalls the
+// dispatchers, which look channels up under the same locks.
 type hub struct {
-	nc       *nats.Conn
-	dispatch []chan *nats.Msg
-	seed     maphash.Seed
-	shards   [hubShards]hubShard
+	nc           *nats.Conn
+	dispatch     []chan *nats.Msg
+	seed         maphash.Seed
+	flushTimeout time.Duration
+	shards       [hubShards]hubShard
 }
 
 type hubShard struct {
@@ -58,7 +66,15 @@ type channel struct {
 	subject string
 	shard   *hubShard
 	refs    int // subscribers plus pending subscriptions; guarded by shard.mu
-	nsub    *nats.Subscription
+
+	// ready is closed once the NATS subscription has reached the server,
+	// or failed with err (written before ready is closed).
+	ready chan struct{}
+	err   error
+	// nsub is the NATS subscription. A delivery that arrives through
+	// another one — an older subscription to the same subject, still
+	// being removed after the channel emptied and came back — is dropped.
+	nsub atomic.Pointer[nats.Subscription]
 
 	mu sync.RWMutex
 	// members are the subscribers, in a slice so that fan-out walks memory
@@ -80,8 +96,8 @@ type channel struct {
 	countPending atomic.Bool
 }
 
-func newHub(nc *nats.Conn, dispatch []chan *nats.Msg) *hub {
-	h := &hub{nc: nc, dispatch: dispatch, seed: maphash.MakeSeed()}
+func newHub(nc *nats.Conn, dispatch []chan *nats.Msg, flushTimeout time.Duration) *hub {
+	h := &hub{nc: nc, dispatch: dispatch, seed: maphash.MakeSeed(), flushTimeout: flushTimeout}
 	for i := range h.shards {
 		h.shards[i].channels = make(map[string]*channel)
 	}
@@ -92,39 +108,88 @@ func (h *hub) shardFor(subject string) *hubShard {
 	return &h.shards[maphash.String(h.seed, subject)%hubShards]
 }
 
-// acquire takes a reference on a channel, creating it (and its NATS
-// subscription) if this is the first. created reports a new subscription,
-// which must be flushed to the server before the subscriber is told it
-// succeeded, or an event published right after could miss this gateway.
-func (h *hub) acquire(app *config.App, name string) (ch *channel, created bool, err error) {
+// acquireReady takes a reference on a channel whose NATS subscription is
+// already in place, or returns nil. It never waits on the network, so the
+// pollers use it for the common case: a channel others are on already.
+func (h *hub) acquireReady(app *config.App, name string) *channel {
 	subject := route.Subject(app.ID, name)
 	sh := h.shardFor(subject)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if ch = sh.channels[subject]; ch != nil {
+	ch := sh.channels[subject]
+	if ch == nil || !ch.isReady() {
+		return nil
+	}
+	ch.refs++
+	return ch
+}
+
+func (ch *channel) isReady() bool {
+	select {
+	case <-ch.ready:
+		return ch.err == nil
+	default:
+		return false
+	}
+}
+
+// acquire takes a reference on a channel, creating it and its NATS
+// subscription if this is the first, and returns once the subscription
+// has reached the server: an event published after that reaches this
+// gateway. It waits on the network, so it runs on an async lane.
+func (h *hub) acquire(ctx context.Context, app *config.App, name string) (*channel, error) {
+	subject := route.Subject(app.ID, name)
+	sh := h.shardFor(subject)
+	sh.mu.Lock()
+	if ch := sh.channels[subject]; ch != nil {
 		ch.refs++
-		return ch, false, nil
+		sh.mu.Unlock()
+		select {
+		case <-ch.ready:
+		case <-ctx.Done():
+			h.release(ch)
+			return nil, ctx.Err()
+		}
+		if ch.err != nil {
+			h.release(ch)
+			return nil, ch.err
+		}
+		return ch, nil
 	}
-	ch = &channel{app: app, name: name, subject: subject, shard: sh, refs: 1, index: make(map[*conn]int)}
-	if ch.nsub, err = h.nc.ChanSubscribe(subject, h.dispatcherFor(subject)); err != nil {
-		return nil, false, err
-	}
+	ch := &channel{app: app, name: name, subject: subject, shard: sh, refs: 1, ready: make(chan struct{}), index: make(map[*conn]int)}
 	sh.channels[subject] = ch
-	return ch, true, nil
+	sh.mu.Unlock()
+
+	sub, err := h.nc.ChanSubscribe(subject, h.dispatcherFor(subject))
+	if err == nil {
+		ch.nsub.Store(sub)
+		err = h.nc.FlushTimeout(h.flushTimeout)
+	}
+	ch.err = err
+	close(ch.ready)
+	if err != nil {
+		h.release(ch)
+		return nil, err
+	}
+	return ch, nil
 }
 
 // release drops a reference; the last one removes the channel and its
-// NATS subscription.
+// NATS subscription. It may wait on the network: async lanes only.
 func (h *hub) release(ch *channel) {
 	sh := ch.shard
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	ch.refs--
-	if ch.refs > 0 {
-		return
+	last := ch.refs == 0
+	if last && sh.channels[ch.subject] == ch {
+		delete(sh.channels, ch.subject)
 	}
-	delete(sh.channels, ch.subject)
-	_ = ch.nsub.Unsubscribe()
+	sh.mu.Unlock()
+	if last {
+		if sub := ch.nsub.Load(); sub != nil {
+			_ = sub.Unsubscribe()
+		}
+	}
 }
 
 // join adds c to the channel's subscribers and, under the same lock, sends
@@ -163,11 +228,13 @@ func (ch *channel) remove(c *conn) {
 	delete(ch.index, c)
 }
 
-func (h *hub) unsubscribe(ch *channel, c *conn) {
+// leave takes c off the channel's subscribers at once: no delivery is
+// written to it after this returns. Its reference is released apart, on
+// an async lane.
+func (ch *channel) leave(c *conn) {
 	ch.mu.Lock()
 	ch.remove(c)
 	ch.mu.Unlock()
-	h.release(ch)
 }
 
 // clear drops every channel and its NATS subscription; the gateway is
@@ -177,7 +244,9 @@ func (h *hub) clear() {
 		sh := &h.shards[i]
 		sh.mu.Lock()
 		for subject, ch := range sh.channels {
-			_ = ch.nsub.Unsubscribe()
+			if sub := ch.nsub.Load(); sub != nil {
+				_ = sub.Unsubscribe()
+			}
 			delete(sh.channels, subject)
 		}
 		sh.mu.Unlock()

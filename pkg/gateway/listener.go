@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"net"
 	"sync"
 )
@@ -42,12 +41,3 @@ func (l *connListener) Close() error {
 }
 
 func (l *connListener) Addr() net.Addr { return l.addr }
-
-// bufferedConn is a connection whose first bytes were already read into r
-// while routing it.
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }

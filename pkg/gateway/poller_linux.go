@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -42,7 +43,6 @@ type poller struct {
 
 	// Touched only on the poller goroutine.
 	again    []*conn // connections with unread input left
-	newSubs  []pendingSub
 	lastScan time.Time
 	now      int64
 }
@@ -80,8 +80,37 @@ func (p *poller) runInbox() {
 	p.inbox = nil
 	p.inboxMu.Unlock()
 	for _, f := range work {
-		f()
+		p.runSafely(f)
 	}
+}
+
+// runSafely runs f, recovering a panic: one piece of work going wrong must
+// not stop the poller and every connection on it.
+func (p *poller) runSafely(f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.srv.recovered(metrics.PanicPoller, r, nil)
+		}
+	}()
+	f()
+}
+
+// recoverConn, deferred, turns a panic while handling c into closing c
+// with 1011: the poller and its other connections go on.
+func (p *poller) recoverConn(c *conn) {
+	if r := recover(); r != nil {
+		p.srv.recovered(metrics.PanicPoller, r, c)
+	}
+}
+
+func (p *poller) readSafely(c *conn) {
+	defer p.recoverConn(c)
+	p.readFrom(c)
+}
+
+func (p *poller) flushSafely(c *conn) {
+	defer p.recoverConn(c)
+	c.flush()
 }
 
 // wake interrupts epoll_wait.
@@ -104,6 +133,20 @@ func (p *poller) add(c *conn) error {
 		return err
 	}
 	return nil
+}
+
+// matching lists the poller's connections for which match is true. Only
+// the poller goroutine may call it, since match reads poller-owned state.
+func (p *poller) matching(match func(*conn) bool) []*conn {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	var out []*conn
+	for _, c := range p.conns {
+		if match(c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func (p *poller) lookup(fd int) *conn {
@@ -137,7 +180,7 @@ func (p *poller) run(done <-chan struct{}) {
 		again := p.again
 		p.again = nil
 		for _, c := range again {
-			p.readFrom(c)
+			p.readSafely(c)
 		}
 		for i := 0; i < n; i++ {
 			ev := events[i]
@@ -151,13 +194,12 @@ func (p *poller) run(done <-chan struct{}) {
 				continue
 			}
 			if ev.Events&unix.EPOLLOUT != 0 {
-				c.flush()
+				p.flushSafely(c)
 			}
 			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				p.readFrom(c)
+				p.readSafely(c)
 			}
 		}
-		p.completeSubscriptions()
 		if now.Sub(p.lastScan) >= scanInterval {
 			p.lastScan = now
 			p.scan()
@@ -205,7 +247,7 @@ func (p *poller) destroy(c *conn) {
 	}
 	c.state = stateDead
 	c.destroyed = true
-	c.out = nil
+	c.dropOutLocked()
 	// Forget the descriptor before closing it: once closed, its number can
 	// be handed to a new connection at once.
 	p.mu.Lock()
@@ -216,25 +258,25 @@ func (p *poller) destroy(c *conn) {
 	_ = unix.Close(c.fd)
 	c.mu.Unlock()
 
-	c.partial = nil
+	c.reader.reset()
 	if c.ext != nil {
-		c.ext.fragments = nil
-		for i := range c.ext.preparing {
-			c.ext.preparing[i].cancelled = true
+		for _, pr := range c.ext.preparing {
+			pr.cancelled = true // finishSubscribe undoes them
 		}
+		c.ext.subIndex = nil
 	}
 	subs := c.subs
 	c.subs = nil
-	for _, cs := range subs {
-		p.srv.leave(c, cs)
-	}
+	p.srv.leave(c, subs)
 	if len(subs) > 0 {
 		p.srv.appStats(c.app).subscribed.Add(-1)
 	}
 	p.srv.signOut(c)
 	if c.countedMax {
-		p.srv.releaseConnectionSlot(c.app)
+		p.srv.releaseConnectionSlot(c)
 	}
+	p.srv.perIP.release(c.ipSlot)
+	c.ipSlot = nil
 	p.srv.metrics.connections.Add(-1)
 	p.srv.appStats(c.app).conns.Dec()
 }
@@ -248,29 +290,34 @@ func (p *poller) scan() {
 		conns = append(conns, c)
 	}
 	p.mu.RUnlock()
-	now := p.now
 	for _, c := range conns {
-		c.mu.Lock()
-		state, closingAt := c.state, c.closingAt
-		c.mu.Unlock()
-		switch state {
-		case stateClosing:
-			if now-closingAt >= int64(closingGrace) {
-				p.destroy(c)
-			}
-			continue
-		case stateDead:
-			continue
+		p.scanOne(c)
+	}
+}
+
+func (p *poller) scanOne(c *conn) {
+	defer p.recoverConn(c)
+	now := p.now
+	c.mu.Lock()
+	state, closingAt := c.state, c.closingAt
+	c.mu.Unlock()
+	switch state {
+	case stateClosing:
+		if now-closingAt >= int64(closingGrace) {
+			p.destroy(c)
 		}
-		if c.pingSentAt != 0 {
-			if now-c.pingSentAt >= int64(p.srv.opts.PongTimeout) {
-				c.closeWith(protocol.CodePongTimeout, "Pong reply not received in time")
-			}
-			continue
+		return
+	case stateDead:
+		return
+	}
+	if c.pingSentAt != 0 {
+		if now-c.pingSentAt >= int64(p.srv.opts.PongTimeout) {
+			c.closeWith(protocol.CodePongTimeout, "Pong reply not received in time")
 		}
-		if now-c.lastSeen >= int64(c.app.PingInterval) {
-			c.pingSentAt = now
-			c.write(p.srv.frames.ping)
-		}
+		return
+	}
+	if now-c.lastSeen >= int64(c.app.PingInterval) {
+		c.pingSentAt = now
+		c.write(p.srv.frames.ping)
 	}
 }

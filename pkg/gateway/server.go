@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/nats-io/nats.go"
+	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
@@ -53,8 +55,30 @@ type Options struct {
 	// MaxOutbound bounds the output queued for one client that is not
 	// reading; past it the client is cut off.
 	MaxOutbound int
-	// HandshakeTimeout bounds the HTTP request and upgrade.
+	// MaxOutboundTotal bounds the output queued for all clients together;
+	// a write that would pass it cuts off the client it was for.
+	MaxOutboundTotal int64
+	// MaxChannels bounds the channels one connection may be on or
+	// subscribing to.
+	MaxChannels int
+	// HandshakeTimeout bounds the time from accept to a complete request
+	// head: the upgrade, or the first HTTP request.
 	HandshakeTimeout time.Duration
+	// MaxRequestHead bounds the request line and headers, in bytes.
+	MaxRequestHead int
+	// MaxHandshakes bounds the handshakes in progress at once.
+	MaxHandshakes int
+	// MaxHTTPConnections bounds the plain HTTP connections open at once.
+	MaxHTTPConnections int
+	// MaxConnectionsPerIP bounds the open connections of one client
+	// address; 0 is no bound.
+	MaxConnectionsPerIP int
+	// TrustedProxies are the load balancers whose X-Forwarded-For or
+	// PROXY header names the client.
+	TrustedProxies config.CIDRs
+	// ProxyProtocol: connections from trusted proxies start with a PROXY
+	// protocol header.
+	ProxyProtocol bool
 	// FlushTimeout bounds the wait for new delivery subscriptions to reach
 	// NATS.
 	FlushTimeout time.Duration
@@ -76,8 +100,23 @@ func (o *Options) defaults() {
 	if o.MaxOutbound <= 0 {
 		o.MaxOutbound = 1 << 20
 	}
+	if o.MaxOutboundTotal <= 0 {
+		o.MaxOutboundTotal = 256 << 20
+	}
+	if o.MaxChannels <= 0 {
+		o.MaxChannels = 1000
+	}
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = 10 * time.Second
+	}
+	if o.MaxRequestHead <= 0 {
+		o.MaxRequestHead = 16 << 10
+	}
+	if o.MaxHandshakes <= 0 {
+		o.MaxHandshakes = 2048
+	}
+	if o.MaxHTTPConnections <= 0 {
+		o.MaxHTTPConnections = 1024
 	}
 	if o.FlushTimeout <= 0 {
 		o.FlushTimeout = 5 * time.Second
@@ -104,6 +143,10 @@ type Server struct {
 		subscriptions atomic.Int64
 	}
 	prom      *metrics.Gateway
+	limitLogs limitLoggers
+	// outbound is the bytes waiting in every connection's out, against
+	// MaxOutboundTotal.
+	outbound  atomic.Int64
 	dispatch  []chan *nats.Msg
 	httpConns *connListener
 
@@ -111,10 +154,19 @@ type Server struct {
 	stats       map[string]*appStat
 	baseCtx     context.Context
 	cancelBase  context.CancelFunc
-	asyncSem    chan struct{}
+	lanes       *asyncLanes
+	retryLog    zerolog.Logger
 	controlSubs []*nats.Subscription
-	watchers    watchers
-	userStates  chan *nats.Msg
+
+	// Handshake admission: handshakes in progress, plain HTTP connections
+	// open, connections per client address, and the goroutines finishing
+	// refused sockets.
+	handshakes atomic.Int64
+	httpOpen   atomic.Int64
+	perIP      *ipLimiter
+	rejecting  chan struct{}
+	watchers   watchers
+	userStates chan *nats.Msg
 	// readers recycles the handshake's request reader: the WebSocket path
 	// is done with it once upgraded.
 	readers sync.Pool
@@ -133,10 +185,14 @@ func New(opts Options) (*Server, error) {
 		log:        opts.Log.With().Str("component", "gateway").Str("gateway", opts.GatewayID).Logger(),
 		presence:   presence.New(opts.Stores.Presence),
 		stats:      map[string]*appStat{},
-		asyncSem:   make(chan struct{}, maxAsync),
 		userStates: make(chan *nats.Msg, 1<<12),
+		perIP:      newIPLimiter(opts.MaxConnectionsPerIP),
+		rejecting:  make(chan struct{}, maxRejecting),
 	}
+	s.lanes = newAsyncLanes(s.recoveredAsync)
+	s.retryLog = s.log.Sample(&zerolog.BurstSampler{Burst: 1, Period: limitLogPeriod})
 	s.watchers.byKey = map[string]*watchEntry{}
+	s.limitLogs = newLimitLoggers(s.log)
 	s.prom = opts.Metrics
 	if s.prom == nil {
 		s.prom = metrics.NewGateway(metrics.NewRegistry(), s.subscriptionCount, s.channelCount)
@@ -151,7 +207,7 @@ func New(opts Options) (*Server, error) {
 	for i := range s.dispatch {
 		s.dispatch[i] = make(chan *nats.Msg, 1<<16)
 	}
-	s.hub = newHub(opts.Conn, s.dispatch)
+	s.hub = newHub(opts.Conn, s.dispatch, opts.FlushTimeout)
 	// One writer per core besides the dispatcher's own share.
 	for i := 1; i < runtime.GOMAXPROCS(0); i++ {
 		s.writers = append(s.writers, make(chan fanoutTask, 4))
@@ -213,6 +269,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); s.runUserStates(done) }()
+	s.lanes.run(s.baseCtx, &wg)
 	if err := s.subscribeControl(); err != nil {
 		close(done)
 		wg.Wait()
@@ -220,8 +277,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.httpConns = newConnListener(ln.Addr())
 	httpSrv := &http.Server{
-		Handler:           s.opts.HTTP,
+		Handler:           s.recoverHTTP(s.opts.HTTP),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
+		MaxHeaderBytes:    s.opts.MaxRequestHead,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          nil,
@@ -250,13 +308,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	// Let the shared-state updates of the closed connections (presence
 	// leaves, released slots) finish before stopping.
-	for i := 0; i < maxAsync; i++ {
-		select {
-		case s.asyncSem <- struct{}{}:
-		case <-time.After(5 * time.Second):
-			i = maxAsync
-		}
-	}
+	s.lanes.drain(5 * time.Second)
 	s.cancelBase()
 	for _, sub := range s.controlSubs {
 		_ = sub.Unsubscribe()
@@ -348,38 +400,128 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
 			continue
 		}
 		backoff = 0
-		go s.handshake(nc)
+		s.admit(nc)
 	}
+}
+
+// admit starts a new socket's handshake, unless too many are in progress
+// or its address is at its cap. It runs on the accept goroutine, so it
+// never waits.
+func (s *Server) admit(nc net.Conn) {
+	if s.handshakes.Add(1) > int64(s.opts.MaxHandshakes) {
+		s.handshakes.Add(-1)
+		s.limitHit(metrics.LimitHandshakes, nil)
+		s.reject(nc, response503)
+		return
+	}
+	peer := peerAddr(nc)
+	trusted := s.opts.TrustedProxies.Contains(peer)
+	var slot *ipSlot
+	if !trusted {
+		// A trusted proxy's connections carry many clients; theirs are
+		// counted once the PROXY header or X-Forwarded-For names them.
+		var ok bool
+		if slot, ok = s.perIP.acquire(peer); !ok {
+			s.handshakes.Add(-1)
+			s.limitHit(metrics.LimitConnectionsPerIP, nil)
+			s.reject(nc, response429)
+			return
+		}
+	}
+	go s.handshake(nc, trusted, slot)
 }
 
 // handshake reads the request line to route the connection: a WebSocket
 // upgrade on {prefix}/app/{key} is upgraded here with gobwas/ws, reading
 // the request straight off the socket; anything else goes to net/http.
-func (s *Server) handshake(nc net.Conn) {
+// The whole request head is bounded in bytes (RESOUND_MAX_REQUEST_HEAD)
+// and time (RESOUND_HANDSHAKE_TIMEOUT).
+func (s *Server) handshake(nc net.Conn, trusted bool, slot *ipSlot) {
+	inProgress := true
+	done := func() {
+		if inProgress {
+			inProgress = false
+			s.handshakes.Add(-1)
+		}
+	}
+	defer done()
+	// The slot passes to the connection once it is established; until
+	// then, a handshake that fails gives it back.
+	defer func() {
+		if slot != nil {
+			s.perIP.release(slot)
+		}
+	}()
+	defer func() {
+		if r := recover(); r != nil {
+			s.recovered(metrics.PanicHandshake, r, nil)
+			_ = nc.Close()
+		}
+	}()
 	_ = nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	head := &headLimiter{r: nc, left: s.opts.MaxRequestHead}
 	br, _ := s.readers.Get().(*bufio.Reader)
 	if br == nil {
-		br = bufio.NewReaderSize(nc, 2048)
+		br = bufio.NewReaderSize(head, 2048)
 	} else {
-		br.Reset(nc)
+		br.Reset(head)
+	}
+	defer func() { s.putReader(br) }() // nil once an HTTP connection holds it
+	if trusted && s.opts.ProxyProtocol {
+		hdr, err := proxyproto.Read(br)
+		if err != nil {
+			s.handshakeFailed(nc, err)
+			return
+		}
+		if src, _, ok := hdr.TCPAddrs(); ok {
+			addr, _ := netip.AddrFromSlice(src.IP)
+			var ok bool
+			if slot, ok = s.perIP.acquire(addr); !ok {
+				s.limitHit(metrics.LimitConnectionsPerIP, nil)
+				s.reject(nc, response429)
+				return
+			}
+			trusted = false // the client is known: X-Forwarded-For is not needed
+		}
 	}
 	line, err := peekLine(br)
 	if err != nil {
-		s.putReader(br)
-		_ = nc.Close()
+		s.handshakeFailed(nc, err)
 		return
 	}
 	if !isWebSocketPath(line, s.opts.PathPrefix+"/app/") {
+		if s.httpOpen.Add(1) > int64(s.opts.MaxHTTPConnections) {
+			s.httpOpen.Add(-1)
+			s.limitHit(metrics.LimitHTTPConnections, nil)
+			s.reject(nc, response503)
+			return
+		}
+		// net/http bounds each request's head itself (MaxHeaderBytes,
+		// ReadHeaderTimeout); the reader stays ours until it is done.
+		head.left = -1
 		_ = nc.SetDeadline(time.Time{})
-		s.httpConns.push(&bufferedConn{Conn: nc, r: br})
+		held, httpSlot := br, slot
+		br, slot = nil, nil
+		done()
+		// The reader is not recycled: net/http may close the connection
+		// while its background read is still in it.
+		s.httpConns.push(&httpConn{Conn: nc, r: held, release: func() {
+			s.httpOpen.Add(-1)
+			s.perIP.release(httpSlot)
+		}})
 		return
 	}
 	var key, origin string
+	var forwarded []byte
 	up := ws.Upgrader{
 		OnHeader: func(k, v []byte) error {
-			if origin == "" && bytes.EqualFold(k, []byte("Origin")) {
+			switch {
+			case origin == "" && bytes.EqualFold(k, []byte("Origin")):
 				origin = string(v)
+			case trusted && bytes.EqualFold(k, []byte("X-Forwarded-For")):
+				forwarded = append(forwarded[:0], v...)
 			}
+			faultOnHandshakeHeader(k, v)
 			return nil
 		},
 		OnRequest: func(uri []byte) error {
@@ -394,16 +536,30 @@ func (s *Server) handshake(nc net.Conn) {
 			key = string(k)
 			return nil
 		},
+		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
+			if !trusted || forwarded == nil {
+				return nil, nil
+			}
+			addr, ok := forwardedClient(forwarded, s.opts.TrustedProxies)
+			if !ok {
+				return nil, nil
+			}
+			if slot, ok = s.perIP.acquire(addr); !ok {
+				s.limitHit(metrics.LimitConnectionsPerIP, nil)
+				return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusTooManyRequests))
+			}
+			return nil, nil
+		},
 	}
 	_, err = up.Upgrade(struct {
 		io.Reader
 		io.Writer
 	}{br, nc})
-	s.putReader(br)
 	if err != nil {
-		_ = nc.Close()
+		s.handshakeFailed(nc, err)
 		return
 	}
+	done()
 	s.prom.Handshakes.Inc()
 	app, ok := s.opts.Apps.ByKey(key)
 	if !ok {
@@ -420,7 +576,10 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	counted := false
 	if app.MaxConnections > 0 {
-		if err := s.acquireConnectionSlot(app); err != nil {
+		ctx, cancel := context.WithTimeout(s.baseCtx, s.opts.HandshakeTimeout)
+		err := s.acquireConnectionSlot(ctx, app)
+		cancel()
+		if err != nil {
 			if !errors.Is(err, errOverQuota) {
 				s.log.Warn().Err(err).Msg("counting connections")
 			}
@@ -431,11 +590,39 @@ func (s *Server) handshake(nc net.Conn) {
 		counted = true
 	}
 	_ = nc.SetDeadline(time.Time{})
-	if err := s.attach(nc, app, counted); err != nil {
+	if err := s.attach(nc, app, counted, slot); err != nil {
 		if counted {
-			s.releaseConnectionSlot(app)
+			s.lanes.must(0, nil, func(ctx context.Context) {
+				s.retry("connection slot release", func(ctx context.Context) error { return s.releaseSlot(ctx, app) })
+			})
 		}
 		s.log.Warn().Err(err).Msg("attaching connection")
+		_ = nc.Close()
+		return
+	}
+	slot = nil // the connection holds it now
+}
+
+// handshakeFailed closes a socket whose handshake went wrong, answering
+// what can be answered and counting the bounds that bit.
+func (s *Server) handshakeFailed(nc net.Conn, err error) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, errHeadTooLarge):
+		s.limitHit(metrics.LimitRequestHead, nil)
+		s.reject(nc, response431)
+	case errors.Is(err, errLineTooLong):
+		s.limitHit(metrics.LimitRequestHead, nil)
+		s.reject(nc, response414)
+	case errors.As(err, &ne) && ne.Timeout():
+		s.limitHit(metrics.LimitHandshakeTimeout, nil)
+		_ = nc.Close()
+	case errors.Is(err, proxyproto.ErrNoProxyProtocol), errors.Is(err, proxyproto.ErrCantReadVersion1Header),
+		errors.Is(err, proxyproto.ErrLineMustEndWithCrlf):
+		s.reject(nc, response400)
+	default:
+		// gobwas has answered a bad upgrade with a 4xx already; anything
+		// else is a socket that went away.
 		_ = nc.Close()
 	}
 }
@@ -443,7 +630,7 @@ func (s *Server) handshake(nc net.Conn) {
 // attach moves an upgraded connection from the Go runtime to the reactor:
 // the descriptor is duplicated, the net.Conn (and its runtime poller entry)
 // closed, and from then on the connection is a few hundred bytes of state.
-func (s *Server) attach(nc net.Conn, app *config.App, counted bool) error {
+func (s *Server) attach(nc net.Conn, app *config.App, counted bool, slot *ipSlot) error {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return errors.New("not a socket")
@@ -466,7 +653,7 @@ func (s *Server) attach(nc net.Conn, app *config.App, counted bool) error {
 		return err
 	}
 	p := s.pollers[int(s.next.Add(1))%len(s.pollers)]
-	c := &conn{fd: fd, poller: p, app: app, lastSeen: time.Now().UnixNano(), countedMax: counted}
+	c := &conn{fd: fd, poller: p, app: app, lastSeen: time.Now().UnixNano(), countedMax: counted, ipSlot: slot}
 	c.sidA, c.sidB = newSocketID()
 	established := protocol.AppendTextFrame(nil,
 		protocol.AppendConnectionEstablished(nil, c.socketID(), int(app.ActivityTimeout.Duration()/time.Second)))
@@ -494,6 +681,9 @@ func newSocketID() (uint64, uint64) {
 	return a, c
 }
 
+// errLineTooLong is a request line longer than the routing buffer.
+var errLineTooLong = errors.New("request line too long")
+
 func peekLine(br *bufio.Reader) ([]byte, error) {
 	if _, err := br.Peek(1); err != nil {
 		return nil, err
@@ -506,7 +696,7 @@ func peekLine(br *bufio.Reader) ([]byte, error) {
 			return b[:i], nil
 		}
 		if len(b) >= br.Size() {
-			return nil, errors.New("request line too long")
+			return nil, errLineTooLong
 		}
 		if _, err := br.Peek(len(b) + 1); err != nil {
 			return nil, err
@@ -521,6 +711,9 @@ func isWebSocketPath(line []byte, prefix string) bool {
 }
 
 func (s *Server) putReader(br *bufio.Reader) {
+	if br == nil {
+		return
+	}
 	br.Reset(nil)
 	s.readers.Put(br)
 }

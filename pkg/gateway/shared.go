@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,28 +18,6 @@ import (
 	"github.com/resoundhq/resound/pkg/route"
 	"github.com/resoundhq/resound/protocol"
 )
-
-// asyncTimeout bounds one operation on the shared state.
-const asyncTimeout = 10 * time.Second
-
-// maxAsync bounds the goroutines working on shared state at once, so that
-// a subscription storm queues instead of spawning without limit.
-const maxAsync = 512
-
-// async runs f off the poller goroutines: f may block on NATS round trips.
-func (s *Server) async(f func(ctx context.Context)) {
-	select {
-	case s.asyncSem <- struct{}{}:
-	case <-s.baseCtx.Done():
-		return // stopping: the registry's sweep cleans up after us
-	}
-	go func() {
-		defer func() { <-s.asyncSem }()
-		ctx, cancel := context.WithTimeout(s.baseCtx, asyncTimeout)
-		defer cancel()
-		f(ctx)
-	}()
-}
 
 // appStat counts what queries ask about one app on this gateway.
 type appStat struct {
@@ -86,21 +65,6 @@ func (s *Server) cachedFrame(ctx context.Context, appID, channel string) ([]byte
 	return protocol.AppendTextFrame(nil, protocol.AppendChannelEvent(nil, ev.Event, channel, ev.Data, "")), nil
 }
 
-// presenceLeave removes a connection from a presence channel and, when it
-// was the user's last, tells the channel.
-func (s *Server) presenceLeave(app *config.App, channel, userID, socketID string) {
-	s.async(func(ctx context.Context) {
-		last, rev, err := s.presence.Leave(ctx, app.ID, channel, userID, socketID)
-		if err != nil {
-			s.log.Warn().Err(err).Str("channel", channel).Msg("leaving presence channel")
-			return
-		}
-		if last {
-			s.publishPresence(app, channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, channel, userID)), "", rev)
-		}
-	})
-}
-
 // subscriptionCountChanged sends pusher_internal:subscription_count, the
 // count across the cluster, for apps that turned it on. Each gateway keeps
 // its own count under the channel's key; the event carries their sum.
@@ -108,7 +72,9 @@ func (s *Server) subscriptionCountChanged(ch *channel) {
 	if !ch.app.SubscriptionCount || protocol.ClassifyChannel(ch.name).Auth == protocol.AuthPresence {
 		return
 	}
-	s.async(func(ctx context.Context) {
+	// A count is the channel's, not a connection's: its lane is the
+	// channel's, so that its counts are set in order.
+	s.lanes.must(maphash.String(s.hub.seed, ch.subject), nil, func(ctx context.Context) {
 		ch.mu.RLock()
 		local := len(ch.members)
 		ch.mu.RUnlock()
@@ -186,9 +152,7 @@ var errOverQuota = errors.New("over connection quota")
 // acquireConnectionSlot counts a new connection against the app's
 // max_connections, across the cluster. It runs on the handshake goroutine,
 // before the connection is established.
-func (s *Server) acquireConnectionSlot(app *config.App) error {
-	ctx, cancel := context.WithTimeout(s.baseCtx, asyncTimeout)
-	defer cancel()
+func (s *Server) acquireConnectionSlot(ctx context.Context, app *config.App) error {
 	return cluster.Mutate(ctx, s.opts.Stores.Counts, cluster.Key("conns", app.ID), func(old []byte) ([]byte, error) {
 		c := decodeCounts(old)
 		if c.total() >= app.MaxConnections {
@@ -199,20 +163,25 @@ func (s *Server) acquireConnectionSlot(app *config.App) error {
 	})
 }
 
-func (s *Server) releaseConnectionSlot(app *config.App) {
-	s.async(func(ctx context.Context) {
-		err := cluster.Mutate(ctx, s.opts.Stores.Counts, cluster.Key("conns", app.ID), func(old []byte) ([]byte, error) {
-			c := decodeCounts(old)
-			if c[s.opts.GatewayID] <= 1 {
-				delete(c, s.opts.GatewayID)
-			} else {
-				c[s.opts.GatewayID]--
-			}
-			return c.encode(), nil
-		})
-		if err != nil {
-			s.log.Warn().Err(err).Msg("releasing a connection slot")
+// releaseConnectionSlot gives a closed connection's slot back, on its
+// lane, retrying until done: a release that is dropped keeps the slot
+// taken for as long as this gateway lives.
+func (s *Server) releaseConnectionSlot(c *conn) {
+	app := c.app
+	s.lanes.must(c.sidA, nil, func(context.Context) {
+		s.retry("connection slot release", func(ctx context.Context) error { return s.releaseSlot(ctx, app) })
+	})
+}
+
+func (s *Server) releaseSlot(ctx context.Context, app *config.App) error {
+	return cluster.Mutate(ctx, s.opts.Stores.Counts, cluster.Key("conns", app.ID), func(old []byte) ([]byte, error) {
+		c := decodeCounts(old)
+		if c[s.opts.GatewayID] <= 1 {
+			delete(c, s.opts.GatewayID)
+		} else {
+			c[s.opts.GatewayID]--
 		}
+		return c.encode(), nil
 	})
 }
 
@@ -282,27 +251,23 @@ func Terminate(nc *nats.Conn, appID, userID string) error {
 }
 
 func (s *Server) onTerminate(m *nats.Msg) {
+	defer s.recoverNATS()
 	var req terminateRequest
 	if json.Unmarshal(m.Data, &req) != nil || req.UserID == "" {
 		return
 	}
 	for _, p := range s.pollers {
 		p.post(func() {
-			p.mu.RLock()
-			var hit []*conn
-			for _, c := range p.conns {
+			hit := p.matching(func(c *conn) bool {
 				if c.app.ID != req.App {
-					continue
+					return false
 				}
 				match := c.signedInAs() == req.UserID
 				for _, cs := range c.subs {
 					match = match || cs.userID() == req.UserID
 				}
-				if match {
-					hit = append(hit, c)
-				}
-			}
-			p.mu.RUnlock()
+				return match
+			})
 			for _, c := range hit {
 				c.closeWith(protocol.CodeUnauthorized, "Connection terminated by server")
 			}
@@ -323,7 +288,7 @@ func (s *Server) subscribeControl() error {
 	}
 	s.controlSubs = append(s.controlSubs, sub)
 	id := []byte(s.opts.GatewayID)
-	sub, err = s.opts.Conn.Subscribe(cluster.ReadySubject, func(m *nats.Msg) { _ = m.Respond(id) })
+	sub, err = s.opts.Conn.Subscribe(cluster.ReadySubject, func(m *nats.Msg) { defer s.recoverNATS(); _ = m.Respond(id) })
 	if err != nil {
 		return err
 	}
@@ -334,6 +299,7 @@ func (s *Server) subscribeControl() error {
 // answerQuery replies with this gateway's view of an app's channels, for
 // the HTTP API's cluster-wide queries.
 func (s *Server) answerQuery(m *nats.Msg) {
+	defer s.recoverNATS()
 	var q cluster.QueryRequest
 	if json.Unmarshal(m.Data, &q) != nil || m.Reply == "" {
 		return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/route"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -41,60 +43,110 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 		c.write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, d.UserData)))
 		return
 	}
-	if len(watchlist) > protocol.MaxWatchlist {
+	truncated := len(watchlist) > protocol.MaxWatchlist
+	if truncated {
 		watchlist = watchlist[:protocol.MaxWatchlist]
-		defer s.sendError(c, protocol.CodeWatchlistLimit, "Watchlist limit exceeded: only the first 100 ids are watched")
 	}
+	// The connection counts as signed in from now on, so that a second
+	// signin is answered as one, and a close from now on signs out (on the
+	// lane, after the sign-in).
 	ext.userID = id
 	ext.watchlist = watchlist
-	c.write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, d.UserData)))
-	s.watch(c, watchlist)
 	app, sid := c.app, c.socketID()
-	s.async(func(ctx context.Context) {
-		first := false
-		err := cluster.Mutate(ctx, s.opts.Stores.Users, cluster.Key(app.ID, id), func(old []byte) ([]byte, error) {
-			conns := decodeSockets(old)
-			first = len(conns) == 0
-			conns[sid] = s.opts.GatewayID
-			return conns.encode(), nil
-		})
-		if err != nil {
-			s.log.Warn().Err(err).Msg("recording a signed-in user")
-			return
-		}
-		if first {
+	ok := s.lanes.try(c.sidA, c, func(ctx context.Context) {
+		first, err := s.signInUser(ctx, app, id, sid)
+		c.poller.post(func() { s.finishSignin(c, id, d.UserData, watchlist, truncated, first, err) })
+	})
+	if !ok {
+		ext.userID, ext.watchlist = "", nil
+		c.releaseExt()
+		s.limitHit(metrics.LimitPendingOps, c)
+		s.sendError(c, protocol.CodeUnauthorized, "Sign-in failed, try again")
+	}
+}
+
+// finishSignin answers a signin once the shared state has it, on the
+// poller goroutine.
+func (s *Server) finishSignin(c *conn, id, userData string, watchlist []string, truncated, first bool, err error) {
+	if c.destroyed || !c.isOpen() {
+		return // the close's sign-out is queued after the sign-in
+	}
+	if errors.Is(err, errUserConnections) {
+		c.ext.userID, c.ext.watchlist = "", nil
+		c.releaseExt()
+		s.limitHit(metrics.LimitUserConnections, c)
+		s.sendError(c, protocol.CodeUnauthorized,
+			fmt.Sprintf("This user has reached the limit of %d signed-in connections", c.app.MaxUserConnections))
+		return
+	}
+	if err != nil {
+		// The connection is signed in on this gateway all the same, as it
+		// was before the shared state existed; only cluster-wide features
+		// (terminate from another gateway, watchlists) miss it.
+		s.log.Warn().Err(err).Msg("recording a signed-in user")
+	}
+	c.write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, userData)))
+	if truncated {
+		s.sendError(c, protocol.CodeWatchlistLimit, "Watchlist limit exceeded: only the first 100 ids are watched")
+	}
+	app := c.app
+	s.lanes.must(c.sidA, c, func(ctx context.Context) {
+		if first && err == nil {
 			s.publishUserState(app, id, true)
 		}
+		s.watch(c, watchlist)
 		s.sendInitialWatchlist(ctx, c, app, watchlist)
 	})
 }
 
-// signOut forgets a signed-in connection that is going away.
+// signOut forgets a signed-in connection that is going away, on its lane
+// after its sign-in, retrying until done.
 func (s *Server) signOut(c *conn) {
 	if c.ext == nil || c.ext.userID == "" {
 		return
 	}
-	id, app, sid := c.ext.userID, c.app, c.socketID()
-	s.unwatch(c, c.ext.watchlist)
-	s.async(func(ctx context.Context) {
-		last := false
-		err := cluster.Mutate(ctx, s.opts.Stores.Users, cluster.Key(app.ID, id), func(old []byte) ([]byte, error) {
-			conns := decodeSockets(old)
-			if _, ok := conns[sid]; !ok {
-				return old, nil
-			}
-			delete(conns, sid)
-			last = len(conns) == 0
-			return conns.encode(), nil
+	id, app, sid, watchlist := c.ext.userID, c.app, c.socketID(), c.ext.watchlist
+	s.lanes.must(c.sidA, nil, func(context.Context) {
+		s.unwatch(c, watchlist)
+		var last bool
+		s.retry("sign-out", func(ctx context.Context) (err error) {
+			last, err = s.signOutUser(ctx, app, id, sid)
+			return err
 		})
-		if err != nil {
-			s.log.Warn().Err(err).Msg("forgetting a signed-in user")
-			return
-		}
 		if last {
 			s.publishUserState(app, id, false)
 		}
 	})
+}
+
+// errUserConnections refuses a sign-in past the app's max_user_connections.
+var errUserConnections = errors.New("the user has reached the limit of signed-in connections")
+
+func (s *Server) signInUser(ctx context.Context, app *config.App, id, sid string) (first bool, err error) {
+	err = cluster.Mutate(ctx, s.opts.Stores.Users, cluster.Key(app.ID, id), func(old []byte) ([]byte, error) {
+		conns := decodeSockets(old)
+		if _, ok := conns[sid]; !ok && app.MaxUserConnections > 0 && len(conns) >= app.MaxUserConnections {
+			return nil, errUserConnections
+		}
+		first = len(conns) == 0
+		conns[sid] = s.opts.GatewayID
+		return conns.encode(), nil
+	})
+	return first, err
+}
+
+func (s *Server) signOutUser(ctx context.Context, app *config.App, id, sid string) (last bool, err error) {
+	err = cluster.Mutate(ctx, s.opts.Stores.Users, cluster.Key(app.ID, id), func(old []byte) ([]byte, error) {
+		last = false
+		conns := decodeSockets(old)
+		if _, ok := conns[sid]; !ok {
+			return old, nil
+		}
+		delete(conns, sid)
+		last = len(conns) == 0
+		return conns.encode(), nil
+	})
+	return last, err
 }
 
 // userStateSubject carries a user's online/offline transitions.
@@ -160,22 +212,27 @@ func (s *Server) runUserStates(done <-chan struct{}) {
 		case <-done:
 			return
 		}
-		var st userState
-		if json.Unmarshal(m.Data, &st) != nil {
-			continue
+		s.forwardUserState(m)
+	}
+}
+
+func (s *Server) forwardUserState(m *nats.Msg) {
+	defer s.recoverNATS()
+	var st userState
+	if json.Unmarshal(m.Data, &st) != nil {
+		return
+	}
+	name := "offline"
+	if st.Online {
+		name = "online"
+	}
+	frame := protocol.AppendTextFrame(nil, protocol.AppendWatchlistEvent(nil, name, []string{st.UserID}))
+	s.watchers.mu.Lock()
+	defer s.watchers.mu.Unlock()
+	if e := s.watchers.byKey[m.Subject]; e != nil {
+		for c := range e.conns {
+			c.write(frame)
 		}
-		name := "offline"
-		if st.Online {
-			name = "online"
-		}
-		frame := protocol.AppendTextFrame(nil, protocol.AppendWatchlistEvent(nil, name, []string{st.UserID}))
-		s.watchers.mu.Lock()
-		if e := s.watchers.byKey[m.Subject]; e != nil {
-			for c := range e.conns {
-				c.write(frame)
-			}
-		}
-		s.watchers.mu.Unlock()
 	}
 }
 

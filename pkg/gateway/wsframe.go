@@ -20,7 +20,9 @@ type frameHeader struct {
 
 var (
 	errNeedMore = errors.New("need more bytes")
-	errProtocol = errors.New("websocket protocol error")
+	// errProtocol is a frame that breaks RFC 6455: the connection is
+	// closed with 1002.
+	errProtocol error = errFrameProtocol
 )
 
 // parseFrameHeader reads a client frame header from b. It parses from a

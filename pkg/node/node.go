@@ -163,7 +163,11 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	})
 	gw, err = gateway.New(gateway.Options{
 		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
-		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), MaxOutbound: cfg.MaxOutbound, Log: n.log,
+		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), Log: n.log,
+		MaxOutbound: cfg.MaxOutbound, MaxOutboundTotal: cfg.MaxOutboundTotal, MaxChannels: cfg.MaxChannelsPerConnection,
+		HandshakeTimeout: cfg.HandshakeTimeout.Duration(), MaxRequestHead: cfg.MaxRequestHead, MaxHandshakes: cfg.MaxHandshakes,
+		MaxHTTPConnections: cfg.MaxHTTPConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
+		TrustedProxies: cfg.TrustedProxies, ProxyProtocol: cfg.ProxyProtocol,
 	})
 	if err != nil {
 		return nil, err

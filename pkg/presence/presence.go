@@ -87,9 +87,13 @@ type JoinResult struct {
 	Revision uint64
 }
 
-// Join adds a connection of a user. maxMembers bounds distinct users (0:
-// no bound); a user already present may always add connections.
-func (s *Store) Join(ctx context.Context, app, channel string, m protocol.PresenceMember, socketID, gatewayID string, maxMembers int) (JoinResult, error) {
+// ErrUserConnections is returned when the user already has the most
+// connections one user may have on the channel.
+var ErrUserConnections = errors.New("presence: the user has reached its connection limit on the channel")
+
+// Join adds a connection of a user. maxMembers bounds distinct users and
+// maxConns one user's connections (0: no bound).
+func (s *Store) Join(ctx context.Context, app, channel string, m protocol.PresenceMember, socketID, gatewayID string, maxMembers, maxConns int) (JoinResult, error) {
 	var res JoinResult
 	rev, err := cluster.MutateRev(ctx, s.kv, cluster.Key(app, channel), func(old []byte) ([]byte, error) {
 		st, err := decode(old)
@@ -104,6 +108,9 @@ func (s *Store) Join(ctx context.Context, app, channel string, m protocol.Presen
 			}
 			cur = &member{Info: m.Info, Conns: map[string]string{}}
 			st.Members[m.ID] = cur
+		}
+		if _, ok := cur.Conns[socketID]; !ok && maxConns > 0 && len(cur.Conns) >= maxConns {
+			return nil, ErrUserConnections
 		}
 		cur.Conns[socketID] = gatewayID
 		res.Members = st.snapshot()
