@@ -79,9 +79,10 @@ func TestEndlessHeader(t *testing.T) {
 	finish(t, g, b, before)
 }
 
-// More sockets than RESOUND_MAX_HANDSHAKES send a request head a byte at
-// a time: the excess get 503 at once, the rest are closed by
-// RESOUND_HANDSHAKE_TIMEOUT, and a normal client connects afterwards.
+// More sockets than RESOUND_MAX_HANDSHAKES send an upgrade's head a byte
+// at a time: the excess get 503 at once, the rest are closed by
+// RESOUND_HANDSHAKE_TIMEOUT, and a normal client connects afterwards. API
+// requests sent as slowly are closed by the same timeout.
 func TestSlowloris(t *testing.T) {
 	g, b, before := setup(t, "RESOUND_MAX_HANDSHAKES=200", "RESOUND_HANDSHAKE_TIMEOUT=2")
 	ctx := testContext(t, 2*time.Minute)
@@ -105,6 +106,15 @@ func TestSlowloris(t *testing.T) {
 	if res.Statuses[http.StatusServiceUnavailable] < 1 || res.Statuses[http.StatusServiceUnavailable] > refused {
 		t.Errorf("%d sockets saw 503, %d were counted as refused", res.Statuses[http.StatusServiceUnavailable], refused)
 	}
+
+	// The first request on an API connection has the same time.
+	api := attack.Slowloris(ctx, g.addr, attack.SlowlorisOptions{
+		Sockets: 20, Head: g.target.APIHead(http.MethodGet, "/channels", nil), Interval: 300 * time.Millisecond, Timeout: 30 * time.Second, Source: attackerIP})
+	t.Logf("slow API requests: %d sockets, statuses %v, %d never closed", api.Opened, api.Statuses, api.Unclosed)
+	if api.Opened != 20 || api.Unclosed > 0 || api.Statuses[0]+api.Statuses[http.StatusRequestTimeout] != 20 {
+		t.Errorf("%d of 20 slow API requests sent, statuses %v, %d never closed; want all closed by the timeout", api.Opened, api.Statuses, api.Unclosed)
+	}
+	g.expectHits(t, before, "handshake_timeout", timedOut+20)
 	finish(t, g, b, before)
 }
 

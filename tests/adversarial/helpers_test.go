@@ -147,6 +147,7 @@ func (g *gateway) startBystander(t *testing.T, o attack.BystanderOptions) *attac
 		t.Fatalf("starting the bystander: %v", err)
 	}
 	t.Cleanup(func() { b.Stop() })
+	waitFor(t, g.proc, 30*time.Second, "the bystander's stream to flow", func() bool { return b.Accepted() >= streamFlowing })
 	return b
 }
 
@@ -174,7 +175,7 @@ func rssGrowth(t *testing.T, before level, w *attack.RSSWatch, limit int64) {
 }
 
 // setup is the start of every attack test: a fresh gateway with settings,
-// the bystander, and the level before the attack.
+// the bystander with its stream flowing, and the level before the attack.
 func setup(t *testing.T, settings ...string) (*gateway, *attack.Bystander, level) {
 	t.Helper()
 	g := startGateway(t, settings...)
@@ -182,10 +183,19 @@ func setup(t *testing.T, settings ...string) (*gateway, *attack.Bystander, level
 	return g, b, g.level(t)
 }
 
+// Events the bystander's stream carries at least: the first before the
+// attack starts, the rest by the time the test ends (a second at 50/s),
+// so that even an attack over in a moment is judged on a real stream.
+const (
+	streamFlowing = 5
+	streamLength  = 50
+)
+
 // finish is the end of every attack test: the bystander got everything,
 // the gateway lives and serves, and what the attack made it hold is gone.
 func finish(t *testing.T, g *gateway, b *attack.Bystander, before level) {
 	t.Helper()
+	waitFor(t, g.proc, 30*time.Second, "the bystander's stream to carry its events", func() bool { return b.Accepted() >= streamLength })
 	finishBystander(t, b)
 	g.alive(t)
 	g.settle(t, before)
