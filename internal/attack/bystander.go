@@ -47,13 +47,15 @@ type BystanderOptions struct {
 // Each client must get every event the API accepted, exactly once and in
 // order per channel, whatever an attack does meanwhile.
 type Bystander struct {
-	opts    BystanderOptions
-	api     *pushertest.API
-	trace   *traceTransport
-	clients []*bystanderClient
-	cancel  context.CancelFunc
-	done    chan struct{}
-	stopped bool
+	opts  BystanderOptions
+	api   *pushertest.API
+	trace *traceTransport
+	// transport's idle connections are closed on Stop.
+	transport *http.Transport
+	clients   []*bystanderClient
+	cancel    context.CancelFunc
+	done      chan struct{}
+	stopped   bool
 
 	// Written by the trigger goroutine, read after done.
 	seq     map[string]int // next event number per channel
@@ -88,10 +90,11 @@ func NewBystander(o BystanderOptions) *Bystander {
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 30 * time.Second
 	}
-	tr := &traceTransport{base: newTransport(o.Source, !o.FreshConnections)}
+	base := newTransport(o.Source, !o.FreshConnections)
+	tr := &traceTransport{base: base}
 	api := o.Target.API(o.Source, !o.FreshConnections)
 	api.Client.Transport = tr
-	return &Bystander{opts: o, api: api, trace: tr, done: make(chan struct{}),
+	return &Bystander{opts: o, api: api, trace: tr, transport: base, done: make(chan struct{}),
 		seq: map[string]int{}, acked: map[string][]int{}, unsure: map[string]map[int]bool{}}
 }
 
@@ -196,7 +199,7 @@ func (b *Bystander) trigger(channel, event, data string) sendOutcome {
 // DrainTimeout) until every client has it, closes the clients and works
 // out the result.
 func (b *Bystander) Stop() BystanderResult {
-	if b.stopped {
+	if b.stopped || b.cancel == nil {
 		return b.result
 	}
 	b.stopped = true
@@ -215,6 +218,7 @@ func (b *Bystander) Stop() BystanderResult {
 		}
 	}
 	b.closeClients()
+	b.transport.CloseIdleConnections()
 	b.result = b.compute()
 	return b.result
 }

@@ -42,6 +42,27 @@ func (t Target) APIHead(method, path string, body []byte) string {
 	return head
 }
 
+// RawRequest sends head (from APIHead, say), the blank line and body on a
+// new socket from source, and returns the status of the answer. Unlike
+// net/http's client it takes an answer the server sent before reading the
+// request (a refusal at accept), which is what an attacker sees.
+func RawRequest(ctx context.Context, addr, head string, body []byte, source string) (int, error) {
+	nc, err := DialTCP(ctx, addr, DialOptions{Source: source})
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	// A write error is not the end: the answer may already be there.
+	_, _ = nc.Write(append([]byte(head+"Connection: close\r\n\r\n"), body...))
+	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil {
+		return 0, err
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
 // EndlessHeaderOptions configure EndlessHeader.
 type EndlessHeaderOptions struct {
 	// Sockets sending at once; default 40.

@@ -68,11 +68,11 @@ func TestPanics(t *testing.T) {
 	}
 	m := g.metrics(t)
 	for where, want := range map[string]float64{"poller": 1, "async": 1, "http": 1, "handshake": 1} {
-		if got := m.Panics(where) - before.limits.Panics(where); got != want {
+		if got := m.Panics(where) - before.scrape.Panics(where); got != want {
 			t.Errorf("resound_panics_total{where=%q} grew by %v, want %v", where, got, want)
 		}
 	}
-	if got := m.Panics("dispatcher") - before.limits.Panics("dispatcher"); got < 1 {
+	if got := m.Panics("dispatcher") - before.scrape.Panics("dispatcher"); got < 1 {
 		t.Errorf("resound_panics_total{where=\"dispatcher\"} grew by %v, want at least 1", got)
 	}
 	finish(t, g, b, before)

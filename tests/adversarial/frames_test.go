@@ -56,11 +56,11 @@ func TestCloseCodes(t *testing.T) {
 		t.Errorf("%d of %d close frames got a wrong answer, e.g. %s", len(bad), len(res), strings.Join(bad[:min(len(bad), 10)], "; "))
 	}
 	after := g.metrics(t)
-	t.Logf("/metrics series: %d before, %d after; resound_errors_total: %d", before.limits.Series(""), after.Series(""), after.Series("resound_errors_total"))
+	t.Logf("/metrics series: %d before, %d after; resound_errors_total: %d", before.scrape.Series(""), after.Series(""), after.Series("resound_errors_total"))
 	if n := after.Series("resound_errors_total"); n > 40 {
 		t.Errorf("resound_errors_total has %d series after %d distinct close codes, want at most 40", n, len(cases))
 	}
-	if grew := after.Series("") - before.limits.Series(""); grew > 40 {
+	if grew := after.Series("") - before.scrape.Series(""); grew > 40 {
 		t.Errorf("/metrics grew by %d series, want at most 40", grew)
 	}
 	finish(t, g, b, before)

@@ -164,8 +164,9 @@ func TestConnectionsPerIP(t *testing.T) {
 		res := attack.ConnectMany(ctx, g.target, 30, attack.DialOptions{Source: attackerIP})
 		defer res.Conns.Close()
 		expectCapped(t, "30 connections from one address", res, 20)
-		if r := g.api(attackerIP).Trigger([]string{"x"}, "e", "d", ""); r.Status != http.StatusTooManyRequests {
-			t.Errorf("an API request from the capped address got %d %s, want 429", r.Status, r.Body)
+		body := []byte(`{"name":"e","channels":["x"],"data":"d"}`)
+		if status, err := attack.RawRequest(ctx, g.addr, g.target.APIHead(http.MethodPost, "/events", body), body, attackerIP); status != http.StatusTooManyRequests {
+			t.Errorf("an API request from the capped address got %d (%v), want 429", status, err)
 		}
 		other, err := g.target.Connect(ctx, attack.DialOptions{Source: otherIP})
 		if err != nil {
@@ -203,42 +204,34 @@ func TestConnectionsPerIP(t *testing.T) {
 	})
 
 	t.Run("trusted X-Forwarded-For", func(t *testing.T) {
-		g, b, before := setup(t, "RESOUND_MAX_CONNECTIONS_PER_IP=20", "RESOUND_TRUSTED_PROXIES="+proxyIP)
-		ctx := testContext(t, 2*time.Minute)
-		via := func(client string) attack.DialOptions {
+		throughProxy(t, func(client string) attack.DialOptions {
 			return attack.DialOptions{Source: proxyIP, Header: http.Header{"X-Forwarded-For": {client}}}
-		}
-		res := attack.ConnectMany(ctx, g.target, 30, via("203.0.113.7"))
-		defer res.Conns.Close()
-		expectCapped(t, "30 connections through the proxy for one client", res, 20)
-		c, err := g.target.Connect(ctx, via("203.0.113.8"))
-		if err != nil {
-			t.Fatalf("another client through the same proxy could not connect: %v", err)
-		}
-		c.Close()
-		g.expectHits(t, before, "connections_per_ip", 10)
-		res.Conns.Close()
-		finish(t, g, b, before)
+		})
 	})
-
 	t.Run("PROXY protocol", func(t *testing.T) {
-		g, b, before := setup(t, "RESOUND_MAX_CONNECTIONS_PER_IP=20", "RESOUND_TRUSTED_PROXIES="+proxyIP, "RESOUND_PROXY_PROTOCOL=true")
-		ctx := testContext(t, 2*time.Minute)
-		via := func(client string) attack.DialOptions {
+		throughProxy(t, func(client string) attack.DialOptions {
 			return attack.DialOptions{Source: proxyIP, Preamble: attack.ProxyV1(client, "127.0.0.1", 40000, 8080)}
-		}
-		res := attack.ConnectMany(ctx, g.target, 30, via("198.51.100.7"))
-		defer res.Conns.Close()
-		expectCapped(t, "30 connections through the proxy for one client", res, 20)
-		c, err := g.target.Connect(ctx, via("198.51.100.8"))
-		if err != nil {
-			t.Fatalf("another client through the same proxy could not connect: %v", err)
-		}
-		c.Close()
-		g.expectHits(t, before, "connections_per_ip", 10)
-		res.Conns.Close()
-		finish(t, g, b, before)
+		}, "RESOUND_PROXY_PROTOCOL=true")
 	})
+}
+
+// throughProxy connects 30 times from the trusted proxy on behalf of one
+// client (via says how), then once for another client: the client named,
+// not the proxy, is what the cap counts.
+func throughProxy(t *testing.T, via func(client string) attack.DialOptions, settings ...string) {
+	g, b, before := setup(t, append([]string{"RESOUND_MAX_CONNECTIONS_PER_IP=20", "RESOUND_TRUSTED_PROXIES=" + proxyIP}, settings...)...)
+	ctx := testContext(t, 2*time.Minute)
+	res := attack.ConnectMany(ctx, g.target, 30, via("203.0.113.7"))
+	defer res.Conns.Close()
+	expectCapped(t, "30 connections through the proxy for one client", res, 20)
+	c, err := g.target.Connect(ctx, via("203.0.113.8"))
+	if err != nil {
+		t.Fatalf("another client through the same proxy could not connect: %v", err)
+	}
+	c.Close()
+	g.expectHits(t, before, "connections_per_ip", 10)
+	res.Conns.Close()
+	finish(t, g, b, before)
 }
 
 func expectCapped(t *testing.T, what string, r attack.ConnectResult, capped int) {

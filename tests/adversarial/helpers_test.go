@@ -40,20 +40,20 @@ type level struct {
 	goroutines float64
 	fds        int
 	rss        int64
-	limits     attack.Metrics // the scrape, for deltas of counters
+	scrape     attack.Metrics // for the growth of counters
 }
 
 func (g *gateway) level(t *testing.T) level {
 	t.Helper()
 	m := g.metrics(t)
 	p := g.procStats(t)
-	return level{goroutines: m.Sum("go_goroutines"), fds: p.FDs, rss: p.RSS, limits: m}
+	return level{goroutines: m.Sum("go_goroutines"), fds: p.FDs, rss: p.RSS, scrape: m}
 }
 
 // hits is how much resound_limit_hits_total{limit} grew since l.
 func (g *gateway) hits(t *testing.T, l level, limit string) int {
 	t.Helper()
-	return int(g.metrics(t).LimitHits(limit) - l.limits.LimitHits(limit))
+	return int(g.metrics(t).LimitHits(limit) - l.scrape.LimitHits(limit))
 }
 
 // expectHits checks that limit was hit exactly want times since l.
