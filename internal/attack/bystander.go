@@ -290,7 +290,8 @@ type BystanderResult struct {
 	Expected, Unsure int
 	// Retries counts triggers answered 503 or 429 and sent again.
 	Retries int
-	// Failed lists triggers the API never accepted.
+	// Failed lists triggers the API never accepted, or whose answer was
+	// lost (the unsure ones): either is a failure of the gateway's API.
 	Failed  []string
 	Clients []ClientResult
 }
