@@ -16,7 +16,9 @@
 #
 # It prints one JSON summary per phase, the CPU seconds each kind of
 # process used, and each gateway's RSS under load. Everything it starts is
-# stopped on exit.
+# stopped on exit. While it runs, gateway i serves /metrics (and, with
+# RESOUND_PPROF=true, /debug/pprof/) on 127.0.0.1:9200+i, its
+# RESOUND_OPS_ADDR; its public port 9100+i answers 404 there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 G=${G:-6} W=${W:-3} CONNS=${CONNS:-15000} HOLD=${HOLD:-20s}
@@ -43,7 +45,8 @@ export NATS_URL=nats://127.0.0.1:$NATS_PORT
 sleep 1
 GW_PIDS=()
 for i in $(seq 1 "$G"); do
-  REVERB_SERVER_HOST=127.0.0.1 REVERB_SERVER_PORT=$((9100 + i)) "$BIN/gateway" >"$OUT/gateway-$i.log" 2>&1 &
+  REVERB_SERVER_HOST=127.0.0.1 REVERB_SERVER_PORT=$((9100 + i)) RESOUND_OPS_ADDR=127.0.0.1:$((9200 + i)) \
+    "$BIN/gateway" >"$OUT/gateway-$i.log" 2>&1 &
   GW_PIDS+=($!); PIDS+=($!)
 done
 WK_PIDS=()

@@ -3,12 +3,13 @@
 //
 // It publishes -jobs single-channel events over -channels channels from
 // -inflight goroutines, then watches the gateways' resound_deliveries_total
-// until every event has been written to its subscribers. Hold the
+// until every event has been written to its subscribers (read from each
+// gateway's /metrics on its RESOUND_OPS_ADDR, not its public port). Hold the
 // subscribers with `loadgen idle -run R -channels C -conns C` first, so that
 // channel lg-R-k has one subscriber on a gateway.
 //
 //	produce -nats nats://127.0.0.1:14222 -app 123456 -run prod -channels 1000 \
-//	  -jobs 200000 -metrics http://127.0.0.1:8090/metrics
+//	  -jobs 200000 -metrics http://127.0.0.1:9090/metrics   # a gateway run with RESOUND_OPS_ADDR=127.0.0.1:9090
 //
 // It prints one JSON line: the publish rate (acknowledged by JetStream) and
 // the end-to-end rate (first publish to last delivery written).
@@ -44,7 +45,7 @@ func main() {
 	inflight := flag.Int("inflight", 512, "publishing goroutines")
 	conns := flag.Int("conns", 1, "NATS connections the goroutines share out")
 	perJob := flag.Int("subscribers", 1, "subscribers per channel: deliveries expected per job")
-	gateways := flag.String("metrics", "", "comma-separated gateway /metrics URLs to watch for deliveries")
+	gateways := flag.String("metrics", "", "comma-separated gateway /metrics URLs (on RESOUND_OPS_ADDR) to watch for deliveries")
 	timeout := flag.Duration("timeout", 2*time.Minute, "give up after this")
 	flag.Parse()
 	if *natsURL == "" || *app == "" {
@@ -146,6 +147,12 @@ func deliveries(urls []string) (float64, error) {
 		resp, err := http.Get(u)
 		if err != nil {
 			return 0, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			// A gateway's public port answers 404 here: its metrics are
+			// only on RESOUND_OPS_ADDR.
+			resp.Body.Close()
+			return 0, fmt.Errorf("%s: %s (a gateway serves /metrics on its RESOUND_OPS_ADDR only)", u, resp.Status)
 		}
 		sc := bufio.NewScanner(resp.Body)
 		for sc.Scan() {

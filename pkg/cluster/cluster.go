@@ -38,16 +38,20 @@ type Options struct {
 	// GatewayTTL is how long a gateway that stopped heartbeating is still
 	// considered alive.
 	GatewayTTL time.Duration
-	Replicas   int
+	// MarkerTTL is how long the marker a removed key leaves in the
+	// presence, users and counts buckets lasts (DefaultMarkerTTL when 0;
+	// at least a second, the server's unit).
+	MarkerTTL time.Duration
+	Replicas  int
 }
 
 // Stores are the buckets.
 type Stores struct {
 	Gateways jetstream.KeyValue
 	Workers  jetstream.KeyValue
-	Presence jetstream.KeyValue
-	Users    jetstream.KeyValue
-	Counts   jetstream.KeyValue
+	Presence *Bucket
+	Users    *Bucket
+	Counts   *Bucket
 	Cache    jetstream.KeyValue
 	opts     Options
 }
@@ -69,7 +73,28 @@ func Ensure(ctx context.Context, js jetstream.JetStream, opts Options) (*Stores,
 	if opts.Replicas <= 0 {
 		opts.Replicas = 1
 	}
+	if opts.MarkerTTL <= 0 {
+		opts.MarkerTTL = DefaultMarkerTTL
+	}
+	// Nats-TTL is whole seconds; the server refuses less than one.
+	opts.MarkerTTL = max(opts.MarkerTTL.Truncate(time.Second), time.Second)
 	s := &Stores{opts: opts}
+	var presenceKV, usersKV, countsKV jetstream.KeyValue
+	// The buckets whose keys come and go with no TTL of their own let
+	// their removal markers expire (see Bucket). Setting LimitMarkerTTL is
+	// what turns on per-message TTLs (AllowMsgTTL); its own meaning, the
+	// TTL of markers the server leaves when MaxAge removes a key, does not
+	// arise in buckets without MaxAge. An existing bucket made by an
+	// earlier release is updated in place, its data kept: the server lets
+	// a stream turn AllowMsgTTL on, though never off again, so an earlier
+	// release can no longer start against it (its Ensure fails with
+	// "message TTL status can not be disabled"): rolling back means
+	// removing these three buckets, which the gateways fill again as
+	// clients reconnect. On that first update the server scans the stream
+	// once to build its TTL index (it logs "TTL state is outdated"). The
+	// Delete markers the earlier release left are made to expire by the
+	// sweeps (Bucket.Sweep).
+	markers := opts.MarkerTTL
 	var err error
 	for _, b := range []struct {
 		kv  *jetstream.KeyValue
@@ -79,9 +104,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, opts Options) (*Stores,
 		// writes its key again within one heartbeat.
 		{&s.Gateways, jetstream.KeyValueConfig{Bucket: BucketGateways, Description: "live Resound gateways", TTL: opts.GatewayTTL, Storage: jetstream.MemoryStorage}},
 		{&s.Workers, jetstream.KeyValueConfig{Bucket: BucketWorkers, Description: "live Resound worker processes", TTL: min(opts.GatewayTTL, WorkerTTL), Storage: jetstream.MemoryStorage}},
-		{&s.Presence, jetstream.KeyValueConfig{Bucket: BucketPresence, Description: "presence channel members", Storage: jetstream.FileStorage}},
-		{&s.Users, jetstream.KeyValueConfig{Bucket: BucketUsers, Description: "signed-in users", Storage: jetstream.FileStorage}},
-		{&s.Counts, jetstream.KeyValueConfig{Bucket: BucketCounts, Description: "connection and subscription counts", Storage: jetstream.FileStorage}},
+		{&presenceKV, jetstream.KeyValueConfig{Bucket: BucketPresence, Description: "presence channel members", Storage: jetstream.FileStorage, LimitMarkerTTL: markers}},
+		{&usersKV, jetstream.KeyValueConfig{Bucket: BucketUsers, Description: "signed-in users", Storage: jetstream.FileStorage, LimitMarkerTTL: markers}},
+		{&countsKV, jetstream.KeyValueConfig{Bucket: BucketCounts, Description: "connection and subscription counts", Storage: jetstream.FileStorage, LimitMarkerTTL: markers}},
 		{&s.Cache, jetstream.KeyValueConfig{Bucket: BucketCache, Description: "last event of cache channels", TTL: opts.CacheTTL, Storage: jetstream.FileStorage}},
 	} {
 		b.cfg.History = 1
@@ -97,6 +122,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, opts Options) (*Stores,
 			return nil, fmt.Errorf("cluster: bucket %s: %w", b.cfg.Bucket, err)
 		}
 	}
+	s.Presence = &Bucket{KeyValue: presenceKV, markerTTL: markers}
+	s.Users = &Bucket{KeyValue: usersKV, markerTTL: markers}
+	s.Counts = &Bucket{KeyValue: countsKV, markerTTL: markers}
 	return s, nil
 }
 
@@ -144,6 +172,12 @@ var ErrContention = errors.New("cluster: too much contention on a key")
 // changed the key in between. f returns the new value, or nil to delete the
 // key; returning the old value unchanged (same slice) writes nothing. f
 // may run several times and must be pure.
+//
+// Removing a key leaves a marker as the key's last message; on a Bucket the
+// marker expires. Either way a later create is still a compare-and-set:
+// against the marker while it lasts, against an empty key once it is
+// gone, and a create that read the marker just before it expired loses its
+// revision check and is retried like any other conflict.
 func Mutate(ctx context.Context, kv jetstream.KeyValue, key string, f func(old []byte) ([]byte, error)) error {
 	_, err := MutateRev(ctx, kv, key, f)
 	return err
@@ -176,7 +210,8 @@ func MutateRev(ctx context.Context, kv jetstream.KeyValue, key string, f func(ol
 		case next == nil && old == nil:
 			return 0, nil
 		case next == nil:
-			err = kv.Delete(ctx, key, jetstream.LastRevision(rev))
+			// A Bucket's Purge leaves a marker that expires; see Bucket.
+			err = kv.Purge(ctx, key, jetstream.LastRevision(rev))
 		case old == nil:
 			newRev, err = kv.Create(ctx, key, next)
 		default:
@@ -185,9 +220,24 @@ func MutateRev(ctx context.Context, kv jetstream.KeyValue, key string, f func(ol
 		if err == nil {
 			return newRev, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+		if !isConflict(err) {
 			return 0, err
 		}
 	}
 	return 0, ErrContention
+}
+
+// isConflict reports whether a write lost a compare-and-set: the key
+// changed (or appeared, or its marker expired) since it was read. Create
+// over a removal marker makes its second attempt, the update against the
+// marker's revision, without mapping the server's error to
+// ErrKeyRevisionMismatch or ErrKeyExists, and a replicated stream answers
+// with 10164 rather than 10071; both codes mean the same conflict.
+func isConflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

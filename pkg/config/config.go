@@ -43,9 +43,9 @@ type Settings struct {
 	DataDir  string `envconfig:"RESOUND_DATA_DIR" desc:"directory for the embedded NATS file store (default ./.resound/<port>)"`
 
 	Workers     int    `envconfig:"RESOUND_WORKERS" default:"4" desc:"worker goroutines that encode and route jobs, per worker process"`
-	MetricsPort int    `envconfig:"RESOUND_METRICS_PORT" default:"9091" desc:"port of the worker process's /metrics and /up (gateways serve them on their own port)"`
+	MetricsPort int    `envconfig:"RESOUND_METRICS_PORT" default:"9091" desc:"port of the worker process's /metrics, /up and /livez (a gateway serves its /metrics on RESOUND_OPS_ADDR)"`
 	LogLevel    string `envconfig:"RESOUND_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
-	Pprof       bool   `envconfig:"RESOUND_PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on the gateway port (never expose it publicly)"`
+	Pprof       bool   `envconfig:"RESOUND_PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on RESOUND_OPS_ADDR (never on the public port)"`
 	LogFormat   string `envconfig:"RESOUND_LOG_FORMAT" default:"auto" desc:"json, console, or auto (console on a terminal, json otherwise)"`
 
 	PingInterval    Seconds `envconfig:"RESOUND_PING_INTERVAL" default:"60" desc:"seconds of client silence before the server sends pusher:ping"`

@@ -42,12 +42,10 @@ type conn struct {
 
 	// Owned by the poller goroutine.
 	reader     frameReader
-	lastSeen   int64 // unix nanos of the last frame received
-	pingSentAt int64 // unix nanos of our unanswered ping, or 0
+	lastSeen   uint32 // tick of the last frame received
+	pingSentAt uint32 // tick of our unanswered ping, or 0
 	subs       []chanSub
 	ext        *connExt // rarer state, made on first use
-	destroyed  bool     // set by poller.destroy; the descriptor may already be reused
-	countedMax bool     // this connection holds a slot of the app's max_connections
 	ipSlot     *ipSlot  // its client address's count, when connections per IP are capped
 
 	// mu guards the write side: deliveries write from other goroutines.
@@ -55,9 +53,25 @@ type conn struct {
 	// descriptor number that was closed and reused.
 	mu        sync.Mutex
 	state     connState
-	shutWrite bool   // SHUT_WR is done
-	out       []byte // output the socket did not take yet
-	closingAt int64  // unix nanos when closing began
+	shutWrite bool // SHUT_WR is done
+	// Owned by the poller goroutine, not mu; here to share a word.
+	destroyed  bool   // set by poller.destroy; the descriptor may already be reused
+	countedMax bool   // this connection holds a slot of the app's max_connections
+	closingAt  uint32 // tick when closing began; guarded by mu
+	out        []byte // output the socket did not take yet; guarded by mu
+}
+
+// The times a connection keeps are ticks: whole seconds since the gateway
+// started, plus one so that 0 means "never". Timeouts are seconds long and
+// the poller checks them once a second, so finer times would only make
+// every connection bigger.
+
+// ticks converts a time into ticks of s.
+func (s *Server) ticks(t time.Time) uint32 { return uint32(t.Sub(s.epoch)/time.Second) + 1 }
+
+// durationTicks is d in ticks, rounded up, at least one.
+func durationTicks(d time.Duration) uint32 {
+	return uint32(max((d+time.Second-1)/time.Second, 1))
 }
 
 // chanSub is one channel a connection is on.
@@ -447,7 +461,7 @@ func (c *conn) closeLocked(msg []byte) {
 		return // the write failed and aborted
 	}
 	c.state = stateClosing
-	c.closingAt = time.Now().UnixNano()
+	c.closingAt = c.poller.srv.ticks(time.Now())
 	if len(c.out) == 0 {
 		c.shutWrite = true
 		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
@@ -464,7 +478,7 @@ func (c *conn) abortLocked() {
 	c.dropOutLocked()
 	if c.state == stateOpen {
 		c.state = stateClosing
-		c.closingAt = time.Now().UnixNano()
+		c.closingAt = c.poller.srv.ticks(time.Now())
 	}
 	c.shutWrite = true
 	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)

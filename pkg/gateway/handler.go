@@ -16,7 +16,7 @@ func (s *Server) handleBytes(c *conn, data []byte) bool {
 	}
 	frames, err := c.reader.feed(data, c.app.MaxMessageSize, c)
 	if frames > 0 {
-		c.lastSeen = c.poller.now
+		c.lastSeen = c.poller.tick
 		c.pingSentAt = 0
 	}
 	if err != nil {

@@ -44,7 +44,8 @@ type poller struct {
 	// Touched only on the poller goroutine.
 	again    []*conn // connections with unread input left
 	lastScan time.Time
-	now      int64
+	now      int64  // unix nanos of this wake-up
+	tick     uint32 // the same, in connection ticks
 }
 
 func newPoller(srv *Server) (*poller, error) {
@@ -176,6 +177,7 @@ func (p *poller) run(done <-chan struct{}) {
 		}
 		now := time.Now()
 		p.now = now.UnixNano()
+		p.tick = p.srv.ticks(now)
 		p.runInbox()
 		again := p.again
 		p.again = nil
@@ -297,13 +299,13 @@ func (p *poller) scan() {
 
 func (p *poller) scanOne(c *conn) {
 	defer p.recoverConn(c)
-	now := p.now
+	now := p.tick
 	c.mu.Lock()
 	state, closingAt := c.state, c.closingAt
 	c.mu.Unlock()
 	switch state {
 	case stateClosing:
-		if now-closingAt >= int64(closingGrace) {
+		if now-closingAt >= durationTicks(closingGrace) {
 			p.destroy(c)
 		}
 		return
@@ -311,12 +313,12 @@ func (p *poller) scanOne(c *conn) {
 		return
 	}
 	if c.pingSentAt != 0 {
-		if now-c.pingSentAt >= int64(p.srv.opts.PongTimeout) {
+		if now-c.pingSentAt >= durationTicks(p.srv.opts.PongTimeout) {
 			c.closeWith(protocol.CodePongTimeout, "Pong reply not received in time")
 		}
 		return
 	}
-	if now-c.lastSeen >= int64(c.app.PingInterval) {
+	if now-c.lastSeen >= durationTicks(c.app.PingInterval.Duration()) {
 		c.pingSentAt = now
 		c.write(p.srv.frames.ping)
 	}

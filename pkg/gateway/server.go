@@ -31,8 +31,10 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/counts"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/presence"
+	"github.com/resoundhq/resound/pkg/users"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -144,6 +146,9 @@ type Server struct {
 	}
 	prom      *metrics.Gateway
 	limitLogs limitLoggers
+	// epoch is when the gateway started: connections keep times as ticks
+	// from it.
+	epoch time.Time
 	// outbound is the bytes waiting in every connection's out, against
 	// MaxOutboundTotal.
 	outbound  atomic.Int64
@@ -151,6 +156,8 @@ type Server struct {
 	httpConns *connListener
 
 	presence    *presence.Store
+	users       *users.Store
+	counts      *counts.Store
 	stats       map[string]*appStat
 	baseCtx     context.Context
 	cancelBase  context.CancelFunc
@@ -182,8 +189,11 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts:       opts,
+		epoch:      time.Now(),
 		log:        opts.Log.With().Str("component", "gateway").Str("gateway", opts.GatewayID).Logger(),
 		presence:   presence.New(opts.Stores.Presence),
+		users:      users.New(opts.Stores.Users),
+		counts:     counts.New(opts.Stores.Counts),
 		stats:      map[string]*appStat{},
 		userStates: make(chan *nats.Msg, 1<<12),
 		perIP:      newIPLimiter(opts.MaxConnectionsPerIP),
@@ -580,7 +590,7 @@ func (s *Server) handshake(nc net.Conn, trusted bool, slot *ipSlot) {
 		err := s.acquireConnectionSlot(ctx, app)
 		cancel()
 		if err != nil {
-			if !errors.Is(err, errOverQuota) {
+			if !errors.Is(err, counts.ErrOverQuota) {
 				s.log.Warn().Err(err).Msg("counting connections")
 			}
 			s.prom.Error(protocol.CodeOverQuota, app.ID)
@@ -653,7 +663,7 @@ func (s *Server) attach(nc net.Conn, app *config.App, counted bool, slot *ipSlot
 		return err
 	}
 	p := s.pollers[int(s.next.Add(1))%len(s.pollers)]
-	c := &conn{fd: fd, poller: p, app: app, lastSeen: time.Now().UnixNano(), countedMax: counted, ipSlot: slot}
+	c := &conn{fd: fd, poller: p, app: app, lastSeen: s.ticks(time.Now()), countedMax: counted, ipSlot: slot}
 	c.sidA, c.sidB = newSocketID()
 	established := protocol.AppendTextFrame(nil,
 		protocol.AppendConnectionEstablished(nil, c.socketID(), int(app.ActivityTimeout.Duration()/time.Second)))

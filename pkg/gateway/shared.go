@@ -78,7 +78,7 @@ func (s *Server) subscriptionCountChanged(ch *channel) {
 		ch.mu.RLock()
 		local := len(ch.members)
 		ch.mu.RUnlock()
-		total, err := s.setCount(ctx, cluster.Key("subs", ch.app.ID, ch.name), local)
+		total, err := s.counts.SetSubscriptions(ctx, ch.app.ID, ch.name, s.opts.GatewayID, local)
 		if err != nil {
 			s.log.Warn().Err(err).Str("channel", ch.name).Msg("counting subscriptions")
 			return
@@ -103,64 +103,11 @@ func (s *Server) subscriptionCountChanged(ch *channel) {
 // countInterval is Pusher's pace for subscription_count on busy channels.
 const countInterval = 5 * time.Second
 
-// gatewayCounts is a per-gateway count kept in the counts bucket.
-type gatewayCounts map[string]int
-
-func decodeCounts(b []byte) gatewayCounts {
-	c := gatewayCounts{}
-	if len(b) > 0 {
-		_ = json.Unmarshal(b, &c)
-	}
-	return c
-}
-
-func (g gatewayCounts) encode() []byte {
-	if len(g) == 0 {
-		return nil
-	}
-	b, _ := json.Marshal(g)
-	return b
-}
-
-func (g gatewayCounts) total() int {
-	n := 0
-	for _, v := range g {
-		n += v
-	}
-	return n
-}
-
-// setCount sets this gateway's count under key and returns the total.
-func (s *Server) setCount(ctx context.Context, key string, local int) (int, error) {
-	var total int
-	err := cluster.Mutate(ctx, s.opts.Stores.Counts, key, func(old []byte) ([]byte, error) {
-		c := decodeCounts(old)
-		if local == 0 {
-			delete(c, s.opts.GatewayID)
-		} else {
-			c[s.opts.GatewayID] = local
-		}
-		total = c.total()
-		return c.encode(), nil
-	})
-	return total, err
-}
-
-// errOverQuota is returned when an app is at its connection cap.
-var errOverQuota = errors.New("over connection quota")
-
 // acquireConnectionSlot counts a new connection against the app's
 // max_connections, across the cluster. It runs on the handshake goroutine,
 // before the connection is established.
 func (s *Server) acquireConnectionSlot(ctx context.Context, app *config.App) error {
-	return cluster.Mutate(ctx, s.opts.Stores.Counts, cluster.Key("conns", app.ID), func(old []byte) ([]byte, error) {
-		c := decodeCounts(old)
-		if c.total() >= app.MaxConnections {
-			return nil, errOverQuota
-		}
-		c[s.opts.GatewayID]++
-		return c.encode(), nil
-	})
+	return s.counts.AcquireSlot(ctx, app.ID, s.opts.GatewayID, app.MaxConnections)
 }
 
 // releaseConnectionSlot gives a closed connection's slot back, on its
@@ -174,20 +121,13 @@ func (s *Server) releaseConnectionSlot(c *conn) {
 }
 
 func (s *Server) releaseSlot(ctx context.Context, app *config.App) error {
-	return cluster.Mutate(ctx, s.opts.Stores.Counts, cluster.Key("conns", app.ID), func(old []byte) ([]byte, error) {
-		c := decodeCounts(old)
-		if c[s.opts.GatewayID] <= 1 {
-			delete(c, s.opts.GatewayID)
-		} else {
-			c[s.opts.GatewayID]--
-		}
-		return c.encode(), nil
-	})
+	return s.counts.ReleaseSlot(ctx, app.ID, s.opts.GatewayID)
 }
 
 // Sweep removes what gateways that are no longer live left in the shared
 // state, and announces the presence members and users that left with
 // them. The registry calls it when a gateway disappears, and at start-up.
+// Each store goes on past a key that fails; the errors are logged.
 func (s *Server) Sweep(ctx context.Context, live map[string]bool) {
 	removed, err := s.presence.RemoveGatewaysExcept(ctx, live)
 	if err != nil {
@@ -198,33 +138,17 @@ func (s *Server) Sweep(ctx context.Context, live map[string]bool) {
 			s.publishPresence(app, r.Channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, r.Channel, r.UserID)), "", 0)
 		}
 	}
-	s.sweepUsers(ctx, live)
-	s.sweepCounts(ctx, live)
-}
-
-func (s *Server) sweepCounts(ctx context.Context, live map[string]bool) {
-	lister, err := s.opts.Stores.Counts.ListKeys(ctx)
+	offline, err := s.users.RemoveGatewaysExcept(ctx, live)
 	if err != nil {
-		return
+		s.log.Warn().Err(err).Msg("sweeping signed-in users")
 	}
-	for key := range lister.Keys() {
-		err := cluster.Mutate(ctx, s.opts.Stores.Counts, key, func(old []byte) ([]byte, error) {
-			c := decodeCounts(old)
-			changed := false
-			for gw := range c {
-				if !live[gw] {
-					delete(c, gw)
-					changed = true
-				}
-			}
-			if !changed {
-				return old, nil
-			}
-			return c.encode(), nil
-		})
-		if err != nil {
-			s.log.Warn().Err(err).Str("key", key).Msg("sweeping counts")
+	for _, u := range offline {
+		if app, ok := s.opts.Apps.ByID(u.App); ok {
+			s.publishUserState(app, u.UserID, false)
 		}
+	}
+	if err := s.counts.RemoveGatewaysExcept(ctx, live); err != nil {
+		s.log.Warn().Err(err).Msg("sweeping counts")
 	}
 }
 

@@ -103,7 +103,8 @@ func (s *Server) subscribe(c *conn, m protocol.ClientMessage) {
 		)
 		faultOnSubscribeWork(name)
 		if kind.Auth == protocol.AuthPresence {
-			res, err = s.presence.Join(ctx, app.ID, name, member, sid, s.opts.GatewayID, app.MaxPresenceMembers, app.MaxUserConnections)
+			res, err = s.presence.JoinLimited(ctx, app.ID, name, member, sid, s.opts.GatewayID,
+				presence.Limits{Members: app.MaxPresenceMembers, UserConnections: app.MaxUserConnections})
 			inPres = err == nil
 		}
 		if err == nil && kind.Cache {

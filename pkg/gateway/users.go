@@ -5,15 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/route"
+	"github.com/resoundhq/resound/pkg/users"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -54,7 +52,7 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 	ext.watchlist = watchlist
 	app, sid := c.app, c.socketID()
 	ok := s.lanes.try(c.sidA, c, func(ctx context.Context) {
-		first, err := s.signInUser(ctx, app, id, sid)
+		first, err := s.users.SignIn(ctx, app.ID, id, sid, s.opts.GatewayID, app.MaxUserConnections)
 		c.poller.post(func() { s.finishSignin(c, id, d.UserData, watchlist, truncated, first, err) })
 	})
 	if !ok {
@@ -71,7 +69,7 @@ func (s *Server) finishSignin(c *conn, id, userData string, watchlist []string, 
 	if c.destroyed || !c.isOpen() {
 		return // the close's sign-out is queued after the sign-in
 	}
-	if errors.Is(err, errUserConnections) {
+	if errors.Is(err, users.ErrUserConnections) {
 		c.ext.userID, c.ext.watchlist = "", nil
 		c.releaseExt()
 		s.limitHit(metrics.LimitUserConnections, c)
@@ -110,43 +108,13 @@ func (s *Server) signOut(c *conn) {
 		s.unwatch(c, watchlist)
 		var last bool
 		s.retry("sign-out", func(ctx context.Context) (err error) {
-			last, err = s.signOutUser(ctx, app, id, sid)
+			last, err = s.users.SignOut(ctx, app.ID, id, sid)
 			return err
 		})
 		if last {
 			s.publishUserState(app, id, false)
 		}
 	})
-}
-
-// errUserConnections refuses a sign-in past the app's max_user_connections.
-var errUserConnections = errors.New("the user has reached the limit of signed-in connections")
-
-func (s *Server) signInUser(ctx context.Context, app *config.App, id, sid string) (first bool, err error) {
-	err = cluster.Mutate(ctx, s.opts.Stores.Users, cluster.Key(app.ID, id), func(old []byte) ([]byte, error) {
-		conns := decodeSockets(old)
-		if _, ok := conns[sid]; !ok && app.MaxUserConnections > 0 && len(conns) >= app.MaxUserConnections {
-			return nil, errUserConnections
-		}
-		first = len(conns) == 0
-		conns[sid] = s.opts.GatewayID
-		return conns.encode(), nil
-	})
-	return first, err
-}
-
-func (s *Server) signOutUser(ctx context.Context, app *config.App, id, sid string) (last bool, err error) {
-	err = cluster.Mutate(ctx, s.opts.Stores.Users, cluster.Key(app.ID, id), func(old []byte) ([]byte, error) {
-		last = false
-		conns := decodeSockets(old)
-		if _, ok := conns[sid]; !ok {
-			return old, nil
-		}
-		delete(conns, sid)
-		last = len(conns) == 0
-		return conns.encode(), nil
-	})
-	return last, err
 }
 
 // userStateSubject carries a user's online/offline transitions.
@@ -241,77 +209,11 @@ func (s *Server) forwardUserState(m *nats.Msg) {
 func (s *Server) sendInitialWatchlist(ctx context.Context, c *conn, app *config.App, ids []string) {
 	var online []string
 	for _, id := range ids {
-		e, err := s.opts.Stores.Users.Get(ctx, cluster.Key(app.ID, id))
-		if err != nil {
-			continue
-		}
-		if len(decodeSockets(e.Value())) > 0 {
+		if on, err := s.users.Online(ctx, app.ID, id); err == nil && on {
 			online = append(online, id)
 		}
 	}
 	if len(online) > 0 {
 		c.write(protocol.AppendTextFrame(nil, protocol.AppendWatchlistEvent(nil, "online", online)))
 	}
-}
-
-// sweepUsers removes signed-in connections of gateways that are gone, and
-// announces the users who are offline because of it.
-func (s *Server) sweepUsers(ctx context.Context, live map[string]bool) {
-	lister, err := s.opts.Stores.Users.ListKeys(ctx)
-	if err != nil {
-		if !errors.Is(err, jetstream.ErrNoKeysFound) {
-			s.log.Warn().Err(err).Msg("sweeping users")
-		}
-		return
-	}
-	for key := range lister.Keys() {
-		appTok, userTok, ok := strings.Cut(key, ".")
-		if !ok {
-			continue
-		}
-		appID, err1 := cluster.ParseToken(appTok)
-		userID, err2 := cluster.ParseToken(userTok)
-		app, known := s.opts.Apps.ByID(appID)
-		if err1 != nil || err2 != nil || !known {
-			continue
-		}
-		last := false
-		err := cluster.Mutate(ctx, s.opts.Stores.Users, key, func(old []byte) ([]byte, error) {
-			conns := decodeSockets(old)
-			changed := false
-			for sid, gw := range conns {
-				if !live[gw] {
-					delete(conns, sid)
-					changed = true
-				}
-			}
-			if !changed {
-				return old, nil
-			}
-			last = len(conns) == 0
-			return conns.encode(), nil
-		})
-		if err == nil && last {
-			s.publishUserState(app, userID, false)
-		}
-	}
-}
-
-// socketGateways maps a user's signed-in socket ids to their gateways.
-type socketGateways map[string]string
-
-func decodeSockets(b []byte) socketGateways {
-	m := socketGateways{}
-	if len(b) > 0 {
-		_ = json.Unmarshal(b, &m)
-	}
-	return m
-}
-
-func (m socketGateways) encode() []byte {
-	if len(m) == 0 {
-		return nil
-	}
-	b, _ := json.Marshal(m)
-	return b
 }

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -47,10 +48,6 @@ type Options struct {
 	PublishTimeout time.Duration
 	// Now is the clock for the timestamp window; nil means time.Now.
 	Now func() time.Time
-	// Metrics, when set, is served at /metrics.
-	Metrics http.Handler
-	// Debug, when set, serves /debug/pprof/.
-	Debug http.Handler
 	// Triggered counts events accepted through the API; may be nil.
 	Triggered prometheus.Counter
 	Log       zerolog.Logger
@@ -91,31 +88,11 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "Not found.")
 		return
 	}
-	if path == "/livez" {
-		// Liveness: the process answers. Unlike /up it stays 200 while
-		// NATS is away, so an orchestrator does not restart a gateway (and
-		// drop its sockets) for an outage elsewhere.
-		writeJSON(w, http.StatusOK, `{"health":"OK"}`)
-		return
-	}
-	if path == "/up" {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			methodNotAllowed(w, "GET, HEAD")
-			return
-		}
-		if !a.opts.Ready() {
-			writeJSON(w, http.StatusServiceUnavailable, `{"health":"STARTING"}`)
-			return
-		}
-		writeJSON(w, http.StatusOK, `{"health":"OK"}`)
-		return
-	}
-	if strings.HasPrefix(path, "/debug/pprof/") && a.opts.Debug != nil {
-		a.opts.Debug.ServeHTTP(w, r)
-		return
-	}
-	if path == "/metrics" && a.opts.Metrics != nil {
-		a.opts.Metrics.ServeHTTP(w, r)
+	// Load balancers probe the public port, so the health routes stay
+	// here; /metrics and /debug/pprof/ do not (they name every app and
+	// expose the process): they are served only by NewOps, on
+	// RESOUND_OPS_ADDR.
+	if serveHealth(w, r, path, a.opts.Ready) {
 		return
 	}
 	rest, ok := strings.CutPrefix(path, "/apps/")
@@ -162,6 +139,13 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case "terminate":
 		a.terminate(w, r, app, arg)
+		return
+	}
+	if !utf8.Valid(body) {
+		// encoding/json would turn the bad bytes into U+FFFD without a
+		// word; the producer should hear that its event is not what it
+		// meant.
+		writeError(w, http.StatusBadRequest, "The request body is not valid UTF-8.")
 		return
 	}
 	var events []protocol.Trigger
@@ -330,6 +314,29 @@ func (a *API) authenticate(r *http.Request, path string, app *config.App, body [
 		return apiError("Authentication signature invalid.")
 	}
 	return nil
+}
+
+// serveHealth answers /livez and /up, on the public port and on the
+// operations address alike, and reports whether path was one of them.
+func serveHealth(w http.ResponseWriter, r *http.Request, path string, ready func() bool) bool {
+	switch path {
+	case "/livez":
+		// Liveness: the process answers. Unlike /up it stays 200 while
+		// NATS is away, so an orchestrator does not restart a gateway (and
+		// drop its sockets) for an outage elsewhere.
+		writeJSON(w, http.StatusOK, `{"health":"OK"}`)
+	case "/up":
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			methodNotAllowed(w, "GET, HEAD")
+		} else if !ready() {
+			writeJSON(w, http.StatusServiceUnavailable, `{"health":"STARTING"}`)
+		} else {
+			writeJSON(w, http.StatusOK, `{"health":"OK"}`)
+		}
+	default:
+		return false
+	}
+	return true
 }
 
 func writeJSON(w http.ResponseWriter, status int, body string) {

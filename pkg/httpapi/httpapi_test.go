@@ -523,6 +523,9 @@ func TestInvalidTriggers(t *testing.T) {
 		{"bad socket_id", `{"name":"e","data":"d","channels":["c"],"socket_id":"abc"}`, 400},
 		{"data too large", `{"name":"e","data":"` + strings.Repeat("x", 10241) + `","channels":["c"]}`, 413},
 		{"single channel field", `{"name":"e","data":"d","channel":"c"}`, 200},
+		{"invalid UTF-8 in data", "{\"name\":\"e\",\"data\":\"\xff\xfe\",\"channels\":[\"c\"]}", 400},
+		{"invalid UTF-8 in the name", "{\"name\":\"e\xc0\",\"data\":\"d\",\"channels\":[\"c\"]}", 400},
+		{"escaped lone surrogate", `{"name":"e","data":"\udfff","channels":["c"]}`, 200}, // valid UTF-8 text: JSON decodes it to U+FFFD
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,8 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
-	"net/http/pprof"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -41,6 +39,7 @@ type Node struct {
 	embedded *natsembed.Server
 	conns    []*nats.Conn
 	gw       *gateway.Server
+	ops      *opsServer
 	pool     *worker.Pool
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -48,7 +47,8 @@ type Node struct {
 	err      error
 	// DevApp is set when the node made a development app.
 	DevApp *config.App
-	// Registry holds the node's metrics, served at /metrics.
+	// Registry holds the node's metrics, served at /metrics on
+	// RESOUND_OPS_ADDR.
 	Registry *metrics.Registry
 }
 
@@ -154,11 +154,12 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		nc: gwConn, stores: stores, presence: presence.New(stores.Presence),
 		querier: cluster.NewQuerier(gwConn, registry.Live, 2*time.Second),
 	}
+	ready := func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() && apiConn.IsConnected() }
 	api := httpapi.New(httpapi.Options{
 		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: Limits(&cfg.Settings), Cluster: view,
-		Metrics: n.Registry.Handler(), Triggered: gwMetrics.MessagesIn.WithLabelValues("api"), Debug: debugHandler(cfg),
+		Triggered:    gwMetrics.MessagesIn.WithLabelValues("api"),
 		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
-		Ready: func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() && apiConn.IsConnected() },
+		Ready: ready,
 		Log:   n.log.With().Str("component", "httpapi").Logger(),
 	})
 	gw, err = gateway.New(gateway.Options{
@@ -173,6 +174,9 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.gw = gw
+	if err := n.startOps(ready); err != nil {
+		return nil, err
+	}
 	n.ln = opts.Listener
 	if n.ln == nil {
 		addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
@@ -210,20 +214,6 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		}
 	}
 	return n, nil
-}
-
-// debugHandler serves Go's profiler when RESOUND_PPROF is on.
-func debugHandler(cfg *config.Config) http.Handler {
-	if !cfg.Pprof {
-		return nil
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return http.StripPrefix(cfg.Path, mux)
 }
 
 // ClusterOptions size the shared-state buckets from the settings.
@@ -340,6 +330,7 @@ func (n *Node) Close() error {
 		n.cancel()
 	}
 	n.wg.Wait()
+	n.closeOps()
 	for _, nc := range n.conns {
 		nc.Close()
 	}

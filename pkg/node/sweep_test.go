@@ -191,7 +191,7 @@ func addMember(t *testing.T, stores *cluster.Stores, appID, channel, userID, soc
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	m := protocol.PresenceMember{ID: userID, Info: json.RawMessage(`{"name":"user ` + userID + `"}`)}
-	if _, err := presence.New(stores.Presence).Join(ctx, appID, channel, m, socketID, gatewayID, 0, 0); err != nil {
+	if _, err := presence.New(stores.Presence).Join(ctx, appID, channel, m, socketID, gatewayID, 0); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -24,13 +24,21 @@ import (
 // limit.
 var ErrFull = errors.New("presence: the channel has reached its member limit")
 
+// ErrUserConnections is returned when a user already has as many
+// connections on the channel as the app allows one user.
+var ErrUserConnections = errors.New("presence: the user has reached its connection limit on the channel")
+
+// DefaultMaxUserConnections is the app setting max_user_connections'
+// default, the bound Join applies.
+const DefaultMaxUserConnections = 100
+
 // Store is the presence state of every app and channel.
 type Store struct {
-	kv jetstream.KeyValue
+	kv *cluster.Bucket
 }
 
 // New returns a store on the presence bucket.
-func New(kv jetstream.KeyValue) *Store { return &Store{kv: kv} }
+func New(kv *cluster.Bucket) *Store { return &Store{kv: kv} }
 
 type state struct {
 	Members map[string]*member `json:"m"`
@@ -87,13 +95,30 @@ type JoinResult struct {
 	Revision uint64
 }
 
-// ErrUserConnections is returned when the user already has the most
-// connections one user may have on the channel.
-var ErrUserConnections = errors.New("presence: the user has reached its connection limit on the channel")
+// Limits bound what joins may add to a channel; 0 is no bound.
+type Limits struct {
+	// Members bounds the distinct users (the app's max_presence_members).
+	Members int
+	// UserConnections bounds one user's connections on the channel (the
+	// app's max_user_connections), so that one user opening sockets
+	// without end cannot grow the channel's key, which every join and
+	// leave of every member reads and rewrites whole.
+	UserConnections int
+}
 
-// Join adds a connection of a user. maxMembers bounds distinct users and
-// maxConns one user's connections (0: no bound).
-func (s *Store) Join(ctx context.Context, app, channel string, m protocol.PresenceMember, socketID, gatewayID string, maxMembers, maxConns int) (JoinResult, error) {
+// Join adds a connection of a user within maxMembers distinct users and
+// DefaultMaxUserConnections connections of one user. It is JoinLimited
+// for callers that do not yet pass the app's max_user_connections.
+func (s *Store) Join(ctx context.Context, app, channel string, m protocol.PresenceMember, socketID, gatewayID string, maxMembers int) (JoinResult, error) {
+	return s.JoinLimited(ctx, app, channel, m, socketID, gatewayID, Limits{Members: maxMembers, UserConnections: DefaultMaxUserConnections})
+}
+
+// JoinLimited adds a connection of a user. A new user past lim.Members
+// gets ErrFull; a user present may add connections up to
+// lim.UserConnections, then gets ErrUserConnections. A connection already
+// in is not refused: joining it again changes nothing. Leaving is never
+// bounded, so a user at the bound still leaves normally.
+func (s *Store) JoinLimited(ctx context.Context, app, channel string, m protocol.PresenceMember, socketID, gatewayID string, lim Limits) (JoinResult, error) {
 	var res JoinResult
 	rev, err := cluster.MutateRev(ctx, s.kv, cluster.Key(app, channel), func(old []byte) ([]byte, error) {
 		st, err := decode(old)
@@ -103,13 +128,13 @@ func (s *Store) Join(ctx context.Context, app, channel string, m protocol.Presen
 		cur, ok := st.Members[m.ID]
 		res.First = !ok
 		if !ok {
-			if maxMembers > 0 && len(st.Members) >= maxMembers {
+			if lim.Members > 0 && len(st.Members) >= lim.Members {
 				return nil, ErrFull
 			}
 			cur = &member{Info: m.Info, Conns: map[string]string{}}
 			st.Members[m.ID] = cur
 		}
-		if _, ok := cur.Conns[socketID]; !ok && maxConns > 0 && len(cur.Conns) >= maxConns {
+		if _, in := cur.Conns[socketID]; !in && lim.UserConnections > 0 && len(cur.Conns) >= lim.UserConnections {
 			return nil, ErrUserConnections
 		}
 		cur.Conns[socketID] = gatewayID
@@ -201,25 +226,20 @@ type Removed struct {
 
 // RemoveGatewaysExcept removes every connection held by a gateway that is
 // not live, and returns the users that left a channel because of it, for
-// the caller to announce.
+// the caller to announce. It follows cluster.Bucket.Sweep's rule for
+// errors: a channel that fails does not stop the others, and the users
+// returned are all those removed, even when the error is not nil.
 func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) ([]Removed, error) {
-	lister, err := s.kv.ListKeys(ctx)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil, nil
-		}
-		return nil, err
-	}
 	var out []Removed
-	for k := range lister.Keys() {
+	err := s.kv.Sweep(ctx, func(ctx context.Context, k string) error {
 		appTok, chTok, ok := strings.Cut(k, ".")
 		if !ok {
-			continue
+			return nil // not a channel's key
 		}
 		app, err1 := cluster.ParseToken(appTok)
 		ch, err2 := cluster.ParseToken(chTok)
 		if err1 != nil || err2 != nil {
-			continue
+			return nil
 		}
 		var gone []string
 		err := cluster.Mutate(ctx, s.kv, k, func(old []byte) ([]byte, error) {
@@ -250,11 +270,12 @@ func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) 
 			return st.encode(), nil
 		})
 		if err != nil {
-			return out, err
+			return err
 		}
 		for _, id := range gone {
 			out = append(out, Removed{App: app, Channel: ch, UserID: id})
 		}
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }

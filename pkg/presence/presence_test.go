@@ -47,7 +47,7 @@ func ids(ms []protocol.PresenceMember) []string {
 
 func TestJoinFirstAndAgain(t *testing.T) {
 	s, _, ctx := newStore(t)
-	r, err := s.Join(ctx, "app", "presence-room", member("2"), "1.1", "gw-a", 0, 0)
+	r, err := s.Join(ctx, "app", "presence-room", member("2"), "1.1", "gw-a", 0)
 	if err != nil || !r.First {
 		t.Fatalf("first join: %+v %v", r, err)
 	}
@@ -55,7 +55,7 @@ func TestJoinFirstAndAgain(t *testing.T) {
 		t.Fatalf("members after first join: %v", got)
 	}
 	// A second socket of user 2, on another gateway: not First.
-	r, err = s.Join(ctx, "app", "presence-room", member("2"), "2.2", "gw-b", 0, 0)
+	r, err = s.Join(ctx, "app", "presence-room", member("2"), "2.2", "gw-b", 0)
 	if err != nil || r.First {
 		t.Fatalf("second socket of the same user: %+v %v", r, err)
 	}
@@ -64,7 +64,7 @@ func TestJoinFirstAndAgain(t *testing.T) {
 	}
 	// More users, joined out of order: the snapshot is sorted by id.
 	for _, id := range []string{"10", "1", "b", "a"} {
-		if r, err = s.Join(ctx, "app", "presence-room", member(id), "s-"+id, "gw-a", 0, 0); err != nil || !r.First {
+		if r, err = s.Join(ctx, "app", "presence-room", member(id), "s-"+id, "gw-a", 0); err != nil || !r.First {
 			t.Fatalf("join %s: %+v %v", id, r, err)
 		}
 	}
@@ -80,14 +80,14 @@ func TestJoinFirstAndAgain(t *testing.T) {
 		t.Fatalf("Members = %v, %v", ids(got), err)
 	}
 	// The same socket joining again changes nothing.
-	if r, err = s.Join(ctx, "app", "presence-room", member("2"), "1.1", "gw-a", 0, 0); err != nil || r.First || len(r.Members) != 5 {
+	if r, err = s.Join(ctx, "app", "presence-room", member("2"), "1.1", "gw-a", 0); err != nil || r.First || len(r.Members) != 5 {
 		t.Fatalf("re-join of the same socket: %+v %v", r, err)
 	}
 }
 
 func TestMemberInfoNilRoundTrips(t *testing.T) {
 	s, _, ctx := newStore(t)
-	if _, err := s.Join(ctx, "app", "presence-x", protocol.PresenceMember{ID: "7"}, "1.1", "gw", 0, 0); err != nil {
+	if _, err := s.Join(ctx, "app", "presence-x", protocol.PresenceMember{ID: "7"}, "1.1", "gw", 0); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.Members(ctx, "app", "presence-x")
@@ -99,15 +99,15 @@ func TestMemberInfoNilRoundTrips(t *testing.T) {
 func TestMaxMembers(t *testing.T) {
 	s, _, ctx := newStore(t)
 	for _, id := range []string{"1", "2"} {
-		if _, err := s.Join(ctx, "app", "presence-full", member(id), "s"+id, "gw", 2, 0); err != nil {
+		if _, err := s.Join(ctx, "app", "presence-full", member(id), "s"+id, "gw", 2); err != nil {
 			t.Fatalf("join %s: %v", id, err)
 		}
 	}
-	if _, err := s.Join(ctx, "app", "presence-full", member("3"), "s3", "gw", 2, 0); !errors.Is(err, presence.ErrFull) {
+	if _, err := s.Join(ctx, "app", "presence-full", member("3"), "s3", "gw", 2); !errors.Is(err, presence.ErrFull) {
 		t.Fatalf("third user: %v, want ErrFull", err)
 	}
 	// An existing user may add a socket.
-	r, err := s.Join(ctx, "app", "presence-full", member("1"), "s1-bis", "gw", 2, 0)
+	r, err := s.Join(ctx, "app", "presence-full", member("1"), "s1-bis", "gw", 2)
 	if err != nil || r.First || len(r.Members) != 2 {
 		t.Fatalf("new socket of an existing user on a full channel: %+v %v", r, err)
 	}
@@ -119,7 +119,7 @@ func TestMaxMembers(t *testing.T) {
 	if last, _, err := s.Leave(ctx, "app", "presence-full", "2", "s2"); err != nil || !last {
 		t.Fatalf("leave: %v %v", last, err)
 	}
-	if r, err := s.Join(ctx, "app", "presence-full", member("3"), "s3", "gw", 2, 0); err != nil || !r.First {
+	if r, err := s.Join(ctx, "app", "presence-full", member("3"), "s3", "gw", 2); err != nil || !r.First {
 		t.Fatalf("join after a leave: %+v %v", r, err)
 	}
 }
@@ -129,7 +129,7 @@ func TestLeave(t *testing.T) {
 	key := cluster.Key("app", "presence-room")
 	mustJoin := func(id, sid, gw string) {
 		t.Helper()
-		if _, err := s.Join(ctx, "app", "presence-room", member(id), sid, gw, 0, 0); err != nil {
+		if _, err := s.Join(ctx, "app", "presence-room", member(id), sid, gw, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -181,7 +181,7 @@ func TestLeave(t *testing.T) {
 		t.Fatalf("Members of an empty channel = %v, %v; want nil", got, err)
 	}
 	// And it can fill again.
-	if r, err := s.Join(ctx, "app", "presence-room", member("1"), "1.3", "gw-a", 0, 0); err != nil || !r.First {
+	if r, err := s.Join(ctx, "app", "presence-room", member("1"), "1.3", "gw-a", 0); err != nil || !r.First {
 		t.Fatalf("re-join of an emptied channel: %+v %v", r, err)
 	}
 }
@@ -193,7 +193,7 @@ func TestChannels(t *testing.T) {
 	}
 	join := func(app, ch, id, sid string) {
 		t.Helper()
-		if _, err := s.Join(ctx, app, ch, member(id), sid, "gw", 0, 0); err != nil {
+		if _, err := s.Join(ctx, app, ch, member(id), sid, "gw", 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -233,7 +233,7 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 	s, _, ctx := newStore(t)
 	join := func(app, ch, id, sid, gw string) {
 		t.Helper()
-		if _, err := s.Join(ctx, app, ch, member(id), sid, gw, 0, 0); err != nil {
+		if _, err := s.Join(ctx, app, ch, member(id), sid, gw, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -300,7 +300,7 @@ func TestConcurrentSweepsReportEachUserOnce(t *testing.T) {
 	s, _, ctx := newStore(t)
 	for i := 0; i < 10; i++ {
 		id := strconv.Itoa(i)
-		if _, err := s.Join(ctx, "app", "presence-a", member(id), "s"+id, "dead", 0, 0); err != nil {
+		if _, err := s.Join(ctx, "app", "presence-a", member(id), "s"+id, "dead", 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -346,7 +346,7 @@ func TestConcurrentJoinsRespectMaxMembers(t *testing.T) {
 			defer wg.Done()
 			<-start
 			id := strconv.Itoa(i)
-			_, errs[i] = s.Join(ctx, "app", "presence-crowd", member(id), "s"+id, "gw", max, 0)
+			_, errs[i] = s.Join(ctx, "app", "presence-crowd", member(id), "s"+id, "gw", max)
 		}(i)
 	}
 	close(start)
@@ -396,16 +396,16 @@ func TestRevisions(t *testing.T) {
 		}
 		return e.Revision()
 	}
-	r1, err := s.Join(ctx, "app", "presence-rev", member("1"), "1.1", "gw", 0, 0)
+	r1, err := s.Join(ctx, "app", "presence-rev", member("1"), "1.1", "gw", 0)
 	if err != nil || r1.Revision == 0 || r1.Revision != current() {
 		t.Fatalf("first join revision %d, key at %d (%v)", r1.Revision, current(), err)
 	}
-	r2, err := s.Join(ctx, "app", "presence-rev", member("2"), "2.1", "gw", 0, 0)
+	r2, err := s.Join(ctx, "app", "presence-rev", member("2"), "2.1", "gw", 0)
 	if err != nil || r2.Revision <= r1.Revision || r2.Revision != current() {
 		t.Fatalf("second join revision %d after %d, key at %d (%v)", r2.Revision, r1.Revision, current(), err)
 	}
 	// Re-joining with the same socket writes nothing: the revision read.
-	r3, err := s.Join(ctx, "app", "presence-rev", member("2"), "2.1", "gw", 0, 0)
+	r3, err := s.Join(ctx, "app", "presence-rev", member("2"), "2.1", "gw", 0)
 	if err != nil || r3.Revision != current() {
 		t.Fatalf("idempotent join revision %d, key at %d (%v)", r3.Revision, current(), err)
 	}

@@ -2,6 +2,7 @@ package deployments
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -69,6 +70,36 @@ func (s composeService) replicas() int {
 		return n
 	}
 	return 1
+}
+
+// publishedPort is one entry of a service's `ports`.
+type publishedPort struct {
+	spec      string
+	host      string // the host address it binds; "" for every interface
+	container int
+}
+
+// publishedPorts parses `ports` in the short syntax ("8080",
+// "8080:8080", "127.0.0.1:8404:8404", with an optional "/tcp") and the
+// long one (target, host_ip).
+func (s composeService) publishedPorts() []publishedPort {
+	var out []publishedPort
+	for _, p := range getList(s.def, "ports") {
+		if m, ok := p.(map[string]any); ok {
+			n, _ := getInt(m, "target")
+			out = append(out, publishedPort{spec: fmt.Sprint(m), host: getString(m, "host_ip"), container: n})
+			continue
+		}
+		spec := fmt.Sprint(p)
+		parts := strings.Split(strings.SplitN(spec, "/", 2)[0], ":")
+		n, _ := strconv.Atoi(parts[len(parts)-1])
+		pp := publishedPort{spec: spec, container: n}
+		if len(parts) == 3 {
+			pp.host = parts[0]
+		}
+		out = append(out, pp)
+	}
+	return out
 }
 
 // cmdFlag returns the value of --name=value or --name value in a command.
@@ -302,6 +333,14 @@ func checkResoundServices(t *testing.T, top map[string]any, nats, gateways, work
 		if port != defaultGatewayPort {
 			t.Errorf("service %s: gateway port %d, but haproxy.cfg and the docs use %d", s.name, port, defaultGatewayPort)
 		}
+		// The operations port is set and stays on the Compose network.
+		if _, ops := opsAddr(t, "service "+s.name, env); ops != 0 {
+			for _, p := range s.publishedPorts() {
+				if p.container == ops {
+					t.Errorf("service %s: publishes the operations port %d (%s): /metrics and /debug/pprof/ must not leave the Compose network", s.name, ops, p.spec)
+				}
+			}
+		}
 	}
 	for _, s := range workers {
 		if s.env()["NATS_URL"] == "" {
@@ -378,6 +417,13 @@ func checkHAProxyService(t *testing.T, s composeService, gateways []composeServi
 	if !published {
 		t.Errorf("haproxy: port 8080 is not published: %v", getList(s.def, "ports"))
 	}
+	// Only the public port leaves the host; HAProxy's own statistics and
+	// metrics (8404) stay on its loopback.
+	for _, p := range s.publishedPorts() {
+		if p.container != defaultGatewayPort && p.host != "127.0.0.1" && p.host != "::1" {
+			t.Errorf("haproxy: publishes %s on every interface: only %d is public, bind the others to 127.0.0.1", p.spec, defaultGatewayPort)
+		}
+	}
 	mounted := false
 	for _, v := range toStrings(getList(s.def, "volumes")) {
 		src, dst, _ := strings.Cut(v, ":")
@@ -403,6 +449,15 @@ func checkHAProxyService(t *testing.T, s composeService, gateways []composeServi
 		addr := g.name + ":" + strconv.Itoa(portFrom(t, g.name, g.env(), "REVERB_SERVER_PORT", defaultGatewayPort))
 		if !servers[addr] {
 			t.Errorf("haproxy.cfg: backend %s has no server %s (servers %v)", backend.name, addr, sortedKeys(servers))
+		}
+		// No backend reaches a gateway's operations port.
+		if _, port, err := net.SplitHostPort(g.env()["RESOUND_OPS_ADDR"]); err == nil {
+			ops := g.name + ":" + port
+			for _, b := range append(cfg.find("backend"), cfg.find("listen")...) {
+				if slices.Contains(b.servers(), ops) {
+					t.Errorf("haproxy.cfg: %s %s routes to %s, the gateway's operations port", b.kind, b.name, ops)
+				}
+			}
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -143,6 +144,21 @@ func TestDockerfile(t *testing.T) {
 		if !strings.Contains(" "+expose+" ", " "+p+" ") {
 			t.Errorf("final stage: EXPOSE %q lacks %s", expose, p)
 		}
+	}
+	// The image sets RESOUND_OPS_ADDR, and does not EXPOSE that port, so
+	// that `docker run -P` never publishes /metrics or /debug/pprof/.
+	env := map[string]string{}
+	for _, in := range final.instrs {
+		if in.cmd == "ENV" {
+			for _, kv := range strings.Fields(in.args) {
+				if k, v, ok := strings.Cut(kv, "="); ok {
+					env[k] = strings.Trim(v, `"`)
+				}
+			}
+		}
+	}
+	if _, ops := opsAddr(t, "final stage ENV", env); ops != 0 && strings.Contains(" "+expose+" ", " "+strconv.Itoa(ops)+" ") {
+		t.Errorf("final stage: EXPOSE %q includes the operations port %d, which docker run -P would publish", expose, ops)
 	}
 	var cmdList []string
 	if err := json.Unmarshal([]byte(cmd), &cmdList); err != nil || len(cmdList) == 0 {

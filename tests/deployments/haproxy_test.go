@@ -166,6 +166,38 @@ func TestHAProxyConfig(t *testing.T) {
 	if !bound {
 		t.Error("no frontend binds :8080")
 	}
+
+	// The public frontend refuses the operations paths itself, in case a
+	// gateway serves them on its public port after all.
+	for _, fe := range append(cfg.find("frontend"), cfg.find("listen")...) {
+		public := false
+		for _, l := range fe.lines {
+			f := strings.Fields(l)
+			public = public || (len(f) >= 2 && f[0] == "bind" && strings.HasSuffix(f[1], ":8080"))
+		}
+		if !public {
+			continue
+		}
+		for _, path := range []string{"/metrics", "/debug/pprof"} {
+			refused := false
+			for _, l := range fe.lines {
+				f := strings.Fields(l)
+				refused = refused || (len(f) >= 2 && f[0] == "http-request" &&
+					(f[1] == "deny" || f[1] == "silent-drop" || f[1] == "tarpit" || f[1] == "return") && strings.Contains(l, path))
+			}
+			if !refused {
+				t.Errorf("%s %s: binds :8080 but does not refuse %s (http-request deny if { path_beg %s })", fe.kind, fe.name, path, path)
+			}
+		}
+	}
+	// Every server is a gateway's public port, never its operations port.
+	for _, b := range append(cfg.find("backend"), cfg.find("listen")...) {
+		for _, addr := range b.servers() {
+			if !strings.HasSuffix(addr, ":8080") {
+				t.Errorf("%s %s: server %s is not a gateway's public port 8080", b.kind, b.name, addr)
+			}
+		}
+	}
 }
 
 // haproxy -c, where HAProxy happens to be installed.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +37,9 @@ var metricNames = []string{
 	"resound_errors_total",
 	"resound_handshakes_total",
 	"resound_accept_backoff_total",
+	"resound_limit_hits_total",
+	"resound_panics_total",
+	"resound_state_retries_total",
 	// worker
 	"resound_jobs_total",
 	"resound_job_latency_seconds",
@@ -351,6 +355,37 @@ func portFrom(t *testing.T, where string, env map[string]string, name string, de
 		return def
 	}
 	return p
+}
+
+// opsAddr reads RESOUND_OPS_ADDR, which every gateway of the deployment
+// files must set: the operations endpoints (/metrics, /debug/pprof/) are
+// served nowhere without it, and never on the public port. It fails the
+// test when the setting is missing or not host:port with a numeric port
+// other than the public one.
+func opsAddr(t *testing.T, where string, env map[string]string) (host string, port int) {
+	t.Helper()
+	v, ok := env["RESOUND_OPS_ADDR"]
+	if !ok || v == "" {
+		t.Errorf("%s: no RESOUND_OPS_ADDR: the gateway's /metrics is then served nowhere", where)
+		return "", 0
+	}
+	host, p, err := net.SplitHostPort(v)
+	if err == nil {
+		port, err = strconv.Atoi(p)
+	}
+	if err != nil || port <= 0 || port > 65535 {
+		t.Errorf("%s: RESOUND_OPS_ADDR=%q is not host:port", where, v)
+		return "", 0
+	}
+	if public := portFrom(t, where, env, "REVERB_SERVER_PORT", defaultGatewayPort); port == public {
+		t.Errorf("%s: RESOUND_OPS_ADDR=%q is the public port", where, v)
+	}
+	return host, port
+}
+
+// allInterfaces reports whether a listening host is every interface.
+func allInterfaces(host string) bool {
+	return host == "" || host == "0.0.0.0" || host == "::" || host == "[::]"
 }
 
 func sortedKeys[V any](m map[string]V) []string {

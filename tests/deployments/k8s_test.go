@@ -2,9 +2,11 @@ package deployments
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -106,6 +108,30 @@ type deploymentInfo struct {
 	env       map[string]string // env and envFrom ConfigMaps
 	envNames  []string
 	ports     map[string]int // named container ports
+	// public is the gateway's client port (0 for a worker); scrape is where
+	// the process serves /metrics: RESOUND_OPS_ADDR's port on a gateway,
+	// RESOUND_METRICS_PORT on a worker (0 if unset).
+	public, scrape int
+}
+
+// scrapePorts fills public and scrape from the environment, without
+// judging it (TestKubernetesDeployments does).
+func (d *deploymentInfo) scrapePorts() {
+	port := func(s string, def int) int {
+		if s == "" {
+			return def
+		}
+		n, _ := strconv.Atoi(s)
+		return n
+	}
+	if d.role == "worker" {
+		d.scrape = port(d.env["RESOUND_METRICS_PORT"], defaultMetricsPort)
+		return
+	}
+	d.public = port(d.env["REVERB_SERVER_PORT"], defaultGatewayPort)
+	if _, p, err := net.SplitHostPort(d.env["RESOUND_OPS_ADDR"]); err == nil {
+		d.scrape = port(p, 0)
+	}
 }
 
 func deployments(t *testing.T, objs []k8sObject) []deploymentInfo {
@@ -159,6 +185,7 @@ func deployments(t *testing.T, objs []k8sObject) []deploymentInfo {
 			n, _ := getInt(p, "containerPort")
 			d.ports[getString(p, "name")] = n
 		}
+		d.scrapePorts()
 		out = append(out, d)
 	}
 	return out
@@ -229,6 +256,25 @@ func TestKubernetesDeployments(t *testing.T) {
 		}
 		if !served {
 			t.Errorf("%s: no containerPort %d", where, wantPort)
+		}
+
+		// Metrics: a gateway serves them on RESOUND_OPS_ADDR only, a
+		// worker on RESOUND_METRICS_PORT; the pod annotations point
+		// Prometheus there.
+		if d.role == "gateway" {
+			if _, port := opsAddr(t, where, d.env); port != 0 {
+				named := false
+				for name, p := range d.ports {
+					named = named || (p == port && name != "")
+				}
+				if !named {
+					t.Errorf("%s: no named containerPort %d for RESOUND_OPS_ADDR", where, port)
+				}
+			}
+		}
+		ann := getMap(d.obj.doc, "spec", "template", "metadata", "annotations")
+		if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/path"] != "/metrics" || getString(ann, "prometheus.io/port") != strconv.Itoa(d.scrape) {
+			t.Errorf("%s: pod annotations %v, want prometheus.io/scrape \"true\", path /metrics, port %d (where it serves /metrics)", where, ann, d.scrape)
 		}
 
 		// Termination: preStop + drain window fit in the grace period.
@@ -355,23 +401,42 @@ func TestKubernetesServicesAndScaling(t *testing.T) {
 			}
 			d := targets[0]
 			served[d.role] = true
+			// The container ports the Service reaches, and the Service
+			// port of each.
+			exposed := map[int]int{}
 			for _, p := range getList(o.doc, "spec", "ports") {
 				tp := get(p, "targetPort")
 				if tp == nil {
 					tp = get(p, "port")
 				}
-				if _, ok := d.resolvePort(tp); !ok {
+				n, ok := d.resolvePort(tp)
+				if !ok {
 					t.Errorf("%s: targetPort %v is not a port of %s", o, tp, d.obj)
+					continue
 				}
+				exposed[n], _ = getInt(p, "port")
 			}
-			if d.role == "gateway" {
-				if port, _ := getInt(getList(o.doc, "spec", "ports")[0], "port"); port != defaultGatewayPort {
-					t.Errorf("%s: port %d, want %d", o, port, defaultGatewayPort)
+			if port, ok := exposed[d.public]; ok && d.role == "gateway" && port != defaultGatewayPort {
+				t.Errorf("%s: port %d, want %d", o, port, defaultGatewayPort)
+			}
+			// The operations port never shares a Service with the public
+			// one, and never leaves the cluster: whatever exposes the
+			// public Service (Ingress, LoadBalancer) must not reach
+			// /metrics or /debug/pprof/.
+			if _, ok := exposed[d.scrape]; ok && d.role == "gateway" {
+				if _, public := exposed[d.public]; public {
+					t.Errorf("%s: exposes the public port %d and the operations port %d together", o, d.public, d.scrape)
+				}
+				if typ := getString(o.doc, "spec", "type"); (typ != "" && typ != "ClusterIP") || get(o.doc, "spec", "externalIPs") != nil {
+					t.Errorf("%s: exposes the operations port %d outside the cluster (type %q): keep it ClusterIP", o, d.scrape, typ)
 				}
 			}
 			ann := getMap(o.doc, "metadata", "annotations")
-			if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/path"] != "/metrics" {
-				t.Errorf("%s: want prometheus.io/scrape \"true\" and prometheus.io/path /metrics annotations", o)
+			if ann["prometheus.io/scrape"] == "true" {
+				port, _ := strconv.Atoi(getString(ann, "prometheus.io/port"))
+				if _, ok := exposed[port]; !ok || port != d.scrape || ann["prometheus.io/path"] != "/metrics" {
+					t.Errorf("%s: scrape annotations %v, want prometheus.io/path /metrics and prometheus.io/port %d, a port of this Service", o, ann, d.scrape)
+				}
 			}
 		case "HorizontalPodAutoscaler":
 			if v := getString(o.doc, "apiVersion"); v != "autoscaling/v2" {

@@ -84,6 +84,11 @@ func TestSystemdEnvFile(t *testing.T) {
 	if set["RESOUND_LOG_FORMAT"] != "json" {
 		t.Errorf("RESOUND_LOG_FORMAT=%q, want json", set["RESOUND_LOG_FORMAT"])
 	}
+	// Nothing in front of a systemd host filters ports: the operations
+	// endpoints bind a chosen interface, not all of them.
+	if host, port := opsAddr(t, "systemd/resound.env.example", set); port != 0 && allInterfaces(host) {
+		t.Errorf("RESOUND_OPS_ADDR=%q listens on every interface: bind loopback or a private address", set["RESOUND_OPS_ADDR"])
+	}
 }
 
 func TestSystemdUnits(t *testing.T) {

@@ -1,0 +1,100 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/resoundhq/resound/pkg/httpapi"
+)
+
+// opsServer serves RESOUND_OPS_ADDR: /metrics, /debug/pprof/ (with
+// RESOUND_PPROF), /up and /livez. It is a plain net/http server on a
+// listener of its own, apart from the gateway's reactor: the few requests
+// it gets (scrapes, probes, a profile now and then) need nothing faster,
+// and keeping them off the public port means the world never sees the app
+// ids in the metrics' labels or the process's profile.
+type opsServer struct {
+	ln   net.Listener
+	srv  *http.Server
+	done chan struct{}
+}
+
+// startOps binds RESOUND_OPS_ADDR and serves the operations endpoints there
+// until closeOps. Empty, they are served nowhere. A bind failure fails the
+// start-up, naming the setting, rather than leaving a node nobody can
+// scrape.
+func (n *Node) startOps(ready func() bool) error {
+	cfg := n.cfg
+	if cfg.OpsAddr == "" {
+		if cfg.Pprof {
+			n.log.Warn().Msg("RESOUND_PPROF is on but RESOUND_OPS_ADDR is empty: the profiler is served nowhere")
+		}
+		return nil
+	}
+	ln, err := net.Listen("tcp", cfg.OpsAddr)
+	if err != nil {
+		return fmt.Errorf("RESOUND_OPS_ADDR=%s: %w", cfg.OpsAddr, err)
+	}
+	var debug http.Handler
+	if cfg.Pprof {
+		debug = pprofHandler()
+	}
+	ops := &opsServer{ln: ln, done: make(chan struct{}), srv: &http.Server{
+		Handler: httpapi.NewOps(httpapi.OpsOptions{Metrics: n.Registry.Handler(), Debug: debug, Ready: ready}),
+		// No WriteTimeout: /debug/pprof/profile and /trace stream for as
+		// many seconds as asked.
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}}
+	n.ops = ops
+	go func() {
+		defer close(ops.done)
+		if err := ops.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error().Err(err).Str("addr", ln.Addr().String()).Msg("operations server stopped")
+			n.errMu.Lock()
+			if n.err == nil {
+				n.err = fmt.Errorf("RESOUND_OPS_ADDR: %w", err)
+			}
+			n.errMu.Unlock()
+		}
+	}()
+	n.log.Info().Str("addr", ln.Addr().String()).Bool("pprof", cfg.Pprof).Msg("operations endpoints (/metrics, /up, /livez) served")
+	return nil
+}
+
+// closeOps stops the operations server. Close calls it after the other
+// components have stopped, so that a draining gateway can still be
+// scraped and probed (/up answers 503) while its clients leave.
+func (n *Node) closeOps() {
+	if n.ops == nil {
+		return
+	}
+	_ = n.ops.srv.Close()
+	<-n.ops.done
+	n.ops = nil
+}
+
+// OpsAddr is the address the operations endpoints are served on, or nil
+// when RESOUND_OPS_ADDR is empty. With a port of 0 in the setting, this is
+// the port the system chose.
+func (n *Node) OpsAddr() net.Addr {
+	if n.ops == nil {
+		return nil
+	}
+	return n.ops.ln.Addr()
+}
+
+// pprofHandler serves Go's profiler, for RESOUND_PPROF.
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
