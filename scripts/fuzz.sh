@@ -3,8 +3,8 @@
 # one fuzzing process at a time (-parallel 1: the box has 2 cores), and
 # stops at the first failure.
 #
-#   go tool task fuzz                        # 10 s per target: a smoke run
-#   FUZZTIME=10m go tool task fuzz           # the long run (over 2 hours)
+#   go tool task fuzz                        # 10 s per target, about 3 min in all
+#   FUZZTIME=10m go tool task fuzz           # the long run (14 targets: 2 h 20 min)
 #   FUZZTIME=30s scripts/fuzz.sh FuzzAPI     # only the targets named
 #   FUZZTIME=100000x scripts/fuzz.sh         # a number of inputs instead of a time
 #
@@ -48,16 +48,33 @@ if [[ $found != "$listed" ]]; then
 fi
 
 for name in "$@"; do
-	if [[ " $(echo $listed) " != *" $name "* ]]; then
+	if ! grep -qx "[^ ]* $name" <<<"$listed"; then
 		echo "scripts/fuzz.sh: no target $name" >&2
 		exit 1
 	fi
 done
 only=" $* "
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 while read -r pkg name; do
 	[[ -z $pkg ]] && continue
 	[[ $# -gt 0 && $only != *" $name "* ]] && continue
 	echo "== $name ($pkg, $FUZZTIME)"
+	corpus="$pkg/testdata/fuzz/$name"
+	before=$(ls "$corpus" 2>/dev/null || true)
 	# -run limits the unit-test pass before fuzzing to this target's seeds.
-	go test -run "^$name\$" -fuzz "^$name\$" -fuzztime "$FUZZTIME" -parallel 1 "$pkg"
+	if go test -run "^$name\$" -fuzz "^$name\$" -fuzztime "$FUZZTIME" -parallel 1 "$pkg" </dev/null 2>&1 | tee "$log"; then
+		continue
+	fi
+	# Go up to 1.26 may fail a run whose time is up with a bare "context
+	# deadline exceeded" while a worker is mid-call (go.dev/issue/75804,
+	# fixed in Go 1.27). A real failure writes its input to the corpus
+	# directory; that race writes nothing and says nothing else.
+	if [[ $(ls "$corpus" 2>/dev/null || true) == "$before" ]] &&
+		grep -qx $'\tcontext deadline exceeded\|    context deadline exceeded' "$log" &&
+		[[ $(grep -c -- '^--- FAIL' "$log") == 1 ]]; then
+		echo "(not a failure: Go's fuzz-time race, go.dev/issue/75804; no input was written)"
+		continue
+	fi
+	exit 1
 done <<<"$TARGETS"
