@@ -4,7 +4,7 @@
 # stops at the first failure.
 #
 #   go tool task fuzz                        # 10 s per target, about 3 min in all
-#   FUZZTIME=10m go tool task fuzz           # the long run (14 targets: 2 h 20 min)
+#   FUZZTIME=10m go tool task fuzz           # the long run (15 targets: 2 h 30 min)
 #   FUZZTIME=30s scripts/fuzz.sh FuzzAPI     # only the targets named
 #   FUZZTIME=100000x scripts/fuzz.sh         # a number of inputs instead of a time
 #
@@ -34,6 +34,7 @@ TARGETS="
 ./pkg/queue FuzzJob
 ./pkg/config FuzzAppsFile
 ./pkg/httpapi FuzzAPI
+./pkg/gateway FuzzFrameReader
 "
 
 # go test -fuzz passes when no target matches, so check that the list and
