@@ -108,6 +108,10 @@ func (a *Apps) ByID(id string) (*App, bool) { app, ok := a.byID[id]; return app,
 // ByKey finds an app by its key.
 func (a *Apps) ByKey(key string) (*App, bool) { app, ok := a.byKey[key]; return app, ok }
 
+// ByKeyBytes is ByKey for a key still in a request's bytes; it does not
+// copy them.
+func (a *Apps) ByKeyBytes(key []byte) (*App, bool) { app, ok := a.byKey[string(key)]; return app, ok }
+
 // All lists the apps in configuration order.
 func (a *Apps) All() []*App { return a.list }
 

@@ -32,13 +32,18 @@ type asyncLanes struct {
 	recovered func(r any, c *conn)
 	// queued counts work queued or running, for Serve's drain.
 	queued atomic.Int64
+	// ctx ends the lanes; set by run before any work is queued.
+	ctx context.Context
+	wg  *sync.WaitGroup
 }
 
-// lane is one ordered queue and the goroutine that works it.
+// lane is one ordered queue, worked by at most one goroutine at a time.
+// The goroutine exists only while there is work: an idle gateway holds
+// no lane goroutines and no stacks for them.
 type lane struct {
-	mu   sync.Mutex
-	work []asyncWork
-	wake chan struct{} // capacity 1: a pending wake-up
+	mu      sync.Mutex
+	work    []asyncWork
+	running bool
 }
 
 type asyncWork struct {
@@ -61,11 +66,7 @@ const (
 )
 
 func newAsyncLanes(recovered func(r any, c *conn)) *asyncLanes {
-	a := &asyncLanes{lanes: make([]lane, laneCount), timeout: asyncTimeout, recovered: recovered}
-	for i := range a.lanes {
-		a.lanes[i].wake = make(chan struct{}, 1)
-	}
-	return a
+	return &asyncLanes{lanes: make([]lane, laneCount), timeout: asyncTimeout, recovered: recovered}
 }
 
 // try queues admitted work on key's lane, unless the lane's backlog is
@@ -87,50 +88,42 @@ func (a *asyncLanes) queue(key uint64, w asyncWork, admit bool) bool {
 		return false
 	}
 	l.work = append(l.work, w)
-	l.mu.Unlock()
 	a.queued.Add(1)
-	select {
-	case l.wake <- struct{}{}:
-	default:
+	if !l.running && a.ctx != nil && a.ctx.Err() == nil {
+		l.running = true
+		a.wg.Add(1)
+		go l.run(a)
 	}
+	l.mu.Unlock()
 	return true
 }
 
-// run works every lane until ctx ends; work still queued then is dropped
-// (the gateway is stopping, and the registry's sweep cleans up after it).
+// run lets the lanes work until ctx ends; work still queued then is
+// dropped (the gateway is stopping, and the registry's sweep cleans up
+// after it). Serve calls it before it accepts connections.
 func (a *asyncLanes) run(ctx context.Context, wg *sync.WaitGroup) {
-	for i := range a.lanes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.lanes[i].run(ctx, a)
-		}()
-	}
+	a.ctx, a.wg = ctx, wg
 }
 
-func (l *lane) run(ctx context.Context, a *asyncLanes) {
+// run works the lane's queue until it is empty, then ends.
+func (l *lane) run(a *asyncLanes) {
+	defer a.wg.Done()
 	var batch []asyncWork
 	for {
-		select {
-		case <-l.wake:
-		case <-ctx.Done():
+		l.mu.Lock()
+		batch, l.work = l.work, batch[:0]
+		if len(batch) == 0 || a.ctx.Err() != nil {
+			l.running = false
+			l.mu.Unlock()
 			return
 		}
-		for {
-			l.mu.Lock()
-			batch, l.work = l.work, batch[:0]
-			l.mu.Unlock()
-			if len(batch) == 0 {
-				break
+		l.mu.Unlock()
+		for i := range batch {
+			if a.ctx.Err() == nil {
+				a.do(a.ctx, batch[i])
 			}
-			for i := range batch {
-				if ctx.Err() != nil {
-					return
-				}
-				a.do(ctx, batch[i])
-				batch[i] = asyncWork{}
-				a.queued.Add(-1)
-			}
+			batch[i] = asyncWork{}
+			a.queued.Add(-1)
 		}
 	}
 }

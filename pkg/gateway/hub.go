@@ -66,6 +66,12 @@ type channel struct {
 	subject string
 	shard   *hubShard
 	refs    int // subscribers plus pending subscriptions; guarded by shard.mu
+	// idleAt is when refs fell to zero (unix nanos; guarded by shard.mu).
+	// An idle channel keeps its NATS subscription for channelLinger, so
+	// that a channel whose only subscriber comes and goes (a page
+	// reloaded, connections churning) does not subscribe and unsubscribe
+	// in NATS, and wait on a flush, each time.
+	idleAt int64
 
 	// ready is closed once the NATS subscription has reached the server,
 	// or failed with err (written before ready is closed).
@@ -174,18 +180,63 @@ func (h *hub) acquire(ctx context.Context, app *config.App, name string) (*chann
 	return ch, nil
 }
 
-// release drops a reference; the last one removes the channel and its
-// NATS subscription. It may wait on the network: async lanes only.
+// channelLinger is how long a channel with no subscriber left keeps its
+// NATS subscription before sweepIdle removes it.
+const channelLinger = 3 * time.Second
+
+// release drops a reference. The last one leaves the channel idle; a
+// channel whose subscription failed is removed at once, so that the next
+// subscriber tries afresh. It may wait on the network: async lanes only.
 func (h *hub) release(ch *channel) {
 	sh := ch.shard
 	sh.mu.Lock()
 	ch.refs--
-	last := ch.refs == 0
-	if last && sh.channels[ch.subject] == ch {
+	if ch.refs > 0 {
+		sh.mu.Unlock()
+		return
+	}
+	failed := ch.isDone() && ch.err != nil
+	if !failed {
+		ch.idleAt = time.Now().UnixNano()
+		sh.mu.Unlock()
+		return
+	}
+	if sh.channels[ch.subject] == ch {
 		delete(sh.channels, ch.subject)
 	}
 	sh.mu.Unlock()
-	if last {
+	if sub := ch.nsub.Load(); sub != nil {
+		_ = sub.Unsubscribe()
+	}
+}
+
+func (ch *channel) isDone() bool {
+	select {
+	case <-ch.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// sweepIdle removes the channels that have been idle for linger, and their
+// NATS subscriptions. It waits on the network, so it runs on a goroutine
+// of its own.
+func (h *hub) sweepIdle(linger time.Duration) {
+	cutoff := time.Now().Add(-linger).UnixNano()
+	var gone []*channel
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		for subject, ch := range sh.channels {
+			if ch.refs == 0 && ch.idleAt <= cutoff {
+				delete(sh.channels, subject)
+				gone = append(gone, ch)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	for _, ch := range gone {
 		if sub := ch.nsub.Load(); sub != nil {
 			_ = sub.Unsubscribe()
 		}
@@ -286,13 +337,18 @@ func (h *hub) forApp(appID string, f func(*channel)) {
 	}
 }
 
-// channelCount is the number of channels with local subscribers.
+// channelCount is the number of channels with local subscribers, or
+// subscriptions on their way; idle ones are not counted.
 func (h *hub) channelCount() int {
 	n := 0
 	for i := range h.shards {
 		sh := &h.shards[i]
 		sh.mu.Lock()
-		n += len(sh.channels)
+		for _, ch := range sh.channels {
+			if ch.refs > 0 {
+				n++
+			}
+		}
 		sh.mu.Unlock()
 	}
 	return n

@@ -16,14 +16,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/nats-io/nats.go"
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
@@ -177,9 +175,9 @@ type Server struct {
 	rejecting  chan struct{}
 	watchers   watchers
 	userStates chan *nats.Msg
-	// readers recycles the handshake's request reader: the WebSocket path
-	// is done with it once upgraded.
-	readers sync.Pool
+	// handshakePool recycles handshakes, reader and all: a connect storm
+	// makes next to no garbage.
+	handshakePool sync.Pool
 	// writers take chunks of large channels' fan-out, one queue each.
 	writers []chan fanoutTask
 }
@@ -204,6 +202,7 @@ func New(opts Options) (*Server, error) {
 		rejecting:  make(chan struct{}, maxRejecting),
 	}
 	s.lanes = newAsyncLanes(s.recoveredAsync)
+	s.handshakePool.New = func() any { return s.newHandshake() }
 	s.retryLog = s.log.Sample(&zerolog.BurstSampler{Burst: 1, Period: limitLogPeriod})
 	s.watchers.byKey = map[string]*watchEntry{}
 	s.limitLogs = newLimitLoggers(s.log)
@@ -272,6 +271,7 @@ func (s *Server) Channels() int { return s.hub.channelCount() }
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
+	s.lanes.run(s.baseCtx, &wg)
 	for _, p := range s.pollers {
 		wg.Add(1)
 		go func() { defer wg.Done(); p.run(done) }()
@@ -286,7 +286,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); s.runUserStates(done) }()
-	s.lanes.run(s.baseCtx, &wg)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				s.hub.sweepIdle(channelLinger)
+			case <-done:
+				return
+			}
+		}
+	}()
 	if err := s.subscribeControl(); err != nil {
 		close(done)
 		wg.Wait()
@@ -445,192 +458,9 @@ func (s *Server) admit(nc net.Conn) {
 			return
 		}
 	}
-	go s.handshake(nc, trusted, slot)
-}
-
-// handshake reads the request line to route the connection: a WebSocket
-// upgrade on {prefix}/app/{key} is upgraded here with gobwas/ws, reading
-// the request straight off the socket; anything else goes to net/http.
-// The whole request head is bounded in bytes (RESOUND_MAX_REQUEST_HEAD)
-// and time (RESOUND_HANDSHAKE_TIMEOUT).
-func (s *Server) handshake(nc net.Conn, trusted bool, slot *ipSlot) {
-	inProgress := true
-	done := func() {
-		if inProgress {
-			inProgress = false
-			s.handshakes.Add(-1)
-		}
-	}
-	defer done()
-	// The slot passes to the connection once it is established; until
-	// then, a handshake that fails gives it back.
-	defer func() {
-		if slot != nil {
-			s.perIP.release(slot)
-		}
-	}()
-	defer func() {
-		if r := recover(); r != nil {
-			s.recovered(metrics.PanicHandshake, r, nil)
-			_ = nc.Close()
-		}
-	}()
-	_ = nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
-	head := &headLimiter{r: nc, left: s.opts.MaxRequestHead}
-	br, _ := s.readers.Get().(*bufio.Reader)
-	if br == nil {
-		br = bufio.NewReaderSize(head, 2048)
-	} else {
-		br.Reset(head)
-	}
-	defer func() { s.putReader(br) }() // nil once an HTTP connection holds it
-	if trusted && s.opts.ProxyProtocol {
-		hdr, err := proxyproto.Read(br)
-		if err != nil {
-			s.handshakeFailed(nc, err)
-			return
-		}
-		if src, _, ok := hdr.TCPAddrs(); ok {
-			addr, _ := netip.AddrFromSlice(src.IP)
-			var ok bool
-			if slot, ok = s.perIP.acquire(addr); !ok {
-				s.limitHit(metrics.LimitConnectionsPerIP, nil)
-				s.reject(nc, response429, false)
-				return
-			}
-			trusted = false // the client is known: X-Forwarded-For is not needed
-		}
-	}
-	line, err := peekLine(br)
-	if err != nil {
-		s.handshakeFailed(nc, err)
-		return
-	}
-	if !isWebSocketPath(line, s.opts.PathPrefix+"/app/") {
-		if s.httpOpen.Add(1) > int64(s.opts.MaxHTTPConnections) {
-			s.httpOpen.Add(-1)
-			s.limitHit(metrics.LimitHTTPConnections, nil)
-			s.reject(nc, response503, false)
-			return
-		}
-		// The first request's head is read here, within the same bounds
-		// as an upgrade's and counted the same way; net/http bounds the
-		// later requests of a kept-alive connection itself
-		// (MaxHeaderBytes, ReadHeaderTimeout).
-		first, err := readHead(br)
-		if err != nil {
-			s.httpOpen.Add(-1)
-			s.handshakeFailed(nc, err)
-			return
-		}
-		head.left = -1
-		_ = nc.SetDeadline(time.Time{})
-		held, httpSlot := br, slot
-		br, slot = nil, nil
-		done()
-		// The reader is not recycled: net/http may close the connection
-		// while its background read is still in it.
-		s.httpConns.push(&httpConn{Conn: nc, r: io.MultiReader(bytes.NewReader(first), held), release: func() {
-			s.httpOpen.Add(-1)
-			s.perIP.release(httpSlot)
-		}})
-		return
-	}
-	var key, origin string
-	var forwarded []byte
-	up := ws.Upgrader{
-		OnHeader: func(k, v []byte) error {
-			switch {
-			case origin == "" && bytes.EqualFold(k, []byte("Origin")):
-				origin = string(v)
-			case trusted && bytes.EqualFold(k, []byte("X-Forwarded-For")):
-				forwarded = append(forwarded[:0], v...)
-			}
-			faultOnHandshakeHeader(k, v)
-			return nil
-		},
-		OnRequest: func(uri []byte) error {
-			path := uri
-			if i := bytes.IndexByte(path, '?'); i >= 0 {
-				path = path[:i]
-			}
-			k := path[len(s.opts.PathPrefix)+len("/app/"):]
-			if len(k) == 0 || bytes.IndexByte(k, '/') >= 0 {
-				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusNotFound))
-			}
-			key = string(k)
-			return nil
-		},
-		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
-			if !trusted || forwarded == nil {
-				return nil, nil
-			}
-			addr, ok := forwardedClient(forwarded, s.opts.TrustedProxies)
-			if !ok {
-				return nil, nil
-			}
-			if slot, ok = s.perIP.acquire(addr); !ok {
-				s.limitHit(metrics.LimitConnectionsPerIP, nil)
-				return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusTooManyRequests))
-			}
-			return nil, nil
-		},
-	}
-	_, err = up.Upgrade(struct {
-		io.Reader
-		io.Writer
-	}{br, nc})
-	if err != nil {
-		s.handshakeFailed(nc, err)
-		return
-	}
-	done()
-	s.prom.Handshakes.Inc()
-	app, ok := s.opts.Apps.ByKey(key)
-	if !ok {
-		// pusher-js reads the code from the pusher:error, or from the
-		// close frame: both say 4001, so it does not retry.
-		refuse(nc, protocol.CodeAppNotFound, "Application does not exist")
-		return
-	}
-	if !protocol.OriginAllowed(origin, app.AllowedOrigins) {
-		// Reverb sends 4009 but leaves the socket open; Resound closes it.
-		s.prom.Error(protocol.CodeUnauthorized, app.ID)
-		refuse(nc, protocol.CodeUnauthorized, "Origin not allowed")
-		return
-	}
-	counted := false
-	if app.MaxConnections > 0 {
-		ctx, cancel := context.WithTimeout(s.baseCtx, s.opts.HandshakeTimeout)
-		err := s.acquireConnectionSlot(ctx, app)
-		cancel()
-		switch {
-		case errors.Is(err, counts.ErrOverQuota):
-			s.prom.Error(protocol.CodeOverQuota, app.ID)
-			refuse(nc, protocol.CodeOverQuota, "Application is over connection quota")
-			return
-		case err != nil:
-			// The count could not be read or written (NATS away, a key
-			// too contended): not the client's quota, so not 4004, which
-			// tells pusher-js never to retry. 4100 tells it to back off
-			// and come back.
-			s.log.Warn().Err(err).Msg("counting connections")
-			s.prom.Error(protocol.CodeOverCapacity, app.ID)
-			refuse(nc, protocol.CodeOverCapacity, "Server is busy, try again")
-			return
-		}
-		counted = true
-	}
-	_ = nc.SetDeadline(time.Time{})
-	if err := s.attach(nc, app, counted, slot); err != nil {
-		if counted {
-			s.releaseConnectionSlot(app)
-		}
-		s.log.Warn().Err(err).Msg("attaching connection")
-		_ = nc.Close()
-		return
-	}
-	slot = nil // the connection holds it now
+	h := s.handshakePool.Get().(*handshake)
+	h.nc, h.trusted, h.slot = nc, trusted, slot
+	go h.run()
 }
 
 // handshakeFailed closes a socket whose handshake went wrong, answering
@@ -756,14 +586,6 @@ func readHead(br *bufio.Reader) ([]byte, error) {
 func isWebSocketPath(line []byte, prefix string) bool {
 	rest, ok := bytes.CutPrefix(line, []byte("GET "))
 	return ok && bytes.HasPrefix(rest, []byte(prefix))
-}
-
-func (s *Server) putReader(br *bufio.Reader) {
-	if br == nil {
-		return
-	}
-	br.Reset(nil)
-	s.readers.Put(br)
 }
 
 // refuse finishes an upgraded connection that may not stay: a pusher:error
