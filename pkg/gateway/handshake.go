@@ -87,8 +87,9 @@ func (h *handshake) run() {
 		s.handshakeFailed(h.nc, err)
 		return
 	}
-	h.done()
 	s.prom.Handshakes.Inc()
+	// Still counted as a handshake: a refused upgrade (an unknown key, a
+	// bad origin, a full quota) lingers up to 2 s on this goroutine.
 	h.establish()
 }
 
