@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Limits bound what one HTTP API call may trigger. The defaults are
@@ -123,6 +124,11 @@ func decodeObject(body []byte, dst any) error {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 || body[0] != '{' {
 		return badRequest("the body must be a JSON object")
+	}
+	// encoding/json would quietly replace invalid UTF-8 with U+FFFD, so
+	// subscribers would get other bytes than the producer sent: refuse it.
+	if !utf8.Valid(body) {
+		return badRequest("the body is not valid UTF-8")
 	}
 	if err := json.Unmarshal(body, dst); err != nil {
 		var typeErr *json.UnmarshalTypeError

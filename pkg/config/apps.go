@@ -3,7 +3,9 @@ package config
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 )
@@ -190,18 +192,24 @@ func readAppsFile(path string) ([]App, error) {
 	raw = bytes.TrimSpace(raw)
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
+	var apps []App
 	if len(raw) > 0 && raw[0] == '[' {
-		var apps []App
 		if err := dec.Decode(&apps); err != nil {
 			return nil, err
 		}
-		return apps, nil
+	} else {
+		var f appsFile
+		if err := dec.Decode(&f); err != nil {
+			return nil, err
+		}
+		apps = f.Apps
 	}
-	var f appsFile
-	if err := dec.Decode(&f); err != nil {
-		return nil, err
+	// Decode reads one JSON value; without this check a second object
+	// (two files concatenated, a bad merge) would be silently ignored.
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("unexpected data after the apps")
 	}
-	return f.Apps, nil
+	return apps, nil
 }
 
 // WithApp returns a copy of c whose apps are exactly app, with the process

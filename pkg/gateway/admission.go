@@ -64,23 +64,29 @@ const maxRejecting = 256
 const rejectLinger = time.Second
 
 // reject answers a refused socket with an HTTP error response and closes
-// it. When a goroutine is free it first waits a moment for the client's
-// request, so that a client that writes before it reads gets the response
-// rather than a reset, and reads what follows before closing; under a
-// flood the socket is answered and closed at once.
-func (s *Server) reject(nc net.Conn, response []byte) {
-	_ = nc.SetDeadline(time.Now().Add(rejectLinger))
+// it, reading what the client still sends for a moment so that the
+// response is not lost to a reset. unread is true when nothing of the
+// request has been read yet (refused at accept): the answer then waits a
+// moment for it, so that a client that writes before it reads gets the
+// response. Under a flood there is no goroutine to spare: the socket is
+// answered and closed at once.
+func (s *Server) reject(nc net.Conn, response []byte, unread bool) {
 	select {
 	case s.rejecting <- struct{}{}:
 	default:
+		_ = nc.SetWriteDeadline(time.Now().Add(rejectLinger))
 		_, _ = nc.Write(response)
 		_ = nc.Close()
 		return
 	}
 	go func() {
 		defer func() { <-s.rejecting }()
-		var buf [1024]byte
-		_, _ = nc.Read(buf[:]) // the request, or what of it has come
+		if unread {
+			var buf [1024]byte
+			_ = nc.SetReadDeadline(time.Now().Add(rejectLinger))
+			_, _ = nc.Read(buf[:])
+		}
+		_ = nc.SetDeadline(time.Now().Add(rejectLinger))
 		_, _ = nc.Write(response)
 		lingerClose(nc)
 	}()

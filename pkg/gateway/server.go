@@ -428,7 +428,7 @@ func (s *Server) admit(nc net.Conn) {
 	if s.handshakes.Add(1) > int64(s.opts.MaxHandshakes) {
 		s.handshakes.Add(-1)
 		s.limitHit(metrics.LimitHandshakes, nil)
-		s.reject(nc, response503)
+		s.reject(nc, response503, true)
 		return
 	}
 	peer := peerAddr(nc)
@@ -441,7 +441,7 @@ func (s *Server) admit(nc net.Conn) {
 		if slot, ok = s.perIP.acquire(peer); !ok {
 			s.handshakes.Add(-1)
 			s.limitHit(metrics.LimitConnectionsPerIP, nil)
-			s.reject(nc, response429)
+			s.reject(nc, response429, true)
 			return
 		}
 	}
@@ -495,7 +495,7 @@ func (s *Server) handshake(nc net.Conn, trusted bool, slot *ipSlot) {
 			var ok bool
 			if slot, ok = s.perIP.acquire(addr); !ok {
 				s.limitHit(metrics.LimitConnectionsPerIP, nil)
-				s.reject(nc, response429)
+				s.reject(nc, response429, false)
 				return
 			}
 			trusted = false // the client is known: X-Forwarded-For is not needed
@@ -510,7 +510,7 @@ func (s *Server) handshake(nc net.Conn, trusted bool, slot *ipSlot) {
 		if s.httpOpen.Add(1) > int64(s.opts.MaxHTTPConnections) {
 			s.httpOpen.Add(-1)
 			s.limitHit(metrics.LimitHTTPConnections, nil)
-			s.reject(nc, response503)
+			s.reject(nc, response503, false)
 			return
 		}
 		// The first request's head is read here, within the same bounds
@@ -640,16 +640,16 @@ func (s *Server) handshakeFailed(nc net.Conn, err error) {
 	switch {
 	case errors.Is(err, errHeadTooLarge):
 		s.limitHit(metrics.LimitRequestHead, nil)
-		s.reject(nc, response431)
+		s.reject(nc, response431, false)
 	case errors.Is(err, errLineTooLong):
 		s.limitHit(metrics.LimitRequestHead, nil)
-		s.reject(nc, response414)
+		s.reject(nc, response414, false)
 	case errors.As(err, &ne) && ne.Timeout():
 		s.limitHit(metrics.LimitHandshakeTimeout, nil)
 		_ = nc.Close()
 	case errors.Is(err, proxyproto.ErrNoProxyProtocol), errors.Is(err, proxyproto.ErrCantReadVersion1Header),
 		errors.Is(err, proxyproto.ErrLineMustEndWithCrlf):
-		s.reject(nc, response400)
+		s.reject(nc, response400, false)
 	default:
 		// gobwas has answered a bad upgrade with a 4xx already; anything
 		// else is a socket that went away.

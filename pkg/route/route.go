@@ -174,7 +174,9 @@ func (e Envelope) ID() uint64 {
 	return e.Seq<<4 | uint64(e.Event&0xF)
 }
 
-// ParseDelivery decodes an envelope without copying.
+// ParseDelivery decodes an envelope without copying. Each slice is capped
+// at its own end, so that appending to one copies instead of overwriting
+// the frame behind it or whatever follows the message in its buffer.
 func ParseDelivery(b []byte) (Envelope, error) {
 	if len(b) < 11 || b[0] != envelopeVersion {
 		return Envelope{}, ErrBadEnvelope
@@ -183,5 +185,5 @@ func ParseDelivery(b []byte) (Envelope, error) {
 	if len(b) < 11+n {
 		return Envelope{}, ErrBadEnvelope
 	}
-	return Envelope{Seq: binary.BigEndian.Uint64(b[1:9]), Event: b[9], ExcludeSocketID: b[11 : 11+n], Frame: b[11+n:]}, nil
+	return Envelope{Seq: binary.BigEndian.Uint64(b[1:9]), Event: b[9], ExcludeSocketID: b[11 : 11+n : 11+n], Frame: b[11+n : len(b) : len(b)]}, nil
 }
