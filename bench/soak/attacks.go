@@ -117,12 +117,12 @@ func attackCases(withPanics bool) []attackCase {
 			return fmt.Sprintf("260 connections: %d accepted, %d refused with 429", len(res.Conns), refused), map[string]int{"connections_per_ip": refused}, p
 		}},
 		{"ping flood", "one pong held per connection (RFC 6455 §5.5.3)", func(ctx context.Context, a *attacker) (string, map[string]int, []string) {
-			res := attack.PingFlood(ctx, a.g.target, attack.PingFloodOptions{Conns: 50, Pings: 500, Payload: 125, Source: a.source("ping-flood")})
+			res := attack.PingFlood(ctx, a.g.target, attack.PingFloodOptions{Conns: 50, Pings: 2000, Payload: 125, Source: a.source("ping-flood")})
 			var p []string
 			if res.Conns != 50 || res.Alive != res.Conns {
 				p = append(p, fmt.Sprintf("%d of 50 connected, %d still answered, closes %v", res.Conns, res.Alive, res.Closes))
 			}
-			return fmt.Sprintf("50 connections × 500 pings never read: %d alive after, at most %d pongs waiting", res.Alive, res.PongsBuffered), nil, p
+			return fmt.Sprintf("50 connections × 2,000 pings never read: %d alive after, at most %d pongs waiting", res.Alive, res.PongsBuffered), nil, p
 		}},
 		{"slow readers", "RESOUND_MAX_OUTBOUND (64 KiB): cut off", func(ctx context.Context, a *attacker) (string, map[string]int, []string) {
 			res := attack.SlowReaders(ctx, a.g.target, attack.SlowReadersOptions{Conns: 100, Channel: "soak-busy", EventSize: 8000, Events: 60, Source: a.source("slow-readers")})
@@ -170,7 +170,7 @@ func attackCases(withPanics bool) []attackCase {
 			return fmt.Sprintf("%d broken frames", proto+big), map[string]int{"protocol_error": proto, "message_size": big}, p
 		}},
 		{"trickled frame", "reassembly linear in the frame's size", func(ctx context.Context, a *attacker) (string, map[string]int, []string) {
-			tr := attack.TrickledMessage(ctx, a.g.target, "soak-trickle", 4000, time.Millisecond, a.source("trickle"))
+			tr := attack.TrickledMessage(ctx, a.g.target, "soak-trickle", 10000, time.Millisecond, a.source("trickle"))
 			var p []string
 			if !tr.Answered {
 				p = append(p, fmt.Sprintf("a %d-byte frame sent a byte at a time was not answered: %v", tr.Size, tr.Err))

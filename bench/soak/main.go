@@ -112,19 +112,37 @@ func envBool(name string) bool {
 	return v != "" && v != "0" && v != "false" && v != "no"
 }
 
+// defaults are the load of `go tool task soak`: on this 2-core machine
+// the soak's own processes (gateways, worker, nats-server, loadgen, the
+// soak itself) take about one core between them, each gateway about a
+// fifth of one, well below saturation, so that the run measures leaks
+// rather than a box out of breath, and leaves room for others.
+func defaults() options {
+	return options{duration: time.Hour, fanoutRate: 500, fanoutConns: 300, fanoutChannels: 10,
+		churnRate: 100, presence: 60, bystanderRate: 20, attackGap: 5 * time.Second}
+}
+
+// autoSample is the sampling interval when none is given: 10 s, or less
+// for runs under 6 minutes (duration/36, at least 2 s), so that a short
+// check still has windows of several samples.
+func autoSample(d time.Duration) time.Duration {
+	return min(10*time.Second, max(2*time.Second, d/36))
+}
+
 func parse(args []string, stderr io.Writer) (options, error) {
 	var o options
+	d := defaults()
 	fs := flag.NewFlagSet("soak", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.DurationVar(&o.duration, "duration", envDuration("SOAK_DURATION", time.Hour), "how long the load runs (env SOAK_DURATION)")
+	fs.DurationVar(&o.duration, "duration", envDuration("SOAK_DURATION", d.duration), "how long the load runs (env SOAK_DURATION)")
 	fs.DurationVar(&o.sample, "sample", envDuration("SOAK_SAMPLE", 0), "sampling interval (env SOAK_SAMPLE; default 10s, less for runs under 6 minutes: duration/36, at least 2s)")
-	fs.Float64Var(&o.fanoutRate, "fanout-rate", envFloat("SOAK_FANOUT_RATE", 500), "loadgen fanout: events per second (env SOAK_FANOUT_RATE)")
-	fs.IntVar(&o.fanoutConns, "fanout-conns", envInt("SOAK_FANOUT_CONNS", 300), "loadgen fanout: subscribers over both gateways (env SOAK_FANOUT_CONNS)")
-	fs.IntVar(&o.fanoutChannels, "fanout-channels", envInt("SOAK_FANOUT_CHANNELS", 10), "loadgen fanout: channels (env SOAK_FANOUT_CHANNELS)")
-	fs.Float64Var(&o.churnRate, "churn-rate", envFloat("SOAK_CHURN_RATE", 100), "loadgen churn: connections per second on each gateway (env SOAK_CHURN_RATE)")
-	fs.IntVar(&o.presence, "presence", envInt("SOAK_PRESENCE", 60), "presence members coming and going at once (env SOAK_PRESENCE)")
-	fs.Float64Var(&o.bystanderRate, "bystander-rate", envFloat("SOAK_BYSTANDER_RATE", 20), "bystander: events per second on the attacked gateway (env SOAK_BYSTANDER_RATE)")
-	fs.DurationVar(&o.attackGap, "attack-gap", envDuration("SOAK_ATTACK_GAP", 5*time.Second), "pause between two attacks (env SOAK_ATTACK_GAP)")
+	fs.Float64Var(&o.fanoutRate, "fanout-rate", envFloat("SOAK_FANOUT_RATE", d.fanoutRate), "loadgen fanout: events per second (env SOAK_FANOUT_RATE)")
+	fs.IntVar(&o.fanoutConns, "fanout-conns", envInt("SOAK_FANOUT_CONNS", d.fanoutConns), "loadgen fanout: subscribers over both gateways (env SOAK_FANOUT_CONNS)")
+	fs.IntVar(&o.fanoutChannels, "fanout-channels", envInt("SOAK_FANOUT_CHANNELS", d.fanoutChannels), "loadgen fanout: channels (env SOAK_FANOUT_CHANNELS)")
+	fs.Float64Var(&o.churnRate, "churn-rate", envFloat("SOAK_CHURN_RATE", d.churnRate), "loadgen churn: connections per second on each gateway (env SOAK_CHURN_RATE)")
+	fs.IntVar(&o.presence, "presence", envInt("SOAK_PRESENCE", d.presence), "presence members coming and going at once (env SOAK_PRESENCE)")
+	fs.Float64Var(&o.bystanderRate, "bystander-rate", envFloat("SOAK_BYSTANDER_RATE", d.bystanderRate), "bystander: events per second on the attacked gateway (env SOAK_BYSTANDER_RATE)")
+	fs.DurationVar(&o.attackGap, "attack-gap", envDuration("SOAK_ATTACK_GAP", d.attackGap), "pause between two attacks (env SOAK_ATTACK_GAP)")
 	fs.BoolVar(&o.panics, "panics", envBool("SOAK_PANICS"), "build the gateways with -tags faultinject and add the injected panics to the attacks (env SOAK_PANICS)")
 	fs.DurationVar(&o.settleTimeout, "settle-timeout", envDuration("SOAK_SETTLE_TIMEOUT", 4*time.Minute), "how long to wait, once the load stopped, for the cluster to let go (env SOAK_SETTLE_TIMEOUT)")
 	fs.StringVar(&o.results, "results", "bench/results", "directory that gets the soak-<stamp> results directory")
@@ -140,7 +158,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-duration must be at least 1m")
 	}
 	if o.sample <= 0 {
-		o.sample = min(10*time.Second, max(2*time.Second, o.duration/36))
+		o.sample = autoSample(o.duration)
 	}
 	return o, nil
 }

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -51,7 +50,7 @@ type presenceDriver struct {
 
 	sessions, signins, joins, leavesClean, leavesAbrupt atomic.Int64
 	clientSent, clientRecv, added, removed              atomic.Int64
-	cacheHits, cacheMisses, watchlist, pings            atomic.Int64
+	cacheEvents, cacheMisses, watchlist, pings          atomic.Int64
 
 	mu sync.Mutex
 	// refused counts connections a bound refused (503 while the
@@ -306,7 +305,7 @@ func (s *session) read() {
 				d.problem("client event without user_id", string(m.Raw))
 			}
 		case cacheEvent:
-			d.cacheHits.Add(1)
+			d.cacheEvents.Add(1)
 		case "pusher_internal:watchlist_events":
 			d.watchlist.Add(1)
 		case protocol.EventSubscriptionCount:
@@ -323,7 +322,7 @@ type PresenceResult struct {
 	LeavesClean, Abrupt      int64
 	ClientSent, ClientRecv   int64
 	MemberAdded, Removed     int64
-	CacheHits, CacheMisses   int64
+	CacheEvents, CacheMisses int64
 	Watchlist, Pings         int64
 	Refused                  map[string]int
 	ConnFailures             map[string]int
@@ -340,7 +339,7 @@ func (d *presenceDriver) result() PresenceResult {
 		LeavesClean: d.leavesClean.Load(), Abrupt: d.leavesAbrupt.Load(),
 		ClientSent: d.clientSent.Load(), ClientRecv: d.clientRecv.Load(),
 		MemberAdded: d.added.Load(), Removed: d.removed.Load(),
-		CacheHits: d.cacheHits.Load(), CacheMisses: d.cacheMisses.Load(),
+		CacheEvents: d.cacheEvents.Load(), CacheMisses: d.cacheMisses.Load(),
 		Watchlist: d.watchlist.Load(), Pings: d.pings.Load(),
 		Refused: clone(d.refused), ConnFailures: clone(d.connFails), Problems: clone(d.problems),
 		Examples: append([]string(nil), d.examples...),
@@ -353,15 +352,6 @@ func clone(m map[string]int) map[string]int {
 		out[k] = v
 	}
 	return out
-}
-
-func sortedKeys(m map[string]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // cacheEvent is what the cache ticker triggers on the cache channels.

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -173,7 +174,9 @@ func charts(r *report) map[string][]byte {
 	series := func(name string, color int, f func(Sample) float64) plot.Series {
 		s := plot.Series{Name: name, Color: palette[color%len(palette)]}
 		for _, smp := range samples {
-			if v := f(smp); !math.IsNaN(v) {
+			// The baseline is in the table; on the plot its few seconds
+			// before zero would only widen the axis.
+			if v := f(smp); !math.IsNaN(v) && smp.T >= 0 {
 				s.Points = append(s.Points, plot.Point{X: smp.T / 60, Y: v})
 			}
 		}
@@ -278,26 +281,27 @@ func (r *report) markdown(imgDir string) string {
 			continue
 		}
 		p("| churn | `loadgen churn` on gateway-%d: connect, subscribe (10 channels), hold 1 s, close | %s connections/s | %s completed; failures %s |\n",
-			i+1, num1(c.Settings.Rate), thousands(float64(c.Churn.Completed)), mapWords(c.Conns.Failures))
+			i+1, num1(c.Settings.Rate), thousands(float64(c.Churn.Completed)), mapWords(c.Conns.Failures, " "))
 	}
 	pr := ld.Presence
 	p("| presence | %d members on %d presence channels over both gateways, as %d users; half sign in (`pusher:signin`, with a watchlist), half also read a cache channel; each stays 6–18 s, half unsubscribe, half drop the socket | 1 client event/s per member | %s sessions, %s joins, %s sign-ins; %s client events sent, %s received; %s member_added, %s member_removed; refused at connect (an attack holding a bound) %s |\n",
 		pr.Members, pr.Channels, pr.Users, thousands(float64(pr.Sessions)), thousands(float64(pr.Joins)), thousands(float64(pr.Signins)),
-		thousands(float64(pr.ClientSent)), thousands(float64(pr.ClientRecv)), thousands(float64(pr.MemberAdded)), thousands(float64(pr.Removed)), mapWordsInt(pr.Refused))
+		thousands(float64(pr.ClientSent)), thousands(float64(pr.ClientRecv)), thousands(float64(pr.MemberAdded)), thousands(float64(pr.Removed)), mapWords(pr.Refused, " × "))
 	p("| cache | an event on 4 cache channels through gateway-2's API | every 2 s | %s triggers, %d refused |\n", thousands(float64(ld.CacheSent)), ld.CacheFail)
 	runs := 0
 	for _, a := range r.Attacks {
 		runs += a.Runs
 	}
-	p("| attacks | the %d attacks below, one after the other, 5 s apart, on gateway-1, each from its own address | a cycle every ~%s | %d attacks run |\n",
-		len(r.Attacks), cycleWords(r), runs)
+	p("| attacks | the %d attacks below, one after the other, %s apart, on gateway-1, each from its own address | a cycle every ~%s | %d attacks run |\n",
+		len(r.Attacks), secs(r.AttackGapS), cycleWords(r), runs)
+	p("\nConnections refused with 503 on gateway-1 (churn, presence) are the slowloris attack at work: it holds all of `RESOUND_MAX_HANDSHAKES` for up to `RESOUND_HANDSHAKE_TIMEOUT`, and the bound refuses everyone meanwhile, as it must; the per-address cap (`RESOUND_MAX_CONNECTIONS_PER_IP`) lies above it here.\n")
 
 	p("\nCPU over the load, in %% of one core: ")
 	var parts []string
 	for _, c := range r.CPU {
 		parts = append(parts, fmt.Sprintf("%s %s", c.Name, num1(c.Percent)))
 	}
-	p("%s; the whole machine %s of %d00.\n", strings.Join(parts, ", "), num1(r.MachineBusy), m.CPUs)
+	p("%s; the whole machine %s of %d.\n", strings.Join(parts, ", "), num1(r.MachineBusy), 100*m.CPUs)
 
 	p("\n#### Verdict: %s\n\n", verdictWord(r.Pass))
 	p("Judged from minute %s (%s) to the end of the load; a window's level is taken over %s.\n\n", clock(r.FromS), r.FromWhy, secs(r.WindowS))
@@ -341,34 +345,21 @@ func cycleWords(r *report) string {
 
 func num1(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 
-func mapWords(m map[string]int64) string {
+// mapWords lists a map's counts by key: "handshake_status_503 12, timeout 1".
+func mapWords[V int | int64](m map[string]V, sep string) string {
 	if len(m) == 0 {
 		return "none"
 	}
-	var parts []string
-	for _, k := range sortedKeys64(m) {
-		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
-	}
-	return strings.Join(parts, ", ")
-}
-
-func mapWordsInt(m map[string]int) string {
-	if len(m) == 0 {
-		return "none"
-	}
-	var parts []string
-	for _, k := range sortedKeys(m) {
-		parts = append(parts, fmt.Sprintf("%s × %d", k, m[k]))
-	}
-	return strings.Join(parts, ", ")
-}
-
-func sortedKeys64(m map[string]int64) []string {
-	c := make(map[string]int, len(m))
+	keys := make([]string, 0, len(m))
 	for k := range m {
-		c[k] = 0
+		keys = append(keys, k)
 	}
-	return sortedKeys(c)
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s%s%d", k, sep, m[k]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // console is what the soak prints at the end.

@@ -103,7 +103,8 @@ func checks(r *report) map[string]Check {
 }
 
 func TestEvaluate(t *testing.T) {
-	o := options{duration: time.Hour, sample: 10 * time.Second}
+	o := defaults()
+	o.sample = 10 * time.Second
 	attacks := []AttackRecord{{Round: 0, Name: "a", T: 1}, {Round: 1, Name: "a", T: 100}}
 	cases := []attackCase{{name: "a", bound: "b"}}
 	flat := func(t float64) GatewayStats {
@@ -193,7 +194,8 @@ func TestProcReading(t *testing.T) {
 }
 
 func TestOutputs(t *testing.T) {
-	o := options{duration: 3 * time.Minute, sample: 5 * time.Second}
+	o := defaults()
+	o.duration, o.sample = 3*time.Minute, 5*time.Second
 	samples := synthetic(3*time.Minute, 5*time.Second, func(t float64) GatewayStats { return gw(30<<20, 100, 200, 180) })
 	r := evaluate(evalInput{o: o, samples: samples, cases: []attackCase{{name: "a", bound: "b|c"}}, attacks: []AttackRecord{{Name: "a", Detail: "fine"}},
 		loads: exactLoads(), loadSeconds: 180, settled: true, settleNote: "after 60 s"})
@@ -229,11 +231,20 @@ func TestOutputs(t *testing.T) {
 		}
 	}
 	md := r.markdown("img")
-	for _, want := range []string{"**PASS**", "`SOAK_DURATION=3m0s go tool task soak`", "#### Verdict: PASS", "| fan-out exact | PASS |",
+	for _, want := range []string{"**PASS**", "`SOAK_DURATION=3m go tool task soak`", "#### Verdict: PASS", "| fan-out exact | PASS |",
 		"(img/soak-memory.svg)", `b\|c`, "| gateway-1 RSS (MiB), median | 30.0 | 30.0 | 30.0 | 30.0 |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
+	}
+	if got := command(options{duration: 2 * time.Hour, sample: 7 * time.Second, panics: true, fanoutRate: 100}); got !=
+		"SOAK_DURATION=2h SOAK_SAMPLE=7s SOAK_FANOUT_RATE=100 SOAK_FANOUT_CONNS=0 SOAK_FANOUT_CHANNELS=0 SOAK_CHURN_RATE=0 SOAK_PRESENCE=0 SOAK_BYSTANDER_RATE=0 SOAK_ATTACK_GAP=0s SOAK_PANICS=1 go tool task soak" {
+		t.Errorf("command: %s", got)
+	}
+	d := defaults()
+	d.sample = autoSample(d.duration)
+	if got := command(d); got != "go tool task soak" {
+		t.Errorf("command of the defaults: %s", got)
 	}
 	if !strings.Contains(r.console(), "soak: PASS") {
 		t.Errorf("console: %s", r.console())

@@ -208,11 +208,12 @@ type report struct {
 	MachineBusy float64         `json:"machine_busy_percent"`
 	Attacks     []AttackSummary `json:"attacks"`
 	// CycleS is how long the first full cycle of attacks took.
-	CycleS   float64 `json:"attack_cycle_s"`
-	Loads    loads   `json:"loads"`
-	Settings string  `json:"gateway_settings"`
-	Panics   bool    `json:"faultinject"`
-	Command  string  `json:"command"`
+	CycleS     float64 `json:"attack_cycle_s"`
+	AttackGapS float64 `json:"attack_gap_s"`
+	Loads      loads   `json:"loads"`
+	Settings   string  `json:"gateway_settings"`
+	Panics     bool    `json:"faultinject"`
+	Command    string  `json:"command"`
 
 	samples []Sample
 	images  map[string][]byte
@@ -261,7 +262,7 @@ func evaluate(in evalInput) *report {
 		DurationS: in.loadSeconds, SampleS: in.o.sample.Seconds(), FromS: from.Seconds(), FromWhy: fromWhy, WindowS: width.Seconds(), CycleS: cycle,
 		StoppedS: in.stoppedAt, Settled: in.settled, SettleNote: in.settleNote, Loads: in.loads,
 		Attacks: summarizeAttacks(in.cases, in.attacks), Settings: settingsLine(), Panics: in.o.panics,
-		Interrupted: in.interrupted, samples: in.samples, Command: command(in.o),
+		Interrupted: in.interrupted, samples: in.samples, Command: command(in.o), AttackGapS: in.o.attackGap.Seconds(),
 	}
 	var base, settled Sample
 	for _, s := range in.samples {
@@ -477,14 +478,37 @@ func cpuShares(samples []Sample, gateways int) ([]CPUShare, float64) {
 	return out, pct(first.MachineBusy, last.MachineBusy)
 }
 
-// command is how to run this soak again.
+// command is how to run this soak again: the task, with the settings
+// that differ from the defaults.
 func command(o options) string {
+	d := defaults()
 	var env []string
-	if o.duration != time.Hour {
-		env = append(env, "SOAK_DURATION="+o.duration.String())
+	set := func(name string, differs bool, value string) {
+		if differs {
+			env = append(env, name+"="+value)
+		}
 	}
-	if o.panics {
-		env = append(env, "SOAK_PANICS=1")
-	}
+	set("SOAK_DURATION", o.duration != d.duration, shortDuration(o.duration))
+	set("SOAK_SAMPLE", o.sample != autoSample(o.duration), shortDuration(o.sample))
+	set("SOAK_FANOUT_RATE", o.fanoutRate != d.fanoutRate, ftoa(o.fanoutRate))
+	set("SOAK_FANOUT_CONNS", o.fanoutConns != d.fanoutConns, itoa(o.fanoutConns))
+	set("SOAK_FANOUT_CHANNELS", o.fanoutChannels != d.fanoutChannels, itoa(o.fanoutChannels))
+	set("SOAK_CHURN_RATE", o.churnRate != d.churnRate, ftoa(o.churnRate))
+	set("SOAK_PRESENCE", o.presence != d.presence, itoa(o.presence))
+	set("SOAK_BYSTANDER_RATE", o.bystanderRate != d.bystanderRate, ftoa(o.bystanderRate))
+	set("SOAK_ATTACK_GAP", o.attackGap != d.attackGap, shortDuration(o.attackGap))
+	set("SOAK_PANICS", o.panics, "1")
 	return strings.TrimSpace(strings.Join(env, " ") + " go tool task soak")
+}
+
+// shortDuration writes 1h rather than 1h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
