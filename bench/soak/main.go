@@ -393,7 +393,7 @@ func (s *soak) run(ctx context.Context) (*report, error) {
 		}
 		baseline = append(baseline, s.smp.take(ctx, phaseBaseline))
 	}
-	s.dumpGoroutines("baseline")
+	s.dumpProfiles("baseline")
 	last := baseline[len(baseline)-1].Gateways
 	s.logf("baseline: gateway RSS %.1f / %.1f MiB, goroutines %.0f / %.0f, fds %d / %d",
 		mib(last[0].RSS), mib(last[1].RSS), last[0].Goroutines, last[1].Goroutines, last[0].FDs, last[1].FDs)
@@ -502,7 +502,7 @@ func (s *soak) run(ctx context.Context) (*report, error) {
 	<-sampled
 	final := s.smp.take(context.Background(), phaseSettle)
 	s.record(final)
-	s.dumpGoroutines("settled")
+	s.dumpProfiles("settled")
 	s.logf("settled: %v %s", settled, why)
 
 	s.mu.Lock()
@@ -564,14 +564,21 @@ func (s *soak) awaitLoadgen(ctx context.Context, p *proc) (*loadgen.Summary, err
 	return sum, nil
 }
 
-// dumpGoroutines saves every gateway's goroutine profile (RESOUND_PPROF
-// serves it on the ops address), to compare the start with the end when a
-// count grew.
-func (s *soak) dumpGoroutines(when string) {
+// dumpProfiles saves every gateway's goroutine and heap profiles
+// (RESOUND_PPROF serves them on the ops address) before the load and
+// after it settled, so that a count or a heap that grew can be traced:
+// `go tool pprof -base heap-gateway-1-baseline.pb.gz heap-gateway-1-settled.pb.gz`.
+// The heap profile is taken after a garbage collection (gc=1), which is
+// why it is never taken while the load runs.
+func (s *soak) dumpProfiles(when string) {
 	for i, g := range s.cluster.gateways {
-		ok, b := httpOK("http://" + g.opsAddr + "/debug/pprof/goroutine?debug=1")
-		if ok {
-			_ = os.WriteFile(filepath.Join(s.dir, fmt.Sprintf("goroutines-gateway-%d-%s.txt", i+1, when)), b, 0o644)
+		for _, p := range []struct{ path, file string }{
+			{"goroutine?debug=1", "goroutines-gateway-%d-%s.txt"},
+			{"heap?gc=1", "heap-gateway-%d-%s.pb.gz"},
+		} {
+			if ok, b := httpOK("http://" + g.opsAddr + "/debug/pprof/" + p.path); ok {
+				_ = os.WriteFile(filepath.Join(s.dir, fmt.Sprintf(p.file, i+1, when)), b, 0o644)
+			}
 		}
 	}
 }

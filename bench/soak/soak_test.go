@@ -19,23 +19,27 @@ import (
 )
 
 func TestWindows(t *testing.T) {
+	nan := math.NaN()
 	for _, c := range []struct {
-		d, sample   time.Duration
-		cycleEnd    float64
-		from, width time.Duration
-		cycle       bool
+		d, sample       time.Duration
+		cycleEnd, cycle float64
+		from, width     time.Duration
+		atCycle         bool
 	}{
-		{time.Hour, 10 * time.Second, 90, 10 * time.Minute, time.Minute, false},
-		{time.Hour, 10 * time.Second, math.NaN(), 10 * time.Minute, time.Minute, false},
-		{3 * time.Minute, 5 * time.Second, math.NaN(), 30 * time.Second, 30 * time.Second, false},
-		{3 * time.Minute, 5 * time.Second, 77, 77 * time.Second, 30 * time.Second, true},
-		// A first cycle that ends too late to leave two windows is ignored.
-		{3 * time.Minute, 5 * time.Second, 130, 30 * time.Second, 30 * time.Second, false},
-		{2 * time.Hour, 10 * time.Second, 90, 10 * time.Minute, time.Minute, false},
+		// An hour: minute 10, windows of a whole cycle of attacks.
+		{time.Hour, 10 * time.Second, 90, 80, 10 * time.Minute, 80 * time.Second, false},
+		{time.Hour, 10 * time.Second, 90, 40, 10 * time.Minute, time.Minute, false},
+		{time.Hour, 10 * time.Second, nan, nan, 10 * time.Minute, time.Minute, false},
+		{2 * time.Hour, 10 * time.Second, 90, 80, 10 * time.Minute, 80 * time.Second, false},
+		// Three minutes: duration/6, or the end of the first cycle when
+		// it leaves two windows; windows of six samples.
+		{3 * time.Minute, 5 * time.Second, nan, nan, 30 * time.Second, 30 * time.Second, false},
+		{3 * time.Minute, 5 * time.Second, 77, 76, 77 * time.Second, 30 * time.Second, true},
+		{3 * time.Minute, 5 * time.Second, 130, 129, 30 * time.Second, 30 * time.Second, false},
 	} {
-		from, width, why := windows(c.d, c.sample, c.cycleEnd)
-		if from != c.from || width != c.width || strings.Contains(why, "cycle") != c.cycle {
-			t.Errorf("windows(%v, %v, %v) = %v, %v, %q; want %v, %v (cycle %v)", c.d, c.sample, c.cycleEnd, from, width, why, c.from, c.width, c.cycle)
+		from, width, why := windows(c.d, c.sample, c.cycleEnd, c.cycle)
+		if from != c.from || width != c.width || strings.Contains(why, "cycle") != c.atCycle {
+			t.Errorf("windows(%v, %v, %v, %v) = %v, %v, %q; want %v, %v (at the cycle's end %v)", c.d, c.sample, c.cycleEnd, c.cycle, from, width, why, c.from, c.width, c.atCycle)
 		}
 	}
 }
@@ -121,8 +125,8 @@ func TestEvaluate(t *testing.T) {
 	if !r.Pass {
 		t.Errorf("a flat run fails: %+v", r.Checks)
 	}
-	if r.FromS != 600 || r.WindowS != 60 || r.CycleS != 99 {
-		t.Errorf("judged from %v s with windows of %v s, cycle %v s; want 600, 60, 99", r.FromS, r.WindowS, r.CycleS)
+	if r.FromS != 600 || r.WindowS != 99 || r.CycleS != 99 {
+		t.Errorf("judged from %v s with windows of %v s, cycle %v s; want 600, 99, 99", r.FromS, r.WindowS, r.CycleS)
 	}
 
 	growing := func(t float64) GatewayStats {

@@ -53,18 +53,32 @@ const (
 // comes later: until every attack has run once, the gateway's heap has
 // not yet grown to the working set of the whole load, which is the
 // warm-up minute 10 is there to leave out. The levels compared are taken
-// over windows of min(1 minute, duration/12), and at least six samples,
-// so that a window holds a quiet moment between two attacks.
-func windows(d, sample time.Duration, cycleEnd float64) (from, width time.Duration, why string) {
+// over windows of min(1 minute, duration/12), at least six samples, so
+// that a window holds a quiet moment between two attacks, and, where the
+// run is long enough, a whole cycle of attacks (cycle seconds), so that
+// both windows see the same mix of them.
+func windows(d, sample time.Duration, cycleEnd, cycle float64) (from, width time.Duration, why string) {
 	from = min(10*time.Minute, d/6)
 	width = max(min(time.Minute, d/12), 6*sample)
 	why = "min(10 min, duration/6)"
-	if c := time.Duration(cycleEnd * float64(time.Second)); !math.IsNaN(cycleEnd) && c > from && c+width <= d-width {
+	if c := seconds(cycle); !math.IsNaN(cycle) && c > width && from+2*c <= d {
+		width = c
+	}
+	if c := seconds(cycleEnd); !math.IsNaN(cycleEnd) && c > from && c+2*width <= d {
 		from = c
 		why = "the end of the first full cycle of attacks, later than min(10 min, duration/6)"
 	}
 	return from, width, why
 }
+
+func zeroNaN(v float64) float64 {
+	if math.IsNaN(v) {
+		return 0
+	}
+	return v
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 // level aggregates f over the load samples in [from, to] seconds.
 func level(samples []Sample, from, to float64, f func(Sample) float64, agg func([]float64) float64) (float64, int) {
@@ -248,8 +262,7 @@ func streamf(name string) func(Sample) float64 {
 
 // evaluate judges a run from its samples and the loads' results.
 func evaluate(in evalInput) *report {
-	cycleEnd := math.NaN()
-	var cycle float64
+	cycleEnd, cycle := math.NaN(), math.NaN()
 	for _, a := range in.attacks {
 		if a.Round == 1 {
 			cycleEnd = a.T
@@ -257,9 +270,9 @@ func evaluate(in evalInput) *report {
 			break
 		}
 	}
-	from, width, fromWhy := windows(in.o.duration, in.o.sample, cycleEnd)
+	from, width, fromWhy := windows(in.o.duration, in.o.sample, cycleEnd, cycle)
 	r := &report{
-		DurationS: in.loadSeconds, SampleS: in.o.sample.Seconds(), FromS: from.Seconds(), FromWhy: fromWhy, WindowS: width.Seconds(), CycleS: cycle,
+		DurationS: in.loadSeconds, SampleS: in.o.sample.Seconds(), FromS: from.Seconds(), FromWhy: fromWhy, WindowS: width.Seconds(), CycleS: zeroNaN(cycle),
 		StoppedS: in.stoppedAt, Settled: in.settled, SettleNote: in.settleNote, Loads: in.loads,
 		Attacks: summarizeAttacks(in.cases, in.attacks), Settings: settingsLine(), Panics: in.o.panics,
 		Interrupted: in.interrupted, samples: in.samples, Command: command(in.o), AttackGapS: in.o.attackGap.Seconds(),
