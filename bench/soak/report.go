@@ -317,7 +317,7 @@ func (r *report) markdown(imgDir string) string {
 		}
 		p("| %s%s, %s | %s | %s | %s | %s |\n", row.What, unit, row.Agg, cellf(row.Baseline, row.Unit), cellf(row.Start, row.Unit), cellf(row.End, row.Unit), cellf(row.Settled, row.Unit))
 	}
-	p("\nA window's *median* is its typical level; its *floor* the quietest moment (goroutines and descriptors rise while an attack holds sockets, so a leak shows as a rising floor); *max* for the /metrics series, which must stay bounded.\n")
+	p("\nEach level is the median of its window, which leaves out the few seconds an attack holds (or has refused) a hundred sockets; *max* for the /metrics series, which must stay bounded. \"Before the load\" and \"after settling\" are single samples.\n")
 
 	p("\n#### Attacks\n\n| attack | bound | runs | broke the bound | last run |\n|---|---|---|---|---|\n")
 	for _, a := range r.Attacks {
