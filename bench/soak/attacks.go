@@ -127,7 +127,12 @@ func attackCases(withPanics bool) []attackCase {
 		{"slow readers", "RESOUND_MAX_OUTBOUND (64 KiB): cut off", func(ctx context.Context, a *attacker) (string, map[string]int, []string) {
 			res := attack.SlowReaders(ctx, a.g.target, attack.SlowReadersOptions{Conns: 100, Channel: "soak-busy", EventSize: 8000, Events: 60, Source: a.source("slow-readers")})
 			var p []string
-			if res.Err != nil || res.CutOff != res.Subscribed || res.Stuck > 0 {
+			// The bound is on what the gateway holds: a reader whose
+			// kernel buffers took all 480 KB (the server's send buffer
+			// grows with the congestion window, which a busy loopback can
+			// open wide) is never over it, and rightly not cut off; it
+			// must then have had every event. None may be left stuck.
+			if res.Err != nil || res.Stuck > 0 || res.CutOff+res.StillOpen != res.Subscribed || res.CutOff < res.Subscribed*9/10 {
 				p = append(p, fmt.Sprintf("%d subscribed, %d cut off, %d got everything, %d stuck, error %v", res.Subscribed, res.CutOff, res.StillOpen, res.Stuck, res.Err))
 			}
 			return fmt.Sprintf("%d readers that never read: %d cut off", res.Subscribed, res.CutOff), map[string]int{"outbound": res.CutOff}, p

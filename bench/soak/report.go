@@ -215,7 +215,9 @@ func charts(r *report) map[string][]byte {
 	}
 }
 
-func secs(s float64) string { return (time.Duration(s * float64(time.Second))).String() }
+func secs(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(100 * time.Millisecond).String()
+}
 
 func verdictWord(pass bool) string {
 	if pass {
