@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+
+	"github.com/resoundhq/resound/internal/machine"
 )
 
 // The app every target is started with and loadgen connects as. They are
@@ -23,7 +25,7 @@ type Index struct {
 	Quick       bool           `json:"quick"`
 	Repeats     int            `json:"repeats"`
 	Interrupted bool           `json:"interrupted,omitempty"`
-	Machine     Machine        `json:"machine"`
+	Machine     machine.Info   `json:"machine"`
 	Targets     []TargetStatus `json:"targets"`
 	Workloads   []Workload     `json:"workloads"`
 	Runs        []RunRecord    `json:"runs"`

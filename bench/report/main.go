@@ -35,6 +35,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/internal/machine"
 	"github.com/resoundhq/resound/pkg/logging"
 )
 
@@ -253,7 +254,7 @@ func bench(ctx context.Context, o options, root string, log zerolog.Logger) (str
 	if err != nil {
 		return "", nil, err
 	}
-	idx := &Index{Started: started.Format(time.RFC3339), Quick: o.quick, Repeats: o.repeats, Machine: ReadMachine(), Workloads: workloads}
+	idx := &Index{Started: started.Format(time.RFC3339), Quick: o.quick, Repeats: o.repeats, Machine: machine.Read(), Workloads: workloads}
 	idx.Machine.OpenFiles = openFiles
 	r := &runner{root: root, dir: absDir, loadgen: lg, nextPort: o.port, firstPort: o.port, settle: o.settle, readyTimeout: o.readyTimeout}
 
@@ -305,7 +306,7 @@ func bench(ctx context.Context, o options, root string, log zerolog.Logger) (str
 		}
 	}
 	idx.Finished = time.Now().UTC().Format(time.RFC3339)
-	idx.Machine.LoadEnd = loadAvg()
+	idx.Machine.LoadEnd = machine.LoadAvg()
 	return dir, idx, idx.save(dir)
 }
 

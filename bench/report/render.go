@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/resoundhq/resound/internal/plot"
 	"github.com/resoundhq/resound/pkg/loadgen"
 )
 
@@ -283,9 +284,9 @@ func (b *builder) idle(ws []Workload) section {
 
 	sec := section{Title: "Idle memory: server RSS against subscribed connections"}
 	var rows [][]string
-	var series []Series
+	var series []plot.Series
 	for _, t := range b.ran {
-		ser := Series{Name: t.Title, Color: t.Color, Markers: true}
+		ser := plot.Series{Name: t.Title, Color: t.Color, Markers: true}
 		var befores []float64
 		for _, w := range ws {
 			rs := b.runs[t.Name][w.ID]
@@ -296,13 +297,13 @@ func (b *builder) idle(ws []Workload) section {
 			}
 		}
 		if st := Summarize(befores); st.N > 0 {
-			ser.Points = append(ser.Points, Point{X: 0, Y: st.Median, YLo: st.Min, YHi: st.Max})
+			ser.Points = append(ser.Points, plot.Point{X: 0, Y: st.Median, YLo: st.Min, YHi: st.Max})
 		}
 		for _, w := range ws {
 			rs := b.runs[t.Name][w.ID]
 			a := rs.stat(after)
 			if a.N > 0 {
-				ser.Points = append(ser.Points, Point{X: float64(w.Conns), Y: a.Median, YLo: a.Min, YHi: a.Max})
+				ser.Points = append(ser.Points, plot.Point{X: float64(w.Conns), Y: a.Median, YLo: a.Min, YHi: a.Max})
 			}
 		}
 		series = append(series, ser)
@@ -344,7 +345,7 @@ func (b *builder) idle(ws []Workload) section {
 	}
 	sec.Notes = append(sec.Notes, "KiB per connection is (RSS holding them − RSS before) ÷ connections established, so it includes what the server allocates on its first connections.")
 	name := "bench-rss.svg"
-	b.images[name] = Chart{
+	b.images[name] = plot.Chart{
 		Title:  "Server RSS against subscribed idle connections",
 		XLabel: "subscribed connections (over 100 channels)", YLabel: "RSS (MiB)",
 		XFrom0: true, YFrom0: true,
@@ -436,7 +437,7 @@ func (b *builder) latency(w Workload) section {
 	sent := fanoutGet(func(f *loadgen.FanoutStats) float64 { return f.EventsPerSec })
 	base := b.runs[resound][w.ID]
 	var rows [][]string
-	var series []Series
+	var series []plot.Series
 	for _, t := range b.ran {
 		rs := b.runs[t.Name][w.ID]
 		rows = append(rows, []string{
@@ -447,10 +448,10 @@ func (b *builder) latency(w Workload) section {
 			ratio(Ratio(rs.stat(p50), base.stat(p50))),
 			ratio(Ratio(rs.stat(p99), base.stat(p99))),
 		})
-		series = append(series, Series{Name: t.Title, Color: t.Color, Points: cdf(rs.latency())})
+		series = append(series, plot.Series{Name: t.Title, Color: t.Color, Points: cdf(rs.latency())})
 	}
 	name := "bench-" + w.ID + ".svg"
-	b.images[name] = Chart{
+	b.images[name] = plot.Chart{
 		Title:  w.Title(),
 		XLabel: "trigger-to-receipt latency (ms, log scale)", YLabel: "fraction of deliveries",
 		LogX: true, YFrom0: true, YMax: 1,
@@ -468,7 +469,7 @@ func (b *builder) latency(w Workload) section {
 
 // cdf samples a histogram's distribution: the latency (ms) under which
 // each fraction of deliveries arrived, finer in the tail.
-func cdf(h *loadgen.Hist) []Point {
+func cdf(h *loadgen.Hist) []plot.Point {
 	if h.Count() == 0 {
 		return nil
 	}
@@ -480,13 +481,13 @@ func cdf(h *loadgen.Hist) []Point {
 		qs = append(qs, q)
 	}
 	qs = append(qs, 0.99, 0.995, 0.999, 0.9999, 1)
-	var pts []Point
+	var pts []plot.Point
 	for _, q := range qs {
 		ms := float64(h.Quantile(q)) / 1e6
 		if ms <= 0 {
 			continue
 		}
-		pts = append(pts, Point{X: ms, Y: q})
+		pts = append(pts, plot.Point{X: ms, Y: q})
 	}
 	return pts
 }

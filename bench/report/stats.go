@@ -55,6 +55,9 @@ func sig(v float64) string {
 	}
 }
 
+// f1 formats v with one decimal: 27.3.
+func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
+
 // thousands writes an integer part with commas: 19,000.
 func thousands(v float64) string {
 	s := strconv.FormatFloat(math.Round(v), 'f', 0, 64)

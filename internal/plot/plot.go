@@ -1,4 +1,8 @@
-package main
+// Package plot draws the line charts of the benchmark and soak reports as
+// standalone SVG documents: no dependencies, and the same bytes for the
+// same data, so a regenerated plot only shows up in a diff when its
+// numbers changed.
+package plot
 
 import (
 	"bytes"
@@ -33,6 +37,15 @@ type Chart struct {
 	YMax   float64
 	Note   string // a line of small print under the x label
 	Series []Series
+	// Marks are vertical lines across the plot at given x values (a phase
+	// that starts, a window a verdict looks at), each with a label.
+	Marks []Mark
+}
+
+// Mark is a labelled vertical line.
+type Mark struct {
+	X     float64
+	Label string
 }
 
 // Plot area in SVG units; the legend sits to the right of it.
@@ -92,6 +105,14 @@ func (c Chart) SVG() []byte {
 		text(&b, padL+plotW/2, padT+plotH+58, "middle", "10", "", c.Note)
 	}
 	fmt.Fprintf(&b, `<text transform="translate(18 %d) rotate(-90)" text-anchor="middle" font-size="13" fill="%s">%s</text>`+"\n", padT+plotH/2, labelColor, esc(c.YLabel))
+	for _, m := range c.Marks {
+		if m.X < xlo || m.X > xhi || (c.LogX && m.X <= 0) {
+			continue
+		}
+		x := f1(sx(m.X))
+		fmt.Fprintf(&b, `<g class="mark"><line x1="%s" y1="%d" x2="%s" y2="%d" stroke="%s" stroke-width="1" stroke-dasharray="4 3"/>`, x, padT, x, padT+plotH, axisColor)
+		fmt.Fprintf(&b, `<text x="%s" y="%d" text-anchor="start" fill="%s" font-size="10">%s</text></g>`+"\n", f1(sx(m.X)+3), padT+11, labelColor, esc(m.Label))
+	}
 
 	for i, s := range c.Series {
 		pts := s.Points

@@ -1,4 +1,6 @@
-package main
+// Package machine describes the machine a benchmark or a soak ran on, for
+// the reports: on a shared 2-core box the numbers mean little without it.
+package machine
 
 import (
 	"os"
@@ -7,8 +9,8 @@ import (
 	"strings"
 )
 
-// Machine is what the numbers were measured on.
-type Machine struct {
+// Info is what the numbers were measured on.
+type Info struct {
 	CPUs        int    `json:"nproc"`
 	CPUModel    string `json:"cpu_model"`
 	MemTotalGiB string `json:"mem_total_gib"`
@@ -19,9 +21,9 @@ type Machine struct {
 	OpenFiles   string `json:"open_files,omitempty"`
 }
 
-// ReadMachine reads /proc; a field it cannot read stays "unknown".
-func ReadMachine() Machine {
-	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version(), CPUModel: "unknown", MemTotalGiB: "unknown", Kernel: "unknown"}
+// Read reads /proc; a field it cannot read stays "unknown".
+func Read() Info {
+	m := Info{CPUs: runtime.NumCPU(), Go: runtime.Version(), CPUModel: "unknown", MemTotalGiB: "unknown", Kernel: "unknown"}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for l := range strings.Lines(string(b)) {
 			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
@@ -44,13 +46,13 @@ func ReadMachine() Machine {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
 	}
-	m.LoadStart = loadAvg()
+	m.LoadStart = LoadAvg()
 	return m
 }
 
-// loadAvg is the 1, 5 and 15 minute load: on a shared machine it tells
+// LoadAvg is the 1, 5 and 15 minute load: on a shared machine it tells
 // how much else was running.
-func loadAvg() string {
+func LoadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return "unknown"
