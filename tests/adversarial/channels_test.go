@@ -24,7 +24,11 @@ func TestSlowReaders(t *testing.T) {
 	if res.Err != nil {
 		t.Fatal(res.Err)
 	}
-	if res.CutOff != res.Subscribed || res.Stuck > 0 {
+	// A reader whose kernel buffers (the gateway's send buffer grows to
+	// megabytes on loopback) took all 480 KB never made the gateway hold
+	// anything: it is not cut off, and gets every event once it reads.
+	// Every other one must be cut off.
+	if res.CutOff+res.StillOpen != res.Subscribed || res.Stuck > 0 || res.CutOff < res.Subscribed*9/10 {
 		t.Errorf("of %d readers that never read %d were cut off, %d got everything, %d neither", res.Subscribed, res.CutOff, res.StillOpen, res.Stuck)
 	}
 	one, all := g.hits(t, before, "outbound"), g.hits(t, before, "outbound_total")
