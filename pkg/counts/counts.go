@@ -11,6 +11,7 @@
 package counts
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -93,16 +94,17 @@ func (s *Store) ReleaseSlot(ctx context.Context, app, gatewayID string) error {
 	})
 }
 
-// AdjustSlots applies a gateway's batch of connection-slot changes in one
-// compare-and-set: it gives back release slots (never below zero), then
-// takes up to want more within limit across the cluster (0: no cap), and
-// returns how many it took. A gateway batches its connects and closes
-// through it, so that a storm of them costs one write per batch rather
-// than a write per connection all contending for the app's one key.
-func (s *Store) AdjustSlots(ctx context.Context, app, gatewayID string, release, want, limit int) (taken int, err error) {
+// ClaimSlots sets a gateway's connection slots to held, the slots of its
+// connections still open, then takes up to want more within limit across
+// the cluster (0: no cap), in one compare-and-set, and returns how many it
+// took. A gateway batches its connects and closes through it, so that a
+// storm of them costs one write per batch rather than one per connection,
+// all contending for the app's one key. The value written is absolute, so
+// a write whose answer was lost (a timeout, a reconnect) is set right by
+// the next one instead of counted twice.
+func (s *Store) ClaimSlots(ctx context.Context, app, gatewayID string, held, want, limit int) (taken int, err error) {
 	err = cluster.Mutate(ctx, s.kv, slotsKey(app), func(old []byte) ([]byte, error) {
 		c := decode(old)
-		held := max(c[gatewayID]-release, 0)
 		c[gatewayID] = held
 		taken = want
 		if limit > 0 {
@@ -111,6 +113,9 @@ func (s *Store) AdjustSlots(ctx context.Context, app, gatewayID string, release,
 		c[gatewayID] += taken
 		if c[gatewayID] == 0 {
 			delete(c, gatewayID)
+		}
+		if len(old) > 0 && bytes.Equal(c.encode(), old) {
+			return old, nil // unchanged: write nothing
 		}
 		return c.encode(), nil
 	})

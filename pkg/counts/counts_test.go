@@ -263,28 +263,36 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 	clustertest.AwaitSettled(t, ctx, b, 3)
 }
 
-func TestAdjustSlots(t *testing.T) {
+func TestClaimSlots(t *testing.T) {
 	b := clustertest.Gateways(t, 1)[0].Counts
 	s, ctx := counts.New(b), clustertest.Context(t)
 	key := cluster.Key("conns", "app")
-	if n, err := s.AdjustSlots(ctx, "app", "gw-a", 0, 3, 5); err != nil || n != 3 {
+	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 0, 3, 5); err != nil || n != 3 {
 		t.Fatalf("took %d, %v; want 3", n, err)
 	}
-	if n, err := s.AdjustSlots(ctx, "app", "gw-b", 0, 4, 5); err != nil || n != 2 {
+	if n, err := s.ClaimSlots(ctx, "app", "gw-b", 0, 4, 5); err != nil || n != 2 {
 		t.Fatalf("took %d, %v; want the 2 left", n, err)
 	}
-	// A batch that gives back and takes at once: 1 back, then 2 wanted, 1 room.
-	if n, err := s.AdjustSlots(ctx, "app", "gw-a", 1, 2, 5); err != nil || n != 1 {
+	// gw-a now holds 2 (one closed) and wants 2 more: 1 room.
+	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 2, 2, 5); err != nil || n != 1 {
 		t.Fatalf("took %d, %v; want 1", n, err)
 	}
 	if got := value(t, b, key); !reflect.DeepEqual(got, map[string]int{"gw-a": 3, "gw-b": 2}) {
 		t.Fatalf("slots %v", got)
 	}
-	// Giving back more than held stops at zero; no cap takes all.
-	if n, err := s.AdjustSlots(ctx, "app", "gw-a", 10, 0, 0); err != nil || n != 0 {
+	// The same claim again (its answer was lost, say) changes nothing.
+	e, _ := b.Get(ctx, key)
+	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 3, 0, 5); err != nil || n != 0 {
 		t.Fatalf("took %d, %v", n, err)
 	}
-	if n, err := s.AdjustSlots(ctx, "app", "gw-b", 2, 0, 0); err != nil || n != 0 {
+	if again, _ := b.Get(ctx, key); again.Revision() != e.Revision() {
+		t.Fatal("a claim that changes nothing wrote the key")
+	}
+	// Holding none forgets the gateway; no cap takes all.
+	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 0, 0, 0); err != nil || n != 0 {
+		t.Fatalf("took %d, %v", n, err)
+	}
+	if n, err := s.ClaimSlots(ctx, "app", "gw-b", 0, 0, 0); err != nil || n != 0 {
 		t.Fatalf("took %d, %v", n, err)
 	}
 	if got := value(t, b, key); got != nil {

@@ -112,7 +112,8 @@ type connExt struct {
 	pong       []byte
 	pusherPong bool
 
-	userID    string // signed in as, or ""
+	userID    string // signed in as (or signing in as, while signingIn), or ""
+	signingIn bool   // the sign-in waits on the shared state: not answered yet
 	watchlist []string
 	// Client-event token bucket: tokens left and when it was last filled.
 	tokens   float64
@@ -126,8 +127,11 @@ func (c *conn) extension() *connExt {
 	return c.ext
 }
 
+// signedInAs is the user the connection signed in as, once the sign-in
+// has been answered: nothing may act on a sign-in the shared state could
+// still refuse.
 func (c *conn) signedInAs() string {
-	if c.ext == nil {
+	if c.ext == nil || c.ext.signingIn {
 		return ""
 	}
 	return c.ext.userID

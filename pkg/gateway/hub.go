@@ -50,7 +50,17 @@ type hub struct {
 	seed         maphash.Seed
 	flushTimeout time.Duration
 	shards       [hubShards]hubShard
+	// idle counts the channels with no subscriber left, each holding its
+	// NATS subscription for channelLinger. Past maxIdleChannels,
+	// crowded wakes the sweeper at once: a client subscribing to fresh
+	// names and leaving them cannot make the gateway hold subscriptions
+	// faster than it drops them.
+	idle    atomic.Int64
+	crowded chan struct{}
 }
+
+// maxIdleChannels bounds the channels kept idle for channelLinger.
+const maxIdleChannels = 10000
 
 type hubShard struct {
 	mu       sync.Mutex
@@ -100,10 +110,11 @@ type channel struct {
 	// and whether a deferred one is due.
 	countSentAt  atomic.Int64
 	countPending atomic.Bool
+	countQueued  atomic.Bool // a count update is queued and not yet running
 }
 
 func newHub(nc *nats.Conn, dispatch []chan *nats.Msg, flushTimeout time.Duration) *hub {
-	h := &hub{nc: nc, dispatch: dispatch, seed: maphash.MakeSeed(), flushTimeout: flushTimeout}
+	h := &hub{nc: nc, dispatch: dispatch, seed: maphash.MakeSeed(), flushTimeout: flushTimeout, crowded: make(chan struct{}, 1)}
 	for i := range h.shards {
 		h.shards[i].channels = make(map[string]*channel)
 	}
@@ -126,8 +137,17 @@ func (h *hub) acquireReady(app *config.App, name string) *channel {
 	if ch == nil || !ch.isReady() {
 		return nil
 	}
-	ch.refs++
+	h.ref(ch)
 	return ch
+}
+
+// ref takes a reference on ch, waking it if idle; its shard is locked.
+func (h *hub) ref(ch *channel) {
+	if ch.refs == 0 && ch.idleAt != 0 {
+		ch.idleAt = 0
+		h.idle.Add(-1)
+	}
+	ch.refs++
 }
 
 func (ch *channel) isReady() bool {
@@ -148,7 +168,7 @@ func (h *hub) acquire(ctx context.Context, app *config.App, name string) (*chann
 	sh := h.shardFor(subject)
 	sh.mu.Lock()
 	if ch := sh.channels[subject]; ch != nil {
-		ch.refs++
+		h.ref(ch)
 		sh.mu.Unlock()
 		select {
 		case <-ch.ready:
@@ -186,7 +206,8 @@ const channelLinger = 3 * time.Second
 
 // release drops a reference. The last one leaves the channel idle; a
 // channel whose subscription failed is removed at once, so that the next
-// subscriber tries afresh. It may wait on the network: async lanes only.
+// subscriber tries afresh, which may wait on the network. A channel that
+// was joined never failed, so releasing it is quick and the pollers do.
 func (h *hub) release(ch *channel) {
 	sh := ch.shard
 	sh.mu.Lock()
@@ -199,6 +220,12 @@ func (h *hub) release(ch *channel) {
 	if !failed {
 		ch.idleAt = time.Now().UnixNano()
 		sh.mu.Unlock()
+		if h.idle.Add(1) > maxIdleChannels {
+			select {
+			case h.crowded <- struct{}{}:
+			default:
+			}
+		}
 		return
 	}
 	if sh.channels[ch.subject] == ch {
@@ -229,9 +256,10 @@ func (h *hub) sweepIdle(linger time.Duration) {
 		sh := &h.shards[i]
 		sh.mu.Lock()
 		for subject, ch := range sh.channels {
-			if ch.refs == 0 && ch.idleAt <= cutoff {
+			if ch.refs == 0 && ch.idleAt != 0 && ch.idleAt <= cutoff {
 				delete(sh.channels, subject)
 				gone = append(gone, ch)
+				h.idle.Add(-1)
 			}
 		}
 		sh.mu.Unlock()
@@ -248,6 +276,7 @@ func (h *hub) sweepIdle(linger time.Duration) {
 // client never sees an event of the channel before it is subscribed.
 func (ch *channel) join(c *conn, succeeded []byte, presenceRev uint64) {
 	ch.mu.Lock()
+	defer ch.mu.Unlock() // deferred: a panic recovered above must not leave it held
 	if i, ok := ch.index[c]; ok {
 		ch.members[i].presenceRev = presenceRev
 	} else {
@@ -255,7 +284,6 @@ func (ch *channel) join(c *conn, succeeded []byte, presenceRev uint64) {
 		ch.members = append(ch.members, member{c: c, presenceRev: presenceRev})
 	}
 	c.write(succeeded)
-	ch.mu.Unlock()
 }
 
 // member is one subscriber of a channel and the presence revision of the
@@ -284,8 +312,8 @@ func (ch *channel) remove(c *conn) {
 // an async lane.
 func (ch *channel) leave(c *conn) {
 	ch.mu.Lock()
+	defer ch.mu.Unlock()
 	ch.remove(c)
-	ch.mu.Unlock()
 }
 
 // clear drops every channel and its NATS subscription; the gateway is

@@ -295,6 +295,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			select {
 			case <-t.C:
 				s.hub.sweepIdle(channelLinger)
+			case <-s.hub.crowded:
+				s.hub.sweepIdle(0) // too many idle: drop them all now
 			case <-done:
 				return
 			}

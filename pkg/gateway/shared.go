@@ -72,9 +72,17 @@ func (s *Server) subscriptionCountChanged(ch *channel) {
 	if !ch.app.SubscriptionCount || protocol.ClassifyChannel(ch.name).Auth == protocol.AuthPresence {
 		return
 	}
+	// At most one count update per channel waits at a time: it reads the
+	// count when it runs, so a burst of joins and leaves (a client
+	// subscribing and unsubscribing in a loop, a reconnect storm) costs
+	// one write, not one each, and cannot fill a lane.
+	if !ch.countQueued.CompareAndSwap(false, true) {
+		return
+	}
 	// A count is the channel's, not a connection's: its lane is the
 	// channel's, so that its counts are set in order.
 	s.lanes.must(maphash.String(s.hub.seed, ch.subject), nil, func(ctx context.Context) {
+		ch.countQueued.Store(false)
 		ch.mu.RLock()
 		local := len(ch.members)
 		ch.mu.RUnlock()

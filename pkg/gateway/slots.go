@@ -20,8 +20,9 @@ type slotBatcher struct {
 
 	mu      sync.Mutex
 	waiting []chan error // connects waiting for a slot
-	release int          // slots of closed connections to give back
+	held    int          // slots of this gateway's open connections, by its own count
 	running bool         // a goroutine is applying batches
+	dirty   bool         // held changed since the shared count was last written
 }
 
 // acquire waits for a slot: nil, counts.ErrOverQuota, or the error that
@@ -51,7 +52,8 @@ func (b *slotBatcher) acquire(ctx context.Context) error {
 // the other gateways' sweep removes this gateway's count).
 func (b *slotBatcher) giveBack() {
 	b.mu.Lock()
-	b.release++
+	b.held--
+	b.dirty = true
 	b.kick()
 	b.mu.Unlock()
 }
@@ -68,41 +70,46 @@ func (b *slotBatcher) run() {
 	backoff := retryFirst
 	for {
 		b.mu.Lock()
-		waiting, release := b.waiting, b.release
-		b.waiting, b.release = nil, 0
-		if len(waiting) == 0 && release == 0 {
+		waiting, held := b.waiting, b.held
+		b.waiting = nil
+		if len(waiting) == 0 && !b.dirty || b.srv.baseCtx.Err() != nil {
 			b.running = false
 			b.mu.Unlock()
+			for _, w := range waiting {
+				w <- b.srv.baseCtx.Err() // stopping
+			}
 			return
 		}
+		b.dirty = false
 		b.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(b.srv.baseCtx, asyncTimeout)
-		taken, err := b.srv.counts.AdjustSlots(ctx, b.app.ID, b.srv.opts.GatewayID, release, len(waiting), b.app.MaxConnections)
+		taken, err := b.srv.counts.ClaimSlots(ctx, b.app.ID, b.srv.opts.GatewayID, held, len(waiting), b.app.MaxConnections)
 		cancel()
 		if err != nil {
 			for _, w := range waiting {
 				w <- err
 			}
 			b.mu.Lock()
-			b.release += release // given back by a later batch
+			b.dirty = true // write held again, with the next batch
 			b.mu.Unlock()
-			if b.srv.baseCtx.Err() != nil {
-				return
-			}
-			b.srv.prom.StateRetries.Inc()
-			if ev := b.srv.retryLog.Warn(); ev != nil {
-				ev.Err(err).Str("app_id", b.app.ID).Msg("connection count failed; retrying (logged at most every 10 s)")
+			if b.srv.baseCtx.Err() == nil {
+				b.srv.prom.StateRetries.Inc()
+				if ev := b.srv.retryLog.Warn(); ev != nil {
+					ev.Err(err).Str("app_id", b.app.ID).Msg("connection count failed; retrying (logged at most every 10 s)")
+				}
 			}
 			select {
 			case <-time.After(backoff):
 			case <-b.srv.baseCtx.Done():
-				return
 			}
 			backoff = min(backoff*2, retryMax)
 			continue
 		}
 		backoff = retryFirst
+		b.mu.Lock()
+		b.held += taken
+		b.mu.Unlock()
 		for i, w := range waiting {
 			if i < taken {
 				w <- nil

@@ -144,6 +144,14 @@ func (s *Server) finishSubscribe(c *conn, name string, kind protocol.ChannelKind
 					s.hub.release(ch)
 				}
 				if inPres {
+					if res.First {
+						// The join was the user's first on the channel:
+						// the others are owed member_added, whether or not
+						// this leave is the user's last. Another connection
+						// of the user may have joined meanwhile, and it
+						// announced nothing.
+						s.publishPresence(app, name, protocol.AppendTextFrame(nil, protocol.AppendMemberAdded(nil, name, member)), sid, res.Revision)
+					}
 					s.presenceLeave(app, name, member.ID, sid)
 				}
 			})
@@ -237,15 +245,25 @@ func (s *Server) leave(c *conn, subs []chanSub) {
 		cs.ch.leave(c)
 	}
 	s.metrics.subscriptions.Add(-int64(len(subs)))
-	app, sid := c.app, c.socketID()
-	s.lanes.must(c.sidA, c, func(context.Context) {
-		for _, cs := range subs {
-			s.hub.release(cs.ch)
-			if cs.member != nil {
+	var presence []chanSub
+	for _, cs := range subs {
+		// A joined channel's subscription is in place and never failed:
+		// releasing it touches no network (see hub.release).
+		s.hub.release(cs.ch)
+		if cs.member != nil {
+			presence = append(presence, cs)
+		}
+	}
+	if len(presence) > 0 {
+		// Presence leaves wait on NATS: on the connection's lane, after
+		// its joins. Each follows an admitted join, so they are bounded.
+		app, sid := c.app, c.socketID()
+		s.lanes.must(c.sidA, c, func(context.Context) {
+			for _, cs := range presence {
 				s.presenceLeave(app, cs.ch.name, cs.member.ID, sid)
 			}
-		}
-	})
+		})
+	}
 	for _, cs := range subs {
 		s.subscriptionCountChanged(cs.ch)
 	}

@@ -33,6 +33,10 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 		return
 	}
 	ext := c.extension()
+	if ext.signingIn {
+		s.sendError(c, protocol.CodeUnauthorized, "A sign-in is already in progress")
+		return
+	}
 	if ext.userID != "" {
 		if ext.userID != id {
 			s.sendError(c, protocol.CodeUnauthorized, "The connection is already signed in as another user")
@@ -48,7 +52,7 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 	// The connection counts as signed in from now on, so that a second
 	// signin is answered as one, and a close from now on signs out (on the
 	// lane, after the sign-in).
-	ext.userID = id
+	ext.userID, ext.signingIn = id, true
 	ext.watchlist = watchlist
 	app, sid := c.app, c.socketID()
 	ok := s.lanes.try(c.sidA, c, func(ctx context.Context) {
@@ -56,7 +60,7 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 		c.poller.post(func() { s.finishSignin(c, id, d.UserData, watchlist, truncated, first, err) })
 	})
 	if !ok {
-		ext.userID, ext.watchlist = "", nil
+		ext.userID, ext.signingIn, ext.watchlist = "", false, nil
 		c.releaseExt()
 		s.limitHit(metrics.LimitPendingOps, c)
 		s.sendError(c, protocol.CodeUnauthorized, "Sign-in failed, try again")
@@ -69,6 +73,7 @@ func (s *Server) finishSignin(c *conn, id, userData string, watchlist []string, 
 	if c.destroyed || !c.isOpen() {
 		return // the close's sign-out is queued after the sign-in
 	}
+	c.ext.signingIn = false
 	if errors.Is(err, users.ErrUserConnections) {
 		c.ext.userID, c.ext.watchlist = "", nil
 		c.releaseExt()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -25,6 +26,14 @@ import (
 // through every bucket the gateways write.
 var churnApp = config.App{ID: "777", Key: "churn-key", Secret: "churn-secret", MaxConnections: 100000, SubscriptionCount: true}
 
+// bufferedConn reads what the dialer buffered before the socket.
+type bufferedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (b bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
 // churnClient is a bare WebSocket client that returns errors instead of
 // failing the test, so that many can run in goroutines.
 type churnClient struct {
@@ -35,9 +44,14 @@ type churnClient struct {
 func dialChurn(addr string) (*churnClient, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, _, _, err := ws.Dial(ctx, "ws://"+addr+"/app/"+churnApp.Key+"?protocol=7")
+	conn, br, _, err := ws.Dial(ctx, "ws://"+addr+"/app/"+churnApp.Key+"?protocol=7")
 	if err != nil {
 		return nil, err
+	}
+	if br != nil {
+		// The first frame came with the handshake's answer: read it from
+		// the dialer's buffer first.
+		conn = bufferedConn{Conn: conn, r: io.MultiReader(br, conn)}
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	b, err := wsutil.ReadServerText(conn)

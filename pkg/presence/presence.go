@@ -50,16 +50,26 @@ type member struct {
 	Conns map[string]string `json:"c"`
 }
 
+// decode reads a channel's members. A value that does not parse (written
+// by hand, or by a release that wrote another shape) reads as no members,
+// as the users and counts stores read theirs: the next join rewrites it,
+// where an error would fail every join and leave of the channel for good,
+// and keep a gateway's leave retrying without end.
 func decode(b []byte) (*state, error) {
 	st := &state{Members: map[string]*member{}}
 	if len(b) == 0 {
 		return st, nil
 	}
 	if err := json.Unmarshal(b, st); err != nil {
-		return nil, err
+		return &state{Members: map[string]*member{}}, nil
 	}
 	if st.Members == nil {
 		st.Members = map[string]*member{}
+	}
+	for id, m := range st.Members {
+		if m == nil || m.Conns == nil {
+			delete(st.Members, id)
+		}
 	}
 	return st, nil
 }
