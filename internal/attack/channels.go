@@ -165,9 +165,9 @@ func ChannelFlood(ctx context.Context, t Target, n int, prefix, source string) C
 			return res
 		}
 	}
-	res.Succeeded, res.Refused, res.ErrorCodes, res.Err = outcomes(c, channels, 20*time.Second)
+	res.Succeeded, res.Refused, res.ErrorCodes, res.Err = outcomes(c, channels, patience)
 	if res.Err == nil && len(res.Refused) > 0 {
-		res.Err = awaitErrors(c, res.ErrorCodes, len(res.Refused)-countAll(res.ErrorCodes), 10*time.Second)
+		res.Err = awaitErrors(c, res.ErrorCodes, len(res.Refused)-countAll(res.ErrorCodes), patience)
 	}
 	if res.Err != nil {
 		return res
@@ -201,7 +201,7 @@ func ChannelFlood(ctx context.Context, t Target, n int, prefix, source string) C
 			res.Delivered++
 		}
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(patience)
 	for {
 		m, err := c.ReadMessage(time.Until(deadline))
 		if err != nil {
@@ -260,9 +260,9 @@ func PresenceFlood(ctx context.Context, t Target, channel, userID string, n int,
 			res.Errors = append(res.Errors, err)
 			continue
 		}
-		ok, refused, codes, err := outcomes(c, []string{channel}, 10*time.Second)
+		ok, refused, codes, err := outcomes(c, []string{channel}, patience)
 		if err == nil && len(refused) > 0 && countAll(codes) == 0 {
-			err = awaitErrors(c, codes, 1, 10*time.Second)
+			err = awaitErrors(c, codes, 1, patience)
 		}
 		if err != nil {
 			res.Errors = append(res.Errors, err)
@@ -286,7 +286,7 @@ func joinPrivate(ctx context.Context, t Target, channel, source string) (*Conn, 
 		c.Close()
 		return nil, err
 	}
-	if _, _, err := c.Await(protocol.EventSubscriptionSucceeded, channel, 10*time.Second); err != nil {
+	if _, _, err := c.Await(protocol.EventSubscriptionSucceeded, channel, patience); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -326,7 +326,7 @@ func ClientEventFlood(ctx context.Context, t Target, channel string, n int, sour
 		f, _ := ws.CompileFrame(ws.MaskFrameInPlace(ws.NewTextFrame(b)))
 		burst = append(burst, f...)
 	}
-	if err := sender.WriteRaw(burst, 10*time.Second); err != nil {
+	if err := sender.WriteRaw(burst, patience); err != nil {
 		res.Err = err
 		return res
 	}
@@ -335,7 +335,7 @@ func ClientEventFlood(ctx context.Context, t Target, channel string, n int, sour
 		res.Err = err
 		return res
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(patience)
 	for {
 		m, err := sender.ReadMessage(time.Until(deadline))
 		if err != nil {
@@ -360,7 +360,7 @@ func ClientEventFlood(ctx context.Context, t Target, channel string, n int, sour
 		res.Err = err
 		return res
 	}
-	deadline = time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(patience)
 	for {
 		m, err := receiver.ReadMessage(time.Until(deadline))
 		if err != nil {
@@ -418,7 +418,7 @@ func InvalidUTF8(ctx context.Context, t Target, channel string, members int, sou
 		err = s.WriteFrame(ws.NewFrame(op, true, evil))
 		code := -1
 		if err == nil {
-			code = s.AwaitClose(10 * time.Second).Code
+			code = s.AwaitClose(patience).Code
 		}
 		s.Close()
 		if op == ws.OpText {
@@ -444,7 +444,7 @@ func InvalidUTF8(ctx context.Context, t Target, channel string, members int, sou
 		return res
 	}
 	for _, w := range watchers {
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(patience)
 		for {
 			f, err := w.ReadFrame(time.Until(deadline))
 			if err != nil {
@@ -527,7 +527,7 @@ func SlowReaders(ctx context.Context, t Target, o SlowReadersOptions) SlowReader
 			res.Err = err
 			return res
 		}
-		if _, _, err := c.Await(protocol.EventSubscriptionSucceeded, o.Channel, 10*time.Second); err != nil {
+		if _, _, err := c.Await(protocol.EventSubscriptionSucceeded, o.Channel, patience); err != nil {
 			res.Err = err
 			return res
 		}
@@ -559,7 +559,7 @@ func SlowReaders(ctx context.Context, t Target, o SlowReadersOptions) SlowReader
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _, err := c.Await("slow-end", o.Channel, 30*time.Second)
+			_, _, err := c.Await("slow-end", o.Channel, patience)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {

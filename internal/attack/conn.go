@@ -35,6 +35,12 @@ import (
 	"github.com/resoundhq/resound/protocol"
 )
 
+// patience bounds each wait for something the server must do (answer,
+// close, read what it was sent). It is long: the wait ends as soon as the
+// server acts, and on a loaded machine (CI runs packages side by side) a
+// gateway may take seconds, which is not what an attack tests.
+const patience = time.Minute
+
 // Target is the gateway under attack and the app its clients use.
 type Target struct {
 	// Addr is the public host:port: WebSocket and HTTP API.
@@ -228,7 +234,7 @@ func (c *Conn) WriteFrame(f ws.Frame) error {
 	if err != nil {
 		return err
 	}
-	return c.WriteRaw(b, 10*time.Second)
+	return c.WriteRaw(b, patience)
 }
 
 // SendText writes one masked text frame.

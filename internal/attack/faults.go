@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"time"
 
 	"github.com/resoundhq/resound/protocol"
 )
@@ -55,7 +54,7 @@ func Panics(ctx context.Context, t Target, channel string, dispatchSubscribers i
 		return res
 	}
 	if err := c.SendJSON(map[string]any{"event": protocol.EventPing, "data": map[string]any{"fault": FaultPoller}}); err == nil {
-		res.PollerClose = c.AwaitClose(10 * time.Second).Code
+		res.PollerClose = c.AwaitClose(patience).Code
 	}
 	c.Close()
 
@@ -64,7 +63,7 @@ func Panics(ctx context.Context, t Target, channel string, dispatchSubscribers i
 		return res
 	}
 	if err := c.Subscribe(FaultAsync, "", ""); err == nil {
-		res.AsyncClose = c.AwaitClose(10 * time.Second).Code
+		res.AsyncClose = c.AwaitClose(patience).Code
 	}
 	c.Close()
 
@@ -77,7 +76,7 @@ func Panics(ctx context.Context, t Target, channel string, dispatchSubscribers i
 			err = s.Subscribe(channel, "", "")
 		}
 		if err == nil {
-			_, _, err = s.Await(protocol.EventSubscriptionSucceeded, channel, 10*time.Second)
+			_, _, err = s.Await(protocol.EventSubscriptionSucceeded, channel, patience)
 		}
 		if err != nil {
 			res.Err = err
@@ -89,7 +88,7 @@ func Panics(ctx context.Context, t Target, channel string, dispatchSubscribers i
 		return res
 	}
 	for _, s := range subs {
-		res.DispatchCloses = append(res.DispatchCloses, s.AwaitClose(10*time.Second).Code)
+		res.DispatchCloses = append(res.DispatchCloses, s.AwaitClose(patience).Code)
 	}
 
 	api := t.API(source, false)
@@ -107,7 +106,7 @@ func Panics(ctx context.Context, t Target, channel string, dispatchSubscribers i
 	}
 
 	if err := witness.SendJSON(map[string]any{"event": protocol.EventPing, "data": map[string]any{}}); err == nil {
-		_, _, err = witness.Await(protocol.EventPong, "", 10*time.Second)
+		_, _, err = witness.Await(protocol.EventPong, "", patience)
 		res.WitnessAlive = err == nil
 	}
 	return res

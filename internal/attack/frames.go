@@ -109,7 +109,7 @@ func ProtocolAbuse(ctx context.Context, t Target, cases []AbuseCase, source stri
 				out[i].Err = err
 				return
 			}
-			out[i].Got = conn.AwaitClose(10 * time.Second)
+			out[i].Got = conn.AwaitClose(patience)
 		}()
 	}
 	wg.Wait()
@@ -156,7 +156,7 @@ func TrickledMessage(ctx context.Context, t Target, channel string, size int, pa
 			time.Sleep(pause)
 		}
 	}
-	_, _, err = conn.Await(protocol.EventSubscriptionSucceeded, channel, 10*time.Second)
+	_, _, err = conn.Await(protocol.EventSubscriptionSucceeded, channel, patience)
 	return TrickleResult{Size: len(frame), Answered: err == nil, Err: err}
 }
 
@@ -241,7 +241,7 @@ func closeOnce(ctx context.Context, t Target, c CloseCase, source string) CloseR
 	if err := conn.WriteFrame(ws.NewCloseFrame(c.Payload)); err != nil {
 		return CloseResult{Case: c, Err: err}
 	}
-	return CloseResult{Case: c, Got: conn.AwaitClose(10 * time.Second)}
+	return CloseResult{Case: c, Got: conn.AwaitClose(patience)}
 }
 
 // PingFloodOptions configure PingFlood.
@@ -319,7 +319,7 @@ func PingFlood(ctx context.Context, t Target, o PingFloodOptions) PingFloodResul
 			sent := 0
 			for sent < o.Pings && ctx.Err() == nil {
 				n := min(batch, o.Pings-sent)
-				if err := c.WriteRaw(burst[:n*len(ping)], 10*time.Second); err != nil {
+				if err := c.WriteRaw(burst[:n*len(ping)], patience); err != nil {
 					mu.Lock()
 					res.Blocked++
 					mu.Unlock()
@@ -341,7 +341,7 @@ func PingFlood(ctx context.Context, t Target, o PingFloodOptions) PingFloodResul
 			pongs, code := 0, 0
 			alive := false
 			if err := c.SendJSON(map[string]any{"event": protocol.EventPing, "data": map[string]any{}}); err == nil {
-				deadline := time.Now().Add(30 * time.Second)
+				deadline := time.Now().Add(patience)
 				for {
 					f, err := c.ReadFrame(time.Until(deadline))
 					if err != nil {
