@@ -9,7 +9,11 @@ export declare const RESUMED_EVENT: 'resound:resumed';
 
 /** Data of the `resound:refetch` channel event. */
 export interface RefetchEvent {
-  /** Why the server could not resume the channel; today always "expired". */
+  /**
+   * Why the server could not resume the channel: "expired" (the position is
+   * older than its history window, or unknown) or "too_many" (more was
+   * missed than the server sends one client at once). Either way: refetch.
+   */
   reason: string;
 }
 
