@@ -163,6 +163,35 @@ func AppendChannelEventAt(dst []byte, event, channel, data string, position uint
 	return append(dst, `"}`...)
 }
 
+// Events of Resound's recovery extension (docs/recovery.md). pusher-js
+// does not emit pusher_internal events it does not know, so stock clients
+// never see them; the recovery plugin reads them off the connection.
+const (
+	EventResumed      = "pusher_internal:resumed"
+	EventResumeFailed = "pusher_internal:resume_failed"
+)
+
+// AppendResumed appends pusher_internal:resumed: the replay of what the
+// client missed on the channel is done.
+func AppendResumed(dst []byte, channel string, replayed int) []byte {
+	dst = append(dst, `{"event":"pusher_internal:resumed","channel":`...)
+	dst = AppendString(dst, channel)
+	dst = append(dst, `,"data":"{\"replayed\":`...)
+	dst = strconv.AppendInt(dst, int64(replayed), 10)
+	return append(dst, `}"}`...)
+}
+
+// AppendResumeFailed appends pusher_internal:resume_failed: what the
+// client missed cannot be replayed (reason "expired": older than the
+// window; "too_many": more than fits), and it must refetch.
+func AppendResumeFailed(dst []byte, channel, reason string) []byte {
+	dst = append(dst, `{"event":"pusher_internal:resume_failed","channel":`...)
+	dst = AppendString(dst, channel)
+	dst = append(dst, `,"data":"{\"reason\":\"`...)
+	dst = append(dst, reason...) // a fixed word
+	return append(dst, `\"}"}`...)
+}
+
 // AppendPosition appends a position string, "<position>.<ms>".
 func AppendPosition(dst []byte, position uint64, storedMillis int64) []byte {
 	dst = strconv.AppendUint(dst, position, 10)

@@ -259,3 +259,18 @@ func TestAppendChannelEventAt(t *testing.T) {
 		}
 	}
 }
+
+func TestResumeEvents(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{string(AppendResumed(nil, "news", 3)), `{"event":"pusher_internal:resumed","channel":"news","data":"{\"replayed\":3}"}`},
+		{string(AppendResumeFailed(nil, "news", "expired")), `{"event":"pusher_internal:resume_failed","channel":"news","data":"{\"reason\":\"expired\"}"}`},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %s, want %s", tc.got, tc.want)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(tc.got), &m); err != nil {
+			t.Errorf("%s: %v", tc.got, err)
+		}
+	}
+}

@@ -90,9 +90,10 @@ const fetchBatch = 256
 
 // Since replays, oldest first, the deliveries stored after mark on the
 // given subjects (nil: all), up to those stored when it began, handing
-// each to f. It returns ErrExpired, before replaying anything, when some
-// deliveries after mark are gone already.
-func (h *History) Since(ctx context.Context, mark uint64, subjects []string, f func(subject string, data []byte) error) error {
+// each to f with its sequence in the stream. It returns ErrExpired,
+// before replaying anything, when some deliveries after mark are gone
+// already.
+func (h *History) Since(ctx context.Context, mark uint64, subjects []string, f func(subject string, data []byte, seq uint64) error) error {
 	info, err := h.stream.Info(ctx)
 	if err != nil {
 		return err
@@ -111,7 +112,7 @@ func (h *History) Since(ctx context.Context, mark uint64, subjects []string, f f
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    mark + 1,
 	}
-	return h.replay(ctx, cfg, st.LastSeq, func(m jetstream.Msg) error { return f(m.Subject(), m.Data()) })
+	return h.replay(ctx, cfg, st.LastSeq, func(m jetstream.Msg, seq uint64) error { return f(m.Subject(), m.Data(), seq) })
 }
 
 // After replays one channel's deliveries that follow the one at position
@@ -135,7 +136,7 @@ func (h *History) After(ctx context.Context, subject string, pos uint64, from ti
 		OptStartTime:   &from,
 	}
 	found := false
-	err = h.replay(ctx, cfg, info.State.LastSeq, func(m jetstream.Msg) error {
+	err = h.replay(ctx, cfg, info.State.LastSeq, func(m jetstream.Msg, _ uint64) error {
 		env, err := route.ParseDelivery(m.Data())
 		if err != nil {
 			return nil
@@ -166,7 +167,7 @@ func (h *History) After(ctx context.Context, subject string, pos uint64, from ti
 // replay reads with an ordered consumer until it has passed last, the
 // stream's last sequence when the replay began: later deliveries reach
 // the reader live.
-func (h *History) replay(ctx context.Context, cfg jetstream.OrderedConsumerConfig, last uint64, f func(jetstream.Msg) error) error {
+func (h *History) replay(ctx context.Context, cfg jetstream.OrderedConsumerConfig, last uint64, f func(jetstream.Msg, uint64) error) error {
 	cons, err := h.stream.OrderedConsumer(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("history: %w", err)
@@ -191,7 +192,7 @@ func (h *History) replay(ctx context.Context, cfg jetstream.OrderedConsumerConfi
 			if meta.Sequence.Stream > last {
 				return nil
 			}
-			if err := f(m); err != nil {
+			if err := f(m, meta.Sequence.Stream); err != nil {
 				return err
 			}
 			pending = meta.NumPending

@@ -55,9 +55,9 @@ func stored(t *testing.T, h *history.History, n uint64) {
 	}
 }
 
-func frames(t *testing.T) (*[]string, func(string, []byte) error) {
+func frames(t *testing.T) (*[]string, func(string, []byte, uint64) error) {
 	var got []string
-	return &got, func(_ string, data []byte) error {
+	return &got, func(_ string, data []byte, _ uint64) error {
 		env, err := route.ParseDelivery(data)
 		if err != nil {
 			t.Fatal(err)
@@ -110,7 +110,7 @@ func TestSinceExpiredWhenTheWindowMovedPastTheMark(t *testing.T) {
 	mark, _ := h.Mark(ctx)
 	// A mark from before the stream started over (a NATS restart) is
 	// past its end.
-	if err := h.Since(ctx, mark+100, nil, func(string, []byte) error { return nil }); !errors.Is(err, history.ErrExpired) {
+	if err := h.Since(ctx, mark+100, nil, func(string, []byte, uint64) error { return nil }); !errors.Is(err, history.ErrExpired) {
 		t.Fatalf("mark past the end: %v", err)
 	}
 }
@@ -124,7 +124,7 @@ func TestSinceExpiredWhenBytesPushedItOut(t *testing.T) {
 		deliver(t, nc, "a", i, 0) // ~60 bytes each: the first go
 	}
 	stored(t, h, 199)
-	if err := h.Since(ctx, mark, nil, func(string, []byte) error { return nil }); !errors.Is(err, history.ErrExpired) {
+	if err := h.Since(ctx, mark, nil, func(string, []byte, uint64) error { return nil }); !errors.Is(err, history.ErrExpired) {
 		t.Fatalf("got %v, want ErrExpired", err)
 	}
 }
