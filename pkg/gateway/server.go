@@ -94,6 +94,9 @@ type Options struct {
 	History *history.History
 	// HistoryTTL is how long the history keeps deliveries.
 	HistoryTTL time.Duration
+	// GatewayTTL is how long after its last heartbeat a gateway counts
+	// as dead (RESOUND_GATEWAY_TTL).
+	GatewayTTL time.Duration
 	// Local: the process's workers hand every delivery to this gateway
 	// (all-in-one), so it subscribes to no delivery subject in NATS, and
 	// has no gap to catch up with.
@@ -127,6 +130,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxHTTPConnections <= 0 {
 		o.MaxHTTPConnections = 1024
+	}
+	if o.GatewayTTL <= 0 {
+		o.GatewayTTL = 15 * time.Second
 	}
 	if o.FlushTimeout <= 0 {
 		o.FlushTimeout = 5 * time.Second

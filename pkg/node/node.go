@@ -152,6 +152,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	gwMetrics := gateway.NewMetrics(n.Registry, &gw)
 	registry := cluster.NewRegistry(stores, gatewayID, n.log.With().Str("component", "registry").Logger(),
 		func(ctx context.Context, live map[string]bool) { gw.Sweep(ctx, live) })
+	registry.OnLapse(func(ctx context.Context) { gw.Reassert(ctx) })
 	if err := registry.Register(setupCtx); err != nil {
 		return nil, fmt.Errorf("registering the gateway: %w", err)
 	}
@@ -174,7 +175,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		HandshakeTimeout: cfg.HandshakeTimeout.Duration(), MaxRequestHead: cfg.MaxRequestHead, MaxHandshakes: cfg.MaxHandshakes,
 		MaxHTTPConnections: cfg.MaxHTTPConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 		TrustedProxies: cfg.TrustedProxies, ProxyProtocol: cfg.ProxyProtocol,
-		History: hist, HistoryTTL: cfg.HistoryTTL.Duration(), Local: allInOne,
+		History: hist, HistoryTTL: cfg.HistoryTTL.Duration(), Local: allInOne, GatewayTTL: cfg.GatewayTTL.Duration(),
 	})
 	if err != nil {
 		return nil, err
