@@ -168,15 +168,15 @@ type Server struct {
 	outbound atomic.Int64
 	dispatch []chan *nats.Msg
 	// replays carry catch-up's replays and releases to each dispatcher.
-	replays   []chan replayItem
-	catchup   *catchup // nil when there is nothing to catch up with
+	replays []chan replayItem
+	catchup *catchup // nil when there is nothing to catch up with
 	// lastEmpty is when each dispatcher last found its queue empty (unix
 	// nanos), and disconnectedAt when the NATS link last broke: where the
 	// callbacks that ask for catch-ups start.
 	lastEmpty      []atomic.Int64
 	disconnectedAt atomic.Int64
-	history   *history.History
-	httpConns *connListener
+	history        *history.History
+	httpConns      *connListener
 
 	presence *presence.Store
 	users    *users.Store
