@@ -132,11 +132,17 @@ func (s *shard) attempt(t *task) (err error) {
 			err = fmt.Errorf("panic: %v", v)
 		}
 	}()
+	recovers := p.opts.Recovers != nil && p.opts.Recovers(r.job.AppID)
 	for ei, channels := range t.channels {
 		ev := &r.job.Events[ei]
 		for _, ch := range channels {
 			faultPanic(ev.Name)
-			s.payload = protocol.AppendChannelEvent(s.payload[:0], ev.Name, ch, ev.Data, "")
+			if recovers {
+				pos := route.Envelope{Seq: r.seq, Event: uint8(ei)}.ID()
+				s.payload = protocol.AppendChannelEventAt(s.payload[:0], ev.Name, ch, ev.Data, pos, r.stored.UnixMilli())
+			} else {
+				s.payload = protocol.AppendChannelEvent(s.payload[:0], ev.Name, ch, ev.Data, "")
+			}
 			// The frame ends the envelope: encode it straight into it.
 			s.envelope = route.AppendDelivery(s.envelope[:0], route.Delivery{
 				Seq:             r.seq,

@@ -43,7 +43,10 @@ type Options struct {
 	Conn      *nats.Conn
 	JetStream jetstream.JetStream
 	Apps      AppExists
-	Limits    protocol.Limits
+	// Recovers, when set, tells which apps' events carry their position,
+	// for clients to resume channels (docs/recovery.md).
+	Recovers func(appID string) bool
+	Limits   protocol.Limits
 	// Cache keeps the last event of every cache channel; nil disables
 	// caching.
 	Cache jetstream.KeyValue
