@@ -58,7 +58,10 @@ type Options struct {
 	Config *config.Config
 	// Listener, when set, is used instead of binding Host:Port.
 	Listener net.Listener
-	Log      zerolog.Logger
+	// Gateway, when set, adjusts the gateway's options before it is built
+	// (tests use it for sizes no setting exposes).
+	Gateway func(*gateway.Options)
+	Log     zerolog.Logger
 }
 
 // Limits are the HTTP API and job limits the settings give.
@@ -168,7 +171,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		Ready: ready,
 		Log:   n.log.With().Str("component", "httpapi").Logger(),
 	})
-	gw, err = gateway.New(gateway.Options{
+	gwOpts := gateway.Options{
 		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
 		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), Log: n.log,
 		MaxOutbound: cfg.MaxOutbound, MaxOutboundTotal: cfg.MaxOutboundTotal, MaxChannels: cfg.MaxChannelsPerConnection,
@@ -176,7 +179,11 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		MaxHTTPConnections: cfg.MaxHTTPConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 		TrustedProxies: cfg.TrustedProxies, ProxyProtocol: cfg.ProxyProtocol,
 		History: hist, HistoryTTL: cfg.HistoryTTL.Duration(), Local: allInOne, GatewayTTL: cfg.GatewayTTL.Duration(),
-	})
+	}
+	if opts.Gateway != nil {
+		opts.Gateway(&gwOpts)
+	}
+	gw, err = gateway.New(gwOpts)
 	if err != nil {
 		return nil, err
 	}
