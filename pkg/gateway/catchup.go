@@ -155,6 +155,16 @@ func (c *catchup) takeMark(ctx context.Context) {
 	c.marks = c.marks[i:]
 }
 
+// latest is the last mark read.
+func (c *catchup) latest() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.marks) == 0 {
+		return 0
+	}
+	return c.marks[len(c.marks)-1].seq
+}
+
 // markBefore is the latest mark taken no later than t. With none that old,
 // the oldest: the gateway did not exist before it, so neither did its
 // channels.

@@ -261,8 +261,8 @@ func New(opts Options) (*Server, error) {
 	s.hub.local = opts.Local
 	s.history = opts.History
 	if opts.History != nil && !opts.Local {
-		s.hub.mark = opts.History.Mark
 		s.catchup = newCatchup(s, opts.History, max(opts.HistoryTTL, time.Minute))
+		s.hub.mark = s.catchup.latest
 	}
 	s.lastEmpty = make([]atomic.Int64, opts.Dispatchers)
 	for i := range s.lastEmpty {
