@@ -214,15 +214,12 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			Apps:     func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 			Recovers: Recovers(cfg),
 			// The gateway in this process is the only one the embedded
-			// server serves: hand it the deliveries without the NATS hop,
-			// and publish them only for the history to keep (nothing else
-			// subscribes to them).
-			Deliver: func(subject string, envelope []byte) error {
-				if err := gw.DeliverLocal(subject, envelope); err != nil {
-					return err
-				}
-				return wConn.Publish(subject, envelope)
-			},
+			// server serves: hand it the deliveries without the NATS hop.
+			// Those of apps with recovery are also published, only for the
+			// history to keep (nothing else subscribes to them): there is
+			// no other gateway to catch up, but clients resume.
+			Deliver: gw.DeliverLocal,
+			Record:  wConn.Publish,
 		})
 		n.goRun(func() error { return n.pool.Run(runCtx) })
 	}
