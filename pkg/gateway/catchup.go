@@ -46,9 +46,11 @@ const catchupMargin = 5 * time.Second
 // catching up; past it, it gives up and has its subscribers reconnect.
 const maxHeldBytes = 64 << 20
 
-// replayItem is a delivery the catch-up read from the history, or (with
-// release set) the end of a catch-up run.
+// replayItem is, from a catch-up run to a dispatcher: the start of the
+// run (hold set: hold live deliveries from now on), a delivery the run
+// read from the history, or the end of the run (release set).
 type replayItem struct {
+	hold    uint64 // the run's generation
 	subject string
 	data    []byte
 	seq     uint64 // its sequence in the history stream
@@ -153,6 +155,16 @@ func (c *catchup) takeMark(ctx context.Context) {
 	c.marks = c.marks[i:]
 }
 
+// latest is the last mark read.
+func (c *catchup) latest() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.marks) == 0 {
+		return 0
+	}
+	return c.marks[len(c.marks)-1].seq
+}
+
 // markBefore is the latest mark taken no later than t. With none that old,
 // the oldest: the gateway did not exist before it, so neither did its
 // channels.
@@ -191,12 +203,36 @@ func (c *catchup) serve(ctx context.Context) {
 	gen, from := c.runGen, c.from
 	c.mu.Unlock()
 
+	// Every dispatcher holds its live deliveries from here to the
+	// release, so that the replays it writes are never overtaken by what
+	// it takes live meanwhile. Those that noticed the gap themselves are
+	// holding already.
+	for _, q := range s.replays {
+		select {
+		case q <- replayItem{hold: gen}:
+		case <-ctx.Done():
+			return
+		}
+	}
 	started := time.Now()
 	replayed := 0
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		rctx, cancel := context.WithTimeout(ctx, time.Minute)
-		err = c.hist.Since(rctx, from, nil, func(subject string, data []byte, seq uint64) error {
+		// Through a barrier: everything NATS sent this gateway (or
+		// dropped) before the gap was noticed is stored before it,
+		// though the stream's last sequence may not show it yet.
+		var through uint64
+		through, err = c.hist.Barrier(rctx)
+		if err != nil {
+			cancel()
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		err = c.hist.Since(rctx, from, through, nil, func(subject string, data []byte, seq uint64) error {
 			if s.hub.lookup(subject) == nil {
 				return nil // no local subscriber
 			}
@@ -340,6 +376,31 @@ func (s *Server) gapBefore(d *dispatcher) bool {
 	return true
 }
 
+// droppedSinceSeen reports whether NATS dropped deliveries of one of d's
+// channels since the dispatcher last looked, and notes the counts. It
+// runs when a catch-up is done: drops at the end of a burst are followed
+// by nothing that would show them.
+func (s *Server) droppedSinceSeen(d *dispatcher) bool {
+	dropped := false
+	for i := range s.hub.shards {
+		sh := &s.hub.shards[i]
+		sh.mu.Lock()
+		for subject, ch := range sh.channels {
+			if s.hub.dispatcherIndex(subject) != d.index {
+				continue
+			}
+			if sub := ch.nsub.Load(); sub != nil {
+				if n, err := sub.Dropped(); err == nil && n != ch.dropped {
+					ch.dropped = n
+					dropped = true
+				}
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return dropped
+}
+
 // holdFrom starts holding d's live deliveries until a catch-up from since
 // is done.
 func (s *Server) holdFrom(d *dispatcher, since time.Time, epoch uint64) {
@@ -370,6 +431,13 @@ func (s *Server) hold(d *dispatcher, m *nats.Msg) {
 // replayed handles what the catch-up hands d: a missed delivery, written
 // unless its subscribers had it already, or the end of a run.
 func (s *Server) replayed(d *dispatcher, r replayItem) {
+	if r.hold != 0 {
+		if !d.holding {
+			d.holding, d.holdGen = true, r.hold
+		}
+		d.holdGen = max(d.holdGen, r.hold)
+		return
+	}
 	if r.release == nil {
 		ch := s.hub.lookup(r.subject)
 		if ch == nil || r.seq <= ch.createdMark {
@@ -380,11 +448,19 @@ func (s *Server) replayed(d *dispatcher, r replayItem) {
 			return // a gateway's own frame (never replayed), or had already
 		}
 		d.msgs = append(d.msgs[:0], &nats.Msg{Subject: r.subject, Data: r.data})
+		d.strict = true
 		s.dispatchSafely(d)
+		d.strict = false
 		return
 	}
 	d.releasedGen = max(d.releasedGen, r.release.gen)
 	if !d.holding || d.releasedGen < d.holdGen {
+		return
+	}
+	if !r.release.expired && s.droppedSinceSeen(d) {
+		// NATS dropped more while this run read: one more, before
+		// anything held is written.
+		d.holdGen = s.catchup.request(d.lastEmpty, 0)
 		return
 	}
 	held := d.held
@@ -395,12 +471,14 @@ func (s *Server) replayed(d *dispatcher, r replayItem) {
 	}
 	// The held deliveries, in order, in batches; those the replays
 	// covered are dropped by position.
+	d.strict = true
 	for len(held) > 0 {
 		n := min(len(held), maxBatch)
 		d.msgs = append(d.msgs[:0], held[:n]...)
 		held = held[n:]
 		s.dispatchSafely(d)
 	}
+	d.strict = false
 }
 
 // reconnectChannels closes every subscriber of d's channels with 4200:

@@ -41,8 +41,14 @@ type dispatcher struct {
 	// The catch-up state (catchup.go): while holding, live deliveries
 	// wait in held until the catch-up run holdGen has replayed what was
 	// missed.
-	holding     bool
-	holdGen     uint64
+	holding bool
+	holdGen uint64
+	// strict: the batch being dispatched is replays or held deliveries,
+	// which may repeat what was written already beyond the duplicate
+	// window: drop every job delivery at or before the channel's last
+	// position. (Live deliveries only ever repeat within the window, and
+	// a reorder elsewhere must not turn into a loss here.)
+	strict      bool
 	held        []*nats.Msg
 	heldBytes   int
 	releasedGen uint64
@@ -160,7 +166,7 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 			// subscription carries the same message.
 			continue
 		}
-		if ch.seen(env.ID()) {
+		if ch.seen(env.ID()) || d.strict && env.ID() != 0 && env.ID() <= ch.lastPos.Load() {
 			s.prom.Duplicates.Inc()
 			continue
 		}

@@ -52,11 +52,10 @@ type hub struct {
 	// local: deliveries are only ever handed over in process (all-in-one),
 	// so channels need no NATS subscription.
 	local bool
-	// mark, when set, reads the history stream's last sequence; a new
-	// channel's subscription is confirmed with it instead of a flush (one
-	// round trip either way) and it tells catch-up where the channel
-	// started.
-	mark   func(ctx context.Context) (uint64, error)
+	// mark, when set, is the history stream's last sequence as last read
+	// (within a second): catch-up replays a channel nothing stored before
+	// it was made here.
+	mark   func() uint64
 	shards [hubShards]hubShard
 	// idle counts the channels with no subscriber left, each holding its
 	// NATS subscription for channelLinger. Past maxIdleChannels,
@@ -99,10 +98,10 @@ type channel struct {
 	// another one — an older subscription to the same subject, still
 	// being removed after the channel emptied and came back — is dropped.
 	nsub atomic.Pointer[nats.Subscription]
-	// createdMark is the history stream's last sequence once the NATS
-	// subscription was in place (written before ready is closed): what
-	// was stored before it is older than the channel on this gateway, and
-	// catch-up does not replay it.
+	// createdMark is the history stream's last sequence, as last read,
+	// when the channel was made here (written before ready is closed):
+	// what was stored before it is older than the channel on this
+	// gateway, and catch-up does not replay it.
 	createdMark uint64
 	// lastPos is the position of the last job delivery written to the
 	// channel's subscribers (route.Envelope.ID). The dispatcher sets it
@@ -217,15 +216,12 @@ func (h *hub) acquire(ctx context.Context, app *config.App, name string) (*chann
 			break
 		}
 		ch.nsub.Store(sub)
-		if h.mark == nil {
-			err = h.nc.FlushTimeout(h.flushTimeout)
-			break
+		if h.mark != nil {
+			// Read before the flush: what was stored before it is
+			// older than the subscription.
+			ch.createdMark = h.mark()
 		}
-		// A request after the SUB on the same connection is answered
-		// only once the server has the SUB, as a flush would be.
-		mctx, cancel := context.WithTimeout(ctx, h.flushTimeout)
-		ch.createdMark, err = h.mark(mctx)
-		cancel()
+		err = h.nc.FlushTimeout(h.flushTimeout)
 	}
 	ch.err = err
 	close(ch.ready)

@@ -89,6 +89,10 @@ type Options struct {
 	DrainWindow time.Duration
 	Pollers     int
 	Dispatchers int
+	// DispatchQueue is how many deliveries may wait for each dispatcher;
+	// past it, NATS drops them as a slow consumer (and the gateway catches
+	// up from the history).
+	DispatchQueue int
 	// History keeps the recent deliveries: gateways catch up from it
 	// after a gap, and clients resume from it. Nil turns both off.
 	History *history.History
@@ -142,6 +146,9 @@ func (o *Options) defaults() {
 	}
 	if o.Dispatchers <= 0 {
 		o.Dispatchers = runtime.GOMAXPROCS(0)
+	}
+	if o.DispatchQueue <= 0 {
+		o.DispatchQueue = 1 << 16
 	}
 }
 
@@ -247,15 +254,15 @@ func New(opts Options) (*Server, error) {
 	s.dispatch = make([]chan *nats.Msg, opts.Dispatchers)
 	s.replays = make([]chan replayItem, opts.Dispatchers)
 	for i := range s.dispatch {
-		s.dispatch[i] = make(chan *nats.Msg, 1<<16)
+		s.dispatch[i] = make(chan *nats.Msg, opts.DispatchQueue)
 		s.replays[i] = make(chan replayItem, 1<<10)
 	}
 	s.hub = newHub(opts.Conn, s.dispatch, opts.FlushTimeout)
 	s.hub.local = opts.Local
 	s.history = opts.History
 	if opts.History != nil && !opts.Local {
-		s.hub.mark = opts.History.Mark
 		s.catchup = newCatchup(s, opts.History, max(opts.HistoryTTL, time.Minute))
+		s.hub.mark = s.catchup.latest
 	}
 	s.lastEmpty = make([]atomic.Int64, opts.Dispatchers)
 	for i := range s.lastEmpty {

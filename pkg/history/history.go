@@ -67,12 +67,31 @@ func Ensure(ctx context.Context, js jetstream.JetStream, opts Options) (*History
 	if err != nil {
 		return nil, err
 	}
-	return &History{stream: s}, nil
+	return &History{stream: s, js: js}, nil
 }
 
 // History reads the history stream.
 type History struct {
 	stream jetstream.Stream
+	js     jetstream.JetStream
+}
+
+// barrierSubject is in the stream's subjects but no channel's: a
+// delivery subject has four tokens.
+const barrierSubject = route.DeliverPrefix + "_barrier"
+
+// Barrier stores a marker in the stream and returns its sequence. A
+// delivery the server took before the marker is stored before it: the
+// stream takes what its subjects capture in the order the server
+// processes it, a moment later. So a reader that must see everything
+// published up to now reads through the barrier, not the stream's last
+// sequence, which can trail what was just published.
+func (h *History) Barrier(ctx context.Context) (uint64, error) {
+	ack, err := h.js.Publish(ctx, barrierSubject, nil)
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
 }
 
 // Mark returns the stream's last sequence: a delivery stored after the
@@ -88,21 +107,24 @@ func (h *History) Mark(ctx context.Context) (uint64, error) {
 // fetchBatch is how many messages a replay asks for at a time.
 const fetchBatch = 256
 
-// Since replays, oldest first, the deliveries stored after mark on the
-// given subjects (nil: all), up to those stored when it began, handing
-// each to f with its sequence in the stream. It returns ErrExpired,
-// before replaying anything, when some deliveries after mark are gone
-// already.
-func (h *History) Since(ctx context.Context, mark uint64, subjects []string, f func(subject string, data []byte, seq uint64) error) error {
+// Since replays, oldest first, the deliveries stored after mark and up
+// to through (0: those stored when it began) on the given subjects (nil:
+// all), handing each to f with its sequence in the stream. It returns
+// ErrExpired, before replaying anything, when some deliveries after mark
+// are gone already.
+func (h *History) Since(ctx context.Context, mark, through uint64, subjects []string, f func(subject string, data []byte, seq uint64) error) error {
 	info, err := h.stream.Info(ctx)
 	if err != nil {
 		return err
 	}
 	st := info.State
+	if through == 0 || through > st.LastSeq {
+		through = st.LastSeq
+	}
 	switch {
 	case mark > st.LastSeq:
 		return ErrExpired // the stream started over (a NATS restart): what followed mark is gone
-	case mark == st.LastSeq:
+	case mark >= through:
 		return nil
 	case st.Msgs > 0 && mark+1 < st.FirstSeq:
 		return ErrExpired
@@ -112,7 +134,7 @@ func (h *History) Since(ctx context.Context, mark uint64, subjects []string, f f
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    mark + 1,
 	}
-	return h.replay(ctx, cfg, st.LastSeq, func(m jetstream.Msg, seq uint64) error { return f(m.Subject(), m.Data(), seq) })
+	return h.replay(ctx, cfg, through, func(m jetstream.Msg, seq uint64) error { return f(m.Subject(), m.Data(), seq) })
 }
 
 // After replays one channel's deliveries that follow the one at position

@@ -80,14 +80,14 @@ func TestSinceReplaysWhatFollowsAMark(t *testing.T) {
 	deliver(t, nc, "a", 3, 1)
 	stored(t, h, 4)
 	got, f := frames(t)
-	if err := h.Since(ctx, mark, nil, f); err != nil {
+	if err := h.Since(ctx, mark, 0, nil, f); err != nil {
 		t.Fatal(err)
 	}
 	if fmt.Sprint(*got) != "[a/2/0 b/3/0 a/3/1]" {
 		t.Fatalf("all subjects: %v", *got)
 	}
 	got, f = frames(t)
-	if err := h.Since(ctx, mark, []string{route.Subject("1", "a")}, f); err != nil {
+	if err := h.Since(ctx, mark, 0, []string{route.Subject("1", "a")}, f); err != nil {
 		t.Fatal(err)
 	}
 	if fmt.Sprint(*got) != "[a/2/0 a/3/1]" {
@@ -96,7 +96,7 @@ func TestSinceReplaysWhatFollowsAMark(t *testing.T) {
 	// Nothing after the last mark: nothing to replay, at once.
 	last, _ := h.Mark(ctx)
 	got, f = frames(t)
-	if err := h.Since(ctx, last, nil, f); err != nil || len(*got) != 0 {
+	if err := h.Since(ctx, last, 0, nil, f); err != nil || len(*got) != 0 {
 		t.Fatalf("%v %v", *got, err)
 	}
 }
@@ -110,7 +110,7 @@ func TestSinceExpiredWhenTheWindowMovedPastTheMark(t *testing.T) {
 	mark, _ := h.Mark(ctx)
 	// A mark from before the stream started over (a NATS restart) is
 	// past its end.
-	if err := h.Since(ctx, mark+100, nil, func(string, []byte, uint64) error { return nil }); !errors.Is(err, history.ErrExpired) {
+	if err := h.Since(ctx, mark+100, 0, nil, func(string, []byte, uint64) error { return nil }); !errors.Is(err, history.ErrExpired) {
 		t.Fatalf("mark past the end: %v", err)
 	}
 }
@@ -124,7 +124,7 @@ func TestSinceExpiredWhenBytesPushedItOut(t *testing.T) {
 		deliver(t, nc, "a", i, 0) // ~60 bytes each: the first go
 	}
 	stored(t, h, 199)
-	if err := h.Since(ctx, mark, nil, func(string, []byte, uint64) error { return nil }); !errors.Is(err, history.ErrExpired) {
+	if err := h.Since(ctx, mark, 0, nil, func(string, []byte, uint64) error { return nil }); !errors.Is(err, history.ErrExpired) {
 		t.Fatalf("got %v, want ErrExpired", err)
 	}
 }
@@ -166,5 +166,25 @@ func TestAfterReplaysAChannelFromAPosition(t *testing.T) {
 	}
 	if _, err := h.After(ctx, route.Subject("1", "none"), 5<<4, start, func([]byte) error { return nil }); !errors.Is(err, history.ErrExpired) {
 		t.Fatalf("a channel with nothing kept: %v", err)
+	}
+}
+
+// A barrier is stored after what the server took before it: reading
+// through it sees all of that.
+func TestBarrier(t *testing.T) {
+	nc, _, h, ctx := setup(t, history.Options{MaxAge: time.Minute, MaxBytes: 1 << 20})
+	for i := uint64(1); i <= 50; i++ {
+		deliver(t, nc, "a", i, 0)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	through, err := h.Barrier(ctx)
+	if err != nil || through != 51 {
+		t.Fatalf("barrier %d %v", through, err)
+	}
+	got, f := frames(t)
+	if err := h.Since(ctx, 0, through, []string{route.Subject("1", "a")}, f); err != nil || len(*got) != 50 {
+		t.Fatalf("%d replayed, %v", len(*got), err)
 	}
 }

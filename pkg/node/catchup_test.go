@@ -2,9 +2,11 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/gateway"
 	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/pushertest"
 	"github.com/resoundhq/resound/pkg/worker"
@@ -92,6 +95,11 @@ func (p *linkProxy) mend() {
 // twoGateways starts gateways A and B and a worker on one NATS server; B
 // reaches NATS through a proxy.
 func twoGateways(t *testing.T, tweak func(*config.Settings), app config.App) (a, b *Node, proxy *linkProxy, api *pushertest.API, app2 config.App) {
+	return twoGatewaysWith(t, tweak, app, nil)
+}
+
+// twoGatewaysWith is twoGateways with B's gateway options adjusted.
+func twoGatewaysWith(t *testing.T, tweak func(*config.Settings), app config.App, gwB func(*gateway.Options)) (a, b *Node, proxy *linkProxy, api *pushertest.API, app2 config.App) {
 	t.Helper()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	srv := natstest.Server(t, true)
@@ -107,7 +115,7 @@ func twoGateways(t *testing.T, tweak func(*config.Settings), app config.App) (a,
 	}
 	cfgA, cfgB := *cfg, *cfg
 	cfgA.NATSURL, cfgB.NATSURL = srv.ClientURL(), "nats://"+proxy.addr
-	a, b = startOn(t, &cfgA, log), startOn(t, &cfgB, log)
+	a, b = startOn(t, &cfgA, log), startOnWith(t, &cfgB, log, gwB)
 	nc := natstest.Conn(t, srv, "test-worker")
 	js, _ := jetstream.New(nc)
 	stores, err := cluster.Ensure(context.Background(), js, ClusterOptions(&s))
@@ -217,4 +225,96 @@ func TestGatewayCatchesUpAfterItsLinkWasCut(t *testing.T) {
 	}
 	busy.ExpectSilence(300 * time.Millisecond)
 	quiet.ExpectSilence(10 * time.Millisecond)
+}
+
+// startOnWith is startOn with the gateway's options adjusted.
+func startOnWith(t *testing.T, cfg *config.Config, log zerolog.Logger, gw func(*gateway.Options)) *Node {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := Start(ctx, Options{Config: cfg, Listener: ln, Log: log, Gateway: gw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	return n
+}
+
+// A gateway whose dispatcher falls behind a burst has NATS drop
+// deliveries as a slow consumer (here: a queue of 8 for one dispatcher
+// writing to 40 subscribers). It notices, holds what follows, reads what
+// was dropped back from the history, and every subscriber gets every
+// event once, in order.
+func TestGatewayCatchesUpAfterNATSDroppedDeliveries(t *testing.T) {
+	_, b, _, api, _ := twoGatewaysWith(t, nil, config.App{ID: appID, Key: appKey, Secret: secret},
+		func(o *gateway.Options) { o.DispatchQueue, o.Dispatchers = 8, 1 })
+	var clients []*pushertest.Client
+	for i := 0; i < 40; i++ {
+		c := pushertest.Connect(t, b.Addr().String(), appKey)
+		c.Subscribe("burst")
+		clients = append(clients, c)
+	}
+	const batches, perBatch = 40, 10
+	var wg sync.WaitGroup
+	var order sync.Mutex // batches one after another, each as fast as the API takes it
+	for i := 0; i < batches; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			order.Lock()
+			defer order.Unlock()
+			var batch []map[string]any
+			for j := 0; j < perBatch; j++ {
+				batch = append(batch, map[string]any{"name": "e", "channel": "burst", "data": fmt.Sprint(i*perBatch + j)})
+			}
+			body, _ := json.Marshal(map[string]any{"batch": batch})
+			if r := api.Do(http.MethodPost, "/batch_events", body, nil); r.Status != 200 {
+				t.Errorf("batch: %d %s", r.Status, r.Body)
+			}
+		}()
+		wg.Wait() // in order: each batch's events are numbered after the last's
+	}
+	want := batches * perBatch
+	for ci, c := range clients {
+		last := -1
+		for k := 0; k < want; k++ {
+			m, err := c.Read(10 * time.Second)
+			if err != nil {
+				t.Fatalf("client %d after %d events (last %d): %v; %s", ci, k, last, err, scrape(t, b))
+			}
+			var v int
+			fmt.Sscan(m.DataString(), &v)
+			if v <= last {
+				t.Fatalf("client %d: %d after %d", ci, v, last)
+			}
+			last = v
+		}
+		if last != want-1 {
+			t.Fatalf("client %d: last %d", ci, last)
+		}
+	}
+	clients[0].ExpectSilence(200 * time.Millisecond)
+	m := scrape(t, b)
+	t.Logf("catch-ups: %s", m)
+}
+
+// scrape returns a node's resound_catchups_total lines.
+func scrape(t *testing.T, n *Node) string {
+	var out []string
+	mfs, err := n.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "resound_catchups_total" || mf.GetName() == "resound_catchup_replayed_total" {
+			for _, m := range mf.GetMetric() {
+				out = append(out, fmt.Sprintf("%s%v=%v", mf.GetName(), m.GetLabel(), m.GetCounter().GetValue()))
+			}
+		}
+	}
+	return strings.Join(out, " ")
 }

@@ -58,7 +58,10 @@ type Options struct {
 	Config *config.Config
 	// Listener, when set, is used instead of binding Host:Port.
 	Listener net.Listener
-	Log      zerolog.Logger
+	// Gateway, when set, adjusts the gateway's options before it is built
+	// (tests use it for sizes no setting exposes).
+	Gateway func(*gateway.Options)
+	Log     zerolog.Logger
 }
 
 // Limits are the HTTP API and job limits the settings give.
@@ -168,7 +171,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		Ready: ready,
 		Log:   n.log.With().Str("component", "httpapi").Logger(),
 	})
-	gw, err = gateway.New(gateway.Options{
+	gwOpts := gateway.Options{
 		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
 		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), Log: n.log,
 		MaxOutbound: cfg.MaxOutbound, MaxOutboundTotal: cfg.MaxOutboundTotal, MaxChannels: cfg.MaxChannelsPerConnection,
@@ -176,7 +179,11 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		MaxHTTPConnections: cfg.MaxHTTPConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 		TrustedProxies: cfg.TrustedProxies, ProxyProtocol: cfg.ProxyProtocol,
 		History: hist, HistoryTTL: cfg.HistoryTTL.Duration(), Local: allInOne, GatewayTTL: cfg.GatewayTTL.Duration(),
-	})
+	}
+	if opts.Gateway != nil {
+		opts.Gateway(&gwOpts)
+	}
+	gw, err = gateway.New(gwOpts)
 	if err != nil {
 		return nil, err
 	}
@@ -207,15 +214,12 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			Apps:     func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 			Recovers: Recovers(cfg),
 			// The gateway in this process is the only one the embedded
-			// server serves: hand it the deliveries without the NATS hop,
-			// and publish them only for the history to keep (nothing else
-			// subscribes to them).
-			Deliver: func(subject string, envelope []byte) error {
-				if err := gw.DeliverLocal(subject, envelope); err != nil {
-					return err
-				}
-				return wConn.Publish(subject, envelope)
-			},
+			// server serves: hand it the deliveries without the NATS hop.
+			// Those of apps with recovery are also published, only for the
+			// history to keep (nothing else subscribes to them): there is
+			// no other gateway to catch up, but clients resume.
+			Deliver: gw.DeliverLocal,
+			Record:  wConn.Publish,
 		})
 		n.goRun(func() error { return n.pool.Run(runCtx) })
 	}

@@ -155,8 +155,14 @@ func (s *shard) attempt(t *task) (err error) {
 			// channels delivered before are delivered again: the envelope
 			// carries the job's sequence and the event's index, and
 			// gateways drop what they wrote already.
-			if err := p.opts.Deliver(route.Subject(r.job.AppID, ch), s.envelope); err != nil {
+			subject := route.Subject(r.job.AppID, ch)
+			if err := p.opts.Deliver(subject, s.envelope); err != nil {
 				return fmt.Errorf("publishing the delivery on %s: %w", ch, err)
+			}
+			if recovers && p.opts.Record != nil {
+				if err := p.opts.Record(subject, s.envelope); err != nil {
+					return fmt.Errorf("recording the delivery on %s: %w", ch, err)
+				}
 			}
 			p.stats.Deliveries.Add(1)
 			if m := p.opts.Metrics; m != nil {

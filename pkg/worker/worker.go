@@ -65,6 +65,11 @@ type Options struct {
 	// copy envelope before returning. An error fails the attempt: the job
 	// is tried again (see MaxAttempts).
 	Deliver func(subject string, envelope []byte) error
+	// Record, when set, also takes the deliveries of apps with recovery
+	// (Recovers): all-in-one, Deliver hands them to the gateway in
+	// process, and Record publishes them for the history to keep. It
+	// must copy envelope too.
+	Record func(subject string, envelope []byte) error
 	// ReconnectHold bounds how long jobs are held after reconnecting to
 	// NATS, for the gateways to resubscribe (DefaultReconnectHold if zero).
 	// Keep it well inside the ack wait, or held jobs are redelivered.
