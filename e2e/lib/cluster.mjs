@@ -167,8 +167,19 @@ export class Cluster {
     }
   }
 
-  /** Every process that has exited although the cluster was not stopped. */
-  deadProcs() { return this.procs.filter((p) => p.exited); }
+  /** Every process that has exited although the cluster was not stopped (nor the process killed on purpose). */
+  deadProcs() { return this.procs.filter((p) => p.exited && !p.killedOnPurpose); }
+
+  /**
+   * Kills gateway `i` with `signal` (SIGKILL: a crash, nothing drained) and
+   * waits for it to exit. Its exit does not count as a dead process.
+   */
+  async killGateway(i, signal = 'SIGKILL') {
+    const p = this.gateways[i].proc;
+    p.killedOnPurpose = true;
+    if (!p.exited) p.child.kill(signal);
+    await p.exitPromise;
+  }
 
   async stop() {
     await Promise.all(this.procs.filter((p) => p !== this.nats).map((p) => p.stop()));
