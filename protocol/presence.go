@@ -144,3 +144,57 @@ func AppendMemberRemoved(dst []byte, channel, userID string) []byte {
 	dst = AppendString(dst, string(inner))
 	return append(dst, '}')
 }
+
+// RemovedMember reports the user a pusher_internal:member_removed frame
+// (as AppendTextFrame made it) announces gone; ok is false for any other
+// frame. A gateway reads it to keep a connection from hearing its own
+// user removed: Pusher sends member_removed only once a user's last
+// connection has left, so a subscriber still there is never told.
+func RemovedMember(frame []byte) (userID string, ok bool) {
+	payload, ok := framePayload(frame)
+	if !ok || !bytes.Contains(payload, []byte(`"pusher_internal:member_removed"`)) {
+		return "", false
+	}
+	var msg struct {
+		Event string `json:"event"`
+		Data  string `json:"data"`
+	}
+	if json.Unmarshal(payload, &msg) != nil || msg.Event != "pusher_internal:member_removed" {
+		return "", false
+	}
+	var data struct {
+		UserID string `json:"user_id"`
+	}
+	if json.Unmarshal([]byte(msg.Data), &data) != nil || data.UserID == "" {
+		return "", false
+	}
+	return data.UserID, true
+}
+
+// framePayload returns the payload of one unmasked, final text frame.
+func framePayload(frame []byte) ([]byte, bool) {
+	if len(frame) < 2 || frame[0] != 0x80|OpText || frame[1]&0x80 != 0 {
+		return nil, false
+	}
+	n, hdr := uint64(frame[1]), 2
+	switch n {
+	case 126:
+		if len(frame) < 4 {
+			return nil, false
+		}
+		n, hdr = uint64(frame[2])<<8|uint64(frame[3]), 4
+	case 127:
+		if len(frame) < 10 {
+			return nil, false
+		}
+		n = 0
+		for _, b := range frame[2:10] {
+			n = n<<8 | uint64(b)
+		}
+		hdr = 10
+	}
+	if uint64(len(frame)-hdr) != n {
+		return nil, false
+	}
+	return frame[hdr:], true
+}

@@ -206,3 +206,26 @@ func TestParsedMemberRoundTrip(t *testing.T) {
 		t.Fatalf("user_info %#v", d["user_info"])
 	}
 }
+
+func TestRemovedMember(t *testing.T) {
+	long := strings.Repeat("x", 200) // a 2-byte length header
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		user  string
+		ok    bool
+	}{
+		{"removed", AppendTextFrame(nil, AppendMemberRemoved(nil, "presence-a", "7")), "7", true},
+		{"long channel", AppendTextFrame(nil, AppendMemberRemoved(nil, "presence-"+long, "u")), "u", true},
+		{"added", AppendTextFrame(nil, AppendMemberAdded(nil, "presence-a", PresenceMember{ID: "7"})), "", false},
+		{"event named so", AppendTextFrame(nil, AppendChannelEvent(nil, "x", "presence-a", `"pusher_internal:member_removed"`, "")), "", false},
+		{"truncated", AppendTextFrame(nil, AppendMemberRemoved(nil, "presence-a", "7"))[:20], "", false},
+		{"binary", AppendFrame(nil, OpBinary, AppendMemberRemoved(nil, "presence-a", "7")), "", false},
+		{"empty", nil, "", false},
+	} {
+		user, ok := RemovedMember(tc.frame)
+		if user != tc.user || ok != tc.ok {
+			t.Errorf("%s: got %q, %v; want %q, %v", tc.name, user, ok, tc.user, tc.ok)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/route"
+	"github.com/resoundhq/resound/protocol"
 )
 
 // maxBatch bounds how many deliveries a dispatcher takes at once.
@@ -24,6 +25,9 @@ type delivery struct {
 	hasExclude  bool
 	presenceRev uint64
 	pos         uint64 // the job delivery's position; 0 for a gateway's own frames
+	// removedUser is the user a member_removed announces gone: the
+	// user's own connections, still subscribed, skip it.
+	removedUser string
 }
 
 // channelBatch is a batch's deliveries for one channel, in arrival order.
@@ -174,6 +178,7 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 		dl.exA, dl.exB, dl.hasExclude = parseSocketID(env.ExcludeSocketID)
 		if env.Event == route.EventPresence {
 			dl.presenceRev = env.Seq
+			dl.removedUser, _ = protocol.RemovedMember(env.Frame)
 		}
 		gi := -1
 		for i := range groups {
@@ -292,6 +297,11 @@ func writeMembersFrom(members []member, start int, deliveries []delivery, ws *wr
 			}
 			if dl.presenceRev != 0 && dl.presenceRev <= m.presenceRev {
 				continue // the member list this subscriber got already has it
+			}
+			if dl.removedUser != "" && m.presence != nil && m.presence.ID == dl.removedUser {
+				// Its own user, swept while this gateway was taken for
+				// dead: the connection is here, so the user never left.
+				continue
 			}
 			if dl.pos != 0 && dl.pos <= m.skipThrough {
 				continue // written to it from the history when it resumed

@@ -34,7 +34,7 @@ func benchServer(b *testing.B, subscribers int) (*Server, *dispatcher, []*nats.M
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { _ = unix.Close(fd) })
-		ch.join(&conn{fd: fd, poller: p, app: app, sidA: uint64(i + 1), sidB: 1}, nil, 0)
+		ch.join(&conn{fd: fd, poller: p, app: app, sidA: uint64(i + 1), sidB: 1}, nil, nil, 0)
 	}
 	frame := protocol.AppendTextFrame(nil, protocol.AppendChannelEvent(nil, "App\\Events\\OrderShipped", "bench", `{"order_id":42,"status":"shipped"}`, ""))
 	var msgs []*nats.Msg

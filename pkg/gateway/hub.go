@@ -11,6 +11,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/route"
+	"github.com/resoundhq/resound/protocol"
 )
 
 const hubShards = 64
@@ -306,10 +307,10 @@ func (h *hub) sweepIdle(linger time.Duration) {
 // join adds c to the channel's subscribers and, under the same lock, sends
 // it subscription_succeeded: no delivery can slip in between, so the
 // client never sees an event of the channel before it is subscribed.
-func (ch *channel) join(c *conn, succeeded []byte, presenceRev uint64) {
+func (ch *channel) join(c *conn, succeeded []byte, presence *protocol.PresenceMember, presenceRev uint64) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock() // deferred: a panic recovered above must not leave it held
-	ch.add(member{c: c, presenceRev: presenceRev})
+	ch.add(member{c: c, presence: presence, presenceRev: presenceRev})
 	c.write(succeeded)
 }
 
@@ -327,7 +328,10 @@ func (ch *channel) add(m member) {
 // member is one subscriber of a channel and the presence revision of the
 // member list it was sent (0 on other channels).
 type member struct {
-	c           *conn
+	c *conn
+	// presence is the identity c joined a presence channel with; nil on
+	// other channels.
+	presence    *protocol.PresenceMember
 	presenceRev uint64
 	// skipThrough is the last job position a resumed subscriber was sent
 	// from the history when it joined: later deliveries up to it are

@@ -314,7 +314,7 @@ func (s *Server) joinResumed(c *conn, p *prepared) bool {
 		if ch.lastPos.Load() > r.through {
 			return false
 		}
-		ch.add(member{c: c, presenceRev: p.res.Revision, skipThrough: r.through})
+		ch.add(member{c: c, presence: mp, presenceRev: p.res.Revision, skipThrough: r.through})
 		c.write(frames)
 		return true
 	}()
@@ -330,7 +330,7 @@ func (s *Server) joinResumed(c *conn, p *prepared) bool {
 // frames (subscription_succeeded and what follows it) go out under the
 // channel's lock, so no event of the channel can reach c before them.
 func (s *Server) joined(c *conn, ch *channel, frames []byte, member *protocol.PresenceMember, presenceRev uint64, announce bool) {
-	ch.join(c, frames, presenceRev)
+	ch.join(c, frames, member, presenceRev)
 	s.afterJoin(c, ch, member, presenceRev, announce)
 }
 

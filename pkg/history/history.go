@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -41,21 +42,31 @@ var ErrExpired = errors.New("history: older than the window")
 
 // Ensure creates the history stream, or brings it up to opts.
 //
-// Memory storage: the window is minutes, each delivery is written once
-// and read rarely, and the stream only has to outlive a gateway's or a
-// client's lapse, not the NATS server. After a NATS restart the window
-// starts empty, and readers get ErrExpired: a gateway then tells its
-// clients to reconnect, a resuming client to refetch.
+// File storage: each delivery is written once, to the page cache (the
+// NATS server syncs its file store in the background), and the window
+// outlives a restart of the NATS server. A memory stream would be gone
+// with it, definition and all, and every gateway that came back would
+// have to tell all its clients to reconnect, since nothing could prove
+// what they missed.
 func Ensure(ctx context.Context, js jetstream.JetStream, opts Options) (*History, error) {
+	h := &History{js: js, opts: opts}
+	if err := h.ensure(ctx); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *History) ensure(ctx context.Context) error {
+	opts := h.opts
 	if opts.Replicas <= 0 {
 		opts.Replicas = 1
 	}
-	s, err := queue.CreateOrUpdate(ctx, js, jetstream.StreamConfig{
+	s, err := queue.CreateOrUpdate(ctx, h.js, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Resound deliveries of the last minutes, for gateways and clients to catch up",
 		Subjects:    []string{route.DeliverPrefix + ">"},
 		Retention:   jetstream.LimitsPolicy,
-		Storage:     jetstream.MemoryStorage,
+		Storage:     jetstream.FileStorage,
 		Discard:     jetstream.DiscardOld,
 		MaxAge:      opts.MaxAge,
 		MaxBytes:    opts.MaxBytes,
@@ -65,15 +76,28 @@ func Ensure(ctx context.Context, js jetstream.JetStream, opts Options) (*History
 		Duplicates: 0,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return &History{stream: s, js: js}, nil
+	h.mu.Lock()
+	h.stream = s
+	h.mu.Unlock()
+	return nil
 }
 
 // History reads the history stream.
 type History struct {
+	js   jetstream.JetStream
+	opts Options
+	mu   sync.Mutex
+	// stream is the stream's handle, replaced when the stream is made
+	// again.
 	stream jetstream.Stream
-	js     jetstream.JetStream
+}
+
+func (h *History) handle() jetstream.Stream {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.stream
 }
 
 // barrierSubject is in the stream's subjects but no channel's: a
@@ -88,6 +112,14 @@ const barrierSubject = route.DeliverPrefix + "_barrier"
 // sequence, which can trail what was just published.
 func (h *History) Barrier(ctx context.Context) (uint64, error) {
 	ack, err := h.js.Publish(ctx, barrierSubject, nil)
+	if errors.Is(err, jetstream.ErrNoStreamResponse) {
+		// The stream is gone (an operator removed it, or NATS came back
+		// without it): make it again, so that it keeps what follows.
+		if err := h.ensure(ctx); err != nil {
+			return 0, err
+		}
+		ack, err = h.js.Publish(ctx, barrierSubject, nil)
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -97,7 +129,7 @@ func (h *History) Barrier(ctx context.Context) (uint64, error) {
 // Mark returns the stream's last sequence: a delivery stored after the
 // call has a greater one.
 func (h *History) Mark(ctx context.Context) (uint64, error) {
-	info, err := h.stream.Info(ctx)
+	info, err := h.handle().Info(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -113,7 +145,7 @@ const fetchBatch = 256
 // ErrExpired, before replaying anything, when some deliveries after mark
 // are gone already.
 func (h *History) Since(ctx context.Context, mark, through uint64, subjects []string, f func(subject string, data []byte, seq uint64) error) error {
-	info, err := h.stream.Info(ctx)
+	info, err := h.handle().Info(ctx)
 	if err != nil {
 		return err
 	}
@@ -145,7 +177,7 @@ func (h *History) Since(ctx context.Context, mark, through uint64, subjects []st
 // with the one at pos kept, all that followed it are too. from is no
 // later than when the delivery at pos was stored; the read starts there.
 func (h *History) After(ctx context.Context, subject string, pos uint64, from time.Time, f func(data []byte) error) (replayed int, err error) {
-	info, err := h.stream.Info(ctx)
+	info, err := h.handle().Info(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -190,7 +222,7 @@ func (h *History) After(ctx context.Context, subject string, pos uint64, from ti
 // stream's last sequence when the replay began: later deliveries reach
 // the reader live.
 func (h *History) replay(ctx context.Context, cfg jetstream.OrderedConsumerConfig, last uint64, f func(jetstream.Msg, uint64) error) error {
-	cons, err := h.stream.OrderedConsumer(ctx, cfg)
+	cons, err := h.handle().OrderedConsumer(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("history: %w", err)
 	}
