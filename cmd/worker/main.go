@@ -22,6 +22,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/logging"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/node"
@@ -84,13 +85,23 @@ func main() {
 		log.Error().Err(err).Msg("shared-state buckets")
 		os.Exit(1)
 	}
+	// The history keeps what this worker delivers; gateways create it
+	// too, but deliveries made before any gateway ran would go unkept.
+	setup, cancel = context.WithTimeout(ctx, 30*time.Second)
+	_, err = history.Ensure(setup, js, node.HistoryOptions(&cfg.Settings))
+	cancel()
+	if err != nil {
+		log.Error().Err(err).Msg("history stream")
+		os.Exit(1)
+	}
 	reg := metrics.NewRegistry()
 	var pool *worker.Pool
 	wm := metrics.NewWorker(reg, func() float64 { return float64(pool.Stats().Pending.Load()) })
 	pool = worker.New(worker.Options{
 		Conn: nc, JetStream: js, Limits: node.Limits(&cfg.Settings), Workers: cfg.Workers, Log: log, Cache: stores.Cache, Metrics: wm,
 		Stores: stores, Partitions: cfg.Partitions, MaxAttempts: cfg.JobMaxAttempts,
-		Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+		Apps:     func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+		Recovers: node.Recovers(cfg),
 	})
 	var draining atomic.Bool
 	mux := http.NewServeMux()

@@ -125,7 +125,7 @@ func cleanReason(s string) string {
 // out or the stream is full, whoever reads it; DiscardOld, so that setting
 // a job aside never fails for a full stream.
 func ensureDeadLetters(ctx context.Context, js jetstream.JetStream, replicas int) error {
-	_, err := createOrUpdate(ctx, js, jetstream.StreamConfig{
+	_, err := CreateOrUpdate(ctx, js, jetstream.StreamConfig{
 		Name:        DeadLetterStream,
 		Description: "Resound jobs set aside: invalid, or failed every attempt",
 		Subjects:    []string{DeadLetterPrefix + ">"},
@@ -140,8 +140,9 @@ func ensureDeadLetters(ctx context.Context, js jetstream.JetStream, replicas int
 	return err
 }
 
-// createOrUpdate creates the stream cfg names or updates it to cfg.
-func createOrUpdate(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+// CreateOrUpdate creates the stream cfg names, or updates it to cfg, when
+// other processes may be doing the same at the same time.
+func CreateOrUpdate(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	s, err := js.CreateOrUpdateStream(ctx, cfg)
 	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		// Another process created it between our update and create, with

@@ -144,7 +144,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 		Duplicates:         2 * time.Minute,
 		AllowAtomicPublish: true,
 	}
-	s, err := createOrUpdate(ctx, js, cfg)
+	s, err := CreateOrUpdate(ctx, js, cfg)
 	if err != nil {
 		return nil, err
 	}
