@@ -103,6 +103,20 @@ lines:
 	return sum
 }
 
+// expectLetGo waits until the gateway whose ops address is addr holds no
+// client connection: loadgen has exited, so every socket it had is closed,
+// those the gateway closed itself (4200) among them.
+func expectLetGo(t *testing.T, addr string) {
+	t.Helper()
+	var conns, subs float64
+	if poll(nil, 10*time.Second, "no connection left", func() bool {
+		conns, subs = metric(t, addr, "resound_connections"), metric(t, addr, "resound_subscriptions")
+		return conns <= 0 && subs <= 0
+	}) != nil {
+		t.Errorf("gateway 2 still holds %v connections and %v subscriptions after loadgen closed them all", conns, subs)
+	}
+}
+
 // logSummaryOnFailure prints loadgen's summary (without its histograms)
 // if the test failed.
 func logSummaryOnFailure(t *testing.T, s *loadgen.Summary) {
@@ -116,9 +130,13 @@ func logSummaryOnFailure(t *testing.T, s *loadgen.Summary) {
 	t.Logf("loadgen summary: %s", b)
 }
 
-// logNATSLinks prints what the process logged about its NATS links.
+// logNATSLinks prints what the process logged about its NATS links and
+// catching up, if the test failed.
 func logNATSLinks(t *testing.T, p *proc) {
 	t.Helper()
+	if !t.Failed() {
+		return
+	}
 	var lines []string
 	for _, line := range strings.Split(p.output(), "\n") {
 		if strings.Contains(line, "NATS") || strings.Contains(line, "catch") || strings.Contains(line, "history") ||
@@ -163,12 +181,12 @@ func startLinkCutCluster(t *testing.T, env ...string) *linkCutCluster {
 func TestGatewayLinkCut(t *testing.T) {
 	lc := startLinkCutCluster(t)
 	g2 := lc.gateways[1]
-	// 64 subscribers a channel, 32 on each gateway; 65 events a channel,
-	// 13.4 s at 150/s: 2 s before the cut, 8 s of cut, 3.4 s after.
-	const conns, channels, events, cut = 64 * 31, 31, 65 * 31, 8 * time.Second
+	// 64 subscribers a channel, 32 on each gateway; 56 events a channel,
+	// 11.6 s at 150/s: 1 s before the cut, 8 s of cut, 2.6 s after.
+	const conns, channels, events, cut = 64 * 31, 31, 56 * 31, 8 * time.Second
 	lg := startLoadgen(t, lc.cluster, lc.gateways[0], "linkcut", "-reconnect", "-conns", strconv.Itoa(conns),
 		"-channels", strconv.Itoa(channels), "-rate", "150", "-events", strconv.Itoa(events))
-	lg.waitSent(t, 300)
+	lg.waitSent(t, 150)
 	before := lc.proxy.Stats()
 	cutFor(t, lc.proxy, cut)
 	if p := lg.progress(); p.EventsSent >= events {
@@ -184,6 +202,7 @@ func TestGatewayLinkCut(t *testing.T) {
 		t.Errorf("dropped %d, reconnects %d, failures %v, request failures %v; gateway 2's clients must stay connected",
 			s.Conns.Dropped, s.Conns.Reconnects, s.Conns.Failures, s.Fanout.RequestFailures)
 	}
+	expectLetGo(t, lc.opsAddr)
 	if ok := metric(t, lc.opsAddr, "resound_catchups_total", `result="ok"`); ok < 1 {
 		t.Errorf(`gateway 2's resound_catchups_total{result="ok"} is %v, want at least 1`, ok)
 	}
@@ -203,9 +222,9 @@ func TestGatewayLinkCutPastHistory(t *testing.T) {
 	// window decides: nobody sweeps gateway 2 meanwhile.
 	lc := startLinkCutCluster(t, "RESOUND_HISTORY_TTL=10", "RESOUND_GATEWAY_TTL=60")
 	g2 := lc.gateways[1]
-	// 10 subscribers a channel, 5 on each gateway; 65 events a channel,
-	// 20 s at 100/s: 1 s before the cut, 15 s of cut, 4 s after.
-	const conns, channels, events, cut = 10 * 31, 31, 65 * 31, 15 * time.Second
+	// 10 subscribers a channel, 5 on each gateway; 61 events a channel,
+	// 19 s at 100/s: 1 s before the cut, 15 s of cut, 3 s after.
+	const conns, channels, events, cut = 10 * 31, 31, 61 * 31, 15 * time.Second
 	const onG2 = conns / 2
 	lg := startLoadgen(t, lc.cluster, lc.gateways[0], "pasthistory", "-reconnect", "-conns", strconv.Itoa(conns),
 		"-channels", strconv.Itoa(channels), "-rate", "100", "-events", strconv.Itoa(events))
@@ -239,6 +258,7 @@ func TestGatewayLinkCutPastHistory(t *testing.T) {
 	if s.Fanout.Gap == 0 {
 		t.Error("no gap: the clients closed with 4200 were not away at all")
 	}
+	expectLetGo(t, lc.opsAddr)
 	if n := metric(t, lc.opsAddr, "resound_catchups_total", `result="expired"`); n < 1 {
 		t.Errorf(`gateway 2's resound_catchups_total{result="expired"} is %v, want at least 1`, n)
 	}
@@ -255,9 +275,9 @@ func TestWorkerLinkCut(t *testing.T) {
 	natsURL, _ := startNATS(t)
 	proxy, viaProxy := startProxy(t, natsURL)
 	c := startCluster(t, clusterSpec{gateways: 2, workers: 1, natsURL: natsURL, workerEnv: []string{"NATS_URL=" + viaProxy}})
-	// 20 subscribers a channel, 10 on each gateway; 58 events a channel,
-	// 12 s at 150/s: 1 s before the cut, 8 s of cut, 3 s after.
-	const conns, channels, events, cut = 20 * 31, 31, 58 * 31, 8 * time.Second
+	// 20 subscribers a channel, 10 on each gateway; 55 events a channel,
+	// 11.4 s at 150/s: 1 s before the cut, 8 s of cut, 2.4 s after.
+	const conns, channels, events, cut = 20 * 31, 31, 55 * 31, 8 * time.Second
 	lg := startLoadgen(t, c, c.gateways[0], "workercut", "-conns", strconv.Itoa(conns),
 		"-channels", strconv.Itoa(channels), "-rate", "150", "-events", strconv.Itoa(events))
 	lg.waitSent(t, 150)
