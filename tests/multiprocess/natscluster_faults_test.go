@@ -95,6 +95,15 @@ func (s *resoundSet) stop(t *testing.T) {
 	}
 }
 
+// cluster is set as startLoadgen takes it.
+func (s *resoundSet) cluster(natsURL string) *cluster {
+	c := &cluster{natsURL: natsURL, gateways: s.gateways}
+	for _, w := range s.workers {
+		c.workers = append(c.workers, w.proc)
+	}
+	return c
+}
+
 var jobsOK = regexp.MustCompile(`(?m)^resound_jobs_total\{result="ok"\} (\d+)`)
 
 // jobsDone is how many jobs the worker has worked, from its /metrics.
@@ -210,9 +219,8 @@ func TestFreshNATSClusterStart(t *testing.T) {
 // event again.
 func TestNATSNodeKilledUnderLoad(t *testing.T) {
 	nc := startNATSCluster(t)
-	env := []string{replicasEnv, "RESOUND_GATEWAY_TTL=3"}
-	c := startCluster(t, clusterSpec{gateways: 2, workers: 2, natsURL: nc.urls(), workerEnv: env,
-		gatewayEnv: func(int) []string { return env }})
+	set := startResoundAtOnce(t, nc.urls(), 2, 2, replicasEnv, "RESOUND_GATEWAY_TTL=3")
+	c := set.cluster(nc.urls())
 
 	// 24 connections over 8 channels, 12 on each gateway: every channel
 	// has subscribers on both. 300 events/s for 15 s.
@@ -221,23 +229,23 @@ func TestNATSNodeKilledUnderLoad(t *testing.T) {
 		"-rate", "300", "-events", strconv.Itoa(events), "-drain", "20s")
 	lg.waitSent(t, events/4)
 
-	// The victim: a node a gateway is connected to, the job stream's
-	// leader if it is one of those (the worst case: the API cannot store
-	// jobs until another leads, and a gateway misses deliveries until it
-	// is back on another node).
-	leader := nc.streamLeader("RESOUND_JOBS")
+	// The victim: a node a gateway is connected to, made the job stream's
+	// leader first. The worst case: the API cannot store jobs until
+	// another node leads the stream, and the gateway misses deliveries
+	// until it is back on another node.
 	victim := -1
 	for i := range nc.nodes {
 		conns := nc.clients(i)
 		t.Logf("%s: clients %v", nc.nodes[i].name, conns)
-		if conns["resound-gateway"] > 0 && (victim < 0 || i == leader) {
+		if conns["resound-gateway"] > 0 && victim < 0 {
 			victim = i
 		}
 	}
 	if victim < 0 {
 		t.Fatal("no node holds a gateway's connection")
 	}
-	t.Logf("killing %s (job stream leader: %d)", nc.nodes[victim].name, leader)
+	nc.moveStreamLeader("RESOUND_JOBS", victim)
+	t.Logf("killing %s, the job stream's leader", nc.nodes[victim].name)
 	nc.kill(victim)
 	killedAt := lg.progress()
 	if killedAt.EventsSent >= events {

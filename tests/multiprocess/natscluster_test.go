@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // A real NATS cluster for the tests: natsClusterSize nats-server
@@ -258,6 +260,36 @@ func (c *natsCluster) streamLeader(stream string) int {
 		}
 	}
 	return -1
+}
+
+// moveStreamLeader makes node to the leader of stream: it asks the
+// current leader to step down in favour of node to (nats-server 2.11+),
+// again until it is so.
+func (c *natsCluster) moveStreamLeader(stream string, to int) {
+	c.t.Helper()
+	nc, err := nats.Connect(c.nodes[to].url())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer nc.Close()
+	req := []byte(`{"placement":{"preferred":"` + c.nodes[to].name + `"}}`)
+	var last string
+	err = poll(nil, natsStartTimeout, stream+" led by "+c.nodes[to].name, func() bool {
+		if c.streamLeader(stream) == to {
+			return true
+		}
+		if m, err := nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, req, 2*time.Second); err != nil {
+			last = err.Error()
+		} else {
+			last = string(m.Data)
+		}
+		// The election takes a moment: look before asking again.
+		time.Sleep(500 * time.Millisecond)
+		return c.streamLeader(stream) == to
+	})
+	if err != nil {
+		c.t.Fatalf("%v (last answer: %s)", err, last)
+	}
 }
 
 // index is the index of the node named name, or -1.
