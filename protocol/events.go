@@ -1,6 +1,9 @@
 package protocol
 
-import "strconv"
+import (
+	"strconv"
+	"strings"
+)
 
 // Version is the Pusher protocol version Resound speaks.
 const Version = 7
@@ -145,6 +148,70 @@ var (
 	MessagePing = []byte(`{"event":"pusher:ping","data":"{}"}`)
 	MessagePong = []byte(`{"event":"pusher:pong","data":"{}"}`)
 )
+
+// AppendChannelEventAt is AppendChannelEvent for an app whose clients may
+// resume channels: the event carries its position on the channel as the
+// string "position", which pusher-js and laravel-echo ignore and
+// Resound's recovery plugin records and gives back (docs/recovery.md).
+// The string is the position and the time its job was stored, in unix
+// milliseconds, "<position>.<ms>": the time tells the server where in
+// its history to start looking for the position.
+func AppendChannelEventAt(dst []byte, event, channel, data string, position uint64, storedMillis int64) []byte {
+	dst = AppendChannelEvent(dst, event, channel, data, "")
+	dst = append(dst[:len(dst)-1], `,"position":"`...)
+	dst = AppendPosition(dst, position, storedMillis)
+	return append(dst, `"}`...)
+}
+
+// Events of Resound's recovery extension (docs/recovery.md). pusher-js
+// does not emit pusher_internal events it does not know, so stock clients
+// never see them; the recovery plugin reads them off the connection.
+const (
+	EventResumed      = "pusher_internal:resumed"
+	EventResumeFailed = "pusher_internal:resume_failed"
+)
+
+// AppendResumed appends pusher_internal:resumed: the replay of what the
+// client missed on the channel is done.
+func AppendResumed(dst []byte, channel string, replayed int) []byte {
+	dst = append(dst, `{"event":"pusher_internal:resumed","channel":`...)
+	dst = AppendString(dst, channel)
+	dst = append(dst, `,"data":"{\"replayed\":`...)
+	dst = strconv.AppendInt(dst, int64(replayed), 10)
+	return append(dst, `}"}`...)
+}
+
+// AppendResumeFailed appends pusher_internal:resume_failed: what the
+// client missed cannot be replayed (reason "expired": older than the
+// window; "too_many": more than fits), and it must refetch.
+func AppendResumeFailed(dst []byte, channel, reason string) []byte {
+	dst = append(dst, `{"event":"pusher_internal:resume_failed","channel":`...)
+	dst = AppendString(dst, channel)
+	dst = append(dst, `,"data":"{\"reason\":\"`...)
+	dst = append(dst, reason...) // a fixed word
+	return append(dst, `\"}"}`...)
+}
+
+// AppendPosition appends a position string, "<position>.<ms>".
+func AppendPosition(dst []byte, position uint64, storedMillis int64) []byte {
+	dst = strconv.AppendUint(dst, position, 10)
+	dst = append(dst, '.')
+	return strconv.AppendInt(dst, storedMillis, 10)
+}
+
+// ParsePosition reads a position string a client gave back.
+func ParsePosition(s string) (position uint64, storedMillis int64, ok bool) {
+	p, ms, found := strings.Cut(s, ".")
+	if !found {
+		return 0, 0, false
+	}
+	pos, err1 := strconv.ParseUint(p, 10, 64)
+	t, err2 := strconv.ParseInt(ms, 10, 64)
+	if err1 != nil || err2 != nil || pos == 0 || t <= 0 {
+		return 0, 0, false
+	}
+	return pos, t, true
+}
 
 // AppendChannelEvent appends an event on a channel as subscribers receive
 // it. data is the producer's string, passed through untouched (encrypted

@@ -242,3 +242,35 @@ func TestEventsAppendToDst(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendChannelEventAt(t *testing.T) {
+	got := string(AppendChannelEventAt(nil, "e", "c", `{"a":1}`, 12345<<4|3, 1733456789012))
+	want := `{"event":"e","channel":"c","data":"{\"a\":1}","position":"197523.1733456789012"}`
+	if got != want {
+		t.Fatalf("got %s, want %s", got, want)
+	}
+	pos, ms, ok := ParsePosition("197523.1733456789012")
+	if !ok || pos != 12345<<4|3 || ms != 1733456789012 {
+		t.Fatalf("parsed %d %d %v", pos, ms, ok)
+	}
+	for _, bad := range []string{"", "1", "1.", ".1", "0.1", "1.0", "a.1", "1.b", "-1.1", "1.2.3", "18446744073709551616.1"} {
+		if _, _, ok := ParsePosition(bad); ok {
+			t.Errorf("ParsePosition(%q) accepted", bad)
+		}
+	}
+}
+
+func TestResumeEvents(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{string(AppendResumed(nil, "news", 3)), `{"event":"pusher_internal:resumed","channel":"news","data":"{\"replayed\":3}"}`},
+		{string(AppendResumeFailed(nil, "news", "expired")), `{"event":"pusher_internal:resume_failed","channel":"news","data":"{\"reason\":\"expired\"}"}`},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %s, want %s", tc.got, tc.want)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(tc.got), &m); err != nil {
+			t.Errorf("%s: %v", tc.got, err)
+		}
+	}
+}

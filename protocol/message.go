@@ -79,6 +79,9 @@ type SubscribeData struct {
 	// ChannelData is the exact string the auth signature covers (presence).
 	ChannelData    string
 	HasChannelData bool
+	// Position, when set, is the last position the client saw on the
+	// channel: a resume (Resound's extension, docs/recovery.md).
+	Position string
 }
 
 // ParseSubscribeData decodes the data of pusher:subscribe. channel must be
@@ -88,6 +91,7 @@ func ParseSubscribeData(data json.RawMessage) (SubscribeData, error) {
 		Channel     json.RawMessage `json:"channel"`
 		Auth        json.RawMessage `json:"auth"`
 		ChannelData json.RawMessage `json:"channel_data"`
+		Position    json.RawMessage `json:"position"`
 	}
 	data = unwrapData(data)
 	if len(data) == 0 || data[0] != '{' || json.Unmarshal(data, &raw) != nil {
@@ -95,6 +99,9 @@ func ParseSubscribeData(data json.RawMessage) (SubscribeData, error) {
 	}
 	var d SubscribeData
 	if !decodeString(raw.Channel, &d.Channel) {
+		return SubscribeData{}, ErrInvalidMessage
+	}
+	if raw.Position != nil && string(raw.Position) != "null" && !decodeString(raw.Position, &d.Position) {
 		return SubscribeData{}, ErrInvalidMessage
 	}
 	if raw.Auth != nil && string(raw.Auth) != "null" && !decodeString(raw.Auth, &d.Auth) {

@@ -23,6 +23,7 @@ import (
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/ensure"
+	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/logging"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/node"
@@ -84,7 +85,13 @@ func main() {
 		if stores, err = cluster.Ensure(ctx, js, node.ClusterOptions(&cfg.Settings)); err != nil {
 			return err
 		}
-		_, err = queue.EnsureConsumers(ctx, js, cfg.Partitions)
+		if _, err = queue.EnsureConsumers(ctx, js, cfg.Partitions); err != nil {
+			return err
+		}
+		// The history keeps what this worker delivers; gateways create
+		// it too, but deliveries made before any gateway ran would go
+		// unkept.
+		_, err = history.Ensure(ctx, js, node.HistoryOptions(&cfg.Settings))
 		return err
 	})
 	if err != nil {
@@ -97,7 +104,8 @@ func main() {
 	pool = worker.New(worker.Options{
 		Conn: nc, JetStream: js, Limits: node.Limits(&cfg.Settings), Workers: cfg.Workers, Log: log, Cache: stores.Cache, Metrics: wm,
 		Stores: stores, Partitions: cfg.Partitions, MaxAttempts: cfg.JobMaxAttempts,
-		Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+		Apps:     func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+		Recovers: node.Recovers(cfg),
 	})
 	var draining atomic.Bool
 	mux := http.NewServeMux()

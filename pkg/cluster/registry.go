@@ -24,7 +24,16 @@ type Registry struct {
 	// that was seen alive is gone, and once at start-up, so that state left
 	// by gateways that died before this one started is cleaned up too.
 	onGone func(ctx context.Context, live map[string]bool)
+	// onLapse, when set, is called when this process's heartbeat is back
+	// after it lapsed (it could not heartbeat for a TTL, or its key was
+	// gone): the others may have swept what it holds, and it must say it
+	// again.
+	onLapse func(ctx context.Context)
 }
+
+// OnLapse sets what to do when this process's heartbeat lapsed and is
+// back. Set it before Run.
+func (r *Registry) OnLapse(f func(ctx context.Context)) { r.onLapse = f }
 
 // NewGatewayID returns a fresh gateway id.
 func NewGatewayID() string { return nuid.Next() }
@@ -97,11 +106,25 @@ func (r *Registry) Register(ctx context.Context) error {
 // Run heartbeats until ctx ends, then removes this gateway's key so that
 // the others clean up after it at once.
 func (r *Registry) Run(ctx context.Context) {
+	lastBeat := time.Now() // Register wrote the first
+	lapsed := false
 	beat := func() {
 		c, cancel := context.WithTimeout(ctx, r.interval)
 		defer cancel()
-		if _, err := r.kv.Put(c, r.id, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil && ctx.Err() == nil {
-			r.log.Warn().Err(err).Msg("gateway heartbeat")
+		if _, err := r.kv.Put(c, r.id, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn().Err(err).Msg("gateway heartbeat")
+			}
+			return
+		}
+		// A heartbeat a TTL late (NATS away, the process stalled) may
+		// have let the key expire and the others sweep.
+		lapsed = lapsed || time.Since(lastBeat) >= r.ttl-r.interval/2
+		lastBeat = time.Now()
+		if lapsed && r.onLapse != nil {
+			lapsed = false
+			r.log.Warn().Msg("heartbeat lapsed: saying again what this process holds")
+			r.onLapse(ctx)
 		}
 	}
 	beat()

@@ -45,6 +45,10 @@ type App struct {
 	// SubscriptionCount turns on pusher_internal:subscription_count events
 	// for non-presence channels, as Pusher's app setting does.
 	SubscriptionCount bool `json:"subscription_count,omitempty"`
+	// Recovery lets clients resume channels where they left off: events
+	// carry their position, and a resubscription that gives one gets what
+	// it missed (docs/recovery.md). Unset takes RESOUND_RECOVERY.
+	Recovery *bool `json:"recovery,omitempty"`
 }
 
 // Client-event modes.
@@ -108,6 +112,9 @@ func (a *Apps) ByID(id string) (*App, bool) { app, ok := a.byID[id]; return app,
 // ByKey finds an app by its key.
 func (a *Apps) ByKey(key string) (*App, bool) { app, ok := a.byKey[key]; return app, ok }
 
+// Recovers reports whether the app lets clients resume channels.
+func (a *App) Recovers() bool { return a.Recovery != nil && *a.Recovery }
+
 // ByKeyBytes is ByKey for a key still in a request's bytes; it does not
 // copy them.
 func (a *Apps) ByKeyBytes(key []byte) (*App, bool) { app, ok := a.byKey[string(key)]; return app, ok }
@@ -147,6 +154,10 @@ func (s *Settings) withDefaults(app App) App {
 	}
 	if app.MaxUserConnections == 0 {
 		app.MaxUserConnections = 100
+	}
+	if app.Recovery == nil {
+		on := s.Recovery
+		app.Recovery = &on
 	}
 	return app
 }

@@ -78,7 +78,11 @@ type Settings struct {
 	ProxyProtocol            bool    `envconfig:"RESOUND_PROXY_PROTOCOL" default:"false" desc:"connections from trusted proxies start with a PROXY protocol v1 or v2 header"`
 	MaxChannelsPerConnection int     `envconfig:"RESOUND_MAX_CHANNELS_PER_CONNECTION" default:"1000" desc:"channels one connection may be on; the next subscription gets pusher:subscription_error and pusher:error 4301"`
 	MaxOutboundTotal         int64   `envconfig:"RESOUND_MAX_OUTBOUND_TOTAL" default:"268435456" desc:"bytes of output all slow clients of a gateway may hold at once; a write past it cuts that client off"`
-	OpsAddr                  string  `envconfig:"RESOUND_OPS_ADDR" desc:"host:port for /metrics and /debug/pprof/ (and /up, /livez); empty serves them nowhere, never on the public port"`
+	HistoryTTL               Seconds `envconfig:"RESOUND_HISTORY_TTL" default:"300" desc:"seconds deliveries are kept for gateways and resuming clients to catch up with"`
+	HistoryMaxBytes          int64   `envconfig:"RESOUND_HISTORY_MAX_BYTES" default:"268435456" desc:"bytes of deliveries kept for catching up; the oldest go first"`
+	Recovery                 bool    `envconfig:"RESOUND_RECOVERY" default:"false" desc:"apps that do not say otherwise let clients resume channels where they left off (events carry their position)"`
+
+	OpsAddr string `envconfig:"RESOUND_OPS_ADDR" desc:"host:port for /metrics and /debug/pprof/ (and /up, /livez); empty serves them nowhere, never on the public port"`
 }
 
 // CIDRs is a comma-separated list of networks ("10.0.0.0/8,192.168.1.7");
@@ -249,6 +253,10 @@ func (s *Settings) validate() error {
 		return fmt.Errorf("invalid setting RESOUND_MAX_CONNECTIONS_PER_IP=%d: must not be negative", s.MaxConnectionsPerIP)
 	case s.MaxChannelsPerConnection < 1:
 		return fmt.Errorf("invalid setting RESOUND_MAX_CHANNELS_PER_CONNECTION=%d: must be at least 1", s.MaxChannelsPerConnection)
+	case s.HistoryTTL < Seconds(10*time.Second):
+		return fmt.Errorf("invalid setting RESOUND_HISTORY_TTL: must be at least 10 seconds")
+	case s.HistoryMaxBytes < 1<<20:
+		return fmt.Errorf("invalid setting RESOUND_HISTORY_MAX_BYTES=%d: must be at least 1 MiB", s.HistoryMaxBytes)
 	case s.MaxOutboundTotal < int64(s.MaxOutbound):
 		return fmt.Errorf("invalid setting RESOUND_MAX_OUTBOUND_TOTAL=%d: must be at least RESOUND_MAX_OUTBOUND (%d)", s.MaxOutboundTotal, s.MaxOutbound)
 	}

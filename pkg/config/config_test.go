@@ -121,7 +121,8 @@ func TestLoadOneAppFromEnvironment(t *testing.T) {
 	want := App{ID: "123456", Key: "the-key", Secret: "the-secret",
 		PingInterval: Seconds(15 * time.Second), ActivityTimeout: Seconds(30 * time.Second), MaxMessageSize: 500,
 		AcceptClientEventsFrom: ClientEventsMembers, ClientEventRateLimit: 10,
-		MaxPresenceMembers: 100, MaxPresenceUserInfo: 1024, MaxPresenceUserIDLength: 128, MaxUserConnections: 100}
+		MaxPresenceMembers: 100, MaxPresenceUserInfo: 1024, MaxPresenceUserIDLength: 128, MaxUserConnections: 100,
+		Recovery: new(bool)}
 	if !reflect.DeepEqual(*byID, want) {
 		t.Fatalf("app = %+v, want %+v", *byID, want)
 	}

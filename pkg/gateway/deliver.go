@@ -5,6 +5,7 @@ import (
 	"math"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sys/unix"
@@ -22,6 +23,7 @@ type delivery struct {
 	exA, exB    uint64
 	hasExclude  bool
 	presenceRev uint64
+	pos         uint64 // the job delivery's position; 0 for a gateway's own frames
 }
 
 // channelBatch is a batch's deliveries for one channel, in arrival order.
@@ -30,11 +32,28 @@ type channelBatch struct {
 	deliveries []delivery
 }
 
-// dispatcher is the reusable state of one dispatcher goroutine.
+// dispatcher is the state of one dispatcher goroutine.
 type dispatcher struct {
+	index   int
 	msgs    []*nats.Msg
 	groups  []channelBatch
 	scratch writeScratch
+	// The catch-up state (catchup.go): while holding, live deliveries
+	// wait in held until the catch-up run holdGen has replayed what was
+	// missed.
+	holding bool
+	holdGen uint64
+	// strict: the batch being dispatched is replays or held deliveries,
+	// which may repeat what was written already beyond the duplicate
+	// window: drop every job delivery at or before the channel's last
+	// position. (Live deliveries only ever repeat within the window, and
+	// a reorder elsewhere must not turn into a loss here.)
+	strict      bool
+	held        []*nats.Msg
+	heldBytes   int
+	releasedGen uint64
+	reconnects  uint64    // the NATS connection's reconnects, as last seen
+	lastEmpty   time.Time // when the queue was last found empty
 }
 
 // runDispatcher writes the deliveries it receives to each channel's local
@@ -64,13 +83,32 @@ func (s *Server) DeliverLocal(subject string, envelope []byte) error {
 	}
 }
 
-func (s *Server) runDispatcher(in <-chan *nats.Msg, done <-chan struct{}) {
-	d := &dispatcher{scratch: writeScratch{iovecs: make([]unix.Iovec, 0, maxBatch)}}
+func (s *Server) runDispatcher(index int, done <-chan struct{}) {
+	in, replays := s.dispatch[index], s.replays[index]
+	now := time.Now()
+	d := &dispatcher{index: index, scratch: writeScratch{iovecs: make([]unix.Iovec, 0, maxBatch)}, lastEmpty: now}
 	for {
+		if d.holding {
+			// Catching up: replays and the release come first; live
+			// deliveries are taken off the queue (so that NATS drops none
+			// as a slow consumer) and held, in order.
+			select {
+			case r := <-replays:
+				s.replayed(d, r)
+			case m := <-in:
+				s.hold(d, m)
+			case <-done:
+				return
+			}
+			continue
+		}
 		d.msgs = d.msgs[:0]
 		select {
 		case m := <-in:
 			d.msgs = append(d.msgs, m)
+		case r := <-replays:
+			s.replayed(d, r)
+			continue
 		case <-done:
 			return
 		}
@@ -82,6 +120,14 @@ func (s *Server) runDispatcher(in <-chan *nats.Msg, done <-chan struct{}) {
 			default:
 				break fill
 			}
+		}
+		now := time.Now()
+		if len(in) == 0 {
+			d.lastEmpty = now
+			s.lastEmpty[index].Store(now.UnixNano())
+		}
+		if s.gapBefore(d) {
+			continue // the batch is held, behind what was missed
 		}
 		s.dispatchSafely(d)
 	}
@@ -120,11 +166,11 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 			// subscription carries the same message.
 			continue
 		}
-		if ch.seen(env.ID()) {
+		if ch.seen(env.ID()) || d.strict && env.ID() != 0 && env.ID() <= ch.lastPos.Load() {
 			s.prom.Duplicates.Inc()
 			continue
 		}
-		dl := delivery{frame: env.Frame}
+		dl := delivery{frame: env.Frame, pos: env.ID()}
 		dl.exA, dl.exB, dl.hasExclude = parseSocketID(env.ExcludeSocketID)
 		if env.Event == route.EventPresence {
 			dl.presenceRev = env.Seq
@@ -163,7 +209,15 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 func (s *Server) fanOutChannel(ch *channel, deliveries []delivery, ws *writeScratch) int {
 	ch.mu.RLock()
 	defer ch.mu.RUnlock()
-	return s.fanOut(ch.members, deliveries, ws)
+	n := s.fanOut(ch.members, deliveries, ws)
+	// Under the read lock: a joiner that takes the write lock after this
+	// sees the position of every delivery written before it joined.
+	last := ch.lastPos.Load()
+	for i := range deliveries {
+		last = max(last, deliveries[i].pos)
+	}
+	ch.lastPos.Store(last)
+	return n
 }
 
 // parallelMin is the subscriber count from which a channel's writes are
@@ -238,6 +292,9 @@ func writeMembersFrom(members []member, start int, deliveries []delivery, ws *wr
 			}
 			if dl.presenceRev != 0 && dl.presenceRev <= m.presenceRev {
 				continue // the member list this subscriber got already has it
+			}
+			if dl.pos != 0 && dl.pos <= m.skipThrough {
+				continue // written to it from the history when it resumed
 			}
 			frames = append(frames, dl.frame)
 		}

@@ -49,7 +49,14 @@ type hub struct {
 	dispatch     []chan *nats.Msg
 	seed         maphash.Seed
 	flushTimeout time.Duration
-	shards       [hubShards]hubShard
+	// local: deliveries are only ever handed over in process (all-in-one),
+	// so channels need no NATS subscription.
+	local bool
+	// mark, when set, is the history stream's last sequence as last read
+	// (within a second): catch-up replays a channel nothing stored before
+	// it was made here.
+	mark   func() uint64
+	shards [hubShards]hubShard
 	// idle counts the channels with no subscriber left, each holding its
 	// NATS subscription for channelLinger. Past maxIdleChannels,
 	// crowded wakes the sweeper at once: a client subscribing to fresh
@@ -91,6 +98,19 @@ type channel struct {
 	// another one — an older subscription to the same subject, still
 	// being removed after the channel emptied and came back — is dropped.
 	nsub atomic.Pointer[nats.Subscription]
+	// createdMark is the history stream's last sequence, as last read,
+	// when the channel was made here (written before ready is closed):
+	// what was stored before it is older than the channel on this
+	// gateway, and catch-up does not replay it.
+	createdMark uint64
+	// lastPos is the position of the last job delivery written to the
+	// channel's subscribers (route.Envelope.ID). The dispatcher sets it
+	// under the channel's read lock, so a joiner holding the write lock
+	// sees every delivery written before it joins.
+	lastPos atomic.Uint64
+	// dropped is how many deliveries NATS dropped on nsub as a slow
+	// consumer, as the channel's dispatcher last saw it.
+	dropped int
 
 	mu sync.RWMutex
 	// members are the subscribers, in a slice so that fan-out walks memory
@@ -186,9 +206,21 @@ func (h *hub) acquire(ctx context.Context, app *config.App, name string) (*chann
 	sh.channels[subject] = ch
 	sh.mu.Unlock()
 
-	sub, err := h.nc.ChanSubscribe(subject, h.dispatcherFor(subject))
-	if err == nil {
+	var err error
+	switch {
+	case h.local:
+	default:
+		var sub *nats.Subscription
+		sub, err = h.nc.ChanSubscribe(subject, h.dispatcherFor(subject))
+		if err != nil {
+			break
+		}
 		ch.nsub.Store(sub)
+		if h.mark != nil {
+			// Read before the flush: what was stored before it is
+			// older than the subscription.
+			ch.createdMark = h.mark()
+		}
 		err = h.nc.FlushTimeout(h.flushTimeout)
 	}
 	ch.err = err
@@ -277,13 +309,19 @@ func (h *hub) sweepIdle(linger time.Duration) {
 func (ch *channel) join(c *conn, succeeded []byte, presenceRev uint64) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock() // deferred: a panic recovered above must not leave it held
-	if i, ok := ch.index[c]; ok {
-		ch.members[i].presenceRev = presenceRev
-	} else {
-		ch.index[c] = len(ch.members)
-		ch.members = append(ch.members, member{c: c, presenceRev: presenceRev})
-	}
+	ch.add(member{c: c, presenceRev: presenceRev})
 	c.write(succeeded)
+}
+
+// add puts m on the channel, or updates it; the caller holds ch.mu for
+// writing.
+func (ch *channel) add(m member) {
+	if i, ok := ch.index[m.c]; ok {
+		ch.members[i] = m
+		return
+	}
+	ch.index[m.c] = len(ch.members)
+	ch.members = append(ch.members, m)
 }
 
 // member is one subscriber of a channel and the presence revision of the
@@ -291,6 +329,10 @@ func (ch *channel) join(c *conn, succeeded []byte, presenceRev uint64) {
 type member struct {
 	c           *conn
 	presenceRev uint64
+	// skipThrough is the last job position a resumed subscriber was sent
+	// from the history when it joined: later deliveries up to it are
+	// already written to it.
+	skipThrough uint64
 }
 
 // remove drops c; the caller holds ch.mu for writing.
@@ -336,7 +378,11 @@ func (h *hub) clear() {
 // through, whether from NATS or handed over locally, so events on a
 // channel are written in the order they arrive.
 func (h *hub) dispatcherFor(subject string) chan *nats.Msg {
-	return h.dispatch[maphash.String(h.seed, subject)%uint64(len(h.dispatch))]
+	return h.dispatch[h.dispatcherIndex(subject)]
+}
+
+func (h *hub) dispatcherIndex(subject string) int {
+	return int(maphash.String(h.seed, subject) % uint64(len(h.dispatch)))
 }
 
 func (h *hub) lookup(subject string) *channel {

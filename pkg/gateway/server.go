@@ -30,6 +30,7 @@ import (
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/counts"
+	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/pkg/users"
@@ -88,6 +89,22 @@ type Options struct {
 	DrainWindow time.Duration
 	Pollers     int
 	Dispatchers int
+	// DispatchQueue is how many deliveries may wait for each dispatcher;
+	// past it, NATS drops them as a slow consumer (and the gateway catches
+	// up from the history).
+	DispatchQueue int
+	// History keeps the recent deliveries: gateways catch up from it
+	// after a gap, and clients resume from it. Nil turns both off.
+	History *history.History
+	// HistoryTTL is how long the history keeps deliveries.
+	HistoryTTL time.Duration
+	// GatewayTTL is how long after its last heartbeat a gateway counts
+	// as dead (RESOUND_GATEWAY_TTL).
+	GatewayTTL time.Duration
+	// Local: the process's workers hand every delivery to this gateway
+	// (all-in-one), so it subscribes to no delivery subject in NATS, and
+	// has no gap to catch up with.
+	Local bool
 	// Metrics receives the gateway's counters; nil keeps them unexported.
 	Metrics *metrics.Gateway
 	Log     zerolog.Logger
@@ -118,6 +135,9 @@ func (o *Options) defaults() {
 	if o.MaxHTTPConnections <= 0 {
 		o.MaxHTTPConnections = 1024
 	}
+	if o.GatewayTTL <= 0 {
+		o.GatewayTTL = 15 * time.Second
+	}
 	if o.FlushTimeout <= 0 {
 		o.FlushTimeout = 5 * time.Second
 	}
@@ -126,6 +146,9 @@ func (o *Options) defaults() {
 	}
 	if o.Dispatchers <= 0 {
 		o.Dispatchers = runtime.GOMAXPROCS(0)
+	}
+	if o.DispatchQueue <= 0 {
+		o.DispatchQueue = 1 << 16
 	}
 }
 
@@ -149,9 +172,18 @@ type Server struct {
 	epoch time.Time
 	// outbound is the bytes waiting in every connection's out, against
 	// MaxOutboundTotal.
-	outbound  atomic.Int64
-	dispatch  []chan *nats.Msg
-	httpConns *connListener
+	outbound atomic.Int64
+	dispatch []chan *nats.Msg
+	// replays carry catch-up's replays and releases to each dispatcher.
+	replays []chan replayItem
+	catchup *catchup // nil when there is nothing to catch up with
+	// lastEmpty is when each dispatcher last found its queue empty (unix
+	// nanos), and disconnectedAt when the NATS link last broke: where the
+	// callbacks that ask for catch-ups start.
+	lastEmpty      []atomic.Int64
+	disconnectedAt atomic.Int64
+	history        *history.History
+	httpConns      *connListener
 
 	presence *presence.Store
 	users    *users.Store
@@ -220,10 +252,22 @@ func New(opts Options) (*Server, error) {
 	s.frames.ping = protocol.AppendTextFrame(nil, protocol.MessagePing)
 	s.frames.pong = protocol.AppendTextFrame(nil, protocol.MessagePong)
 	s.dispatch = make([]chan *nats.Msg, opts.Dispatchers)
+	s.replays = make([]chan replayItem, opts.Dispatchers)
 	for i := range s.dispatch {
-		s.dispatch[i] = make(chan *nats.Msg, 1<<16)
+		s.dispatch[i] = make(chan *nats.Msg, opts.DispatchQueue)
+		s.replays[i] = make(chan replayItem, 1<<10)
 	}
 	s.hub = newHub(opts.Conn, s.dispatch, opts.FlushTimeout)
+	s.hub.local = opts.Local
+	s.history = opts.History
+	if opts.History != nil && !opts.Local {
+		s.catchup = newCatchup(s, opts.History, max(opts.HistoryTTL, time.Minute))
+		s.hub.mark = s.catchup.latest
+	}
+	s.lastEmpty = make([]atomic.Int64, opts.Dispatchers)
+	for i := range s.lastEmpty {
+		s.lastEmpty[i].Store(time.Now().UnixNano())
+	}
 	// One writer per core besides the dispatcher's own share.
 	for i := 1; i < runtime.GOMAXPROCS(0); i++ {
 		s.writers = append(s.writers, make(chan fanoutTask, 4))
@@ -276,9 +320,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); p.run(done) }()
 	}
-	for _, d := range s.dispatch {
+	for i := range s.dispatch {
 		wg.Add(1)
-		go func() { defer wg.Done(); s.runDispatcher(d, done) }()
+		go func() { defer wg.Done(); s.runDispatcher(i, done) }()
 	}
 	for _, w := range s.writers {
 		wg.Add(1)
@@ -286,6 +330,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); s.runUserStates(done) }()
+	if s.catchup != nil {
+		s.watchLink()
+		wg.Add(1)
+		go func() { defer wg.Done(); s.catchup.run(s.baseCtx) }()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

@@ -44,7 +44,14 @@ func (s *Server) publishPresence(app *config.App, channel string, frame []byte, 
 
 func (s *Server) publishDelivery(app *config.App, channel string, d route.Delivery) {
 	env := route.AppendDelivery(make([]byte, 0, len(d.Frame)+32), d)
-	if err := s.opts.Conn.Publish(route.Subject(app.ID, channel), env); err != nil {
+	subject := route.Subject(app.ID, channel)
+	if s.opts.Local {
+		// The only gateway there is: no NATS hop, and frames a gateway
+		// makes are never replayed, so the history need not have them.
+		_ = s.DeliverLocal(subject, env)
+		return
+	}
+	if err := s.opts.Conn.Publish(subject, env); err != nil {
 		s.log.Warn().Err(err).Str("channel", channel).Msg("publishing to channel")
 	}
 }

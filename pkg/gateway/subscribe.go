@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/presence"
+	"github.com/resoundhq/resound/pkg/route"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -79,7 +81,8 @@ func (s *Server) subscribe(c *conn, m protocol.ClientMessage) {
 			fmt.Sprintf("Subscription limit reached: at most %d channels per connection", s.opts.MaxChannels), 429, protocol.CodeClientRateLimit)
 		return
 	}
-	if kind.Auth != protocol.AuthPresence && !kind.Cache {
+	resuming := d.Position != "" && c.app.Recovers() && s.history != nil
+	if kind.Auth != protocol.AuthPresence && !kind.Cache && !resuming {
 		if ch := s.hub.acquireReady(c.app, name); ch != nil {
 			// The common case, a channel others on this gateway are on:
 			// nothing to wait for.
@@ -87,39 +90,24 @@ func (s *Server) subscribe(c *conn, m protocol.ClientMessage) {
 			return
 		}
 	}
+	p := &prepared{name: name, kind: kind, member: member}
+	if resuming {
+		p.resume = &resumeState{}
+		if pos, ms, ok := protocol.ParsePosition(d.Position); ok {
+			p.resume.through = pos
+			// Stored no later than its job; the margin is for the
+			// clocks of a NATS cluster's nodes.
+			p.resume.from = time.UnixMilli(ms).Add(-resumeClockMargin)
+		} else {
+			p.resume.failed = "expired" // nothing of it can be found
+		}
+	}
 	ext := c.extension()
 	if ext.preparing == nil {
 		ext.preparing = make(map[string]*preparing)
 	}
 	ext.preparing[name] = &preparing{}
-	app, sid := c.app, c.socketID()
-	ok := s.lanes.try(c.sidA, c, func(ctx context.Context) {
-		var (
-			res    presence.JoinResult
-			cache  []byte
-			ch     *channel
-			err    error
-			inPres bool // this connection is now in the channel's presence key
-		)
-		faultOnSubscribeWork(name)
-		if kind.Auth == protocol.AuthPresence {
-			res, err = s.presence.JoinLimited(ctx, app.ID, name, member, sid, s.opts.GatewayID,
-				presence.Limits{Members: app.MaxPresenceMembers, UserConnections: app.MaxUserConnections})
-			inPres = err == nil
-		}
-		if err == nil && kind.Cache {
-			cache, err = s.cachedFrame(ctx, app.ID, name)
-		}
-		if err == nil {
-			ch, err = s.hub.acquire(ctx, app, name)
-		}
-		if err != nil && inPres {
-			s.presenceLeave(app, name, member.ID, sid)
-			inPres = false
-		}
-		c.poller.post(func() { s.finishSubscribe(c, name, kind, member, res, cache, ch, inPres, err) })
-	})
-	if !ok {
+	if !s.lanes.try(c.sidA, c, func(ctx context.Context) { s.prepare(ctx, c, p) }) {
 		delete(ext.preparing, name)
 		c.releaseExt()
 		s.limitHit(metrics.LimitPendingOps, c)
@@ -127,23 +115,120 @@ func (s *Server) subscribe(c *conn, m protocol.ClientMessage) {
 	}
 }
 
+// prepared is what a subscription's lane work found, for the poller to
+// finish.
+type prepared struct {
+	name   string
+	kind   protocol.ChannelKind
+	member protocol.PresenceMember
+	res    presence.JoinResult
+	cache  []byte
+	ch     *channel
+	inPres bool // this connection is now in the channel's presence key
+	err    error
+	resume *resumeState // set when the client resumes from a position
+}
+
+// resumeState is a resume's replay of what the client missed.
+type resumeState struct {
+	from    time.Time // where in the history to start looking
+	through uint64    // the last position the client has: given, then replayed
+	frames  []byte    // the replayed frames
+	count   int
+	failed  string // why it cannot be replayed ("expired", "too_many"), or ""
+	reads   int
+}
+
+// resumeClockMargin widens where a resume looks in the history: a
+// position's time is its job's, stored on one NATS node, and the history
+// stamps deliveries on another.
+const resumeClockMargin = 10 * time.Second
+
+// maxResumeReads bounds how often a resume reads further when the channel
+// keeps delivering while it reads.
+const maxResumeReads = 5
+
+// prepare sets up a subscription's shared state on the connection's lane:
+// presence membership, the cached event, the channel's NATS subscription,
+// and a resume's replay. Then the poller finishes it.
+func (s *Server) prepare(ctx context.Context, c *conn, p *prepared) {
+	app, sid := c.app, c.socketID()
+	faultOnSubscribeWork(p.name)
+	if p.kind.Auth == protocol.AuthPresence {
+		p.res, p.err = s.presence.JoinLimited(ctx, app.ID, p.name, p.member, sid, s.opts.GatewayID,
+			presence.Limits{Members: app.MaxPresenceMembers, UserConnections: app.MaxUserConnections})
+		p.inPres = p.err == nil
+	}
+	if p.err == nil && p.kind.Cache {
+		p.cache, p.err = s.cachedFrame(ctx, app.ID, p.name)
+	}
+	if p.err == nil {
+		p.ch, p.err = s.hub.acquire(ctx, app, p.name)
+	}
+	if p.err != nil && p.inPres {
+		s.presenceLeave(app, p.name, p.member.ID, sid)
+		p.inPres = false
+	}
+	if p.err == nil && p.resume != nil {
+		s.readResume(ctx, p)
+	}
+	c.poller.post(func() { s.finishSubscribe(c, p) })
+}
+
+// readResume reads from the history what followed the client's position
+// on the channel. Its subscription is in place, so what is stored after
+// the read arrives live.
+func (s *Server) readResume(ctx context.Context, p *prepared) {
+	r := p.resume
+	if r.failed != "" {
+		return
+	}
+	r.reads++
+	limit := s.opts.MaxOutbound / 2
+	_, err := s.history.After(ctx, p.ch.subject, r.through, r.from, func(data []byte) error {
+		env, err := route.ParseDelivery(data)
+		if err != nil {
+			return nil
+		}
+		if len(r.frames)+len(env.Frame) > limit {
+			return errResumeTooMany
+		}
+		r.frames = append(r.frames, env.Frame...)
+		r.count++
+		r.through = env.ID()
+		return nil
+	})
+	switch {
+	case errors.Is(err, errResumeTooMany):
+		r.failed = "too_many"
+	case err != nil:
+		// Expired, or the history could not be read: nothing proves what
+		// the client missed.
+		r.failed = "expired"
+	}
+}
+
+// errResumeTooMany stops a replay that would not fit what a client may
+// have waiting (RESOUND_MAX_OUTBOUND): the client refetches instead.
+var errResumeTooMany = errors.New("resume: more missed than fits")
+
 // finishSubscribe joins a prepared subscription, on the poller goroutine,
 // or undoes it if it was cancelled or the connection went away meanwhile.
-func (s *Server) finishSubscribe(c *conn, name string, kind protocol.ChannelKind, member protocol.PresenceMember,
-	res presence.JoinResult, cache []byte, ch *channel, inPres bool, err error) {
+func (s *Server) finishSubscribe(c *conn, p *prepared) {
+	name, member, res, ch := p.name, p.member, p.res, p.ch
 	pr := c.preparingFor(name)
-	if pr != nil {
-		delete(c.ext.preparing, name)
-		c.releaseExt()
-	}
 	if pr == nil || pr.cancelled || c.destroyed || !c.isOpen() {
-		if ch != nil || inPres {
+		if pr != nil {
+			delete(c.ext.preparing, name)
+			c.releaseExt()
+		}
+		if ch != nil || p.inPres {
 			app, sid := c.app, c.socketID()
 			s.lanes.must(c.sidA, c, func(context.Context) {
 				if ch != nil {
 					s.hub.release(ch)
 				}
-				if inPres {
+				if p.inPres {
 					if res.First {
 						// The join was the user's first on the channel:
 						// the others are owed member_added, whether or not
@@ -158,33 +243,87 @@ func (s *Server) finishSubscribe(c *conn, name string, kind protocol.ChannelKind
 		}
 		return
 	}
+	if p.err == nil && p.resume != nil && p.resume.failed == "" && !s.joinResumed(c, p) {
+		// The channel delivered past what the replay read: read on, on
+		// the lane, and come back.
+		if p.resume.reads >= maxResumeReads {
+			p.resume.failed = "too_many"
+		} else {
+			s.lanes.must(c.sidA, c, func(ctx context.Context) {
+				s.readResume(ctx, p)
+				c.poller.post(func() { s.finishSubscribe(c, p) })
+			})
+			return
+		}
+	}
+	delete(c.ext.preparing, name)
+	c.releaseExt()
 	switch {
-	case errors.Is(err, presence.ErrFull):
+	case errors.Is(p.err, presence.ErrFull):
 		s.subscriptionError(c, name, "LimitReached", "The presence channel has reached its member limit", 403)
 		return
-	case errors.Is(err, presence.ErrUserConnections):
+	case errors.Is(p.err, presence.ErrUserConnections):
 		s.limitHit(metrics.LimitUserConnections, c)
 		s.subscriptionError(c, name, "LimitReached",
 			fmt.Sprintf("This user has reached the limit of %d connections on the channel", c.app.MaxUserConnections), 403)
 		return
-	case err != nil:
-		s.log.Error().Err(err).Str("channel", name).Msg("preparing subscription")
+	case p.err != nil:
+		s.log.Error().Err(p.err).Str("channel", name).Msg("preparing subscription")
 		s.subscriptionError(c, name, "ServerError", "Subscription failed, try again", 503)
 		return
+	case p.resume != nil && p.resume.failed == "":
+		return // joined by joinResumed
 	}
 	frames := s.succeededFrame(name, res.Members)
-	if kind.Cache {
-		if cache != nil {
-			frames = append(frames, cache...)
+	if p.kind.Cache {
+		if p.cache != nil {
+			frames = append(frames, p.cache...)
 		} else {
 			frames = protocol.AppendTextFrame(frames, protocol.AppendCacheMiss(nil, name))
 		}
 	}
+	if p.resume != nil {
+		s.prom.Resumes.WithLabelValues("expired").Inc()
+		frames = protocol.AppendTextFrame(frames, protocol.AppendResumeFailed(nil, name, p.resume.failed))
+	}
 	var mp *protocol.PresenceMember
-	if inPres {
+	if p.inPres {
 		mp = &member
 	}
-	s.joined(c, ch, frames, mp, res.Revision, inPres && res.First)
+	s.joined(c, ch, frames, mp, res.Revision, p.inPres && res.First)
+}
+
+// joinResumed joins a resuming subscriber with what it missed, unless the
+// channel has written deliveries on this gateway past what the replay
+// read: then it reports false, and the replay must read on. Under the
+// channel's write lock, no delivery is written meanwhile: the subscriber
+// gets subscription_succeeded, the replay, pusher_internal:resumed, then
+// live deliveries, of which it skips those the replay had.
+func (s *Server) joinResumed(c *conn, p *prepared) bool {
+	ch, r := p.ch, p.resume
+	frames := s.succeededFrame(p.name, p.res.Members)
+	frames = append(frames, r.frames...)
+	frames = protocol.AppendTextFrame(frames, protocol.AppendResumed(nil, p.name, r.count))
+	var mp *protocol.PresenceMember
+	if p.inPres {
+		mp = &p.member
+	}
+	ok := func() bool {
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		if ch.lastPos.Load() > r.through {
+			return false
+		}
+		ch.add(member{c: c, presenceRev: p.res.Revision, skipThrough: r.through})
+		c.write(frames)
+		return true
+	}()
+	if !ok {
+		return false
+	}
+	s.prom.Resumes.WithLabelValues("ok").Inc()
+	s.afterJoin(c, ch, mp, p.res.Revision, p.inPres && p.res.First)
+	return true
 }
 
 // joined puts c on ch, whose reference it holds, and tells it so: the
@@ -192,6 +331,11 @@ func (s *Server) finishSubscribe(c *conn, name string, kind protocol.ChannelKind
 // channel's lock, so no event of the channel can reach c before them.
 func (s *Server) joined(c *conn, ch *channel, frames []byte, member *protocol.PresenceMember, presenceRev uint64, announce bool) {
 	ch.join(c, frames, presenceRev)
+	s.afterJoin(c, ch, member, presenceRev, announce)
+}
+
+// afterJoin records a subscriber that has joined ch.
+func (s *Server) afterJoin(c *conn, ch *channel, member *protocol.PresenceMember, presenceRev uint64, announce bool) {
 	s.prom.MessagesOut.Inc()
 	s.metrics.subscriptions.Add(1)
 	if len(c.subs) == 0 {

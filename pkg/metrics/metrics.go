@@ -52,6 +52,14 @@ type Gateway struct {
 	// StateRetries counts shared-state clean-ups (presence leaves,
 	// sign-outs, connection-slot releases) that failed and were retried.
 	StateRetries prometheus.Counter
+	// Catchups counts catch-ups from the history, by result: ok,
+	// expired (past the window: subscribers reconnect), overflow (too
+	// much held meanwhile), failed.
+	Catchups *prometheus.CounterVec
+	// CatchupReplayed counts deliveries the catch-ups read back.
+	CatchupReplayed prometheus.Counter
+	// Resumes counts clients resuming a channel, by result: ok, expired.
+	Resumes *prometheus.CounterVec
 }
 
 // Limit names a bound: the label of resound_limit_hits_total. The set is
@@ -112,12 +120,24 @@ func NewGateway(r *Registry, subscriptions, channels func() float64) *Gateway {
 		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_panics_total", Help: panicsHelp}, []string{"where"}),
 		StateRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_state_retries_total",
 			Help: "Shared-state clean-ups (presence leaves, sign-outs, connection-slot releases) that failed and were retried."}),
+		Catchups: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_catchups_total",
+			Help: "Catch-ups with deliveries missed (link down, stalled, dropped as a slow consumer), read back from the history, by result."}, []string{"result"}),
+		CatchupReplayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_catchup_replayed_total",
+			Help: "Deliveries read back from the history by catch-ups."}),
+		Resumes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_resumes_total",
+			Help: "Clients resuming a channel from a position, by result: ok, or expired (told to refetch)."}, []string{"result"}),
+	}
+	for _, r := range []string{"ok", "expired", "overflow", "failed"} {
+		g.Catchups.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "expired"} {
+		g.Resumes.WithLabelValues(r)
 	}
 	for _, l := range Limits {
 		g.LimitHits.WithLabelValues(string(l))
 	}
 	r.MustRegister(g.Connections, g.MessagesIn, g.MessagesOut, g.Deliveries, g.SlowConsumers, g.Duplicates, g.Errors, g.Handshakes, g.AcceptBackoff,
-		g.LimitHits, g.Panics, g.StateRetries,
+		g.LimitHits, g.Panics, g.StateRetries, g.Catchups, g.CatchupReplayed, g.Resumes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_subscriptions", Help: "Channel subscriptions of local connections."}, subscriptions),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_channels", Help: "Channels with local subscribers."}, channels),
 	)

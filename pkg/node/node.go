@@ -23,6 +23,7 @@ import (
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/gateway"
+	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/httpapi"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/natsembed"
@@ -58,7 +59,10 @@ type Options struct {
 	Config *config.Config
 	// Listener, when set, is used instead of binding Host:Port.
 	Listener net.Listener
-	Log      zerolog.Logger
+	// Gateway, when set, adjusts the gateway's options before it is built
+	// (tests use it for sizes no setting exposes).
+	Gateway func(*gateway.Options)
+	Log     zerolog.Logger
 }
 
 // Limits are the HTTP API and job limits the settings give.
@@ -117,11 +121,15 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	// A NATS cluster started with us may not serve JetStream yet: wait
 	// for it, saying why, rather than give up (see ensure.Setup).
 	var stores *cluster.Stores
+	var hist *history.History
 	err = ensure.Setup(ctx, n.log, "JetStream set-up", func(ctx context.Context) (err error) {
 		if _, err = queue.EnsureStream(ctx, js, StreamOptions(&cfg.Settings)); err != nil {
 			return err
 		}
-		stores, err = cluster.Ensure(ctx, js, ClusterOptions(&cfg.Settings))
+		if stores, err = cluster.Ensure(ctx, js, ClusterOptions(&cfg.Settings)); err != nil {
+			return err
+		}
+		hist, err = history.Ensure(ctx, js, HistoryOptions(&cfg.Settings))
 		return err
 	})
 	if err != nil {
@@ -154,6 +162,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	gwMetrics := gateway.NewMetrics(n.Registry, &gw)
 	registry := cluster.NewRegistry(stores, gatewayID, n.log.With().Str("component", "registry").Logger(),
 		func(ctx context.Context, live map[string]bool) { gw.Sweep(ctx, live) })
+	registry.OnLapse(func(ctx context.Context) { gw.Reassert(ctx) })
 	if err := ensure.Do(setupCtx, registry.Register); err != nil {
 		return nil, fmt.Errorf("registering the gateway: %w", err)
 	}
@@ -169,14 +178,19 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		Ready: ready,
 		Log:   n.log.With().Str("component", "httpapi").Logger(),
 	})
-	gw, err = gateway.New(gateway.Options{
+	gwOpts := gateway.Options{
 		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
 		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), Log: n.log,
 		MaxOutbound: cfg.MaxOutbound, MaxOutboundTotal: cfg.MaxOutboundTotal, MaxChannels: cfg.MaxChannelsPerConnection,
 		HandshakeTimeout: cfg.HandshakeTimeout.Duration(), MaxRequestHead: cfg.MaxRequestHead, MaxHandshakes: cfg.MaxHandshakes,
 		MaxHTTPConnections: cfg.MaxHTTPConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 		TrustedProxies: cfg.TrustedProxies, ProxyProtocol: cfg.ProxyProtocol,
-	})
+		History: hist, HistoryTTL: cfg.HistoryTTL.Duration(), Local: allInOne, GatewayTTL: cfg.GatewayTTL.Duration(),
+	}
+	if opts.Gateway != nil {
+		opts.Gateway(&gwOpts)
+	}
+	gw, err = gateway.New(gwOpts)
 	if err != nil {
 		return nil, err
 	}
@@ -204,10 +218,15 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		n.pool = worker.New(worker.Options{
 			Conn: wConn, JetStream: wjs, Limits: Limits(&cfg.Settings), Workers: cfg.Workers, MaxAttempts: cfg.JobMaxAttempts, Log: n.log.With().Str("component", "worker").Logger(),
 			Cache: stores.Cache, Stores: stores, Partitions: cfg.Partitions, Metrics: metrics.NewWorker(n.Registry, func() float64 { return float64(n.pool.Stats().Pending.Load()) }),
-			Apps: func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+			Apps:     func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
+			Recovers: Recovers(cfg),
 			// The gateway in this process is the only one the embedded
 			// server serves: hand it the deliveries without the NATS hop.
+			// Those of apps with recovery are also published, only for the
+			// history to keep (nothing else subscribes to them): there is
+			// no other gateway to catch up, but clients resume.
 			Deliver: gw.DeliverLocal,
+			Record:  wConn.Publish,
 		})
 		n.goRun(func() error { return n.pool.Run(runCtx) })
 	}
@@ -221,6 +240,19 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		}
 	}
 	return n, nil
+}
+
+// HistoryOptions size the history of deliveries from the settings.
+func HistoryOptions(s *config.Settings) history.Options {
+	return history.Options{MaxAge: s.HistoryTTL.Duration(), MaxBytes: s.HistoryMaxBytes, Replicas: s.Replicas}
+}
+
+// Recovers tells the workers which apps' events carry positions.
+func Recovers(cfg *config.Config) func(appID string) bool {
+	return func(id string) bool {
+		app, ok := cfg.Apps.ByID(id)
+		return ok && app.Recovers()
+	}
 }
 
 // ClusterOptions size the shared-state buckets from the settings.

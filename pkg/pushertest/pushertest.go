@@ -40,7 +40,9 @@ type Message struct {
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
 	UserID  string          `json:"user_id"`
-	Raw     []byte          `json:"-"`
+	// Position is an event's position, on apps with recovery.
+	Position string `json:"position"`
+	Raw      []byte `json:"-"`
 }
 
 // DataString returns data as the string the server sent.

@@ -132,11 +132,17 @@ func (s *shard) attempt(t *task) (err error) {
 			err = fmt.Errorf("panic: %v", v)
 		}
 	}()
+	recovers := p.opts.Recovers != nil && p.opts.Recovers(r.job.AppID)
 	for ei, channels := range t.channels {
 		ev := &r.job.Events[ei]
 		for _, ch := range channels {
 			faultPanic(ev.Name)
-			s.payload = protocol.AppendChannelEvent(s.payload[:0], ev.Name, ch, ev.Data, "")
+			if recovers {
+				pos := route.Envelope{Seq: r.seq, Event: uint8(ei)}.ID()
+				s.payload = protocol.AppendChannelEventAt(s.payload[:0], ev.Name, ch, ev.Data, pos, r.stored.UnixMilli())
+			} else {
+				s.payload = protocol.AppendChannelEvent(s.payload[:0], ev.Name, ch, ev.Data, "")
+			}
 			// The frame ends the envelope: encode it straight into it.
 			s.envelope = route.AppendDelivery(s.envelope[:0], route.Delivery{
 				Seq:             r.seq,
@@ -149,8 +155,14 @@ func (s *shard) attempt(t *task) (err error) {
 			// channels delivered before are delivered again: the envelope
 			// carries the job's sequence and the event's index, and
 			// gateways drop what they wrote already.
-			if err := p.opts.Deliver(route.Subject(r.job.AppID, ch), s.envelope); err != nil {
+			subject := route.Subject(r.job.AppID, ch)
+			if err := p.opts.Deliver(subject, s.envelope); err != nil {
 				return fmt.Errorf("publishing the delivery on %s: %w", ch, err)
+			}
+			if recovers && p.opts.Record != nil {
+				if err := p.opts.Record(subject, s.envelope); err != nil {
+					return fmt.Errorf("recording the delivery on %s: %w", ch, err)
+				}
 			}
 			p.stats.Deliveries.Add(1)
 			if m := p.opts.Metrics; m != nil {

@@ -43,7 +43,10 @@ type Options struct {
 	Conn      *nats.Conn
 	JetStream jetstream.JetStream
 	Apps      AppExists
-	Limits    protocol.Limits
+	// Recovers, when set, tells which apps' events carry their position,
+	// for clients to resume channels (docs/recovery.md).
+	Recovers func(appID string) bool
+	Limits   protocol.Limits
 	// Cache keeps the last event of every cache channel; nil disables
 	// caching.
 	Cache jetstream.KeyValue
@@ -62,6 +65,11 @@ type Options struct {
 	// copy envelope before returning. An error fails the attempt: the job
 	// is tried again (see MaxAttempts).
 	Deliver func(subject string, envelope []byte) error
+	// Record, when set, also takes the deliveries of apps with recovery
+	// (Recovers): all-in-one, Deliver hands them to the gateway in
+	// process, and Record publishes them for the history to keep. It
+	// must copy envelope too.
+	Record func(subject string, envelope []byte) error
 	// ReconnectHold bounds how long jobs are held after reconnecting to
 	// NATS, for the gateways to resubscribe (DefaultReconnectHold if zero).
 	// Keep it well inside the ack wait, or held jobs are redelivered.

@@ -180,7 +180,7 @@ func expectReplicated(t *testing.T, nc *natsCluster) {
 		t.Fatal(err)
 	}
 	want := map[string]bool{"RESOUND_JOBS": true, "RESOUND_DEAD_LETTERS": true, "KV_RESOUND_GATEWAYS": true, "KV_RESOUND_WORKERS": true,
-		"KV_RESOUND_PRESENCE": true, "KV_RESOUND_USERS": true, "KV_RESOUND_COUNTS": true, "KV_RESOUND_CACHE": true}
+		"KV_RESOUND_PRESENCE": true, "KV_RESOUND_USERS": true, "KV_RESOUND_COUNTS": true, "KV_RESOUND_CACHE": true, "RESOUND_HISTORY": true}
 	for _, a := range j.Accounts {
 		for _, s := range a.Streams {
 			if s.Config.Replicas != 3 || s.Cluster == nil || s.Cluster.Leader == "" {
