@@ -214,12 +214,13 @@ func TestFreshNATSClusterStart(t *testing.T) {
 // One NATS node killed with SIGKILL under load, and later restarted: the
 // cluster elects new leaders for what the node led, processes connected
 // to it reconnect to another, and every event the API accepted (answered
-// 200) reaches every subscriber exactly once, in order. The API may
-// answer 503 while the job stream has no leader; loadgen then sends the
-// event again.
+// 200) reaches every subscriber exactly once, in order, every connection
+// staying subscribed: a gateway whose link broke catches up from
+// RESOUND_HISTORY. The API may answer 503 while the job stream has no
+// leader; loadgen then sends the event again.
 func TestNATSNodeKilledUnderLoad(t *testing.T) {
 	nc := startNATSCluster(t)
-	set := startResoundAtOnce(t, nc.urls(), 2, 2, replicasEnv, "RESOUND_GATEWAY_TTL=3")
+	set := startResoundAtOnce(t, nc.urls(), 2, 2, replicasEnv)
 	c := set.cluster(nc.urls())
 
 	// 24 connections over 8 channels, 12 on each gateway: every channel
@@ -245,7 +246,8 @@ func TestNATSNodeKilledUnderLoad(t *testing.T) {
 		t.Fatal("no node holds a gateway's connection")
 	}
 	nc.moveStreamLeader("RESOUND_JOBS", victim)
-	t.Logf("killing %s, the job stream's leader", nc.nodes[victim].name)
+	t.Logf("killing %s, the job stream's leader (meta leader: %d, history leader: %d)",
+		nc.nodes[victim].name, nc.metaLeader(), nc.streamLeader("RESOUND_HISTORY"))
 	nc.kill(victim)
 	killedAt := lg.progress()
 	if killedAt.EventsSent >= events {

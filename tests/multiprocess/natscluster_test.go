@@ -240,6 +240,18 @@ func (j *clusterJSZ) allCurrent(want int) bool {
 	return k >= want-1
 }
 
+// metaLeader returns the index of the JetStream meta leader, asking the
+// running nodes; -1 while there is none.
+func (c *natsCluster) metaLeader() int {
+	for _, n := range c.nodes {
+		var j clusterJSZ
+		if !n.proc.exited() && n.get("/jsz", &j) == nil && j.Meta != nil && j.Meta.Leader != "" {
+			return c.index(j.Meta.Leader)
+		}
+	}
+	return -1
+}
+
 // streamLeader returns the index of the node leading stream, asking the
 // running nodes; -1 while it has none.
 func (c *natsCluster) streamLeader(stream string) int {
