@@ -113,6 +113,18 @@ func testCtx(t *testing.T) context.Context {
 // they waited until their deadline; here every one succeeds.
 func TestManyAtOnceOnAFreshR3Cluster(t *testing.T) {
 	urls := startCluster(t)
+	if err := allAtOnce(t, urls); err != nil {
+		t.Fatal(err)
+	}
+	// And again, all at once, on what they made.
+	if err := allAtOnce(t, urls); err != nil {
+		t.Fatalf("again: %v", err)
+	}
+}
+
+// allAtOnce runs setUp from six connections at once, spread over the
+// servers.
+func allAtOnce(t *testing.T, urls []string) error {
 	const procs = 6
 	errs := make([]error, procs)
 	var wg sync.WaitGroup
@@ -125,22 +137,7 @@ func TestManyAtOnceOnAFreshR3Cluster(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
-	// And again, all at once, on what they made.
-	for i := range procs {
-		js := connect(t, urls[i%len(urls)])
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = setUp(testCtx(t), js)
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatalf("again: %v", err)
-	}
+	return errors.Join(errs...)
 }
 
 // setUp makes what a Resound process makes, in the same order: streams,
