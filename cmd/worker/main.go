@@ -22,6 +22,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/logging"
 	"github.com/resoundhq/resound/pkg/metrics"
@@ -71,27 +72,30 @@ func main() {
 		log.Error().Err(err).Msg("JetStream")
 		os.Exit(1)
 	}
-	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = queue.EnsureStream(setup, js, node.StreamOptions(&cfg.Settings))
-	cancel()
+	// The job stream, the buckets and the partitions' consumers. A NATS
+	// cluster started with us may not serve JetStream yet: wait for it,
+	// saying why (see ensure.Setup). The pool ensures the consumers again
+	// as it starts, which is then a quick repeat; doing it here first
+	// means a worker that says it started has them.
+	var stores *cluster.Stores
+	err = ensure.Setup(ctx, log, "JetStream set-up", func(ctx context.Context) (err error) {
+		if _, err = queue.EnsureStream(ctx, js, node.StreamOptions(&cfg.Settings)); err != nil {
+			return err
+		}
+		if stores, err = cluster.Ensure(ctx, js, node.ClusterOptions(&cfg.Settings)); err != nil {
+			return err
+		}
+		if _, err = queue.EnsureConsumers(ctx, js, cfg.Partitions); err != nil {
+			return err
+		}
+		// The history keeps what this worker delivers; gateways create
+		// it too, but deliveries made before any gateway ran would go
+		// unkept.
+		_, err = history.Ensure(ctx, js, node.HistoryOptions(&cfg.Settings))
+		return err
+	})
 	if err != nil {
-		log.Error().Err(err).Msg("job stream")
-		os.Exit(1)
-	}
-	setup, cancel = context.WithTimeout(ctx, 30*time.Second)
-	stores, err := cluster.Ensure(setup, js, node.ClusterOptions(&cfg.Settings))
-	cancel()
-	if err != nil {
-		log.Error().Err(err).Msg("shared-state buckets")
-		os.Exit(1)
-	}
-	// The history keeps what this worker delivers; gateways create it
-	// too, but deliveries made before any gateway ran would go unkept.
-	setup, cancel = context.WithTimeout(ctx, 30*time.Second)
-	_, err = history.Ensure(setup, js, node.HistoryOptions(&cfg.Settings))
-	cancel()
-	if err != nil {
-		log.Error().Err(err).Msg("history stream")
+		log.Error().Err(err).Msg("JetStream set-up")
 		os.Exit(1)
 	}
 	reg := metrics.NewRegistry()

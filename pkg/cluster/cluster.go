@@ -19,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/route"
 )
 
@@ -112,13 +113,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, opts Options) (*Stores,
 	} {
 		b.cfg.History = 1
 		b.cfg.Replicas = opts.Replicas
-		*b.kv, err = js.CreateOrUpdateKeyValue(ctx, b.cfg)
-		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			// CreateOrUpdate is update, then create if there was nothing
-			// to update: another process created the bucket in between,
-			// with other settings. Now there is something to update.
-			*b.kv, err = js.CreateOrUpdateKeyValue(ctx, b.cfg)
-		}
+		// Any number of processes do this at once, on a NATS cluster
+		// that may still be settling: see package ensure.
+		*b.kv, err = ensure.KeyValue(ctx, js, b.cfg)
 		if err != nil {
 			return nil, fmt.Errorf("cluster: bucket %s: %w", b.cfg.Bucket, err)
 		}

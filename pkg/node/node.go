@@ -21,6 +21,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
+	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/gateway"
 	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/httpapi"
@@ -117,19 +118,25 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	setupCtx, cancelSetup := context.WithTimeout(ctx, 30*time.Second)
+	// A NATS cluster started with us may not serve JetStream yet: wait
+	// for it, saying why, rather than give up (see ensure.Setup).
+	var stores *cluster.Stores
+	var hist *history.History
+	err = ensure.Setup(ctx, n.log, "JetStream set-up", func(ctx context.Context) (err error) {
+		if _, err = queue.EnsureStream(ctx, js, StreamOptions(&cfg.Settings)); err != nil {
+			return err
+		}
+		if stores, err = cluster.Ensure(ctx, js, ClusterOptions(&cfg.Settings)); err != nil {
+			return err
+		}
+		hist, err = history.Ensure(ctx, js, HistoryOptions(&cfg.Settings))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	setupCtx, cancelSetup := context.WithTimeout(ctx, ensure.RoundTimeout)
 	defer cancelSetup()
-	if _, err := queue.EnsureStream(setupCtx, js, StreamOptions(&cfg.Settings)); err != nil {
-		return nil, err
-	}
-	stores, err := cluster.Ensure(setupCtx, js, ClusterOptions(&cfg.Settings))
-	if err != nil {
-		return nil, err
-	}
-	hist, err := history.Ensure(setupCtx, js, HistoryOptions(&cfg.Settings))
-	if err != nil {
-		return nil, err
-	}
 	gatewayID := cluster.NewGatewayID()
 
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -156,7 +163,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	registry := cluster.NewRegistry(stores, gatewayID, n.log.With().Str("component", "registry").Logger(),
 		func(ctx context.Context, live map[string]bool) { gw.Sweep(ctx, live) })
 	registry.OnLapse(func(ctx context.Context) { gw.Reassert(ctx) })
-	if err := registry.Register(setupCtx); err != nil {
+	if err := ensure.Do(setupCtx, registry.Register); err != nil {
 		return nil, fmt.Errorf("registering the gateway: %w", err)
 	}
 	view := &clusterView{

@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/route"
 )
 
@@ -141,14 +141,10 @@ func ensureDeadLetters(ctx context.Context, js jetstream.JetStream, replicas int
 }
 
 // CreateOrUpdate creates the stream cfg names, or updates it to cfg, when
-// other processes may be doing the same at the same time.
+// other processes may be doing the same at the same time, on a NATS
+// cluster that may still be settling (see package ensure).
 func CreateOrUpdate(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
-	s, err := js.CreateOrUpdateStream(ctx, cfg)
-	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		// Another process created it between our update and create, with
-		// other settings: update it now.
-		s, err = js.CreateOrUpdateStream(ctx, cfg)
-	}
+	s, err := ensure.Stream(ctx, js, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("queue: stream %s: %w", cfg.Name, err)
 	}

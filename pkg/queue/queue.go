@@ -17,6 +17,8 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/route"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -170,12 +172,12 @@ func EnsureConsumers(ctx context.Context, js jetstream.JetStream, partitions int
 	if partitions <= 0 {
 		partitions = DefaultPartitions
 	}
-	if err := js.DeleteConsumer(ctx, StreamName, LegacyConsumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+	if err := ensure.DeleteConsumer(ctx, js, StreamName, LegacyConsumer); err != nil {
 		return nil, fmt.Errorf("queue: removing consumer %s: %w", LegacyConsumer, err)
 	}
 	out := make([]jetstream.Consumer, partitions)
 	for k := range out {
-		c, err := js.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
+		c, err := ensure.Consumer(ctx, js, StreamName, jetstream.ConsumerConfig{
 			Durable:        ConsumerName(k),
 			Description:    "Resound workers, partition " + strconv.Itoa(k),
 			FilterSubject:  PartitionFilter(k),

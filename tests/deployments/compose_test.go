@@ -299,6 +299,9 @@ func checkResoundServices(t *testing.T, top map[string]any, nats, gateways, work
 				t.Errorf("%s: NATS_URL %q does not list %s", where, env["NATS_URL"], n.name)
 			}
 		}
+		if env["RESOUND_NATS_REPLICAS"] != strconv.Itoa(len(nats)) {
+			t.Errorf("%s: RESOUND_NATS_REPLICAS=%q, want one replica on each of the %d NATS services", where, env["RESOUND_NATS_REPLICAS"], len(nats))
+		}
 		// The apps file is mounted where RESOUND_APPS_FILE says.
 		appsFile := env["RESOUND_APPS_FILE"]
 		if appsFile == "" {

@@ -216,8 +216,13 @@ func TestKubernetesDeployments(t *testing.T) {
 		if d.env["RESOUND_LOG_FORMAT"] != "json" {
 			t.Errorf("%s: RESOUND_LOG_FORMAT=%q, want json", where, d.env["RESOUND_LOG_FORMAT"])
 		}
-		if d.env["NATS_URL"] == "" {
-			t.Errorf("%s: no NATS_URL", where)
+		// Every server of the 3-node NATS cluster, and three replicas of
+		// everything on it.
+		if n := len(strings.Split(d.env["NATS_URL"], ",")); d.env["NATS_URL"] == "" || n != 3 {
+			t.Errorf("%s: NATS_URL %q, want the 3 NATS servers", where, d.env["NATS_URL"])
+		}
+		if d.env["RESOUND_NATS_REPLICAS"] != "3" {
+			t.Errorf("%s: RESOUND_NATS_REPLICAS=%q, want 3", where, d.env["RESOUND_NATS_REPLICAS"])
 		}
 
 		// Probes: readiness (and start-up) on GET /up, liveness on GET
