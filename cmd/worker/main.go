@@ -61,7 +61,9 @@ func main() {
 	defer stop()
 
 	nc, err := nats.Connect(cfg.NATSURL, nats.Name("resound-worker"), nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(true))
+		nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(true),
+		// Nothing buffered while down: see worker.Options.Conn.
+		nats.ReconnectBufSize(-1))
 	if err != nil {
 		log.Error().Err(err).Msg("connecting to NATS")
 		os.Exit(1)

@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,6 +30,10 @@ type Proxy struct {
 	accepted int64 // connections accepted in all
 	dialErrs int64 // accepted connections whose dial to the target failed
 	cuts     int64
+	// swallow drops what clients send instead of forwarding it, while
+	// what the target sends still flows: bytes a client wrote, and
+	// believes sent, that never arrive.
+	swallow atomic.Bool
 
 	wg sync.WaitGroup // the accept loop and every copying goroutine
 }
@@ -92,6 +97,11 @@ func (p *Proxy) Cut() {
 	p.mu.Unlock()
 	p.wg.Wait()
 }
+
+// Swallow makes the proxy drop, from now on, what clients send (on or
+// off): what they write before a Cut is then lost on the way, the way
+// bytes in flight are lost when a server dies, and nothing tells them.
+func (p *Proxy) Swallow(on bool) { p.swallow.Store(on) }
 
 // Restore listens on Addr again. The port was free a moment ago, but
 // another socket of the machine may take it meanwhile (an outgoing
@@ -191,10 +201,10 @@ func (p *Proxy) forward(c net.Conn, ln net.Listener) {
 	done := make(chan struct{})
 	go func() {
 		defer p.wg.Done()
-		copyHalf(t, c)
+		copyHalf(t, c, &p.swallow)
 		close(done)
 	}()
-	copyHalf(c, t)
+	copyHalf(c, t, nil)
 	<-done
 	p.mu.Lock()
 	delete(p.conns, c)
@@ -204,15 +214,29 @@ func (p *Proxy) forward(c net.Conn, ln net.Listener) {
 	_ = t.Close()
 }
 
-// copyHalf copies src to dst, then passes src's end of file on as a
-// half-close, so that a side that closes cleanly is seen to close. An
-// error (a reset, a cut) resets both.
-func copyHalf(dst, src net.Conn) {
-	_, err := io.Copy(dst, src)
-	if err != nil {
-		abort(dst)
-		abort(src)
-		return
+// copyHalf copies src to dst, dropping what it reads while swallow is
+// set, then passes src's end of file on as a half-close, so that a side
+// that closes cleanly is seen to close. An error (a reset, a cut) resets
+// both.
+func copyHalf(dst, src net.Conn, swallow *atomic.Bool) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && (swallow == nil || !swallow.Load()) {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				abort(dst)
+				abort(src)
+				return
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			abort(dst)
+			abort(src)
+			return
+		}
 	}
 	if tc, ok := dst.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -157,4 +158,26 @@ func TestTargetDown(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// While swallowing, what a client writes is dropped: its writes succeed
+// and no echo comes back. Turned off, the link carries bytes again.
+func TestSwallow(t *testing.T) {
+	p, err := Start("127.0.0.1:0", echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	c := dial(t, p.Addr())
+	roundTrip(t, c, "before")
+	p.Swallow(true)
+	if _, err := c.Write([]byte("lost\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 16)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read %d bytes, %v: want nothing", n, err)
+	}
+	p.Swallow(false)
+	roundTrip(t, c, "after")
 }

@@ -1,8 +1,11 @@
 package worker
 
 import (
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/queue"
@@ -25,8 +28,34 @@ type shard struct {
 	// tendAt is when the backlog's ack deadlines are next pushed back. It
 	// outlives each pause: pauses are often shorter than keepAlive.
 	tendAt time.Time
+	// unconfirmed holds, in order, the tasks whose deliveries went out on
+	// the connection of epoch (its count of reconnects) with no flush yet
+	// to prove that the server read them. Their jobs are acked only once
+	// one does (see confirm).
+	unconfirmed []*task
+	epoch       uint64
 	// Scratch buffers for one delivery, reused.
 	payload, envelope []byte
+}
+
+// confirmBatch bounds the tasks a shard publishes before it waits for the
+// server to confirm them. It stays within a gateway's dedup window
+// (dedupWindow there), so that a channel's deliveries published again
+// after a reconnect are all recognised as repeats.
+const confirmBatch = 64
+
+// confirmTimeout bounds the wait for the server's confirmation.
+const confirmTimeout = 5 * time.Second
+
+// errReconnected says that the connection changed while a task's
+// deliveries were being published: some may have gone out on the old one.
+var errReconnected = errors.New("the connection to NATS changed while publishing")
+
+// linkDown tells the failures that come from the connection, not from the
+// job: they are retried without spending the job's attempts.
+func linkDown(err error) bool {
+	return errors.Is(err, errReconnected) || errors.Is(err, nats.ErrReconnectBufExceeded) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrConnectionClosed)
 }
 
 // maxBacklog bounds the tasks a shard takes in while it retries one;
@@ -88,12 +117,16 @@ func (s *shard) handle(t *task) {
 		}
 		err := s.attempt(t)
 		if err == nil {
-			if r.pending.Add(-1) == 0 {
-				p.finish(r)
+			if !p.confirms {
+				s.done(t)
+				return
+			}
+			s.unconfirmed = append(s.unconfirmed, t)
+			if len(s.unconfirmed) >= confirmBatch || s.idle() {
+				s.confirmAll()
 			}
 			return
 		}
-		p.failed()
 		if !failing {
 			failing = true
 			p.retrying.Add(1)
@@ -105,6 +138,17 @@ func (s *shard) handle(t *task) {
 			p.leave(r)
 			return
 		}
+		if p.confirms && linkDown(err) {
+			// Nothing wrong with the job: wait for the connection, then
+			// publish again, this and what is unconfirmed before it.
+			attempt--
+			if !s.pause(r, p.backoff(1)) {
+				p.leave(r)
+				return
+			}
+			continue
+		}
+		p.failed()
 		if attempt >= p.opts.MaxAttempts {
 			p.setAside(r, fmt.Sprintf("failed %d attempts, the last with: %v", attempt, err))
 			return
@@ -122,9 +166,104 @@ func (s *shard) handle(t *task) {
 	}
 }
 
+// done counts t's part of its job as delivered.
+func (s *shard) done(t *task) {
+	if t.run.pending.Add(-1) == 0 {
+		s.pool.finish(t.run)
+	}
+}
+
+// idle reports that no task waits for the shard.
+func (s *shard) idle() bool { return len(s.backlog) == 0 && len(s.in) == 0 }
+
 // attempt publishes t's deliveries. A panic is recovered and returned as
 // an error: it counts as a failed attempt.
-func (s *shard) attempt(t *task) (err error) {
+//
+// Deliveries over NATS are confirmed before their jobs are acked. A
+// publish only hands bytes to the connection: those written to a socket
+// the server then loses are gone, and nats.go cannot tell. The epoch (the
+// connection's count of reconnects, read around the publishes under the
+// same lock that changes the connection) says which connection they went
+// out on; the connection is made with no reconnect buffer, so that a
+// publish while it is down fails instead of going out later, behind
+// others. When the connection has changed since the unconfirmed tasks
+// went out, they are published again, in order, before t: one of them may
+// be lost, and nothing may overtake it. Gateways drop the repeats.
+func (s *shard) attempt(t *task) error {
+	p := s.pool
+	if !p.confirms {
+		return s.publish(t, true)
+	}
+	nc := p.opts.Conn
+	epoch := nc.Stats().Reconnects
+	if epoch != s.epoch {
+		for _, u := range s.unconfirmed {
+			if err := s.publish(u, false); err != nil {
+				return err
+			}
+		}
+	}
+	if err := s.publish(t, true); err != nil {
+		return err
+	}
+	if nc.Stats().Reconnects != epoch {
+		return errReconnected
+	}
+	s.epoch = epoch
+	return nil
+}
+
+// confirm asks the server for a round trip: when it answers on the
+// connection the unconfirmed tasks went out on, it has read them, and
+// their parts are done.
+func (s *shard) confirm() bool {
+	nc := s.pool.opts.Conn
+	if nc.Stats().Reconnects != s.epoch {
+		return false
+	}
+	if err := nc.FlushTimeout(confirmTimeout); err != nil || nc.Stats().Reconnects != s.epoch {
+		return false
+	}
+	for i, t := range s.unconfirmed {
+		s.done(t)
+		s.unconfirmed[i] = nil
+	}
+	s.unconfirmed = s.unconfirmed[:0]
+	return true
+}
+
+// confirmAll confirms the unconfirmed tasks, publishing them again on a
+// new connection when theirs went away, until it works or the pool stops;
+// then they are left unacked, for JetStream to deliver again.
+func (s *shard) confirmAll() {
+	p := s.pool
+	for attempt := 1; !s.confirm(); attempt++ {
+		if !s.pause(s.unconfirmed[0].run, p.backoff(attempt)) {
+			for _, t := range s.unconfirmed {
+				p.leave(t.run)
+			}
+			clear(s.unconfirmed)
+			s.unconfirmed = s.unconfirmed[:0]
+			return
+		}
+		nc := p.opts.Conn
+		if epoch := nc.Stats().Reconnects; epoch != s.epoch {
+			var err error
+			for _, u := range s.unconfirmed {
+				if err = s.publish(u, false); err != nil {
+					break
+				}
+			}
+			if err == nil && nc.Stats().Reconnects == epoch {
+				s.epoch = epoch
+			}
+		}
+	}
+}
+
+// publish hands t's deliveries to Deliver; first is false when they were
+// published before, and are again after a reconnect.
+func (s *shard) publish(t *task, first bool) (err error) {
 	p, r := s.pool, t.run
 	defer func() {
 		if v := recover(); v != nil {
@@ -163,6 +302,9 @@ func (s *shard) attempt(t *task) (err error) {
 				if err := p.opts.Record(subject, s.envelope); err != nil {
 					return fmt.Errorf("recording the delivery on %s: %w", ch, err)
 				}
+			}
+			if !first {
+				continue
 			}
 			p.stats.Deliveries.Add(1)
 			if m := p.opts.Metrics; m != nil {

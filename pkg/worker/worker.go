@@ -37,9 +37,11 @@ const drainTimeout = 5 * time.Second
 
 // Options configure a Pool.
 type Options struct {
-	// Conn publishes deliveries. It must be the connection JetStream
-	// acknowledgements go over, so that a job's deliveries reach the server
-	// before its ack does (one TCP stream keeps them in order).
+	// Conn publishes deliveries (unless Deliver is set), each job's
+	// confirmed by a round trip before the job is acked. Make it with
+	// nats.ReconnectBufSize(-1): a delivery buffered while the connection
+	// is down would go out after the reconnect, behind deliveries that
+	// had to be published again (see shard.attempt).
 	Conn      *nats.Conn
 	JetStream jetstream.JetStream
 	Apps      AppExists
@@ -117,6 +119,8 @@ type Pool struct {
 	quit chan struct{}
 	// holdUntil (unix nanos) holds jobs after a reconnect.
 	holdUntil atomic.Int64
+	// confirms: deliveries go over NATS, and are confirmed before acks.
+	confirms bool
 	// retryLog says that jobs are being retried, once per 10 s at most.
 	retryLog zerolog.Logger
 	stats    Stats
@@ -164,8 +168,12 @@ func New(opts Options) *Pool {
 	if opts.Workers < 1 {
 		opts.Workers = 1
 	}
-	if opts.Deliver == nil {
+	confirms := opts.Deliver == nil
+	if confirms {
 		opts.Deliver = opts.Conn.Publish
+		if opts.Conn.Opts.ReconnectBufSize >= 0 {
+			opts.Log.Warn().Msg("the worker's NATS connection buffers while reconnecting: make it with nats.ReconnectBufSize(-1), or events can arrive out of order after a reconnect")
+		}
 	}
 	if opts.ReconnectHold <= 0 {
 		opts.ReconnectHold = DefaultReconnectHold
@@ -182,7 +190,7 @@ func New(opts Options) *Pool {
 	if opts.RetryBackoffMax <= 0 {
 		opts.RetryBackoffMax = DefaultRetryBackoffMax
 	}
-	p := &Pool{opts: opts, id: nuid.Next(), shards: make([]*shard, opts.Workers),
+	p := &Pool{opts: opts, id: nuid.Next(), shards: make([]*shard, opts.Workers), confirms: confirms,
 		stopping: make(chan struct{}), quit: make(chan struct{}),
 		retryLog: opts.Log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second})}
 	for i := range p.shards {

@@ -1,0 +1,84 @@
+package worker_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/resoundhq/resound/internal/tcpproxy"
+	"github.com/resoundhq/resound/pkg/natsembed/natstest"
+	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/pkg/route"
+	"github.com/resoundhq/resound/pkg/worker"
+	"github.com/resoundhq/resound/protocol"
+)
+
+// A worker's deliveries written to a connection whose server then loses
+// them (bytes in flight when a NATS node dies) are published again after
+// the reconnect, before anything later on their channel, and the job is
+// acked only then. Here a proxy swallows what the worker sends, then the
+// link is cut: without the confirmation, the job's ack would be lost with
+// it, the next job would go first, and JetStream would deliver the lost
+// one again only after the ack wait: out of order.
+func TestDeliveriesLostWithTheConnectionArePublishedAgainInOrder(t *testing.T) {
+	ns := natstest.Server(t, true)
+	nc := connect(t, ns, "producer")
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{ns: ns, js: js, pub: queue.NewPublisher(js), sub: connect(t, ns, "subscriber")}
+
+	proxy, err := tcpproxy.Start("127.0.0.1:0", strings.TrimPrefix(ns.ClientURL(), "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	wc, err := nats.Connect("nats://"+proxy.Addr(), nats.Name("worker"), nats.ReconnectBufSize(-1),
+		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wc.Close)
+	wjs, err := jetstream.New(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := worker.New(worker.Options{Conn: wc, JetStream: wjs, Apps: func(id string) bool { return id == appID },
+		Limits: protocol.DefaultLimits, ReconnectHold: 50 * time.Millisecond})
+	runPool(t, pool)
+	ch := e.subscribe(t, route.Subject(appID, "c"))
+
+	e.publish(t, oneEvent("c", "1"))
+	if d := decode(t, receive(t, ch)); d.event["data"] != "1" {
+		t.Fatalf("got %v", d.event)
+	}
+	eventually(t, "job 1 acked", func() bool { return pool.Stats().Jobs.Load() == 1 })
+
+	proxy.Swallow(true)
+	e.publish(t, oneEvent("c", "2"))
+	eventually(t, "job 2 published into the void", func() bool { return pool.Stats().Deliveries.Load() == 2 })
+	proxy.Cut()
+	proxy.Swallow(false)
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	e.publish(t, oneEvent("c", "3"))
+
+	for _, want := range []string{"2", "3"} {
+		if d := decode(t, receive(t, ch)); d.event["data"] != want {
+			t.Fatalf("got %v, want data %s", d.event, want)
+		}
+	}
+	nothingMore(t, ch)
+	eventually(t, "jobs 2 and 3 acked", func() bool { return pool.Stats().Jobs.Load() == 3 })
+}
