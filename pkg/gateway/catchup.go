@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/route"
@@ -216,23 +217,18 @@ func (c *catchup) serve(ctx context.Context) {
 	}
 	started := time.Now()
 	replayed := 0
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		rctx, cancel := context.WithTimeout(ctx, time.Minute)
-		// Through a barrier: everything NATS sent this gateway (or
-		// dropped) before the gap was noticed is stored before it,
-		// though the stream's last sequence may not show it yet.
-		var through uint64
-		through, err = c.hist.Barrier(rctx)
-		if err != nil {
-			cancel()
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-			}
-			continue
-		}
-		err = c.hist.Since(rctx, from, through, nil, func(subject string, data []byte, seq uint64) error {
+	// Through a barrier: everything NATS sent this gateway (or dropped)
+	// before the gap was noticed is stored before it, though the stream's
+	// last sequence may not show it yet.
+	var through uint64
+	err := c.retry(ctx, func(actx context.Context) (err error) {
+		through, err = c.hist.Barrier(actx)
+		return err
+	})
+	pos := from
+	replay := func(actx context.Context) error {
+		return c.hist.Since(actx, pos, through, nil, func(subject string, data []byte, seq uint64) error {
+			pos = seq // a retry goes on after it
 			if s.hub.lookup(subject) == nil {
 				return nil // no local subscriber
 			}
@@ -244,14 +240,12 @@ func (c *catchup) serve(ctx context.Context) {
 				return ctx.Err()
 			}
 		})
-		cancel()
-		if err == nil || errors.Is(err, history.ErrExpired) || ctx.Err() != nil || replayed > 0 {
-			break
-		}
-		// NATS was not back yet: try again shortly.
-		select {
-		case <-time.After(time.Second):
-		case <-ctx.Done():
+	}
+	for err == nil {
+		before := pos
+		err = c.retry(ctx, replay)
+		if err == nil || !ensure.Transient(err) || pos == before {
+			break // done, refused, or stalled for a whole catchupStall
 		}
 	}
 	expired := err != nil
@@ -277,6 +271,20 @@ func (c *catchup) serve(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// catchupStall bounds how long a catch-up keeps trying while it makes no
+// progress: NATS answers nothing while it elects a leader (seconds on a
+// cluster that lost a node), and the subscribers are better served by a
+// wait than by a reconnect. Past it, they reconnect.
+const catchupStall = 30 * time.Second
+
+// retry runs op, each attempt bounded and repeated while it fails for a
+// passing reason (see ensure.Do), for catchupStall at most.
+func (c *catchup) retry(ctx context.Context, op func(context.Context) error) error {
+	sctx, cancel := context.WithTimeout(ctx, catchupStall)
+	defer cancel()
+	return ensure.Do(sctx, op)
 }
 
 // watchLink asks for a catch-up when the NATS connection comes back, and
