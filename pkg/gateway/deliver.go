@@ -50,8 +50,9 @@ type dispatcher struct {
 	// strict: the batch being dispatched is replays or held deliveries,
 	// which may repeat what was written already beyond the duplicate
 	// window: drop every job delivery at or before the channel's last
-	// position. (Live deliveries only ever repeat within the window, and
-	// a reorder elsewhere must not turn into a loss here.)
+	// position. (Live deliveries repeat within the window, or are marked
+	// route.Delivery.Repeat when they may not, and a reorder elsewhere
+	// must not turn into a loss here.)
 	strict      bool
 	held        []*nats.Msg
 	heldBytes   int
@@ -170,7 +171,7 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 			// subscription carries the same message.
 			continue
 		}
-		if ch.seen(env.ID()) || d.strict && env.ID() != 0 && env.ID() <= ch.lastPos.Load() {
+		if ch.seen(env.ID()) || (d.strict || env.Repeat) && env.ID() != 0 && env.ID() <= ch.lastPos.Load() {
 			s.prom.Duplicates.Inc()
 			continue
 		}

@@ -125,6 +125,11 @@ type Delivery struct {
 	Seq uint64
 	// Event is the event's index in its job (a batch holds up to 10).
 	Event uint8
+	// Repeat marks a delivery that may have been published before: its
+	// job was delivered to a worker again (an ack lost with a NATS node),
+	// or the history stream did not acknowledge it. Gateways drop it if
+	// the channel has had its position or a later one, however long ago.
+	Repeat bool
 	// ExcludeSocketID is the connection that must not receive the event.
 	ExcludeSocketID string
 	// Frame is the complete WebSocket frame, written as is.
@@ -136,9 +141,13 @@ const envelopeVersion = 1
 // ErrBadEnvelope is returned for a delivery that cannot be decoded.
 var ErrBadEnvelope = errors.New("route: malformed delivery envelope")
 
+// repeatFlag marks a repeat in the event byte (indexes are below 16, and
+// EventPresence is never a repeat).
+const repeatFlag = 0x40
+
 // AppendDelivery encodes d: a version byte, the sequence (8 bytes, big
-// endian), the event index (1 byte), the excluded socket id behind a
-// length byte, then the frame. A binary envelope keeps decoding on the
+// endian), the event index (1 byte, with repeatFlag), the excluded socket
+// id behind a length byte, then the frame. A binary envelope keeps decoding on the
 // gateway's hot path to a few slice operations, with no allocation.
 func AppendDelivery(dst []byte, d Delivery) []byte {
 	sid := d.ExcludeSocketID
@@ -147,7 +156,11 @@ func AppendDelivery(dst []byte, d Delivery) []byte {
 	}
 	dst = append(dst, envelopeVersion)
 	dst = binary.BigEndian.AppendUint64(dst, d.Seq)
-	dst = append(dst, d.Event, byte(len(sid)))
+	event := d.Event
+	if d.Repeat && event != EventPresence {
+		event |= repeatFlag
+	}
+	dst = append(dst, event, byte(len(sid)))
 	dst = append(dst, sid...)
 	return append(dst, d.Frame...)
 }
@@ -156,6 +169,7 @@ func AppendDelivery(dst []byte, d Delivery) []byte {
 type Envelope struct {
 	Seq             uint64
 	Event           uint8
+	Repeat          bool
 	ExcludeSocketID []byte
 	Frame           []byte
 }
@@ -185,5 +199,9 @@ func ParseDelivery(b []byte) (Envelope, error) {
 	if len(b) < 11+n {
 		return Envelope{}, ErrBadEnvelope
 	}
-	return Envelope{Seq: binary.BigEndian.Uint64(b[1:9]), Event: b[9], ExcludeSocketID: b[11 : 11+n : 11+n], Frame: b[11+n : len(b) : len(b)]}, nil
+	event, repeat := b[9], false
+	if event != EventPresence && event&repeatFlag != 0 {
+		event, repeat = event&^repeatFlag, true
+	}
+	return Envelope{Seq: binary.BigEndian.Uint64(b[1:9]), Event: event, Repeat: repeat, ExcludeSocketID: b[11 : 11+n : 11+n], Frame: b[11+n : len(b) : len(b)]}, nil
 }

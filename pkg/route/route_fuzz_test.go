@@ -70,13 +70,17 @@ func FuzzDelivery(f *testing.F) {
 			}
 			within(t, "ExcludeSocketID", msg, 11, env.ExcludeSocketID)
 			within(t, "Frame", msg, 11+n, env.Frame)
-			again := AppendDelivery(nil, Delivery{Seq: env.Seq, Event: env.Event, ExcludeSocketID: string(env.ExcludeSocketID), Frame: env.Frame})
+			again := AppendDelivery(nil, Delivery{Seq: env.Seq, Event: env.Event, Repeat: env.Repeat, ExcludeSocketID: string(env.ExcludeSocketID), Frame: env.Frame})
 			if !bytes.Equal(again, msg) {
 				t.Fatalf("%x parsed as %+v encodes as %x", msg, env, again)
 			}
 		}
 
-		d := Delivery{Seq: seq, Event: event, ExcludeSocketID: sid, Frame: frame}
+		repeat := event != EventPresence && event&repeatFlag != 0
+		if repeat {
+			event &^= repeatFlag // the flag's bit is the Repeat field
+		}
+		d := Delivery{Seq: seq, Event: event, Repeat: repeat, ExcludeSocketID: sid, Frame: frame}
 		prefix := []byte("prefix")
 		out := AppendDelivery(prefix, d)
 		if !bytes.Equal(out[:len(prefix)], []byte("prefix")) {
@@ -87,7 +91,7 @@ func FuzzDelivery(f *testing.F) {
 		if len(sid) > 255 {
 			wantSID = "" // longer than any socket id; AppendDelivery drops it
 		}
-		if err != nil || env.Seq != seq || env.Event != event || string(env.ExcludeSocketID) != wantSID || !bytes.Equal(env.Frame, frame) {
+		if err != nil || env.Seq != seq || env.Event != event || env.Repeat != repeat || string(env.ExcludeSocketID) != wantSID || !bytes.Equal(env.Frame, frame) {
 			t.Fatalf("%+v round-tripped as %+v, %v", d, env, err)
 		}
 	})

@@ -50,6 +50,18 @@ func TestDeliveryRoundTrip(t *testing.T) {
 	if e.ID() == 0 || e.ID() == (Envelope{Seq: 1 << 40, Event: 2}).ID() || (Envelope{Event: 5}).ID() != 0 {
 		t.Fatal("delivery ids do not tell events apart")
 	}
+	if e.Repeat {
+		t.Fatal("a first delivery reads as a repeat")
+	}
+	// A repeat keeps its event index and id; a presence change is never one.
+	r, err := ParseDelivery(AppendDelivery(nil, Delivery{Seq: 1 << 40, Event: 3, Repeat: true, Frame: frame}))
+	if err != nil || !r.Repeat || r.Event != 3 || r.ID() != e.ID() {
+		t.Fatalf("repeat: got %+v %v", r, err)
+	}
+	p, err := ParseDelivery(AppendDelivery(nil, Delivery{Seq: 7, Event: EventPresence, Repeat: true, Frame: frame}))
+	if err != nil || p.Repeat || p.Event != EventPresence {
+		t.Fatalf("presence: got %+v %v", p, err)
+	}
 	if _, err := ParseDelivery(b[:5]); err == nil {
 		t.Fatal("truncated envelope accepted")
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/resoundhq/resound/internal/tcpproxy"
+	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/queue"
 	"github.com/resoundhq/resound/pkg/route"
@@ -33,6 +34,10 @@ func TestDeliveriesLostWithTheConnectionArePublishedAgainInOrder(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// Deliveries are confirmed by the history stream.
+	if _, err := history.Ensure(ctx, js, history.Options{MaxAge: time.Hour, MaxBytes: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour}); err != nil {
 		t.Fatal(err)
 	}

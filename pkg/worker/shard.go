@@ -3,9 +3,11 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/queue"
@@ -28,34 +30,47 @@ type shard struct {
 	// tendAt is when the backlog's ack deadlines are next pushed back. It
 	// outlives each pause: pauses are often shorter than keepAlive.
 	tendAt time.Time
-	// unconfirmed holds, in order, the tasks whose deliveries went out on
-	// the connection of epoch (its count of reconnects) with no flush yet
-	// to prove that the server read them. Their jobs are acked only once
-	// one does (see confirm).
+	// unconfirmed holds, in order, the tasks whose deliveries went out
+	// with no acknowledgement yet from the history stream that it stored
+	// them. Their jobs are acked only once it has (see settle).
 	unconfirmed []*task
-	epoch       uint64
+	// inFlight holds the channels with a delivery not yet acknowledged: a
+	// channel's next delivery waits for it (see publish).
+	inFlight map[string]struct{}
+	// awaited counts the acknowledgements awaited, at most maxUnconfirmed.
+	awaited int
+	// republish: a delivery went unacknowledged, so the unconfirmed tasks
+	// are published again, in order, before anything else.
+	republish bool
 	// Scratch buffers for one delivery, reused.
 	payload, envelope []byte
 }
 
 // confirmBatch bounds the tasks a shard publishes before it waits for the
-// server to confirm them. It stays within a gateway's dedup window
-// (dedupWindow there), so that a channel's deliveries published again
-// after a reconnect are all recognised as repeats.
+// history stream to acknowledge them. It stays within a gateway's dedup
+// window (dedupWindow there), so that a channel's deliveries published
+// again are all recognised as repeats.
 const confirmBatch = 64
 
-// confirmTimeout bounds the wait for the server's confirmation.
+// maxUnconfirmed bounds the acknowledgements a shard awaits at once (a
+// job may have many channels).
+const maxUnconfirmed = 4096
+
+// confirmTimeout bounds the wait for the history stream's
+// acknowledgements; a cluster electing a stream leader answers nothing
+// for a few seconds.
 const confirmTimeout = 5 * time.Second
 
-// errReconnected says that the connection changed while a task's
-// deliveries were being published: some may have gone out on the old one.
-var errReconnected = errors.New("the connection to NATS changed while publishing")
+// errUnconfirmed says that the history stream did not acknowledge a
+// delivery: it is published again, and what followed it.
+var errUnconfirmed = errors.New("the history stream did not acknowledge a delivery")
 
-// linkDown tells the failures that come from the connection, not from the
-// job: they are retried without spending the job's attempts.
+// linkDown tells the failures that come from NATS, not from the job: they
+// are retried without spending the job's attempts.
 func linkDown(err error) bool {
-	return errors.Is(err, errReconnected) || errors.Is(err, nats.ErrReconnectBufExceeded) ||
-		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrConnectionClosed)
+	return errors.Is(err, errUnconfirmed) || errors.Is(err, nats.ErrReconnectBufExceeded) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, jetstream.ErrTooManyStalledMsgs)
 }
 
 // maxBacklog bounds the tasks a shard takes in while it retries one;
@@ -179,86 +194,134 @@ func (s *shard) idle() bool { return len(s.backlog) == 0 && len(s.in) == 0 }
 // attempt publishes t's deliveries. A panic is recovered and returned as
 // an error: it counts as a failed attempt.
 //
-// Deliveries over NATS are confirmed before their jobs are acked. A
-// publish only hands bytes to the connection: those written to a socket
-// the server then loses are gone, and nats.go cannot tell. The epoch (the
-// connection's count of reconnects, read around the publishes under the
-// same lock that changes the connection) says which connection they went
-// out on; the connection is made with no reconnect buffer, so that a
-// publish while it is down fails instead of going out later, behind
-// others. When the connection has changed since the unconfirmed tasks
-// went out, they are published again, in order, before t: one of them may
-// be lost, and nothing may overtake it. Gateways drop the repeats.
+// Deliveries over NATS are confirmed before their jobs are acked: each is
+// published as a JetStream message, which the gateways subscribed to its
+// subject receive like any other and the history stream stores and
+// acknowledges. A publish only hands bytes to the connection, and a
+// flush proves only that the server the worker is connected to read
+// them: one that dies then (or a history stream electing a new leader)
+// loses them, and the job would be acked with nothing in the history for
+// a gateway that was away to catch up from. An acknowledgement proves
+// that the delivery is in the history. When one does not come, the
+// unconfirmed tasks are published again, in order, before t: gateways
+// drop the repeats.
 func (s *shard) attempt(t *task) error {
-	p := s.pool
-	if !p.confirms {
+	if !s.pool.confirms {
 		return s.publish(t, true)
 	}
-	nc := p.opts.Conn
-	epoch := nc.Stats().Reconnects
-	if epoch != s.epoch {
-		for _, u := range s.unconfirmed {
-			if err := s.publish(u, false); err != nil {
-				return err
-			}
+	if s.republish {
+		if err := s.republishAll(); err != nil {
+			return err
 		}
 	}
 	if err := s.publish(t, true); err != nil {
+		s.unsettled()
 		return err
 	}
-	if nc.Stats().Reconnects != epoch {
-		return errReconnected
-	}
-	s.epoch = epoch
 	return nil
 }
 
-// confirm asks the server for a round trip: when it answers on the
-// connection the unconfirmed tasks went out on, it has read them, and
-// their parts are done.
-func (s *shard) confirm() bool {
-	nc := s.pool.opts.Conn
-	if nc.Stats().Reconnects != s.epoch {
-		return false
+// settle waits for the acknowledgements of every unconfirmed task
+// published since the last failure, and of current's deliveries so far
+// (current is being published; nil if none). When all come, those tasks
+// are done; when one does not, or fails, nothing is, and everything
+// unconfirmed is to be published again.
+func (s *shard) settle(current *task) bool {
+	timer := time.NewTimer(confirmTimeout)
+	defer timer.Stop()
+	n := 0
+	for _, t := range s.unconfirmed {
+		if t == current || !t.published {
+			break
+		}
+		if !acknowledged(t.acks, timer.C) {
+			s.unsettled()
+			return false
+		}
+		n++
 	}
-	if err := nc.FlushTimeout(confirmTimeout); err != nil || nc.Stats().Reconnects != s.epoch {
-		return false
+	if current != nil {
+		if !acknowledged(current.acks, timer.C) {
+			s.unsettled()
+			return false
+		}
+		// A future answers once: those are not waited for again.
+		current.acks = current.acks[:0]
 	}
-	for i, t := range s.unconfirmed {
+	for i, t := range s.unconfirmed[:n] {
+		t.acks = t.acks[:0]
 		s.done(t)
 		s.unconfirmed[i] = nil
 	}
-	s.unconfirmed = s.unconfirmed[:0]
+	s.unconfirmed = s.unconfirmed[n:]
+	clear(s.inFlight)
+	s.awaited = 0
 	return true
 }
 
-// confirmAll confirms the unconfirmed tasks, publishing them again on a
-// new connection when theirs went away, until it works or the pool stops;
-// then they are left unacked, for JetStream to deliver again.
+// unsettled forgets every acknowledgement still awaited: the unconfirmed
+// tasks are all published again.
+func (s *shard) unsettled() {
+	for _, t := range s.unconfirmed {
+		t.acks, t.published = t.acks[:0], false
+	}
+	clear(s.inFlight)
+	s.awaited = 0
+	s.republish = true
+}
+
+// acknowledged waits for every future, until timeout fires. A future
+// answers once, so each is waited for once.
+func acknowledged(acks []jetstream.PubAckFuture, timeout <-chan time.Time) bool {
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case <-f.Err():
+			return false
+		case <-timeout:
+			return false
+		}
+	}
+	return true
+}
+
+// confirmAll settles the unconfirmed tasks, publishing them again while
+// acknowledgements fail to come, until it works or the pool stops; then
+// they are left unacked, for JetStream to deliver again.
 func (s *shard) confirmAll() {
 	p := s.pool
-	for attempt := 1; !s.confirm(); attempt++ {
+	for attempt := 1; ; attempt++ {
+		if !s.republish && s.settle(nil) {
+			return
+		}
+		if len(s.unconfirmed) == 0 {
+			s.republish = false
+			return
+		}
 		if !s.pause(s.unconfirmed[0].run, p.backoff(attempt)) {
 			for _, t := range s.unconfirmed {
 				p.leave(t.run)
 			}
 			clear(s.unconfirmed)
 			s.unconfirmed = s.unconfirmed[:0]
+			s.republish = false
 			return
 		}
-		nc := p.opts.Conn
-		if epoch := nc.Stats().Reconnects; epoch != s.epoch {
-			var err error
-			for _, u := range s.unconfirmed {
-				if err = s.publish(u, false); err != nil {
-					break
-				}
-			}
-			if err == nil && nc.Stats().Reconnects == epoch {
-				s.epoch = epoch
-			}
+		_ = s.republishAll()
+	}
+}
+
+// republishAll publishes the unconfirmed tasks again, in order.
+func (s *shard) republishAll() error {
+	// A copy: settling along the way takes tasks off the front.
+	for _, u := range slices.Clone(s.unconfirmed) {
+		if err := s.publish(u, false); err != nil {
+			s.unsettled()
+			return err
 		}
 	}
+	s.republish = false
+	return nil
 }
 
 // publish hands t's deliveries to Deliver; first is false when they were
@@ -272,6 +335,7 @@ func (s *shard) publish(t *task, first bool) (err error) {
 		}
 	}()
 	recovers := p.opts.Recovers != nil && p.opts.Recovers(r.job.AppID)
+	t.acks, t.published = t.acks[:0], false
 	for ei, channels := range t.channels {
 		ev := &r.job.Events[ei]
 		for _, ch := range channels {
@@ -286,6 +350,7 @@ func (s *shard) publish(t *task, first bool) (err error) {
 			s.envelope = route.AppendDelivery(s.envelope[:0], route.Delivery{
 				Seq:             r.seq,
 				Event:           uint8(ei),
+				Repeat:          !first || r.deliveries > 1,
 				ExcludeSocketID: ev.SocketID,
 			})
 			s.envelope = protocol.AppendTextFrame(s.envelope, s.payload)
@@ -295,7 +360,7 @@ func (s *shard) publish(t *task, first bool) (err error) {
 			// carries the job's sequence and the event's index, and
 			// gateways drop what they wrote already.
 			subject := route.Subject(r.job.AppID, ch)
-			if err := p.opts.Deliver(subject, s.envelope); err != nil {
+			if err := s.deliver(t, subject, s.envelope); err != nil {
 				return fmt.Errorf("publishing the delivery on %s: %w", ch, err)
 			}
 			if recovers && p.opts.Record != nil {
@@ -315,6 +380,35 @@ func (s *shard) publish(t *task, first bool) (err error) {
 			}
 		}
 	}
+	t.published = true
+	return nil
+}
+
+// deliver hands one delivery to Deliver, or, when deliveries are
+// confirmed, publishes it to the history stream and keeps the future of
+// its acknowledgement in t. A channel has one delivery awaiting its
+// acknowledgement at a time: should it fail, the next one must not be
+// stored ahead of it (a gateway catching up reads the history in its
+// order, and drops what comes after a later position), so the next
+// waits for the acknowledgements so far (see settle).
+func (s *shard) deliver(t *task, subject string, envelope []byte) error {
+	p := s.pool
+	if !p.confirms {
+		return p.opts.Deliver(subject, envelope)
+	}
+	if _, waiting := s.inFlight[subject]; (waiting || s.awaited >= maxUnconfirmed) && !s.settle(t) {
+		return errUnconfirmed
+	}
+	// No retries inside nats.go: it would publish the buffer again later,
+	// and the shard reuses it at once (PublishAsync copies it into the
+	// connection's buffer, and keeps nothing else of it).
+	f, err := p.acks.PublishAsync(subject, envelope, jetstream.WithRetryAttempts(0))
+	if err != nil {
+		return err
+	}
+	t.acks = append(t.acks, f)
+	s.inFlight[subject] = struct{}{}
+	s.awaited++
 	return nil
 }
 

@@ -37,11 +37,12 @@ const drainTimeout = 5 * time.Second
 
 // Options configure a Pool.
 type Options struct {
-	// Conn publishes deliveries (unless Deliver is set), each job's
-	// confirmed by a round trip before the job is acked. Make it with
-	// nats.ReconnectBufSize(-1): a delivery buffered while the connection
-	// is down would go out after the reconnect, behind deliveries that
-	// had to be published again (see shard.attempt).
+	// Conn publishes deliveries (unless Deliver is set) as JetStream
+	// messages: the history stream (pkg/history, which must exist)
+	// acknowledges each before its job is acked (see shard.attempt).
+	// Make it with nats.ReconnectBufSize(-1): a delivery buffered while
+	// the connection is down would go out after the reconnect, behind
+	// deliveries that had to be published again.
 	Conn      *nats.Conn
 	JetStream jetstream.JetStream
 	Apps      AppExists
@@ -62,7 +63,7 @@ type Options struct {
 	Partitions int
 	// Workers is how many goroutines encode and publish in parallel.
 	Workers int
-	// Deliver, when set, takes the deliveries instead of Conn.Publish:
+	// Deliver, when set, takes the deliveries instead of Conn:
 	// the all-in-one process hands them straight to its gateway. It must
 	// copy envelope before returning. An error fails the attempt: the job
 	// is tried again (see MaxAttempts).
@@ -119,8 +120,10 @@ type Pool struct {
 	quit chan struct{}
 	// holdUntil (unix nanos) holds jobs after a reconnect.
 	holdUntil atomic.Int64
-	// confirms: deliveries go over NATS, and are confirmed before acks.
+	// confirms: deliveries go over NATS, and the history stream
+	// acknowledges them (through acks) before their jobs are acked.
 	confirms bool
+	acks     jetstream.JetStream
 	// retryLog says that jobs are being retried, once per 10 s at most.
 	retryLog zerolog.Logger
 	stats    Stats
@@ -161,6 +164,11 @@ type run struct {
 type task struct {
 	run      *run
 	channels [][]string // per event: this shard's channels
+	// acks are the history stream's acknowledgements of the deliveries
+	// as last published (when the pool confirms); published says that
+	// all of them went out.
+	acks      []jetstream.PubAckFuture
+	published bool
 }
 
 // New returns a pool; Run starts it.
@@ -169,10 +177,20 @@ func New(opts Options) *Pool {
 		opts.Workers = 1
 	}
 	confirms := opts.Deliver == nil
+	var acks jetstream.JetStream
 	if confirms {
-		opts.Deliver = opts.Conn.Publish
 		if opts.Conn.Opts.ReconnectBufSize >= 0 {
-			opts.Log.Warn().Msg("the worker's NATS connection buffers while reconnecting: make it with nats.ReconnectBufSize(-1), or events can arrive out of order after a reconnect")
+			opts.Log.Warn().Msg("the worker's NATS connection buffers while reconnecting: make it with nats.ReconnectBufSize(-1), or deliveries go out late, behind others, and are published twice")
+		}
+		// Its own JetStream context: the acknowledgements it awaits are
+		// bounded by the shards' batches, and one that never comes is
+		// forgotten after confirmTimeout.
+		var err error
+		acks, err = jetstream.New(opts.Conn,
+			jetstream.WithPublishAsyncMaxPending(max(opts.Workers, 1)*maxUnconfirmed),
+			jetstream.WithPublishAsyncTimeout(confirmTimeout))
+		if err != nil {
+			panic(err) // only ever for an invalid option
 		}
 	}
 	if opts.ReconnectHold <= 0 {
@@ -190,11 +208,11 @@ func New(opts Options) *Pool {
 	if opts.RetryBackoffMax <= 0 {
 		opts.RetryBackoffMax = DefaultRetryBackoffMax
 	}
-	p := &Pool{opts: opts, id: nuid.Next(), shards: make([]*shard, opts.Workers), confirms: confirms,
+	p := &Pool{opts: opts, id: nuid.Next(), shards: make([]*shard, opts.Workers), confirms: confirms, acks: acks,
 		stopping: make(chan struct{}), quit: make(chan struct{}),
 		retryLog: opts.Log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second})}
 	for i := range p.shards {
-		p.shards[i] = &shard{pool: p, in: make(chan *task, 256)}
+		p.shards[i] = &shard{pool: p, in: make(chan *task, 256), inFlight: make(map[string]struct{})}
 	}
 	return p
 }

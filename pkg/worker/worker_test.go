@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/resoundhq/resound/pkg/cluster"
+	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/natsembed"
 	"github.com/resoundhq/resound/pkg/natsembed/natstest"
@@ -53,6 +54,10 @@ func start(t *testing.T, workers int, with ...func(*worker.Options)) *env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// Deliveries are confirmed by the history stream.
+	if _, err := history.Ensure(ctx, e.js, history.Options{MaxAge: time.Hour, MaxBytes: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
 	if e.stream, err = queue.EnsureStream(ctx, e.js, queue.StreamOptions{MaxBytes: 64 << 20, MaxAge: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
@@ -388,6 +393,10 @@ func startStream(t *testing.T, name string) (*natsembed.Server, *nats.Conn, jets
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
+	// Deliveries are confirmed by the history stream.
+	if _, err := history.Ensure(ctx, js, history.Options{MaxAge: time.Hour, MaxBytes: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := queue.EnsureStream(ctx, js, queue.StreamOptions{MaxBytes: 8 << 20, MaxAge: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
