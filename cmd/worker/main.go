@@ -108,6 +108,10 @@ func main() {
 		Stores: stores, Partitions: cfg.Partitions, MaxAttempts: cfg.JobMaxAttempts,
 		Apps:     func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 		Recovers: node.Recovers(cfg),
+		EnsureHistory: func(ctx context.Context) error {
+			_, err := history.Ensure(ctx, js, node.HistoryOptions(&cfg.Settings))
+			return err
+		},
 	})
 	var draining atomic.Bool
 	mux := http.NewServeMux()

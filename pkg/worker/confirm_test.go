@@ -87,3 +87,32 @@ func TestDeliveriesLostWithTheConnectionArePublishedAgainInOrder(t *testing.T) {
 	nothingMore(t, ch)
 	eventually(t, "jobs 2 and 3 acked", func() bool { return pool.Stats().Jobs.Load() == 3 })
 }
+
+// A history stream deleted by hand holds the jobs back only until the
+// worker has made it again: deliveries it does not acknowledge are
+// published again, and their jobs acked once it stores them.
+func TestHistoryDeletedIsMadeAgain(t *testing.T) {
+	ns, _, js, ctx := startStream(t, "producer")
+	if err := js.DeleteStream(ctx, history.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	opts := history.Options{MaxAge: time.Hour, MaxBytes: 64 << 20}
+	pool := worker.New(poolOptions(t, ns, "worker", func(o *worker.Options) {
+		o.RetryBackoff = 10 * time.Millisecond
+		o.EnsureHistory = func(ctx context.Context) error {
+			_, err := history.Ensure(ctx, js, opts)
+			return err
+		}
+	}))
+	runPool(t, pool)
+	e := &env{ns: ns, js: js, pub: queue.NewPublisher(js)}
+	e.publish(t, oneEvent("c", "1"))
+	eventually(t, "job acked", func() bool { return pool.Stats().Jobs.Load() == 1 })
+	s, err := js.Stream(ctx, history.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().State.Msgs; n < 1 {
+		t.Fatalf("the history holds %d deliveries", n)
+	}
+}

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -306,6 +307,14 @@ func (s *shard) confirmAll() {
 			s.unconfirmed = s.unconfirmed[:0]
 			s.republish = false
 			return
+		}
+		if attempt == 2 && p.opts.EnsureHistory != nil {
+			// Twice unacknowledged: the stream may be gone, not electing.
+			ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
+			if err := p.opts.EnsureHistory(ctx); err != nil {
+				p.retryLog.Warn().Err(err).Msg("the history stream acknowledges no delivery, and could not be ensured")
+			}
+			cancel()
 		}
 		_ = s.republishAll()
 	}

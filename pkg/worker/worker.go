@@ -49,7 +49,11 @@ type Options struct {
 	// Recovers, when set, tells which apps' events carry their position,
 	// for clients to resume channels (docs/recovery.md).
 	Recovers func(appID string) bool
-	Limits   protocol.Limits
+	// EnsureHistory, when set, makes the history stream again if it is
+	// gone: deliveries it does not acknowledge are published again and
+	// their jobs wait, so a stream deleted by hand would hold every job.
+	EnsureHistory func(context.Context) error
+	Limits        protocol.Limits
 	// Cache keeps the last event of every cache channel; nil disables
 	// caching.
 	Cache jetstream.KeyValue
