@@ -20,14 +20,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
-	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/logging"
 	"github.com/resoundhq/resound/pkg/metrics"
-	"github.com/resoundhq/resound/pkg/node"
-	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/pkg/streams"
 	"github.com/resoundhq/resound/pkg/worker"
 )
 
@@ -74,42 +71,25 @@ func main() {
 		log.Error().Err(err).Msg("JetStream")
 		os.Exit(1)
 	}
-	// The job stream, the buckets and the partitions' consumers. A NATS
-	// cluster started with us may not serve JetStream yet: wait for it,
-	// saying why (see ensure.Setup). The pool ensures the consumers again
-	// as it starts, which is then a quick repeat; doing it here first
-	// means a worker that says it started has them.
-	var stores *cluster.Stores
-	err = ensure.Setup(ctx, log, "JetStream set-up", func(ctx context.Context) (err error) {
-		if _, err = queue.EnsureStream(ctx, js, node.StreamOptions(&cfg.Settings)); err != nil {
-			return err
-		}
-		if stores, err = cluster.Ensure(ctx, js, node.ClusterOptions(&cfg.Settings)); err != nil {
-			return err
-		}
-		if _, err = queue.EnsureConsumers(ctx, js, cfg.Partitions); err != nil {
-			return err
-		}
-		// The history keeps what this worker delivers; gateways create
-		// it too, but deliveries made before any gateway ran would go
-		// unkept.
-		_, err = history.Ensure(ctx, js, node.HistoryOptions(&cfg.Settings))
-		return err
-	})
+	// The job stream, the buckets, the partitions' consumers and the
+	// history; a NATS cluster started with us may not serve JetStream
+	// yet: wait for it, saying why.
+	objects, err := streams.Ensure(ctx, log, js, &cfg.Settings, true)
 	if err != nil {
 		log.Error().Err(err).Msg("JetStream set-up")
 		os.Exit(1)
 	}
+	stores := objects.Stores
 	reg := metrics.NewRegistry()
 	var pool *worker.Pool
 	wm := metrics.NewWorker(reg, func() float64 { return float64(pool.Stats().Pending.Load()) })
 	pool = worker.New(worker.Options{
-		Conn: nc, JetStream: js, Limits: node.Limits(&cfg.Settings), Workers: cfg.Workers, Log: log, Cache: stores.Cache, Metrics: wm,
+		Conn: nc, JetStream: js, Limits: cfg.Limits(), Workers: cfg.Workers, Log: log, Cache: stores.Cache, Metrics: wm,
 		Stores: stores, Partitions: cfg.Partitions, MaxAttempts: cfg.JobMaxAttempts,
 		Apps:     func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
-		Recovers: node.Recovers(cfg),
+		Recovers: cfg.Recovers,
 		EnsureHistory: func(ctx context.Context) error {
-			_, err := history.Ensure(ctx, js, node.HistoryOptions(&cfg.Settings))
+			_, err := history.Ensure(ctx, js, streams.History(&cfg.Settings))
 			return err
 		},
 	})

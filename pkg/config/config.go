@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+
+	"github.com/resoundhq/resound/protocol"
 )
 
 // Settings are the process's settings, from the environment.
@@ -301,3 +303,18 @@ func Usage(w io.Writer) error {
 const usageFormat = `{{range .}}  {{usage_key .}}{{if usage_default .}} (default {{usage_default .}}){{end}}
       {{usage_description .}}
 {{end}}`
+
+// Limits are the protocol's limits with the event size this process
+// allows.
+func (s *Settings) Limits() protocol.Limits {
+	lim := protocol.DefaultLimits
+	lim.MaxDataBytes = s.MaxEventSize
+	return lim
+}
+
+// Recovers tells whether the app's events carry positions for clients to
+// resume from (false for an unknown app).
+func (c *Config) Recovers(appID string) bool {
+	app, ok := c.Apps.ByID(appID)
+	return ok && app.Recovers()
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/resoundhq/resound/pkg/gateway"
 	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/pushertest"
+	"github.com/resoundhq/resound/pkg/streams"
 	"github.com/resoundhq/resound/pkg/worker"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -118,11 +119,11 @@ func twoGatewaysWith(t *testing.T, tweak func(*config.Settings), app config.App,
 	a, b = startOn(t, &cfgA, log), startOnWith(t, &cfgB, log, gwB)
 	nc := natstest.Conn(t, srv, "test-worker")
 	js, _ := jetstream.New(nc)
-	stores, err := cluster.Ensure(context.Background(), js, ClusterOptions(&s))
+	stores, err := cluster.Ensure(context.Background(), js, streams.Cluster(&s))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := worker.New(worker.Options{Conn: nc, JetStream: js, Limits: Limits(&s), Workers: 2, Log: log, Cache: stores.Cache,
+	pool := worker.New(worker.Options{Conn: nc, JetStream: js, Limits: s.Limits(), Workers: 2, Log: log, Cache: stores.Cache,
 		Apps: func(id string) bool { return id == app.ID }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

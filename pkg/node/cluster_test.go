@@ -18,6 +18,7 @@ import (
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/pushertest"
+	"github.com/resoundhq/resound/pkg/streams"
 	"github.com/resoundhq/resound/pkg/worker"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -68,11 +69,11 @@ func startCluster(t *testing.T, apps ...config.App) *testCluster {
 
 	nc := natstest.Conn(t, srv, "test-worker")
 	js, _ := jetstream.New(nc)
-	stores, err := cluster.Ensure(context.Background(), js, ClusterOptions(&s))
+	stores, err := cluster.Ensure(context.Background(), js, streams.Cluster(&s))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := worker.New(worker.Options{Conn: nc, JetStream: js, Limits: Limits(&s), Workers: 2, Log: log, Cache: stores.Cache,
+	pool := worker.New(worker.Options{Conn: nc, JetStream: js, Limits: s.Limits(), Workers: 2, Log: log, Cache: stores.Cache,
 		Apps: func(id string) bool { _, ok := tc.apps.ByID(id); return ok }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -23,12 +23,12 @@ import (
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/gateway"
-	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/httpapi"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/natsembed"
 	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/pkg/streams"
 	"github.com/resoundhq/resound/pkg/worker"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -63,13 +63,6 @@ type Options struct {
 	// (tests use it for sizes no setting exposes).
 	Gateway func(*gateway.Options)
 	Log     zerolog.Logger
-}
-
-// Limits are the HTTP API and job limits the settings give.
-func Limits(s *config.Settings) protocol.Limits {
-	lim := protocol.DefaultLimits
-	lim.MaxDataBytes = s.MaxEventSize
-	return lim
 }
 
 // Start brings a node up and returns once it accepts connections.
@@ -120,21 +113,11 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	}
 	// A NATS cluster started with us may not serve JetStream yet: wait
 	// for it, saying why, rather than give up (see ensure.Setup).
-	var stores *cluster.Stores
-	var hist *history.History
-	err = ensure.Setup(ctx, n.log, "JetStream set-up", func(ctx context.Context) (err error) {
-		if _, err = queue.EnsureStream(ctx, js, StreamOptions(&cfg.Settings)); err != nil {
-			return err
-		}
-		if stores, err = cluster.Ensure(ctx, js, ClusterOptions(&cfg.Settings)); err != nil {
-			return err
-		}
-		hist, err = history.Ensure(ctx, js, HistoryOptions(&cfg.Settings))
-		return err
-	})
+	objects, err := streams.Ensure(ctx, n.log, js, &cfg.Settings, false)
 	if err != nil {
 		return nil, err
 	}
+	stores, hist := objects.Stores, objects.History
 	setupCtx, cancelSetup := context.WithTimeout(ctx, ensure.RoundTimeout)
 	defer cancelSetup()
 	gatewayID := cluster.NewGatewayID()
@@ -172,7 +155,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	}
 	ready := func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() && apiConn.IsConnected() }
 	api := httpapi.New(httpapi.Options{
-		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: Limits(&cfg.Settings), Cluster: view,
+		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: cfg.Limits(), Cluster: view,
 		Triggered:    gwMetrics.MessagesIn.WithLabelValues("api"),
 		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
 		Ready: ready,
@@ -216,10 +199,10 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			return nil, err
 		}
 		n.pool = worker.New(worker.Options{
-			Conn: wConn, JetStream: wjs, Limits: Limits(&cfg.Settings), Workers: cfg.Workers, MaxAttempts: cfg.JobMaxAttempts, Log: n.log.With().Str("component", "worker").Logger(),
+			Conn: wConn, JetStream: wjs, Limits: cfg.Limits(), Workers: cfg.Workers, MaxAttempts: cfg.JobMaxAttempts, Log: n.log.With().Str("component", "worker").Logger(),
 			Cache: stores.Cache, Stores: stores, Partitions: cfg.Partitions, Metrics: metrics.NewWorker(n.Registry, func() float64 { return float64(n.pool.Stats().Pending.Load()) }),
 			Apps:     func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
-			Recovers: Recovers(cfg),
+			Recovers: cfg.Recovers,
 			// The gateway in this process is the only one the embedded
 			// server serves: hand it the deliveries without the NATS hop.
 			// Those of apps with recovery are also published, only for the
@@ -240,24 +223,6 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		}
 	}
 	return n, nil
-}
-
-// HistoryOptions size the history of deliveries from the settings.
-func HistoryOptions(s *config.Settings) history.Options {
-	return history.Options{MaxAge: s.HistoryTTL.Duration(), MaxBytes: s.HistoryMaxBytes, Replicas: s.Replicas}
-}
-
-// Recovers tells the workers which apps' events carry positions.
-func Recovers(cfg *config.Config) func(appID string) bool {
-	return func(id string) bool {
-		app, ok := cfg.Apps.ByID(id)
-		return ok && app.Recovers()
-	}
-}
-
-// ClusterOptions size the shared-state buckets from the settings.
-func ClusterOptions(s *config.Settings) cluster.Options {
-	return cluster.Options{CacheTTL: s.CacheTTL.Duration(), GatewayTTL: s.GatewayTTL.Duration(), Replicas: s.Replicas}
 }
 
 // clusterView answers the HTTP API's queries from the shared state and the
@@ -298,11 +263,6 @@ func (v *clusterView) CachedEvent(ctx context.Context, appID, channel string) (*
 
 func (v *clusterView) Terminate(_ context.Context, appID, userID string) error {
 	return gateway.Terminate(v.nc, appID, userID)
-}
-
-// StreamOptions are the job stream's limits from the settings.
-func StreamOptions(s *config.Settings) queue.StreamOptions {
-	return queue.StreamOptions{MaxBytes: s.QueueMaxBytes, MaxAge: s.QueueMaxAge.Duration(), Replicas: s.Replicas, Partitions: s.Partitions}
 }
 
 func (n *Node) connect(name string, extra ...nats.Option) (*nats.Conn, error) {

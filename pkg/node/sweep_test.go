@@ -16,6 +16,7 @@ import (
 	"github.com/resoundhq/resound/pkg/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/pkg/pushertest"
+	"github.com/resoundhq/resound/pkg/streams"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -73,7 +74,7 @@ func startSweepCluster(t *testing.T, ttl time.Duration, app config.App, fakes ..
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stores, err := cluster.Ensure(ctx, js, ClusterOptions(&s))
+	stores, err := cluster.Ensure(ctx, js, streams.Cluster(&s))
 	if err != nil {
 		t.Fatal(err)
 	}
