@@ -34,6 +34,7 @@ type delivery struct {
 type channelBatch struct {
 	ch         *channel
 	deliveries []delivery
+	lastPos    uint64 // the greatest position among deliveries
 }
 
 // dispatcher is the state of one dispatcher goroutine.
@@ -150,6 +151,26 @@ func (s *Server) dispatchSafely(d *dispatcher) {
 	s.dispatchBatch(d)
 }
 
+// repeated reports whether a delivery was written on its channel already:
+// among the channel's recent positions, or, for a repeat or while
+// catching up, at or before the channel's last position, counting those
+// earlier in this batch (gi is the channel's group in it, or -1), which
+// are not written yet.
+func (s *Server) repeated(d *dispatcher, ch *channel, env route.Envelope, groups []channelBatch, gi int) bool {
+	id := env.ID()
+	if ch.seen(id) {
+		return true
+	}
+	if id == 0 || !d.strict && !env.Repeat {
+		return false
+	}
+	last := ch.lastPos.Load()
+	if gi >= 0 {
+		last = max(last, groups[gi].lastPos)
+	}
+	return id <= last
+}
+
 func (s *Server) dispatchBatch(d *dispatcher) {
 	for i := range d.groups {
 		d.groups[i].deliveries = d.groups[i].deliveries[:0]
@@ -171,7 +192,14 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 			// subscription carries the same message.
 			continue
 		}
-		if ch.seen(env.ID()) || (d.strict || env.Repeat) && env.ID() != 0 && env.ID() <= ch.lastPos.Load() {
+		gi := -1
+		for i := range groups {
+			if groups[i].ch == ch {
+				gi = i
+				break
+			}
+		}
+		if s.repeated(d, ch, env, groups, gi) {
 			s.prom.Duplicates.Inc()
 			continue
 		}
@@ -181,23 +209,18 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 			dl.presenceRev = env.Seq
 			dl.removedUser, _ = protocol.RemovedMember(env.Frame)
 		}
-		gi := -1
-		for i := range groups {
-			if groups[i].ch == ch {
-				gi = i
-				break
-			}
-		}
 		if gi < 0 {
 			if len(groups) < cap(groups) {
 				groups = groups[:len(groups)+1]
 				groups[len(groups)-1].ch = ch
 				groups[len(groups)-1].deliveries = groups[len(groups)-1].deliveries[:0]
+				groups[len(groups)-1].lastPos = 0
 			} else {
 				groups = append(groups, channelBatch{ch: ch})
 			}
 			gi = len(groups) - 1
 		}
+		groups[gi].lastPos = max(groups[gi].lastPos, dl.pos)
 		groups[gi].deliveries = append(groups[gi].deliveries, dl)
 	}
 	d.groups = groups
