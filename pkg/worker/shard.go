@@ -411,7 +411,7 @@ func (s *shard) deliver(t *task, subject string, envelope []byte) error {
 	// No retries inside nats.go: it would publish the buffer again later,
 	// and the shard reuses it at once (PublishAsync copies it into the
 	// connection's buffer, and keeps nothing else of it).
-	f, err := p.acks.PublishAsync(subject, envelope, jetstream.WithRetryAttempts(0))
+	f, err := p.acks.PublishAsync(subject, envelope, p.noRetries)
 	if err != nil {
 		return err
 	}

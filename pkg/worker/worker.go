@@ -126,8 +126,9 @@ type Pool struct {
 	holdUntil atomic.Int64
 	// confirms: deliveries go over NATS, and the history stream
 	// acknowledges them (through acks) before their jobs are acked.
-	confirms bool
-	acks     jetstream.JetStream
+	confirms  bool
+	acks      jetstream.JetStream
+	noRetries jetstream.PublishOpt // made once: an option is a closure
 	// retryLog says that jobs are being retried, once per 10 s at most.
 	retryLog zerolog.Logger
 	stats    Stats
@@ -212,7 +213,7 @@ func New(opts Options) *Pool {
 	if opts.RetryBackoffMax <= 0 {
 		opts.RetryBackoffMax = DefaultRetryBackoffMax
 	}
-	p := &Pool{opts: opts, id: nuid.Next(), shards: make([]*shard, opts.Workers), confirms: confirms, acks: acks,
+	p := &Pool{opts: opts, id: nuid.Next(), shards: make([]*shard, opts.Workers), confirms: confirms, acks: acks, noRetries: jetstream.WithRetryAttempts(0),
 		stopping: make(chan struct{}), quit: make(chan struct{}),
 		retryLog: opts.Log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second})}
 	for i := range p.shards {
