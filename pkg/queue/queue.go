@@ -158,12 +158,16 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 
 // Consumer timing. A job's ack is due within AckWait; a partition whose
 // worker stopped pulling is handed to another after PinnedTTL. PinnedTTL is
-// longer than AckWait, so by the time another worker takes a partition,
-// the jobs the dead one held are due again, and JetStream hands out
-// redeliveries before new jobs: the partition stays in order.
+// well past AckWait, so by the time another worker takes a partition, the
+// jobs the dead one held are due again, and JetStream hands out
+// redeliveries before new jobs: the partition stays in order. (A margin
+// of one second was not enough on a loaded machine: the new owner was
+// handed later jobs first, and the dead one's, delivered again as
+// repeats, were dropped by the gateways.) Workers that stop cleanly unpin
+// their partitions, so only a worker's death waits this long.
 const (
 	AckWait   = 5 * time.Second
-	PinnedTTL = 6 * time.Second
+	PinnedTTL = 10 * time.Second
 )
 
 // EnsureConsumers creates or updates one durable consumer per partition,

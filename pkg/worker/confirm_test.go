@@ -116,3 +116,43 @@ func TestHistoryDeletedIsMadeAgain(t *testing.T) {
 		t.Fatalf("the history holds %d deliveries", n)
 	}
 }
+
+// A worker that stops cleanly unpins the partitions it drained, so that
+// the next owner starts at once instead of waiting out queue.PinnedTTL.
+func TestCleanStopUnpinsPartitions(t *testing.T) {
+	ns, _, js, ctx := startStream(t, "producer")
+	pool := worker.New(poolOptions(t, ns, "worker"))
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pool.Run(runCtx) }()
+	e := &env{ns: ns, js: js, pub: queue.NewPublisher(js)}
+	e.publish(t, oneEvent("c", "1"))
+	eventually(t, "job acked", func() bool { return pool.Stats().Jobs.Load() == 1 })
+	pinned := func() []int {
+		var parts []int
+		for part := 0; part < queue.DefaultPartitions; part++ {
+			c, err := js.Consumer(ctx, queue.StreamName, queue.ConsumerName(part))
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := c.Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, g := range info.PriorityGroups {
+				if g.PinnedClientID != "" {
+					parts = append(parts, part)
+				}
+			}
+		}
+		return parts
+	}
+	eventually(t, "partitions pinned while running", func() bool { return len(pinned()) > 0 })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if parts := pinned(); len(parts) > 0 {
+		t.Fatalf("partitions %v still pinned after a clean stop", parts)
+	}
+}

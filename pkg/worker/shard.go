@@ -228,21 +228,22 @@ func (s *shard) attempt(t *task) error {
 // are done; when one does not, or fails, nothing is, and everything
 // unconfirmed is to be published again.
 func (s *shard) settle(current *task) bool {
-	timer := time.NewTimer(confirmTimeout)
-	defer timer.Stop()
+	w := ackWait{timeout: time.NewTimer(confirmTimeout), tick: time.NewTimer(time.Until(s.tendAt)), current: current}
+	defer w.timeout.Stop()
+	defer w.tick.Stop()
 	n := 0
 	for _, t := range s.unconfirmed {
 		if t == current || !t.published {
 			break
 		}
-		if !acknowledged(t.acks, timer.C) {
+		if !s.acknowledged(t.acks, &w) {
 			s.unsettled()
 			return false
 		}
 		n++
 	}
 	if current != nil {
-		if !acknowledged(current.acks, timer.C) {
+		if !s.acknowledged(current.acks, &w) {
 			s.unsettled()
 			return false
 		}
@@ -271,19 +272,57 @@ func (s *shard) unsettled() {
 	s.republish = true
 }
 
-// acknowledged waits for every future, until timeout fires. A future
-// answers once, so each is waited for once.
-func acknowledged(acks []jetstream.PubAckFuture, timeout <-chan time.Time) bool {
+// ackWait is one wait for acknowledgements: bounded by timeout, with the
+// jobs' ack deadlines pushed back at every tick meanwhile (a history stream
+// electing a leader answers nothing for seconds, as long as the ack wait).
+type ackWait struct {
+	timeout, tick *time.Timer
+	current       *task
+}
+
+// acknowledged waits for every future, until the wait times out. A future
+// answers once, so each is waited for once. Tasks arriving meanwhile are
+// taken into the backlog, as during a pause, so that theirs are pushed
+// back too.
+func (s *shard) acknowledged(acks []jetstream.PubAckFuture, w *ackWait) bool {
 	for _, f := range acks {
-		select {
-		case <-f.Ok():
-		case <-f.Err():
-			return false
-		case <-timeout:
-			return false
+		ok, failed := f.Ok(), f.Err()
+	wait:
+		for {
+			var in chan *task
+			if len(s.backlog) < maxBacklog {
+				in = s.in
+			}
+			select {
+			case <-ok:
+				break wait
+			case <-failed:
+				return false
+			case <-w.timeout.C:
+				return false
+			case t := <-in:
+				s.backlog = append(s.backlog, t)
+				_ = t.run.msg.InProgress()
+			case <-w.tick.C:
+				s.tend(w.current)
+				w.tick.Reset(keepAlive)
+			}
 		}
 	}
 	return true
+}
+
+// tend pushes back the ack deadlines of every job the shard holds: those
+// awaiting acknowledgements, current, and the backlog.
+func (s *shard) tend(current *task) {
+	for _, list := range [][]*task{s.unconfirmed, s.backlog, {current}} {
+		for _, t := range list {
+			if t != nil && !t.run.settled.Load() {
+				_ = t.run.msg.InProgress()
+			}
+		}
+	}
+	s.tendAt = time.Now().Add(keepAlive)
 }
 
 // confirmAll settles the unconfirmed tasks, publishing them again while
@@ -453,12 +492,7 @@ func (s *shard) pause(r *run, d time.Duration) bool {
 			_ = t.run.msg.InProgress()
 		case <-tick.C:
 			_ = r.msg.InProgress()
-			for _, t := range s.backlog {
-				if !t.run.settled.Load() {
-					_ = t.run.msg.InProgress()
-				}
-			}
-			s.tendAt = time.Now().Add(keepAlive)
+			s.tend(nil)
 			tick.Reset(keepAlive)
 		}
 	}

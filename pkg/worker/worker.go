@@ -447,6 +447,25 @@ func (l *lanes) stopAll() {
 			ln.cc.Stop()
 		}
 	}
+	// Unpin the lanes whose jobs all finished, so that the next owner
+	// starts at once instead of waiting out the pin. A lane with a job
+	// left unacked keeps its pin: the next owner must not take later
+	// jobs before that one is due again.
+	until := time.Now().Add(drainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	s, err := l.pool.opts.JetStream.Stream(ctx, queue.StreamName)
+	if err != nil {
+		return
+	}
+	for part, ln := range owned {
+		for ln.inflight.Load() > 0 && time.Now().Before(until) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if ln.inflight.Load() == 0 && !l.pool.leaving.Load() {
+			_ = s.UnpinConsumer(ctx, queue.ConsumerName(part), queue.PriorityGroup)
+		}
+	}
 }
 
 // DefaultReconnectHold bounds how long a pool holds jobs after
