@@ -168,9 +168,9 @@ function randomHex(n) {
   return randomBytes(n).toString('hex');
 }
 
-export async function probeUp(port) {
+export async function probeUp(port, prefix = '') {
   try {
-    const res = await fetch(`http://${HOST}:${port}/up`, { signal: AbortSignal.timeout(1000) });
+    const res = await fetch(`http://${HOST}:${port}${prefix}/up`, { signal: AbortSignal.timeout(1000) });
     await res.arrayBuffer().catch(() => {});
     return res.status === 200;
   } catch {
@@ -188,13 +188,24 @@ export function tailOf(file, lines) {
 }
 
 /**
+ * The route prefix a REVERB_SERVER_PATH gives: slashes trimmed at both ends
+ * and one put in front, as Reverb (Symfony's addPrefix) and Resound do.
+ */
+export function serverPrefix(setting = '') {
+  const p = setting.trim().replace(/^\/+|\/+$/g, '');
+  return p ? `/${p}` : '';
+}
+
+/**
  * A running gateway. Use `startGateway()`.
  */
 export class Gateway {
-  constructor({ child, port, dataDir, tmpDir, logPath, app }) {
+  constructor({ child, port, dataDir, tmpDir, logPath, app, prefix = '' }) {
     this.child = child;
     this.host = HOST;
     this.port = port;
+    /** The route prefix REVERB_SERVER_PATH gives ('' or e.g. '/reverb'). */
+    this.prefix = prefix;
     this.dataDir = dataDir;
     this.tmpDir = tmpDir;
     this.logPath = logPath;
@@ -221,7 +232,7 @@ export class Gateway {
   get httpUrl() { return `http://${this.host}:${this.port}`; }
 
   wsUrl(key = this.key, query = '?protocol=7&client=js&version=8.6.0&flash=false') {
-    return `ws://${this.host}:${this.port}/app/${key}${query}`;
+    return `ws://${this.host}:${this.port}${this.prefix}/app/${key}${query}`;
   }
 
   logTail(lines = 60) { return tailOf(this.logPath, lines); }
@@ -303,7 +314,7 @@ async function startOnce(bin, extraEnv) {
   } finally {
     fs.closeSync(logFd); // the child holds its own copy
   }
-  const gw = new Gateway({ child, port, dataDir, tmpDir, logPath, app });
+  const gw = new Gateway({ child, port, dataDir, tmpDir, logPath, app, prefix: serverPrefix(env.REVERB_SERVER_PATH) });
   let spawnErr = null;
   child.once('error', (err) => { spawnErr = err; });
 
@@ -321,7 +332,7 @@ async function startOnce(bin, extraEnv) {
       err.exitedEarly = true;
       throw err;
     }
-    if (await probeUp(port)) return gw;
+    if (await probeUp(port, gw.prefix)) return gw;
     await sleep(100);
   }
   gw.failed = true;
