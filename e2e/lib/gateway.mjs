@@ -66,9 +66,9 @@ async function acquireLock(lockDir) {
   }
 }
 
-function runGoBuild(binName = 'gateway', pkg = './cmd/gateway') {
+function runGoBuild(binName = 'gateway', pkg = './cmd/gateway', race = false) {
   return new Promise((resolve, reject) => {
-    const args = ['build', '-o', path.join('e2e', '.bin', binName), pkg];
+    const args = ['build', '-o', path.join('e2e', '.bin', binName), ...(race ? ['-race'] : []), pkg];
     const child = spawn('go', args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d) => { out += d; });
@@ -107,9 +107,11 @@ function natsServerVersion() {
   }
 }
 
+// The gateway and the worker run with the race detector (`race`); a race
+// they report fails the run when they stop (raceReport).
 const BINARIES = {
-  gateway: { name: 'gateway', pkg: './cmd/gateway', envVar: 'RESOUND_GATEWAY_BIN', stampFile: '.build-stamp' },
-  worker: { name: 'worker', pkg: './cmd/worker', envVar: 'RESOUND_WORKER_BIN', stampFile: '.build-stamp-worker' },
+  gateway: { name: 'gateway', pkg: './cmd/gateway', envVar: 'RESOUND_GATEWAY_BIN', stampFile: '.build-stamp', race: true },
+  worker: { name: 'worker', pkg: './cmd/worker', envVar: 'RESOUND_WORKER_BIN', stampFile: '.build-stamp-worker', race: true },
   // The go.mod tool directive; rebuilt only when its pinned version changes.
   'nats-server': { name: 'nats-server', pkg: 'github.com/nats-io/nats-server/v2', envVar: 'RESOUND_NATS_SERVER_BIN', stampFile: '.build-stamp-nats-server', stamp: natsServerVersion },
 };
@@ -142,7 +144,7 @@ export async function ensureBinary(spec) {
     try { stamp = await fsp.readFile(stampPath, 'utf8'); } catch { /* none */ }
     if (stamp !== id || !fs.existsSync(binPath)) {
       await fsp.rm(stampPath, { force: true });
-      await runGoBuild(b.name, b.pkg);
+      await runGoBuild(b.name, b.pkg, b.race);
       await fsp.writeFile(stampPath, id);
     }
   } finally {
@@ -176,6 +178,26 @@ export async function probeUp(port, prefix = '') {
   } catch {
     return false;
   }
+}
+
+const RACE_WARNING = 'WARNING: DATA RACE';
+
+/**
+ * The race detector's first report in a process's log, or null. The
+ * binaries are built with -race; a report means the test run must fail even
+ * if every assertion held.
+ */
+export function raceReport(file) {
+  let text;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return null;
+  }
+  const at = text.indexOf(RACE_WARNING);
+  if (at < 0) return null;
+  const end = text.indexOf('==================', at);
+  return text.slice(at, end < 0 ? at + 8000 : end);
 }
 
 export function tailOf(file, lines) {
@@ -256,11 +278,14 @@ export class Gateway {
       await this.exitPromise;
       clearTimeout(t);
     }
+    const race = raceReport(this.logPath);
+    if (race) this.failed = true;
     if (this.failed || process.env.RESOUND_E2E_KEEP_DATA) {
       process.stderr.write(`gateway temp dir kept: ${this.tmpDir}\n`);
     } else {
       await fsp.rm(this.tmpDir, { recursive: true, force: true }).catch(() => {});
     }
+    if (race) throw new Error(`the gateway reported a data race (log ${this.logPath}):\n${race}`);
     return this.exited;
   }
 }
