@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/resoundhq/resound/internal/version"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/logging"
 	"github.com/resoundhq/resound/pkg/node"
@@ -26,6 +27,9 @@ func main() {
 		case "-h", "-help", "--help", "help":
 			fmt.Fprintln(os.Stdout, "Usage: gateway\n\nResound gateway: Pusher-protocol WebSockets and the Pusher HTTP API on one port.\nWithout NATS_URL it embeds NATS JetStream and runs the workers: all of Resound in one process.\n\nSettings (environment variables):")
 			_ = config.Usage(os.Stdout)
+			return
+		case "-version", "--version", "version":
+			fmt.Fprintln(os.Stdout, version.String("gateway"))
 			return
 		default:
 			fmt.Fprintf(os.Stderr, "gateway: unknown argument %q (settings come from the environment; see --help)\n", a)

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/resoundhq/resound/internal/version"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/history"
 	"github.com/resoundhq/resound/pkg/logging"
@@ -34,6 +35,9 @@ func main() {
 		case "-h", "-help", "--help", "help":
 			fmt.Fprintln(os.Stdout, "Usage: worker\n\nResound worker: consumes broadcast jobs from NATS JetStream and routes them to the gateways.\nNATS_URL is required. It reads the same apps as the gateways.\n\nSettings (environment variables):")
 			_ = config.Usage(os.Stdout)
+			return
+		case "-version", "--version", "version":
+			fmt.Fprintln(os.Stdout, version.String("worker"))
 			return
 		default:
 			fmt.Fprintf(os.Stderr, "worker: unknown argument %q (settings come from the environment; see --help)\n", a)

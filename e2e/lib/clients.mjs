@@ -17,6 +17,7 @@ export function pusherOptions(gw, extra = {}) {
     wssPort: gw.port,
     forceTLS: false,
     enabledTransports: ['ws'],
+    ...(gw.prefix ? { wsPath: gw.prefix } : {}), // REVERB_SERVER_PATH
     ...extra,
   };
 }
@@ -40,6 +41,7 @@ export function makeEcho(gw, { key = gw.key, ...extra } = {}) {
     wssPort: gw.port,
     forceTLS: false,
     enabledTransports: ['ws'],
+    ...(gw.prefix ? { wsPath: gw.prefix } : {}), // REVERB_SERVER_PATH
     Pusher,
     ...extra,
   });
@@ -52,7 +54,10 @@ export function makeServerSdk(gw, { secret = gw.secret, key = gw.key, appId = gw
     key,
     secret,
     host: gw.host,
-    port: String(gw.port),
+    // The SDK has no path option; a REVERB_SERVER_PATH prefix goes in the
+    // base URL, so that it signs /apps/{id}/... without it, as
+    // pusher-http-php does with its 'path' option.
+    port: `${gw.port}${gw.prefix ?? ''}`,
     useTLS: false,
     timeout: 10_000,
     ...(encryptionMasterKeyBase64 ? { encryptionMasterKeyBase64 } : {}),

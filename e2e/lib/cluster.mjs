@@ -7,7 +7,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { HOST, ensureBinary, freePort, probeUp, tailOf } from './gateway.mjs';
+import { HOST, ensureBinary, freePort, probeUp, raceReport, tailOf } from './gateway.mjs';
 
 const READY_TIMEOUT_MS = 20_000;
 const STOP_GRACE_MS = 5_000;
@@ -184,10 +184,15 @@ export class Cluster {
   async stop() {
     await Promise.all(this.procs.filter((p) => p !== this.nats).map((p) => p.stop()));
     if (this.nats) await this.nats.stop();
+    const races = this.procs.map((p) => [p, raceReport(p.logPath)]).filter(([, r]) => r);
+    if (races.length) this.failed = true;
     if (this.failed || process.env.RESOUND_E2E_KEEP_DATA) {
       process.stderr.write(`cluster temp dir kept: ${this.tmpDir}\n`);
     } else {
       await fsp.rm(this.tmpDir, { recursive: true, force: true }).catch(() => {});
+    }
+    if (races.length) {
+      throw new Error(races.map(([p, r]) => `${p.name} reported a data race (log ${p.logPath}):\n${r}`).join('\n'));
     }
   }
 }

@@ -66,9 +66,9 @@ async function acquireLock(lockDir) {
   }
 }
 
-function runGoBuild(binName = 'gateway', pkg = './cmd/gateway') {
+function runGoBuild(binName = 'gateway', pkg = './cmd/gateway', race = false) {
   return new Promise((resolve, reject) => {
-    const args = ['build', '-o', path.join('e2e', '.bin', binName), pkg];
+    const args = ['build', '-o', path.join('e2e', '.bin', binName), ...(race ? ['-race'] : []), pkg];
     const child = spawn('go', args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d) => { out += d; });
@@ -107,9 +107,11 @@ function natsServerVersion() {
   }
 }
 
+// The gateway and the worker run with the race detector (`race`); a race
+// they report fails the run when they stop (raceReport).
 const BINARIES = {
-  gateway: { name: 'gateway', pkg: './cmd/gateway', envVar: 'RESOUND_GATEWAY_BIN', stampFile: '.build-stamp' },
-  worker: { name: 'worker', pkg: './cmd/worker', envVar: 'RESOUND_WORKER_BIN', stampFile: '.build-stamp-worker' },
+  gateway: { name: 'gateway', pkg: './cmd/gateway', envVar: 'RESOUND_GATEWAY_BIN', stampFile: '.build-stamp', race: true },
+  worker: { name: 'worker', pkg: './cmd/worker', envVar: 'RESOUND_WORKER_BIN', stampFile: '.build-stamp-worker', race: true },
   // The go.mod tool directive; rebuilt only when its pinned version changes.
   'nats-server': { name: 'nats-server', pkg: 'github.com/nats-io/nats-server/v2', envVar: 'RESOUND_NATS_SERVER_BIN', stampFile: '.build-stamp-nats-server', stamp: natsServerVersion },
 };
@@ -142,7 +144,7 @@ export async function ensureBinary(spec) {
     try { stamp = await fsp.readFile(stampPath, 'utf8'); } catch { /* none */ }
     if (stamp !== id || !fs.existsSync(binPath)) {
       await fsp.rm(stampPath, { force: true });
-      await runGoBuild(b.name, b.pkg);
+      await runGoBuild(b.name, b.pkg, b.race);
       await fsp.writeFile(stampPath, id);
     }
   } finally {
@@ -168,14 +170,34 @@ function randomHex(n) {
   return randomBytes(n).toString('hex');
 }
 
-export async function probeUp(port) {
+export async function probeUp(port, prefix = '') {
   try {
-    const res = await fetch(`http://${HOST}:${port}/up`, { signal: AbortSignal.timeout(1000) });
+    const res = await fetch(`http://${HOST}:${port}${prefix}/up`, { signal: AbortSignal.timeout(1000) });
     await res.arrayBuffer().catch(() => {});
     return res.status === 200;
   } catch {
     return false;
   }
+}
+
+const RACE_WARNING = 'WARNING: DATA RACE';
+
+/**
+ * The race detector's first report in a process's log, or null. The
+ * binaries are built with -race; a report means the test run must fail even
+ * if every assertion held.
+ */
+export function raceReport(file) {
+  let text;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return null;
+  }
+  const at = text.indexOf(RACE_WARNING);
+  if (at < 0) return null;
+  const end = text.indexOf('==================', at);
+  return text.slice(at, end < 0 ? at + 8000 : end);
 }
 
 export function tailOf(file, lines) {
@@ -188,13 +210,24 @@ export function tailOf(file, lines) {
 }
 
 /**
+ * The route prefix a REVERB_SERVER_PATH gives: slashes trimmed at both ends
+ * and one put in front, as Reverb (Symfony's addPrefix) and Resound do.
+ */
+export function serverPrefix(setting = '') {
+  const p = setting.trim().replace(/^\/+|\/+$/g, '');
+  return p ? `/${p}` : '';
+}
+
+/**
  * A running gateway. Use `startGateway()`.
  */
 export class Gateway {
-  constructor({ child, port, dataDir, tmpDir, logPath, app }) {
+  constructor({ child, port, dataDir, tmpDir, logPath, app, prefix = '' }) {
     this.child = child;
     this.host = HOST;
     this.port = port;
+    /** The route prefix REVERB_SERVER_PATH gives ('' or e.g. '/reverb'). */
+    this.prefix = prefix;
     this.dataDir = dataDir;
     this.tmpDir = tmpDir;
     this.logPath = logPath;
@@ -221,7 +254,7 @@ export class Gateway {
   get httpUrl() { return `http://${this.host}:${this.port}`; }
 
   wsUrl(key = this.key, query = '?protocol=7&client=js&version=8.6.0&flash=false') {
-    return `ws://${this.host}:${this.port}/app/${key}${query}`;
+    return `ws://${this.host}:${this.port}${this.prefix}/app/${key}${query}`;
   }
 
   logTail(lines = 60) { return tailOf(this.logPath, lines); }
@@ -245,11 +278,14 @@ export class Gateway {
       await this.exitPromise;
       clearTimeout(t);
     }
+    const race = raceReport(this.logPath);
+    if (race) this.failed = true;
     if (this.failed || process.env.RESOUND_E2E_KEEP_DATA) {
       process.stderr.write(`gateway temp dir kept: ${this.tmpDir}\n`);
     } else {
       await fsp.rm(this.tmpDir, { recursive: true, force: true }).catch(() => {});
     }
+    if (race) throw new Error(`the gateway reported a data race (log ${this.logPath}):\n${race}`);
     return this.exited;
   }
 }
@@ -303,7 +339,7 @@ async function startOnce(bin, extraEnv) {
   } finally {
     fs.closeSync(logFd); // the child holds its own copy
   }
-  const gw = new Gateway({ child, port, dataDir, tmpDir, logPath, app });
+  const gw = new Gateway({ child, port, dataDir, tmpDir, logPath, app, prefix: serverPrefix(env.REVERB_SERVER_PATH) });
   let spawnErr = null;
   child.once('error', (err) => { spawnErr = err; });
 
@@ -321,7 +357,7 @@ async function startOnce(bin, extraEnv) {
       err.exitedEarly = true;
       throw err;
     }
-    if (await probeUp(port)) return gw;
+    if (await probeUp(port, gw.prefix)) return gw;
     await sleep(100);
   }
   gw.failed = true;

@@ -6,13 +6,13 @@ import { Inbox, closeAll, makePusherClient, waitForState, waitForSubscribed } fr
 import {
   clTest,
   closeRaw,
+  eventually,
   json,
   mark,
   openRaw,
   parseData,
   rawSubscribeOk,
   signChannel,
-  sleep,
   useCluster,
 } from '../lib/cluster-suite.mjs';
 import { uniqueChannel } from '../lib/suite.mjs';
@@ -29,6 +29,20 @@ async function firstAfterSucceeded(raw, channel, from, ms = 5000) {
   const between = items.slice(i + 1, items.indexOf(m)).filter((x) => !String(x.data.event).startsWith('pusher_internal:'));
   assert.deepEqual(between.map((x) => x.raw), [], 'the cached event / cache_miss must come first');
   return m;
+}
+
+/**
+ * Waits until the cluster's cache of `channel` holds `event` (with `data`,
+ * when given), as GET /channels/{channel}?info=cache reports it. A trigger's
+ * 200 means the job is stored; the worker writes the cache after that, so a
+ * subscriber that came at once would race the write.
+ */
+async function awaitCached(channel, event, data, { sdk = ref.sdk(0) } = {}) {
+  await eventually(async () => {
+    const body = await json(sdk.get({ path: `/channels/${channel}`, params: { info: 'cache' } }));
+    assert.equal(body.cache?.event, event, `cached event of ${channel}: ${JSON.stringify(body)}`);
+    if (data !== undefined) assert.equal(body.cache.data, JSON.stringify(data), `cached data of ${channel}: ${JSON.stringify(body)}`);
+  }, 10_000);
 }
 
 async function subscribeAndFirst(view, channel, auth = {}) {
@@ -48,6 +62,7 @@ async function subscribeAndFirst(view, channel, auth = {}) {
 clTest(ref, 'cache-: an event triggered with nobody subscribed is delivered right after subscription_succeeded on the other gateway', 20_000, async (t, { cluster }) => {
   const channel = uniqueChannel('cache-prices');
   await ref.sdk(0).trigger(channel, 'Price', { eur: 10 });
+  await awaitCached(channel, 'Price', { eur: 10 });
   const { raw, m } = await subscribeAndFirst(cluster.B, channel);
   t.after(() => closeRaw(raw));
   assert.equal(m.data.event, 'Price');
@@ -60,6 +75,7 @@ clTest(ref, 'cache-: only the last triggered event is kept', 20_000, async (t, {
   await sdk.trigger(channel, 'Price', { eur: 1 });
   await sdk.trigger(channel, 'Price', { eur: 2 });
   await sdk.triggerBatch([{ channel, name: 'Price', data: { eur: 3 } }]);
+  await awaitCached(channel, 'Price', { eur: 3 }, { sdk });
   const { raw, m } = await subscribeAndFirst(cluster.A, channel);
   t.after(() => closeRaw(raw));
   assert.deepEqual(parseData(m.data.data), { eur: 3 });
@@ -94,7 +110,11 @@ clTest(ref, 'cache-: the cached event outlives its subscribers', 20_000, async (
   await ref.sdk(0).trigger(channel, 'Kept', { v: 'x' });
   await first.waitForMessage((d) => d.event === 'Kept', 5000, 'the live event');
   first.close();
-  await sleep(300);
+  // The channel must be empty cluster-wide before the next subscriber comes.
+  await eventually(async () => {
+    assert.deepEqual(await json(ref.sdk(1).get({ path: `/channels/${channel}` })), { occupied: false });
+  }, 10_000);
+  await awaitCached(channel, 'Kept', { v: 'x' });
   const { raw, m } = await subscribeAndFirst(cluster.B, channel);
   t.after(() => closeRaw(raw));
   assert.equal(m.data.event, 'Kept');
@@ -103,6 +123,7 @@ clTest(ref, 'cache-: the cached event outlives its subscribers', 20_000, async (
 clTest(ref, 'private-cache-: the cached event is sent after an authorised subscription', 20_000, async (t, { cluster }) => {
   const channel = uniqueChannel('private-cache-acct');
   await ref.sdk(0).trigger(channel, 'Balance', { total: 5 });
+  await awaitCached(channel, 'Balance', { total: 5 });
   const raw = await openRaw(cluster.B);
   t.after(() => closeRaw(raw));
   const from = mark(raw);
@@ -115,6 +136,7 @@ clTest(ref, 'private-cache-: the cached event is sent after an authorised subscr
 clTest(ref, 'presence-cache-: the cached event follows the presence subscription_succeeded', 20_000, async (t, { cluster }) => {
   const channel = uniqueChannel('presence-cache-lobby');
   await ref.sdk(1).trigger(channel, 'Topic', { topic: 'hello' });
+  await awaitCached(channel, 'Topic', { topic: 'hello' });
   const raw = await openRaw(cluster.A);
   t.after(() => closeRaw(raw));
   const from = mark(raw);
@@ -127,6 +149,7 @@ clTest(ref, 'presence-cache-: the cached event follows the presence subscription
 clTest(ref, 'private-encrypted-cache-: pusher-js decrypts the cached event the SDK encrypted', 20_000, async (t, { cluster, auth }) => {
   const name = uniqueChannel('private-encrypted-cache-vault');
   await ref.sdk(0).trigger(name, 'Sealed', { pin: '0000' });
+  await awaitCached(name, 'Sealed'); // its data is the ciphertext
   const client = makePusherClient(cluster.B, { channelAuthorization: { endpoint: auth.channelEndpoint(), transport: 'ajax' } });
   t.after(() => closeAll(client));
   await waitForState(client, 'connected');
@@ -142,7 +165,13 @@ clTest(ref, 'private-encrypted-cache-: pusher-js decrypts the cached event the S
 
 clTest(ref, 'a non-cache channel gets neither a cached event nor cache_miss', 15_000, async (t, { cluster }) => {
   const channel = uniqueChannel('plain');
+  // A first subscriber receiving Old proves it was delivered before the
+  // second one subscribes (which could otherwise get it live).
+  const first = await openRaw(cluster.A);
+  t.after(() => closeRaw(first));
+  await rawSubscribeOk(first, channel);
   await ref.sdk(0).trigger(channel, 'Old', {});
+  await first.waitForMessage((d) => d.event === 'Old', 5000, 'Old, live');
   const raw = await openRaw(cluster.B);
   t.after(() => closeRaw(raw));
   await rawSubscribeOk(raw, channel);
@@ -155,6 +184,7 @@ clTest(ref, 'a non-cache channel gets neither a cached event nor cache_miss', 15
 clTest(ref, "the cache is per app: another app's subscriber of the same cache channel gets cache_miss", 15_000, async (t, { cluster }) => {
   const channel = uniqueChannel('cache-shared-name');
   await ref.sdk(0).trigger(channel, 'MainOnly', {});
+  await awaitCached(channel, 'MainOnly', {}); // cached for app main, so the miss below means per app
   const { raw, m } = await subscribeAndFirst(cluster.gw(1, 'other'), channel);
   t.after(() => closeRaw(raw));
   assert.deepEqual(m.data, { event: 'pusher:cache_miss', channel });
@@ -163,11 +193,18 @@ clTest(ref, "the cache is per app: another app's subscriber of the same cache ch
 clTest(ref, 'client events are not cached (the API-triggered event stays cached)', 20_000, async (t, { cluster }) => {
   const channel = uniqueChannel('private-cache-whisper');
   await ref.sdk(0).trigger(channel, 'FromServer', { s: 1 });
+  await awaitCached(channel, 'FromServer', { s: 1 });
   const a = await openRaw(cluster.A);
   t.after(() => closeRaw(a));
   await rawSubscribeOk(a, channel, signChannel(ref.sdk(0), a, channel));
+  // A bystander on the other gateway receiving the client event means it
+  // has gone all the way through the cluster.
+  const bystander = await openRaw(cluster.B);
+  t.after(() => closeRaw(bystander));
+  await rawSubscribeOk(bystander, channel, signChannel(ref.sdk(1), bystander, channel));
   a.send({ event: 'client-typing', channel, data: { c: 1 } });
-  await sleep(500);
+  await bystander.waitForMessage((d) => d.event === 'client-typing', 5000, 'the client event on the other gateway');
+  await awaitCached(channel, 'FromServer', { s: 1 });
   const raw2 = await openRaw(cluster.B);
   t.after(() => closeRaw(raw2));
   const from = mark(raw2);
@@ -179,7 +216,11 @@ clTest(ref, 'client events are not cached (the API-triggered event stays cached)
 clTest(ref, 'GET /channels/{cache channel}?info=cache reports the cached event (Pusher\'s {data, ttl})', 15_000, async (t) => {
   const channel = uniqueChannel('cache-info');
   await ref.sdk(0).trigger(channel, 'Snap', { a: 1 });
-  const body = await json(ref.sdk(1).get({ path: `/channels/${channel}`, params: { info: 'cache' } }));
+  const body = await eventually(async () => {
+    const b = await json(ref.sdk(1).get({ path: `/channels/${channel}`, params: { info: 'cache' } }));
+    assert.equal(b.cache?.event, 'Snap', `the worker's cache write: ${JSON.stringify(b)}`);
+    return b;
+  }, 10_000);
   assert.equal(body.occupied, false, JSON.stringify(body));
   assert.equal(typeof body.cache, 'object', `cache attribute: ${JSON.stringify(body)}`);
   assert.equal(body.cache.data, JSON.stringify({ a: 1 }), JSON.stringify(body));

@@ -75,12 +75,28 @@ clTest(ref, 'GET /channels?filter_by_prefix=presence-…&info=user_count counts 
   });
 });
 
-clTest(ref, 'GET /channels?info=user_count without a presence- prefix filter is 400', 15_000, async () => {
-  await assertStatus(ref.sdk(0).get({ path: '/channels', params: { info: 'user_count' } }), 400);
+// Reverb answers these 200 and leaves out what does not apply (Pusher's
+// reference says 400); a Laravel app that works on Reverb must not start
+// throwing here (issue 12). pusher-php-server's getChannels and the npm SDK's
+// get() make the same signed GET.
+clTest(ref, 'GET /channels?info=user_count without a presence- filter is 200: user_count on presence channels only (Reverb)', 20_000, async (t, { cluster }) => {
+  const { p, presence, pub } = await scene(t, cluster);
+  await eventually(async () => {
+    const body = await get(0, '/channels', { filter_by_prefix: `presence-${p}`, info: 'user_count' });
+    assert.deepEqual(body, { channels: { [presence]: { user_count: 2 } } });
+  });
+  const all = await get(1, '/channels', { info: 'user_count,subscription_count' });
+  assert.deepEqual(all.channels[presence], { user_count: 2 });
+  assert.deepEqual(all.channels[pub], { subscription_count: 2 });
+  assert.deepEqual(await get(0, '/channels', { filter_by_prefix: p, info: 'user_count' }), { channels: { [pub]: {} } });
 });
 
-clTest(ref, 'GET /channels?info=user_count with a non-presence prefix filter is 400', 15_000, async () => {
-  await assertStatus(ref.sdk(1).get({ path: '/channels', params: { info: 'user_count', filter_by_prefix: 'private-' } }), 400);
+clTest(ref, 'GET /channels?info=user_count with a non-presence prefix filter is 200 and leaves user_count out (Reverb)', 15_000, async (t, { cluster }) => {
+  const p = tag();
+  await rawOn(t, cluster.B, [`private-${p}-x`]);
+  await eventually(async () => {
+    assert.deepEqual(await get(1, '/channels', { info: 'user_count', filter_by_prefix: `private-${p}` }), { channels: { [`private-${p}-x`]: {} } });
+  });
 });
 
 clTest(ref, 'GET /channels/{public}?info=subscription_count counts subscriptions on both gateways; unoccupied is {"occupied":false}', 20_000, async (t, { cluster }) => {
@@ -99,14 +115,31 @@ clTest(ref, 'GET /channels/{presence}?info=user_count counts distinct users acro
   });
 });
 
-clTest(ref, 'GET /channels/{public}?info=user_count is 400', 15_000, async (t, { cluster }) => {
+clTest(ref, 'GET /channels/{public}?info=user_count is 200 without user_count (Reverb)', 15_000, async (t, { cluster }) => {
   const { pub } = await scene(t, cluster);
-  await assertStatus(ref.sdk(0).get({ path: `/channels/${pub}`, params: { info: 'user_count' } }), 400);
+  await eventually(async () => {
+    assert.deepEqual(await get(0, `/channels/${pub}`, { info: 'user_count' }), { occupied: true });
+  });
+  assert.deepEqual(await get(1, `/channels/${pub}`, { info: 'user_count,subscription_count,cache' }), { occupied: true, subscription_count: 2 });
 });
 
-clTest(ref, 'GET /channels/{presence}?info=subscription_count is 400', 15_000, async (t, { cluster }) => {
+clTest(ref, "getChannelInfo('presence-…', {info: 'subscription_count,user_count'}) is 200 with user_count alone, as on Reverb (issue 12)", 15_000, async (t, { cluster }) => {
   const { presence } = await scene(t, cluster);
-  await assertStatus(ref.sdk(0).get({ path: `/channels/${presence}`, params: { info: 'subscription_count' } }), 400);
+  await eventually(async () => {
+    assert.deepEqual(await get(0, `/channels/${presence}`, { info: 'subscription_count,user_count' }), { occupied: true, user_count: 2 });
+  });
+  assert.deepEqual(await get(1, `/channels/${presence}`, { info: 'subscription_count' }), { occupied: true });
+  assert.deepEqual(await get(1, `/channels/${presence}`, { info: 'occupied,cache,unknown' }), { occupied: true });
+});
+
+clTest(ref, 'a trigger whose info names attributes that do not apply, or unknown ones, is stored and answered 200 (Reverb)', 15_000, async (t, { cluster }) => {
+  const { presence, pub } = await scene(t, cluster);
+  const raw = await rawOn(t, cluster.A, [pub]);
+  await eventually(async () => {
+    const body = await json(ref.sdk(1).trigger([presence, pub], 'ev-info', { n: 1 }, { info: 'subscription_count,user_count,bogus' }));
+    assert.deepEqual(body, { channels: { [presence]: { user_count: 2 }, [pub]: { subscription_count: 3 } } });
+  });
+  await raw.waitForMessage((d) => d.channel === pub && d.event === 'ev-info', 5000, 'the event whose trigger asked for odd info');
 });
 
 clTest(ref, 'GET /channels/{presence}/users lists each user once, across gateways, with string ids', 20_000, async (t, { cluster }) => {

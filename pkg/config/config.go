@@ -195,6 +195,7 @@ func Load() (*Config, error) {
 		}
 		return nil, fmt.Errorf("invalid settings: %w", err)
 	}
+	s.Path = normalizePath(s.Path)
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
@@ -205,12 +206,26 @@ func Load() (*Config, error) {
 	return &Config{Settings: s, Apps: apps}, nil
 }
 
+// normalizePath turns REVERB_SERVER_PATH into the prefix the routes sit
+// under: "/reverb", or "" for none. Reverb hands the setting to Symfony's
+// RouteCollection::addPrefix (Factory::pusherRoutes), which trims blanks and
+// then slashes at both ends and puts one slash in front, so "/reverb/",
+// "reverb" and "/" all start Reverb; a .env that works there starts
+// Resound too (issue 12).
+func normalizePath(p string) string {
+	p = strings.Trim(strings.TrimSpace(p), "/")
+	if p == "" {
+		return ""
+	}
+	return "/" + p
+}
+
 func (s *Settings) validate() error {
 	switch {
 	case s.Port < 0 || s.Port > 65535:
 		return fmt.Errorf("invalid setting REVERB_SERVER_PORT=%d: must be 0 to 65535", s.Port)
-	case s.Path != "" && (!strings.HasPrefix(s.Path, "/") || strings.HasSuffix(s.Path, "/")):
-		return fmt.Errorf("invalid setting REVERB_SERVER_PATH=%q: must start with / and not end with /", s.Path)
+	case strings.ContainsAny(s.Path, "?# \t\r\n") || strings.Contains(s.Path, "//"):
+		return fmt.Errorf("invalid setting REVERB_SERVER_PATH=%q: must be a path such as /reverb", s.Path)
 	case s.Partitions < 1 || s.Partitions > 1024:
 		return fmt.Errorf("invalid setting RESOUND_PARTITIONS=%d: must be 1 to 1024", s.Partitions)
 	case s.Replicas < 1 || s.Replicas > 5:

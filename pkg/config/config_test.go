@@ -205,8 +205,9 @@ func TestInvalidSettingsNameTheVariable(t *testing.T) {
 		{map[string]string{"REVERB_SERVER_PORT": "abc"}, "REVERB_SERVER_PORT"},
 		{map[string]string{"REVERB_SERVER_PORT": "70000"}, "REVERB_SERVER_PORT"},
 		{map[string]string{"REVERB_SERVER_PORT": "-1"}, "REVERB_SERVER_PORT"},
-		{map[string]string{"REVERB_SERVER_PATH": "reverb"}, "REVERB_SERVER_PATH"},
-		{map[string]string{"REVERB_SERVER_PATH": "/reverb/"}, "REVERB_SERVER_PATH"},
+		{map[string]string{"REVERB_SERVER_PATH": "/re verb"}, "REVERB_SERVER_PATH"},
+		{map[string]string{"REVERB_SERVER_PATH": "/reverb?x=1"}, "REVERB_SERVER_PATH"},
+		{map[string]string{"REVERB_SERVER_PATH": "/a//b"}, "REVERB_SERVER_PATH"},
 		{map[string]string{"RESOUND_WORKERS": "0"}, "RESOUND_WORKERS"},
 		{map[string]string{"RESOUND_WORKERS": "many"}, "RESOUND_WORKERS"},
 		{map[string]string{"RESOUND_LOG_LEVEL": "loud"}, "RESOUND_LOG_LEVEL"},
@@ -242,6 +243,31 @@ func TestInvalidSettingsNameTheVariable(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.mention) {
 				t.Fatalf("error %q does not name %s", err, tc.mention)
+			}
+		})
+	}
+}
+
+// TestServerPathIsNormalizedAsReverbDoes: Reverb passes REVERB_SERVER_PATH
+// to Symfony's RouteCollection::addPrefix, which trims slashes, so a .env
+// with "/reverb/" (issue 12) or "reverb" starts Reverb and must start Resound.
+func TestServerPathIsNormalizedAsReverbDoes(t *testing.T) {
+	for in, want := range map[string]string{
+		"/reverb":      "/reverb",
+		"/reverb/":     "/reverb",
+		"reverb":       "/reverb",
+		"reverb/":      "/reverb",
+		" /reverb/ ":   "/reverb",
+		"/ws/reverb/":  "/ws/reverb",
+		"/":            "",
+		"//":           "",
+		"/reverb/////": "/reverb",
+	} {
+		t.Run(in, func(t *testing.T) {
+			cleanEnv(t)
+			setEnv(t, map[string]string{"REVERB_SERVER_PATH": in})
+			if got := mustLoad(t).Path; got != want {
+				t.Fatalf("REVERB_SERVER_PATH=%q gives the prefix %q, want %q", in, got, want)
 			}
 		})
 	}

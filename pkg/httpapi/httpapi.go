@@ -165,12 +165,6 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	for _, ev := range events {
-		if err := validInfo(ev); err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-	}
 	if !a.enqueue(w, r, &queue.Job{AppID: app.ID, Events: events}) {
 		return
 	}
@@ -194,8 +188,8 @@ func (a *API) respondEvents(w http.ResponseWriter, r *http.Request, app *config.
 	}
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	infos := make([]map[string]int, len(events))
-	var single map[string]map[string]int
+	infos := make([]map[string]any, len(events))
+	var single map[string]map[string]any
 	for i, ev := range events {
 		info, err := a.eventInfo(ctx, app, ev)
 		if err != nil {
@@ -209,7 +203,7 @@ func (a *API) respondEvents(w http.ResponseWriter, r *http.Request, app *config.
 			single = info
 			break
 		}
-		infos[i] = map[string]int{}
+		infos[i] = map[string]any{}
 		for _, ch := range ev.Channels {
 			for k, v := range info[ch] {
 				infos[i][k] = v

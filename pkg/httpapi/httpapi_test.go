@@ -102,6 +102,8 @@ type signed struct {
 	// auth_timestamp from the API's clock.
 	key, secret, version string
 	skew                 time.Duration
+	// query holds parameters signed with the rest (info, filter_by_prefix).
+	query url.Values
 	// mutate edits the parameters after signing.
 	mutate func(url.Values)
 }
@@ -120,6 +122,9 @@ func (s signed) request() *http.Request {
 		s.version = "1.0"
 	}
 	q := url.Values{}
+	for k, v := range s.query {
+		q[k] = v
+	}
 	q.Set("auth_key", s.key)
 	q.Set("auth_timestamp", strconv.FormatInt(now.Add(s.skew).Unix(), 10))
 	q.Set("auth_version", s.version)

@@ -22,113 +22,113 @@ type Cluster interface {
 
 // Channel attributes a query may ask for.
 const (
+	attrOccupied          = "occupied"
 	attrUserCount         = "user_count"
 	attrSubscriptionCount = "subscription_count"
 	attrCache             = "cache"
 )
 
-func parseInfo(info string) []string {
-	if info == "" {
-		return nil
-	}
-	var out []string
+// infoSet is the attributes an info parameter asks for.
+//
+// Where the attribute does not apply (user_count on a public channel,
+// subscription_count on a presence channel, cache on a channel that is not
+// a cache channel, user_count on GET /channels without a presence- filter),
+// Pusher's reference answers 400. Reverb answers 200 and leaves the
+// attribute out, and it ignores names it does not know
+// (InteractsWithChannelInformation::info). pusher-php-server throws on any
+// status but 2xx, so a Laravel app that works on Reverb would start throwing
+// on Resound: we answer as Reverb does (issue 12).
+type infoSet struct {
+	occupied, userCount, subscriptionCount, cache bool
+}
+
+func parseInfo(info string) infoSet {
+	var s infoSet
 	for _, a := range strings.Split(info, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			out = append(out, a)
+		switch strings.TrimSpace(a) {
+		case attrOccupied:
+			s.occupied = true
+		case attrUserCount:
+			s.userCount = true
+		case attrSubscriptionCount:
+			s.subscriptionCount = true
+		case attrCache:
+			s.cache = true
 		}
 	}
-	return out
+	return s
 }
 
 func isPresence(ch string) bool {
 	return protocol.ClassifyChannel(ch).Auth == protocol.AuthPresence
 }
 
-// checkAttrs refuses attributes that don't apply to a channel, as Pusher
-// does (Reverb silently leaves them out).
-func checkAttrs(attrs []string, channel string, allowCache bool) error {
-	for _, a := range attrs {
-		switch a {
-		case attrUserCount:
-			if !isPresence(channel) {
-				return apiError("user_count is only available for presence channels.")
-			}
-		case attrSubscriptionCount:
-			if isPresence(channel) {
-				return apiError("subscription_count is not available for presence channels; use user_count.")
-			}
-		case attrCache:
-			if !allowCache || !protocol.ClassifyChannel(channel).Cache {
-				return apiError("cache is only available for cache channels.")
-			}
-		default:
-			return apiError("Unknown info attribute " + a + ".")
+// attrsOf computes the attributes in want that apply to channel, which has
+// subs subscriptions across the cluster.
+func (a *API) attrsOf(ctx context.Context, appID, channel string, subs int, want infoSet) (map[string]any, error) {
+	out := map[string]any{}
+	if want.occupied {
+		out[attrOccupied] = subs > 0
+	}
+	if want.userCount && isPresence(channel) {
+		members, err := a.opts.Cluster.PresenceMembers(ctx, appID, channel)
+		if err != nil {
+			return nil, err
+		}
+		out[attrUserCount] = len(members)
+	}
+	if want.subscriptionCount && !isPresence(channel) {
+		out[attrSubscriptionCount] = subs
+	}
+	if want.cache && protocol.ClassifyChannel(channel).Cache {
+		ev, ttl, err := a.opts.Cluster.CachedEvent(ctx, appID, channel)
+		if err != nil {
+			return nil, err
+		}
+		// Pusher's shape, {data, ttl} (plus the event's name); Reverb
+		// answers the raw cached payload. Nothing cached: left out.
+		if ev != nil {
+			out[attrCache] = map[string]any{"event": ev.Event, "data": ev.Data, "ttl": int(ttl / time.Second)}
 		}
 	}
-	return nil
+	return out, nil
 }
 
 func (a *API) queryCtx(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.Context(), 5*time.Second)
 }
 
-// channels answers GET /apps/{id}/channels.
+// channels answers GET /apps/{id}/channels: the occupied channels, with
+// the attributes of info that apply to each.
 func (a *API) channels(w http.ResponseWriter, r *http.Request, app *config.App) {
 	q := r.URL.Query()
-	prefix := q.Get("filter_by_prefix")
-	attrs := parseInfo(q.Get("info"))
-	for _, at := range attrs {
-		switch at {
-		case attrUserCount:
-			if !strings.HasPrefix(prefix, protocol.PrefixPresence) {
-				writeError(w, http.StatusBadRequest, "info=user_count requires filter_by_prefix=presence-.")
-				return
-			}
-		case attrSubscriptionCount:
-		default:
-			writeError(w, http.StatusBadRequest, "Unknown info attribute "+at+".")
-			return
-		}
-	}
+	want := parseInfo(q.Get("info"))
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Prefix: prefix})
+	res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Prefix: q.Get("filter_by_prefix")})
 	if err != nil {
 		a.unavailable(w, err)
 		return
 	}
-	out := map[string]map[string]int{}
+	out := map[string]map[string]any{}
 	for ch, n := range res.Channels {
-		attrsOut := map[string]int{}
-		for _, at := range attrs {
-			switch {
-			case at == attrUserCount && isPresence(ch):
-				members, err := a.opts.Cluster.PresenceMembers(ctx, app.ID, ch)
-				if err != nil {
-					a.unavailable(w, err)
-					return
-				}
-				attrsOut[attrUserCount] = len(members)
-			case at == attrSubscriptionCount && !isPresence(ch):
-				attrsOut[attrSubscriptionCount] = n
-			}
+		if out[ch], err = a.attrsOf(ctx, app.ID, ch, n, want); err != nil {
+			a.unavailable(w, err)
+			return
 		}
-		out[ch] = attrsOut
 	}
 	writeValue(w, http.StatusOK, map[string]any{"channels": out})
 }
 
-// channel answers GET /apps/{id}/channels/{channel}.
+// channel answers GET /apps/{id}/channels/{channel}: occupied always (as
+// in Pusher and Reverb), and the attributes of info that apply.
 func (a *API) channel(w http.ResponseWriter, r *http.Request, app *config.App, name string) {
 	if !protocol.ValidChannelName(name) {
 		writeError(w, http.StatusBadRequest, "Invalid channel name.")
 		return
 	}
-	attrs := parseInfo(r.URL.Query().Get("info"))
-	if err := checkAttrs(attrs, name, true); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
+	want := parseInfo(r.URL.Query().Get("info"))
+	want.occupied = true
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
 	res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: name})
@@ -136,29 +136,10 @@ func (a *API) channel(w http.ResponseWriter, r *http.Request, app *config.App, n
 		a.unavailable(w, err)
 		return
 	}
-	subs := res.Channels[name]
-	out := map[string]any{"occupied": subs > 0}
-	for _, at := range attrs {
-		switch at {
-		case attrUserCount:
-			members, err := a.opts.Cluster.PresenceMembers(ctx, app.ID, name)
-			if err != nil {
-				a.unavailable(w, err)
-				return
-			}
-			out[attrUserCount] = len(members)
-		case attrSubscriptionCount:
-			out[attrSubscriptionCount] = subs
-		case attrCache:
-			ev, ttl, err := a.opts.Cluster.CachedEvent(ctx, app.ID, name)
-			if err != nil {
-				a.unavailable(w, err)
-				return
-			}
-			if ev != nil {
-				out[attrCache] = map[string]any{"event": ev.Event, "data": ev.Data, "ttl": int(ttl / time.Second)}
-			}
-		}
+	out, err := a.attrsOf(ctx, app.ID, name, res.Channels[name], want)
+	if err != nil {
+		a.unavailable(w, err)
+		return
 	}
 	writeValue(w, http.StatusOK, out)
 }
@@ -210,40 +191,29 @@ func (a *API) terminate(w http.ResponseWriter, r *http.Request, app *config.App,
 	writeJSON(w, http.StatusOK, `{}`)
 }
 
-// eventInfo computes the attributes a trigger's info asked for.
-func (a *API) eventInfo(ctx context.Context, app *config.App, t protocol.Trigger) (map[string]map[string]int, error) {
-	attrs := parseInfo(t.Info)
-	out := map[string]map[string]int{}
+// eventInfo computes the attributes a trigger's info asked for. cache is
+// left out: the worker writes the cache after the job is stored, so the
+// answer would race it.
+func (a *API) eventInfo(ctx context.Context, app *config.App, t protocol.Trigger) (map[string]map[string]any, error) {
+	want := parseInfo(t.Info)
+	want.cache = false
+	out := map[string]map[string]any{}
 	for _, ch := range t.Channels {
-		vals := map[string]int{}
-		for _, at := range attrs {
-			switch {
-			case at == attrUserCount && isPresence(ch):
-				members, err := a.opts.Cluster.PresenceMembers(ctx, app.ID, ch)
-				if err != nil {
-					return nil, err
-				}
-				vals[attrUserCount] = len(members)
-			case at == attrSubscriptionCount && !isPresence(ch):
-				res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: ch})
-				if err != nil {
-					return nil, err
-				}
-				vals[attrSubscriptionCount] = res.Channels[ch]
+		subs := 0
+		if want.occupied || (want.subscriptionCount && !isPresence(ch)) {
+			res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: ch})
+			if err != nil {
+				return nil, err
 			}
+			subs = res.Channels[ch]
+		}
+		vals, err := a.attrsOf(ctx, app.ID, ch, subs, want)
+		if err != nil {
+			return nil, err
 		}
 		out[ch] = vals
 	}
 	return out, nil
-}
-
-func validInfo(t protocol.Trigger) error {
-	for _, at := range parseInfo(t.Info) {
-		if at != attrUserCount && at != attrSubscriptionCount {
-			return apiError("Unknown info attribute " + at + "; use user_count or subscription_count.")
-		}
-	}
-	return nil
 }
 
 func (a *API) unavailable(w http.ResponseWriter, err error) {

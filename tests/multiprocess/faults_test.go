@@ -1,7 +1,11 @@
 package multiprocess
 
 import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -9,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
 
 	"github.com/resoundhq/resound/pkg/pushertest"
 	"github.com/resoundhq/resound/protocol"
@@ -213,7 +219,9 @@ func TestNATSRestartedUnderLoad(t *testing.T) {
 // A client that stops reading: once its waiting output passes
 // RESOUND_MAX_OUTBOUND its gateway cuts it off, while loadgen's
 // subscribers of the same channel, on every gateway, receive every event
-// exactly once, in order.
+// exactly once, in order. What the slow client did get is the channel's
+// events from the first, with no gap: a gateway never drops frames for a
+// client it keeps.
 func TestSlowConsumerIsCutOff(t *testing.T) {
 	c := startCluster(t, clusterSpec{gateways: 3, workers: 2,
 		gatewayEnv: func(int) []string { return []string{"RESOUND_MAX_OUTBOUND=4194304"} }})
@@ -233,18 +241,59 @@ func TestSlowConsumerIsCutOff(t *testing.T) {
 		t.Errorf("expected %d, want %d; dropped %d, failures %v", s.Fanout.Expected, events*conns, s.Conns.Dropped, s.Conns.Failures)
 	}
 
-	// The slow client was cut off: reading what the kernel still holds
-	// ends in a closed connection long before all events.
-	got := 0
+	// Now read what the kernel still holds for the slow client: every
+	// event from the first, in order, then the end of the connection.
+	next := int64(1)
 	for {
-		if _, err := slow.Read(10 * time.Second); err != nil {
+		f, err := slow.ReadFrame(10 * time.Second)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("after %d events the slow client is neither sent more nor closed: the gateway kept it and dropped its frames", next-1)
+			}
+			// The end of the stream (EOF, or a frame cut short, or a
+			// reset): no close frame can get through output that does not
+			// drain, so the gateway drops what waits and shuts the socket;
+			// the client sees 1006 and pusher-js reconnects after its
+			// back-off. Had the gateway sent a close frame, it would have
+			// to be 4100 (Pusher's "over capacity": back off, then
+			// reconnect), checked below.
 			break
 		}
-		got++
+		if f.OpCode == ws.OpClose {
+			if len(f.Payload) < 2 || int(binary.BigEndian.Uint16(f.Payload)) != protocol.CodeOverCapacity {
+				t.Fatalf("the slow client was closed with %q, want 4100 or no close frame", f.Payload)
+			}
+			break
+		}
+		var m struct {
+			Event   string `json:"event"`
+			Channel string `json:"channel"`
+			Data    string `json:"data"`
+		}
+		var d struct {
+			Seq int64 `json:"seq"`
+		}
+		if f.OpCode == ws.OpText && json.Unmarshal(f.Payload, &m) == nil && m.Event == protocol.EventPing {
+			continue // it has been silent a while: the server may ask
+		}
+		if f.OpCode != ws.OpText || json.Unmarshal(f.Payload, &m) != nil || json.Unmarshal([]byte(m.Data), &d) != nil ||
+			m.Event != "lg" || m.Channel != "lg-"+run+"-0" {
+			t.Fatalf("after %d events the slow client got %v frame %.200q", next-1, f.OpCode, f.Payload)
+		}
+		if d.Seq != next {
+			t.Fatalf("the slow client got event %d after %d: frames were dropped while it was kept", d.Seq, next-1)
+		}
+		next++
 	}
-	if got >= events {
-		t.Fatalf("the slow client got all %d events; it should have been cut off", got)
+	if next-1 >= events {
+		t.Fatalf("the slow client got all %d events; it should have been cut off", events)
 	}
+	// And its gateway cut it off for its output, not for something else.
+	if out := c.gateways[1].output(); !strings.Contains(out, `"limit":"outbound"`) {
+		t.Errorf("gateway-1 did not log the outbound limit; its log:\n%s", c.gateways[1].tail(20))
+	}
+	t.Logf("the slow client got events 1 to %d, then was cut off", next-1)
 }
 
 // A gateway drained with SIGTERM under load: each of its clients gets 4200
@@ -260,8 +309,10 @@ func TestReconnectStormAfterDrain(t *testing.T) {
 		return nil
 	}})
 	drained := c.gateways[0]
-	// 300 connections over 10 channels: 100 on each gateway.
-	const conns, channels, events = 300, 10, 900
+	// 300 connections over 10 channels: 100 on each gateway. 10 s of load:
+	// the drain (2 s, then the exit of a race-detector build on a busy
+	// machine) must end inside it.
+	const conns, channels, events = 300, 10, 1500
 	lg := startLoadgen(t, c, c.gateways[1], "storm", "-reconnect", "-conns", strconv.Itoa(conns), "-channels", strconv.Itoa(channels),
 		"-rate", "150", "-events", strconv.Itoa(events))
 	lg.waitSent(t, events/4)

@@ -32,7 +32,11 @@ const (
 // Bounds on every wait.
 const (
 	startTimeout = 20 * time.Second // a process becoming ready
-	stopGrace    = 5 * time.Second  // SIGTERM before SIGKILL
+	// SIGTERM before SIGKILL. A gateway's clean stop may take its drain
+	// window, 2 s for the closes to leave and 5 s for its lanes to finish
+	// (pkg/gateway Server.Serve); a race-detector build on a busy machine
+	// takes longer than a plain one.
+	stopGrace    = 15 * time.Second
 	buildTimeout = 5 * time.Minute
 )
 
@@ -55,11 +59,17 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 
-	builds := []struct{ out, pkg string }{
-		{"gateway", "./cmd/gateway"},
-		{"worker", "./cmd/worker"},
-		{"loadgen", "./cmd/loadgen"},
-		{"nats-server", "github.com/nats-io/nats-server/v2"}, // the go.mod tool directive
+	// The gateway and the worker are what these tests are about: they run
+	// with the race detector, and a race any of them reports fails the test
+	// that ran it (startProcOut). loadgen and nats-server are the harness.
+	builds := []struct {
+		out, pkg string
+		race     bool
+	}{
+		{"gateway", "./cmd/gateway", true},
+		{"worker", "./cmd/worker", true},
+		{"loadgen", "./cmd/loadgen", false},
+		{"nats-server", "github.com/nats-io/nats-server/v2", false}, // the go.mod tool directive
 	}
 	errs := make([]error, len(builds))
 	var wg sync.WaitGroup
@@ -69,7 +79,11 @@ func run(m *testing.M) int {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+			args := []string{"build", "-o", filepath.Join(dir, b.out)}
+			if b.race {
+				args = append(args, "-race")
+			}
+			cmd := exec.CommandContext(ctx, "go", append(args, b.pkg)...)
 			cmd.Dir = root
 			if out, err := cmd.CombinedOutput(); err != nil {
 				errs[i] = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
@@ -185,12 +199,19 @@ func startProcOut(t *testing.T, name, bin string, env []string, stdout string, a
 	}()
 	t.Cleanup(func() {
 		p.stop(t)
+		if out := p.output(); strings.Contains(out, raceWarning) {
+			_, report, _ := strings.Cut(out, raceWarning)
+			t.Errorf("%s reported a data race:\n%s%s", name, raceWarning, report)
+		}
 		if t.Failed() {
 			t.Logf("--- last lines of %s (%s) ---\n%s", name, logPath, p.tail(40))
 		}
 	})
 	return p
 }
+
+// raceWarning starts every report of the race detector.
+const raceWarning = "WARNING: DATA RACE"
 
 func (p *proc) exited() bool {
 	select {
