@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -154,5 +155,38 @@ func TestCleanStopUnpinsPartitions(t *testing.T) {
 	}
 	if parts := pinned(); len(parts) > 0 {
 		t.Fatalf("partitions %v still pinned after a clean stop", parts)
+	}
+}
+
+// The history made again also when the deliveries it does not
+// acknowledge fail the job's attempt itself rather than the shard's
+// confirmation: here the job's second event is on the channel of its
+// first, so its delivery waits for the first's acknowledgement (one in
+// flight per channel), which never comes. Ensured only from confirmAll,
+// the shard retried the job forever.
+func TestHistoryDeletedIsMadeAgainForASecondEventOnTheChannel(t *testing.T) {
+	ns, _, js, ctx := startStream(t, "producer")
+	if err := js.DeleteStream(ctx, history.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	opts := history.Options{MaxAge: time.Hour, MaxBytes: 64 << 20}
+	var ensured atomic.Int32
+	pool := worker.New(poolOptions(t, ns, "worker", func(o *worker.Options) {
+		o.RetryBackoff = 10 * time.Millisecond
+		o.EnsureHistory = func(ctx context.Context) error {
+			ensured.Add(1)
+			_, err := history.Ensure(ctx, js, opts)
+			return err
+		}
+	}))
+	runPool(t, pool)
+	e := &env{ns: ns, js: js, pub: queue.NewPublisher(js)}
+	e.publish(t, &queue.Job{AppID: appID, Events: []protocol.Trigger{
+		{Name: "e", Data: "1", Channels: []string{"c"}},
+		{Name: "e", Data: "2", Channels: []string{"c"}},
+	}})
+	eventually(t, "job acked", func() bool { return pool.Stats().Jobs.Load() == 1 })
+	if ensured.Load() == 0 {
+		t.Fatal("the history was never ensured")
 	}
 }

@@ -118,6 +118,7 @@ func (s *shard) next() *task {
 func (s *shard) handle(t *task) {
 	p, r := s.pool, t.run
 	failing := false
+	unacked := 0 // attempts failed for want of an acknowledgement
 	defer func() {
 		if failing {
 			p.retrying.Add(-1)
@@ -158,10 +159,14 @@ func (s *shard) handle(t *task) {
 			// Nothing wrong with the job: wait for the connection, then
 			// publish again, this and what is unconfirmed before it.
 			attempt--
+			if errors.Is(err, errUnconfirmed) {
+				unacked++
+			}
 			if !s.pause(r, p.backoff(1)) {
 				p.leave(r)
 				return
 			}
+			s.ensureHistory(unacked)
 			continue
 		}
 		p.failed()
@@ -347,15 +352,26 @@ func (s *shard) confirmAll() {
 			s.republish = false
 			return
 		}
-		if attempt == 2 && p.opts.EnsureHistory != nil {
-			// Twice unacknowledged: the stream may be gone, not electing.
-			ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
-			if err := p.opts.EnsureHistory(ctx); err != nil {
-				p.retryLog.Warn().Err(err).Msg("the history stream acknowledges no delivery, and could not be ensured")
-			}
-			cancel()
-		}
+		s.ensureHistory(attempt)
 		_ = s.republishAll()
+	}
+}
+
+// ensureHistory makes the history stream again if it is gone, after the
+// unacknowledged-th failure in a row for want of its acknowledgements:
+// twice unacknowledged, the stream may be gone, not electing. Tried again
+// now and then, in case the first try failed too. Both the shard's
+// confirmation (confirmAll) and a job's own attempt (a second delivery on
+// a channel waits for the first's acknowledgement) come here.
+func (s *shard) ensureHistory(unacknowledged int) {
+	p := s.pool
+	if p.opts.EnsureHistory == nil || unacknowledged < 2 || unacknowledged%16 != 2 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
+	defer cancel()
+	if err := p.opts.EnsureHistory(ctx); err != nil {
+		p.retryLog.Warn().Err(err).Msg("the history stream acknowledges no delivery, and could not be ensured")
 	}
 }
 
