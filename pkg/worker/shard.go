@@ -90,6 +90,13 @@ func (s *shard) run() {
 			return
 		}
 		s.handle(t)
+		// After every task, however it ended: one set aside, or skipped
+		// as another part of its job decided it, must not leave those
+		// before it unconfirmed, their jobs unacked, while the shard
+		// waits for more.
+		if n := len(s.unconfirmed); n > 0 && (n >= confirmBatch || s.idle()) {
+			s.confirmAll()
+		}
 	}
 }
 
@@ -138,10 +145,7 @@ func (s *shard) handle(t *task) {
 				s.done(t)
 				return
 			}
-			s.unconfirmed = append(s.unconfirmed, t)
-			if len(s.unconfirmed) >= confirmBatch || s.idle() {
-				s.confirmAll()
-			}
+			s.unconfirmed = append(s.unconfirmed, t) // confirmed by run
 			return
 		}
 		if !failing {
