@@ -32,10 +32,15 @@ import (
 //     forced elsewhere by RESOUND_REACTOR=portable or the resound_portable
 //     build tag, so that the test suite runs over it too.
 //
-// The files are named reactor_* so that the split into a package of its
-// own (issue 12, item 3) is a move, not a rewrite: conn's write side
-// (state, out, the socket) and these files are the reactor; everything
-// else in the package is the session.
+// The layering, for the split into a package of its own (issue 12, item
+// 3): the backends (reactor_epoll_linux.go, reactor_kqueue_bsd.go,
+// reactor_portable.go, and reactor_fd*.go under the first two) are the
+// reactor and call nothing but the poller's woke, received, destroy,
+// scanDue and flushSafely, and conn's write side (state, out, the
+// socket). The poller, in this file, is where reactor and session meet:
+// received and destroy are the session's entry points (handleBytes, and
+// leave, signOut and the slots), scan its timers. Moving the backends out
+// means giving them those calls as an interface.
 
 // Reactor names, as RESOUND_REACTOR takes them.
 const (
