@@ -33,6 +33,10 @@ type delivery struct {
 type channelBatch struct {
 	ch         *channel
 	deliveries []delivery
+	// lastPos is the highest job position among deliveries: a repeat
+	// at or before it is dropped as one at or before the channel's
+	// lastPos is, which moves only once the batch is written.
+	lastPos uint64
 }
 
 // dispatcher is the state of one dispatcher goroutine.
@@ -170,7 +174,14 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 			// subscription carries the same message.
 			continue
 		}
-		if ch.seen(env.ID()) || (d.strict || env.Repeat) && env.ID() != 0 && env.ID() <= ch.lastPos.Load() {
+		gi := -1
+		for i := range groups {
+			if groups[i].ch == ch {
+				gi = i
+				break
+			}
+		}
+		if ch.seen(env.ID()) || repeated(d.strict, env.Repeat, env.ID(), ch, groups, gi) {
 			s.prom.Duplicates.Inc()
 			continue
 		}
@@ -180,24 +191,19 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 			dl.presenceRev = env.Seq
 			dl.removedUser, _ = protocol.RemovedMember(env.Frame)
 		}
-		gi := -1
-		for i := range groups {
-			if groups[i].ch == ch {
-				gi = i
-				break
-			}
-		}
 		if gi < 0 {
 			if len(groups) < cap(groups) {
 				groups = groups[:len(groups)+1]
 				groups[len(groups)-1].ch = ch
 				groups[len(groups)-1].deliveries = groups[len(groups)-1].deliveries[:0]
+				groups[len(groups)-1].lastPos = 0
 			} else {
 				groups = append(groups, channelBatch{ch: ch})
 			}
 			gi = len(groups) - 1
 		}
 		groups[gi].deliveries = append(groups[gi].deliveries, dl)
+		groups[gi].lastPos = max(groups[gi].lastPos, dl.pos)
 	}
 	d.groups = groups
 	n := 0
@@ -207,6 +213,25 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 		g.ch = nil
 	}
 	s.prom.Deliveries.Add(float64(n))
+}
+
+// repeated reports whether a delivery at pos repeats what ch was written
+// already, beyond the duplicate window. A strict batch drops every one at
+// or before the channel's last position. A delivery the worker marked as a
+// repeat is also dropped at or before the last position of the batch
+// being grouped (groups[gi], when gi >= 0): it may come in the same batch
+// as its original, which moves ch.lastPos only once written, so without
+// that whether it went out twice would depend on how the dispatcher
+// happened to batch.
+func repeated(strict, repeat bool, pos uint64, ch *channel, groups []channelBatch, gi int) bool {
+	if pos == 0 || !strict && !repeat {
+		return false
+	}
+	last := ch.lastPos.Load()
+	if repeat && gi >= 0 {
+		last = max(last, groups[gi].lastPos)
+	}
+	return pos <= last
 }
 
 // fanOutChannel writes a channel's deliveries under its read lock, taken
