@@ -59,7 +59,7 @@ func main() {
 	if cfg.NATSURL != "" {
 		mode = "gateway (NATS at " + cfg.NATSURL + ")"
 	}
-	log.Info().Str("addr", n.Addr().String()).Str("mode", mode).Msg("Resound is ready")
+	log.Info().Str("addr", n.Addr().String()).Str("mode", mode).Str("reactor", n.Gateway().Reactor()).Msg("Resound is ready")
 	if app := n.DevApp; app != nil {
 		fmt.Fprintf(os.Stderr, `
   No app was configured, so Resound made a development app:
