@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -105,6 +106,8 @@ type Options struct {
 	// (all-in-one), so it subscribes to no delivery subject in NATS, and
 	// has no gap to catch up with.
 	Local bool
+	// TLS, when set, makes the port serve wss:// and https:// (tls.go).
+	TLS *tls.Config
 	// Metrics receives the gateway's counters; nil keeps them unexported.
 	Metrics *metrics.Gateway
 	Log     zerolog.Logger
@@ -542,6 +545,9 @@ func (s *Server) handshakeFailed(nc net.Conn, err error) {
 // the descriptor is duplicated, the net.Conn (and its runtime poller entry)
 // closed, and from then on the connection is a few hundred bytes of state.
 func (s *Server) attach(nc net.Conn, app *config.App, counted bool, slot *ipSlot) error {
+	if isTLS(nc) {
+		return s.attachTLS(nc, app, counted, slot)
+	}
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return errors.New("not a socket")
@@ -652,8 +658,9 @@ func refuse(nc net.Conn, code int, message string) {
 // lingerClose half-closes and waits briefly for the peer to close, so that
 // the last frames are read rather than lost to a reset.
 func lingerClose(nc net.Conn) {
-	if tc, ok := nc.(*net.TCPConn); ok {
-		_ = tc.CloseWrite()
+	// *net.TCPConn, and *tls.Conn, which sends its close_notify first.
+	if cw, ok := nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
 		_, _ = io.Copy(io.Discard, io.LimitReader(nc, 64<<10))
 	}
 	_ = nc.Close()
