@@ -1,8 +1,8 @@
 package loadgen
 
 import (
-	"crypto/tls"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strconv"
