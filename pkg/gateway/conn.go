@@ -3,9 +3,6 @@ package gateway
 import (
 	"sync"
 	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/metrics"
@@ -28,12 +25,15 @@ const (
 	stateDead
 )
 
-// conn is one Pusher client connection. It has no goroutine and, when idle,
-// no buffers: the poller reads into a buffer it shares among all its
-// connections, and output is written straight to the socket, so out and
-// partial stay nil unless the socket pushes back or a frame straddles two
-// reads.
+// conn is one Pusher client connection. On the fd backends (epoll,
+// kqueue) it has no goroutine and, when idle, no buffers: the poller reads
+// into a buffer it shares among all its connections, and output is written
+// straight to the socket, so out and partial stay nil unless the socket
+// pushes back or a frame straddles two reads. A portable connection is the
+// start of a netConn (reactor_portable.go).
 type conn struct {
+	// fd is the socket's descriptor; below zero, the connection is
+	// portable and fd only numbers it.
 	fd     int
 	poller *poller
 	app    *config.App
@@ -242,12 +242,12 @@ func (c *conn) write(b []byte) {
 }
 
 func (c *conn) writeLocked(b []byte) {
-	if len(c.out) == 0 {
-		n, err := unix.Write(c.fd, b)
+	if len(c.out) == 0 && c.fd >= 0 {
+		n, err := fdWrite(c.fd, b)
 		if n == len(b) {
 			return
 		}
-		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+		if err != nil && err != errAgain && err != errIntr {
 			c.abortLocked()
 			return
 		}
@@ -255,8 +255,19 @@ func (c *conn) writeLocked(b []byte) {
 			b = b[n:]
 		}
 	}
+	c.queueLocked(b)
+}
+
+// queueLocked keeps b to be written once the socket takes it: the fd
+// backends' poller flushes it on a write edge, the portable write
+// goroutine as soon as it can.
+func (c *conn) queueLocked(b []byte) {
 	srv := c.poller.srv
-	if len(c.out)+len(b) > srv.opts.MaxOutbound {
+	waiting := len(c.out)
+	if c.fd < 0 {
+		waiting += c.asNet().flying
+	}
+	if waiting+len(b) > srv.opts.MaxOutbound {
 		srv.prom.SlowConsumers.Inc()
 		srv.limitHit(metrics.LimitOutbound, c)
 		c.abortLocked()
@@ -275,6 +286,15 @@ func (c *conn) writeLocked(b []byte) {
 	// The socket is full; edge-triggered EPOLLOUT tells the poller when it
 	// drains, and flush writes the rest.
 	c.out = append(c.out, b...)
+	if c.fd < 0 {
+		c.asNet().kickLocked()
+	}
+}
+
+// idleLocked reports that no output is waiting: what is written now goes
+// out before anything else.
+func (c *conn) idleLocked() bool {
+	return len(c.out) == 0 && (c.fd >= 0 || !c.asNet().writing)
 }
 
 // dropOutLocked forgets the output waiting, and gives its bytes back to
@@ -295,13 +315,22 @@ func (c *conn) writePong(payload []byte) {
 	if c.state != stateOpen {
 		return
 	}
-	if len(c.out) == 0 {
+	if c.idleLocked() {
 		var buf [2 + 125]byte
 		c.writeLocked(protocol.AppendFrame(buf[:0], protocol.OpPong, payload))
 		return
 	}
 	ext := c.extension()
 	ext.pong = protocol.AppendFrame(ext.pong[:0], protocol.OpPong, payload)
+	c.pongsHeldLocked()
+}
+
+// pongsHeldLocked tells a portable connection's write goroutine that
+// pongs are kept for when it is done; on the fd backends, flush finds them.
+func (c *conn) pongsHeldLocked() {
+	if c.fd < 0 {
+		c.asNet().heldPongs = true
+	}
 }
 
 // writePusherPong answers pusher:ping, keeping at most one answer while
@@ -312,15 +341,17 @@ func (c *conn) writePusherPong() {
 	if c.state != stateOpen {
 		return
 	}
-	if len(c.out) == 0 {
+	if c.idleLocked() {
 		c.writeLocked(c.poller.srv.frames.pong)
 		return
 	}
 	c.extension().pusherPong = true
+	c.pongsHeldLocked()
 }
 
 // writeHeldPongsLocked writes the pongs kept while output was waiting;
-// flush calls it once out is empty, on the poller goroutine.
+// flush calls it once out is empty, on the poller goroutine (for a
+// portable connection, the write goroutine has the poller call it).
 func (c *conn) writeHeldPongsLocked() {
 	ext := c.ext
 	if ext == nil || (ext.pong == nil && !ext.pusherPong) {
@@ -339,7 +370,7 @@ func (c *conn) writeHeldPongsLocked() {
 // writeFrames writes frames to the client with one writev, keeping what
 // the socket does not take. iovecs is the caller's scratch space, so the
 // common case allocates nothing.
-func (c *conn) writeFrames(frames [][]byte, iovecs *[]unix.Iovec) {
+func (c *conn) writeFrames(frames [][]byte, iovecs *[]iovec) {
 	if len(frames) == 1 {
 		c.write(frames[0])
 		return
@@ -350,9 +381,9 @@ func (c *conn) writeFrames(frames [][]byte, iovecs *[]unix.Iovec) {
 		return
 	}
 	written := 0
-	if len(c.out) == 0 {
-		n, err := writev(c.fd, frames, iovecs)
-		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+	if len(c.out) == 0 && c.fd >= 0 {
+		n, err := fdWritev(c.fd, frames, iovecs)
+		if err != nil && err != errAgain && err != errIntr {
 			c.abortLocked()
 			return
 		}
@@ -373,46 +404,24 @@ func (c *conn) writeFrames(frames [][]byte, iovecs *[]unix.Iovec) {
 	}
 }
 
-// writev writes bufs with one system call, building the iovec array in
-// the caller's scratch slice instead of allocating one as unix.Writev does.
-func writev(fd int, bufs [][]byte, scratch *[]unix.Iovec) (int, error) {
-	iov := (*scratch)[:0]
-	for _, b := range bufs {
-		if len(b) == 0 {
-			continue
-		}
-		v := unix.Iovec{Base: &b[0]}
-		v.SetLen(len(b))
-		iov = append(iov, v)
-	}
-	*scratch = iov
-	if len(iov) == 0 {
-		return 0, nil
-	}
-	r, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
-
-// flush writes pending output; the poller calls it on EPOLLOUT.
+// flush writes pending output; an fd backend's poller calls it when the
+// socket can take more (EPOLLOUT, EVFILT_WRITE).
 func (c *conn) flush() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == stateDead {
+	if c.state == stateDead || c.fd < 0 {
 		return
 	}
 	for len(c.out) > 0 {
-		n, err := unix.Write(c.fd, c.out)
+		n, err := fdWrite(c.fd, c.out)
 		if n > 0 {
 			c.out = c.out[n:]
 			c.poller.srv.outbound.Add(-int64(n))
 		}
-		if err == unix.EAGAIN {
+		if err == errAgain {
 			return
 		}
-		if err != nil && err != unix.EINTR {
+		if err != nil && err != errIntr {
 			c.abortLocked()
 			return
 		}
@@ -426,7 +435,7 @@ func (c *conn) flush() {
 	}
 	if c.state == stateClosing && !c.shutWrite {
 		c.shutWrite = true
-		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
+		fdShutdownWrite(c.fd)
 	}
 }
 
@@ -466,15 +475,36 @@ func (c *conn) closeLocked(msg []byte) {
 	}
 	c.state = stateClosing
 	c.closingAt = c.poller.srv.ticks(time.Now())
-	if len(c.out) == 0 {
+	if c.idleLocked() {
 		c.shutWrite = true
-		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
+		c.shutdownWriteLocked()
 	}
 }
 
+// shutdownWriteLocked half-closes the socket once the last frame is out,
+// so that the peer reads our close frame and then the end of the stream.
+func (c *conn) shutdownWriteLocked() {
+	if c.fd < 0 {
+		c.asNet().shutdownWrite()
+		return
+	}
+	fdShutdownWrite(c.fd)
+}
+
+// closeSocketLocked closes the socket for good; only the poller's destroy
+// and the end of Serve call it.
+func (c *conn) closeSocketLocked() {
+	if c.fd < 0 {
+		_ = c.asNet().nc.Close()
+		return
+	}
+	fdClose(c.fd)
+}
+
 // abortLocked drops the connection without ceremony. Any goroutine may
-// call it; shutting the socket down makes the poller see a hang-up and
-// destroy the connection on its own goroutine.
+// call it; shutting the socket down makes the poller see a hang-up (or
+// the portable read goroutine an error) and destroy the connection on its
+// own goroutine.
 func (c *conn) abortLocked() {
 	if c.state == stateDead {
 		return
@@ -485,7 +515,14 @@ func (c *conn) abortLocked() {
 		c.closingAt = c.poller.srv.ticks(time.Now())
 	}
 	c.shutWrite = true
-	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	if c.fd < 0 {
+		// Closing a net.Conn cannot hand its descriptor to another
+		// connection while this one is still in the table, as closing a
+		// raw descriptor could: it is safe from any goroutine.
+		_ = c.asNet().nc.Close()
+		return
+	}
+	fdShutdown(c.fd)
 }
 
 func (c *conn) isOpen() bool {

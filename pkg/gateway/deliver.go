@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"golang.org/x/sys/unix"
 
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/route"
@@ -91,7 +90,7 @@ func (s *Server) DeliverLocal(subject string, envelope []byte) error {
 func (s *Server) runDispatcher(index int, done <-chan struct{}) {
 	in, replays := s.dispatch[index], s.replays[index]
 	now := time.Now()
-	d := &dispatcher{index: index, scratch: writeScratch{iovecs: make([]unix.Iovec, 0, maxBatch)}, lastEmpty: now}
+	d := &dispatcher{index: index, scratch: writeScratch{iovecs: make([]iovec, 0, maxBatch)}, lastEmpty: now}
 	for {
 		if d.holding {
 			// Catching up: replays and the release come first; live
@@ -259,7 +258,7 @@ func (s *Server) fanOut(members []member, deliveries []delivery, ws *writeScratc
 // writeScratch is one writer's reusable buffers.
 type writeScratch struct {
 	frames [][]byte
-	iovecs []unix.Iovec
+	iovecs []iovec
 }
 
 // writeMembers writes each member the deliveries meant for it with one
@@ -333,7 +332,7 @@ type fanoutTask struct {
 
 // runWriter writes the chunks handed to it.
 func runWriter(in <-chan fanoutTask, done <-chan struct{}) {
-	ws := &writeScratch{iovecs: make([]unix.Iovec, 0, maxBatch)}
+	ws := &writeScratch{iovecs: make([]iovec, 0, maxBatch)}
 	for {
 		select {
 		case t := <-in:

@@ -1,6 +1,7 @@
-// Package gateway is the WebSocket side of Resound: an epoll reactor that
-// holds client connections without a goroutine or buffers per idle
-// connection, speaks the Pusher protocol on them, and writes the frames the
+// Package gateway is the WebSocket side of Resound: a reactor (epoll on
+// Linux, kqueue on macOS and the BSDs) that holds client connections
+// without a goroutine or buffers per idle connection, or a portable one on
+// net.Conn anywhere else (reactor.go), speaks the Pusher protocol on them, and writes the frames the
 // workers encoded to every local subscriber. Plain HTTP requests on the
 // same port go to the HTTP API handler, as they do in Reverb.
 package gateway
@@ -20,13 +21,11 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
@@ -88,6 +87,10 @@ type Options struct {
 	// gateway over this long, so that its clients do not all land on the
 	// other gateways at once. Zero closes them all at once.
 	DrainWindow time.Duration
+	// Reactor is the socket layer: ReactorAuto (the default: epoll on
+	// Linux, kqueue on macOS and the BSDs, portable elsewhere),
+	// ReactorEpoll, ReactorKqueue or ReactorPortable (RESOUND_REACTOR).
+	Reactor     string
 	Pollers     int
 	Dispatchers int
 	// DispatchQueue is how many deliveries may wait for each dispatcher;
@@ -160,6 +163,7 @@ type Server struct {
 	opts    Options
 	log     zerolog.Logger
 	hub     *hub
+	reactor string // the backend the pollers run
 	pollers []*poller
 	next    atomic.Uint32
 	ready   atomic.Bool
@@ -275,15 +279,30 @@ func New(opts Options) (*Server, error) {
 	for i := 1; i < runtime.GOMAXPROCS(0); i++ {
 		s.writers = append(s.writers, make(chan fanoutTask, 4))
 	}
+	kind, err := resolveReactor(opts.Reactor)
+	if err == nil && opts.TLS != nil {
+		kind, err = tlsReactor(opts.Reactor)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.reactor = kind
 	for i := 0; i < opts.Pollers; i++ {
-		p, err := newPoller(s)
+		p, err := newPoller(s, kind)
 		if err != nil {
-			return nil, fmt.Errorf("gateway: epoll: %w", err)
+			for _, p := range s.pollers {
+				p.be.close()
+			}
+			return nil, fmt.Errorf("gateway: %s: %w", kind, err)
 		}
 		s.pollers = append(s.pollers, p)
 	}
 	return s, nil
 }
+
+// Reactor is the socket layer the gateway runs: ReactorEpoll,
+// ReactorKqueue or ReactorPortable.
+func (s *Server) Reactor() string { return s.reactor }
 
 // Ready reports whether the gateway accepts connections.
 func (s *Server) Ready() bool { return s.ready.Load() }
@@ -403,17 +422,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	wg.Wait()
 	for _, p := range s.pollers {
-		p.mu.Lock()
-		for fd, c := range p.conns {
-			c.mu.Lock()
-			c.state = stateDead
-			_ = unix.Close(fd)
-			c.mu.Unlock()
-		}
-		p.conns = map[int]*conn{}
-		p.mu.Unlock()
-		_ = unix.Close(p.epfd)
-		_ = unix.Close(p.wakefd)
+		p.shutdown()
 	}
 	s.hub.clear()
 	return nil
@@ -541,36 +550,16 @@ func (s *Server) handshakeFailed(nc net.Conn, err error) {
 	}
 }
 
-// attach moves an upgraded connection from the Go runtime to the reactor:
-// the descriptor is duplicated, the net.Conn (and its runtime poller entry)
-// closed, and from then on the connection is a few hundred bytes of state.
+// attach hands an upgraded connection to a poller, whose backend takes
+// the socket (an fd backend moves it out of the Go runtime: from then on
+// the connection is a few hundred bytes of state).
 func (s *Server) attach(nc net.Conn, app *config.App, counted bool, slot *ipSlot) error {
-	if isTLS(nc) {
-		return s.attachTLS(nc, app, counted, slot)
-	}
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return errors.New("not a socket")
-	}
-	raw, err := sc.SyscallConn()
+	p := s.pollers[int(s.next.Add(1))%len(s.pollers)]
+	c, err := p.be.open(nc)
 	if err != nil {
 		return err
 	}
-	fd := -1
-	var dupErr error
-	if err := raw.Control(func(f uintptr) { fd, dupErr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return err
-	}
-	if dupErr != nil {
-		return dupErr
-	}
-	_ = nc.Close()
-	if err := unix.SetNonblock(fd, true); err != nil {
-		_ = unix.Close(fd)
-		return err
-	}
-	p := s.pollers[int(s.next.Add(1))%len(s.pollers)]
-	c := &conn{fd: fd, poller: p, app: app, lastSeen: s.ticks(time.Now()), countedMax: counted, ipSlot: slot}
+	c.poller, c.app, c.lastSeen, c.countedMax, c.ipSlot = p, app, s.ticks(time.Now()), counted, slot
 	c.sidA, c.sidB = newSocketID()
 	established := protocol.AppendTextFrame(nil,
 		protocol.AppendConnectionEstablished(nil, c.socketID(), int(app.ActivityTimeout.Duration()/time.Second)))
@@ -582,7 +571,11 @@ func (s *Server) attach(nc net.Conn, app *config.App, counted bool, slot *ipSlot
 	if err := p.add(c); err != nil {
 		s.metrics.connections.Add(-1)
 		s.appStats(app).conns.Dec()
-		_ = unix.Close(fd)
+		c.mu.Lock()
+		c.state = stateDead
+		c.dropOutLocked()
+		c.closeSocketLocked()
+		c.mu.Unlock()
 		return err
 	}
 	return nil

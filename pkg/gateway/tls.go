@@ -4,11 +4,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"time"
-
-	"github.com/resoundhq/resound/pkg/config"
 )
 
 // Native TLS (Options.TLS): the port serves wss:// and https:// instead of
@@ -88,11 +87,16 @@ type prefixedConn struct {
 
 func (c *prefixedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// errNoTLSTransport: this build serves WebSockets from descriptors only.
-var errNoTLSTransport = errors.New("wss:// needs the net.Conn transport, not in this build yet")
-
-// attachTLS hands an upgraded TLS connection to the transport that serves
-// a net.Conn.
-func (s *Server) attachTLS(nc net.Conn, app *config.App, counted bool, slot *ipSlot) error {
-	return errNoTLSTransport
+// tlsReactor is the reactor of a gateway that serves TLS: the portable
+// one, whose connections are net.Conns, since crypto/tls cannot run on a
+// descriptor the epoll or kqueue reactor polls. Every WebSocket on a TLS
+// port is a TLS one (a plain request gets 400), so no connection loses the
+// fast path it could have had; a gateway without TLS keeps it.
+func tlsReactor(requested string) (string, error) {
+	switch requested {
+	case "", ReactorAuto, ReactorPortable:
+		return ReactorPortable, nil
+	default:
+		return "", fmt.Errorf("gateway: reactor %q cannot serve TLS (RESOUND_TLS_CERT); TLS connections run on the %q reactor", requested, ReactorPortable)
+	}
 }

@@ -1,0 +1,100 @@
+package gateway
+
+import (
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const nativeReactor = ReactorEpoll
+
+// epoll is the Linux backend: one epoll instance per poller, each
+// connection registered once, edge-triggered, for both read and write, so
+// that there is no epoll_ctl per write.
+type epoll struct {
+	epfd int
+	// wakefd is an eventfd in the epoll set, so that stopping does not wait
+	// for epoll_wait's timeout.
+	wakefd int
+}
+
+func newNativeBackend() (backend, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		_ = unix.Close(fd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}
+	if err := unix.EpollCtl(fd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
+		_ = unix.Close(fd)
+		_ = unix.Close(wake)
+		return nil, err
+	}
+	return &epoll{epfd: fd, wakefd: wake}, nil
+}
+
+func (e *epoll) open(nc net.Conn) (*conn, error) { return openFD(nc) }
+
+func (e *epoll) watch(_ *poller, c *conn) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(c.fd)}
+	return unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev)
+}
+
+// wake interrupts epoll_wait.
+func (e *epoll) wake() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(e.wakefd, one[:])
+}
+
+func (e *epoll) close() {
+	_ = unix.Close(e.epfd)
+	_ = unix.Close(e.wakefd)
+}
+
+// run waits for readiness until done is closed.
+func (e *epoll) run(p *poller, done <-chan struct{}) {
+	events := make([]unix.EpollEvent, 256)
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		timeout := int(scanInterval / time.Millisecond)
+		if len(p.again) > 0 {
+			timeout = 0
+		}
+		n, err := unix.EpollWait(e.epfd, events, timeout)
+		if err != nil && err != unix.EINTR {
+			p.srv.log.Error().Err(err).Msg("epoll_wait")
+			return
+		}
+		now := time.Now()
+		p.woke(now)
+		p.readAgain()
+		for i := 0; i < n; i++ {
+			ev := events[i]
+			if int(ev.Fd) == e.wakefd {
+				var b [8]byte
+				_, _ = unix.Read(e.wakefd, b[:])
+				continue
+			}
+			c := p.lookup(int(ev.Fd))
+			if c == nil {
+				continue
+			}
+			if ev.Events&unix.EPOLLOUT != 0 {
+				p.flushSafely(c)
+			}
+			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				p.readSafely(c)
+			}
+		}
+		p.scanDue(now)
+	}
+}

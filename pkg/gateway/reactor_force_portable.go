@@ -1,0 +1,7 @@
+//go:build resound_portable
+
+package gateway
+
+// forcePortable: built with the resound_portable tag, RESOUND_REACTOR=auto
+// chooses the portable backend (see reactor_force.go).
+const forcePortable = true
