@@ -67,6 +67,33 @@ func TestTLSServesTheHTTPAPI(t *testing.T) {
 	mustOK(t, api.Trigger([]string{"orders"}, "shipped", `{"id":1}`, ""))
 }
 
+// A WebSocket over wss://: connection_established, a subscription, an
+// event triggered over https://, and socket_id exclusion, on the reactor
+// that serves TLS.
+func TestTLSServesWebSockets(t *testing.T) {
+	n, ca, _ := startTLSNode(t, nil, nil)
+	if got := n.Gateway().Reactor(); got != gateway.ReactorPortable {
+		t.Fatalf("reactor %q, want %q for TLS", got, gateway.ReactorPortable)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsClient(ca)}}
+	api := &pushertest.API{BaseURL: "https://" + n.Addr().String(), AppID: appID, Key: appKey, Secret: secret, Client: hc}
+	a := pushertest.ConnectTLS(t, n.Addr().String(), appKey, tlsClient(ca))
+	b := pushertest.ConnectTLS(t, n.Addr().String(), appKey, tlsClient(ca))
+	a.Subscribe("orders")
+	b.Subscribe("orders")
+	mustOK(t, api.Trigger([]string{"orders"}, "shipped", `{"id":1}`, a.SocketID))
+	if m := b.Expect("shipped"); m.DataString() != `{"id":1}` {
+		t.Fatalf("got %s", m.Raw)
+	}
+	mustOK(t, api.Trigger([]string{"orders"}, "shipped", `{"id":2}`, ""))
+	if m := a.Expect("shipped"); m.DataString() != `{"id":2}` {
+		t.Fatalf("the excluded socket got %s first, want only event 2", m.Raw)
+	}
+	// An unknown key over TLS: 4001, as over ws://.
+	c := pushertest.DialTLS(t, n.Addr().String(), "/app/nope?protocol=7", tlsClient(ca))
+	c.ExpectError(4001)
+}
+
 // A plain HTTP request on a TLS port is answered 400 in plain text saying
 // why, as net/http's TLS server does, and closed.
 func TestPlainRequestOnTLSPortIsRefused(t *testing.T) {
