@@ -10,7 +10,7 @@
 // start-up; that is why this runs as a process of its own.
 //
 // It subscribes, triggers, waits for the event, queries the channel, and
-// prints one JSON line {socketId, transport, received, channelInfo}; exit 1
+// prints one JSON line {socketId, url, received, channelInfo}; exit 1
 // on any failure or after RESOUND_TIMEOUT_MS.
 import Echo from 'laravel-echo';
 import Pusher from 'pusher-js';
@@ -69,8 +69,8 @@ echo.channel(channelName)
       clearTimeout(timer);
       console.log(JSON.stringify({
         socketId: echo.socketId(),
-        transport: conn.transport?.name ?? conn.connection?.transport?.name,
-        url: conn.connection?.transport?.url ?? null,
+        // pusher-js's transport is named 'ws' over TLS too; its URL tells.
+        url: conn.connection?.transport?.socket?.url ?? null,
         received: data,
         channelInfo,
       }));

@@ -79,7 +79,7 @@ test('a Laravel .env with REVERB_SCHEME=https: Echo over wss://, the SDK over ht
     assert.equal(code, 0, `exit code ${code}\nstdout: ${stdout}\nstderr: ${stderr}`);
     const out = JSON.parse(stdout.trim().split('\n').pop());
     assert.deepEqual(out.received, { id: 42 });
-    assert.equal(out.transport, 'wss');
+    assert.match(out.url, new RegExp(`^wss://localhost:${gw.port}/app/${gw.key}\\?`));
     assert.match(out.socketId, /^\d+\.\d+$/);
     assert.deepEqual(out.channelInfo, { occupied: true, subscription_count: 1 });
   });
