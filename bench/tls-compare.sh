@@ -11,7 +11,10 @@
 #
 # Workloads (docs/benchmarks.md's): idle 5,000 connections over 100 channels
 # with the gateway's RSS sampled; fan-out to 1 channel × 1,000 unbounded.
-# Prints one line per run and writes the loadgen summaries under $OUT.
+# Prints one line per run and writes the loadgen summaries under $OUT. The
+# load generator runs on the same CPUs and decrypts what the gateway
+# encrypts, so the fan-out rate over TLS carries both sides' cost; the
+# gateway's CPU time per delivery is its side alone.
 #
 #   bench/tls-compare.sh            # ROUNDS=3 by default
 set -euo pipefail
@@ -49,6 +52,8 @@ start() { # setup -> sets pid, url, ca
 	exit 1
 }
 stop() { kill "$pid" && wait "$pid" || true; rm -rf "$OUT/data-$port"; }
+# cpu is the gateway's CPU time so far (user and system), in seconds.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$pid/stat"; }
 
 for round in $(seq "$ROUNDS"); do
 	for setup in epoll portable tls; do
@@ -62,8 +67,11 @@ for round in $(seq "$ROUNDS"); do
 		start "$setup"
 		f=$OUT/fanout-$setup-$round.json
 		"$bin/loadgen" fanout -url "$url" "${ca[@]}" -conns 1000 -channels 1 -rate 0 -duration 10s -drain 60s -json 2>/dev/null >"$f"
+		c=$(cpu) # the whole run's: start-up and 1,000 handshakes too
 		stop
-		echo "fanout $setup round $round: $(jq -c '{deliveries_per_s: .fanout.deliveries_per_s, deliveries: .fanout.deliveries, expected: .fanout.expected, missing: .fanout.missing}' "$f")"
+		echo "fanout $setup round $round: $(jq -c --argjson cpu "$c" '{deliveries_per_s: .fanout.deliveries_per_s, deliveries: .fanout.deliveries,
+			expected: .fanout.expected, missing: .fanout.missing, gateway_cpu_s: $cpu,
+			gateway_cpu_us_per_delivery: (($cpu * 1e6 / .fanout.deliveries) * 100 | round / 100)}' "$f")"
 	done
 done
 echo "summaries in $OUT"
