@@ -225,3 +225,62 @@ func TestTLSCertificateRotatedUnderRunningGateway(t *testing.T) {
 		hc.CloseIdleConnections()
 	}
 }
+
+// firstWritePrefixed sends prefix in the same write as the first bytes
+// written to it, as a load balancer's PROXY header arrives with the
+// ClientHello behind it.
+type firstWritePrefixed struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *firstWritePrefixed) Write(p []byte) (int, error) {
+	if c.prefix != nil {
+		b := append(c.prefix, p...)
+		c.prefix = nil
+		if _, err := c.Conn.Write(b); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// Behind a trusted proxy that sends a PROXY header, TLS starts after it:
+// the header is read off the socket, and the ClientHello bytes read along
+// with it go to the TLS handshake. The client the header names is counted
+// under the per-address cap.
+func TestTLSAfterProxyHeader(t *testing.T) {
+	n, ca, _ := startTLSNode(t, func(s *config.Settings) {
+		s.ProxyProtocol = true
+		s.MaxConnectionsPerIP = 1
+		if err := s.TrustedProxies.Decode("127.0.0.1"); err != nil {
+			t.Fatal(err)
+		}
+	}, nil)
+	get := func(client string) (*http.Response, error) {
+		raw, err := net.DialTimeout("tcp", n.Addr().String(), 5*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(func() { _ = raw.Close() })
+		_ = raw.SetDeadline(time.Now().Add(10 * time.Second))
+		tc := tls.Client(&firstWritePrefixed{Conn: raw, prefix: []byte("PROXY TCP4 " + client + " 127.0.0.1 40000 443\r\n")}, tlsClient(ca))
+		if _, err := io.WriteString(tc, "GET /up HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return nil, err
+		}
+		return http.ReadResponse(bufio.NewReader(tc), nil)
+	}
+	resp, err := get("203.0.113.7")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /up through the proxy: %v %v", resp, err)
+	}
+	// That connection is still open (keep-alive): the same client again is
+	// past its cap of 1, another client is not.
+	if resp, err := get("203.0.113.7"); err == nil {
+		t.Fatalf("a second connection of a capped client was served: %d", resp.StatusCode)
+	}
+	if resp, err := get("203.0.113.8"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("another client: %v %v", resp, err)
+	}
+}
