@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command report runs the side-by-side benchmark of issue 4 and writes its
 // section of docs/benchmarks.md, with SVG plots in docs/img.
 //

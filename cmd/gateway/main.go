@@ -55,7 +55,7 @@ func main() {
 	if cfg.NATSURL != "" {
 		mode = "gateway (NATS at " + cfg.NATSURL + ")"
 	}
-	log.Info().Str("addr", n.Addr().String()).Str("mode", mode).Msg("Resound is ready")
+	log.Info().Str("addr", n.Addr().String()).Str("mode", mode).Str("reactor", n.Gateway().Reactor()).Bool("tls", cfg.TLS()).Msg("Resound is ready")
 	scheme, ws := "http", "ws"
 	if cfg.TLS() {
 		scheme, ws = "https", "wss"

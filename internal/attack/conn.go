@@ -29,7 +29,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
-	"golang.org/x/sys/unix"
 
 	"github.com/resoundhq/resound/pkg/pushertest"
 	"github.com/resoundhq/resound/protocol"
@@ -109,14 +108,7 @@ func netDialer(o DialOptions) *net.Dialer {
 	if o.ReadBuffer > 0 || o.MaxSegment > 0 {
 		d.Control = func(_, _ string, rc syscall.RawConn) error {
 			var serr error
-			err := rc.Control(func(fd uintptr) {
-				if o.ReadBuffer > 0 {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, o.ReadBuffer)
-				}
-				if serr == nil && o.MaxSegment > 0 {
-					serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG, o.MaxSegment)
-				}
-			})
+			err := rc.Control(func(fd uintptr) { serr = setBuffers(fd, o.ReadBuffer, o.MaxSegment) })
 			return errors.Join(err, serr)
 		}
 	}

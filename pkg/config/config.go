@@ -52,6 +52,7 @@ type Settings struct {
 	LogLevel    string `envconfig:"RESOUND_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	Pprof       bool   `envconfig:"RESOUND_PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on RESOUND_OPS_ADDR (never on the public port)"`
 	LogFormat   string `envconfig:"RESOUND_LOG_FORMAT" default:"auto" desc:"json, console, or auto (console on a terminal, json otherwise)"`
+	Reactor     string `envconfig:"RESOUND_REACTOR" default:"auto" desc:"the gateway's socket layer: auto (epoll on Linux, kqueue on macOS and the BSDs, portable elsewhere), epoll, kqueue, or portable (a goroutine per connection on net.Conn, any platform)"`
 
 	PingInterval    Seconds `envconfig:"RESOUND_PING_INTERVAL" default:"60" desc:"seconds of client silence before the server sends pusher:ping"`
 	ActivityTimeout Seconds `envconfig:"RESOUND_ACTIVITY_TIMEOUT" default:"30" desc:"activity_timeout told to clients: seconds of server silence before they ping"`
@@ -282,6 +283,12 @@ func (s *Settings) validate() error {
 	case "json", "console", "auto":
 	default:
 		return fmt.Errorf("invalid setting RESOUND_LOG_FORMAT=%q: must be json, console or auto", s.LogFormat)
+	}
+	// Whether this platform has the one named is the gateway's to say.
+	switch s.Reactor {
+	case "auto", "epoll", "kqueue", "portable":
+	default:
+		return fmt.Errorf("invalid setting RESOUND_REACTOR=%q: must be auto, epoll, kqueue or portable", s.Reactor)
 	}
 	return nil
 }

@@ -404,41 +404,6 @@ func (c *conn) writeFrames(frames [][]byte, iovecs *[]iovec) {
 	}
 }
 
-// flush writes pending output; an fd backend's poller calls it when the
-// socket can take more (EPOLLOUT, EVFILT_WRITE).
-func (c *conn) flush() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state == stateDead || c.fd < 0 {
-		return
-	}
-	for len(c.out) > 0 {
-		n, err := fdWrite(c.fd, c.out)
-		if n > 0 {
-			c.out = c.out[n:]
-			c.poller.srv.outbound.Add(-int64(n))
-		}
-		if err == errAgain {
-			return
-		}
-		if err != nil && err != errIntr {
-			c.abortLocked()
-			return
-		}
-	}
-	c.out = nil // give the backing array back to the GC
-	if c.state == stateOpen {
-		c.writeHeldPongsLocked()
-		if len(c.out) > 0 || c.state != stateOpen {
-			return
-		}
-	}
-	if c.state == stateClosing && !c.shutWrite {
-		c.shutWrite = true
-		fdShutdownWrite(c.fd)
-	}
-}
-
 // closeWith sends a pusher:error (when code is a Pusher code and errMsg is
 // set) and a close frame, then half-closes and waits for the peer. It is
 // for closes the server decides, and counts them; echoClose answers the

@@ -97,12 +97,7 @@ func newBackend(kind string) (backend, error) {
 }
 
 const (
-	readBufferSize = 64 << 10
-	// maxReadsPerWake bounds how long one busy connection can hold its
-	// poller before the others get a turn; the rest waits in the ready
-	// list.
-	maxReadsPerWake = 4
-	scanInterval    = time.Second
+	scanInterval = time.Second
 	// closingGrace is how long a closing connection may take to answer our
 	// close frame before we drop it.
 	closingGrace = 5 * time.Second
@@ -115,9 +110,6 @@ const (
 type poller struct {
 	srv *Server
 	be  backend
-	// buf is the read buffer the fd backends share among the poller's
-	// connections.
-	buf []byte
 
 	mu    sync.RWMutex
 	conns map[int]*conn // by descriptor (portable: by a number of its own)
@@ -128,7 +120,6 @@ type poller struct {
 	inbox   []func()
 
 	// Touched only on the poller goroutine.
-	again    []*conn // connections with unread input left (fd backends)
 	lastScan time.Time
 	now      int64  // unix nanos of this wake-up
 	tick     uint32 // the same, in connection ticks
@@ -139,11 +130,7 @@ func newPoller(srv *Server, kind string) (*poller, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &poller{srv: srv, be: be, conns: make(map[int]*conn)}
-	if kind != ReactorPortable {
-		p.buf = make([]byte, readBufferSize)
-	}
-	return p, nil
+	return &poller{srv: srv, be: be, conns: make(map[int]*conn)}, nil
 }
 
 // run runs the poller until done is closed.
@@ -204,11 +191,6 @@ func (p *poller) recoverConn(c *conn) {
 	}
 }
 
-func (p *poller) flushSafely(c *conn) {
-	defer p.recoverConn(c)
-	c.flush()
-}
-
 // received hands bytes read from c to the session, and destroys c when
 // it says so. It reports whether c lives on.
 func (p *poller) received(c *conn, data []byte) bool {
@@ -245,13 +227,6 @@ func (p *poller) matching(match func(*conn) bool) []*conn {
 		}
 	}
 	return out
-}
-
-func (p *poller) lookup(fd int) *conn {
-	p.mu.RLock()
-	c := p.conns[fd]
-	p.mu.RUnlock()
-	return c
 }
 
 // destroy closes a connection for good and forgets it. Only the poller

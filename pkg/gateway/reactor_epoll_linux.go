@@ -13,6 +13,7 @@ const nativeReactor = ReactorEpoll
 // connection registered once, edge-triggered, for both read and write, so
 // that there is no epoll_ctl per write.
 type epoll struct {
+	fdLoop
 	epfd int
 	// wakefd is an eventfd in the epoll set, so that stopping does not wait
 	// for epoll_wait's timeout.
@@ -35,7 +36,7 @@ func newNativeBackend() (backend, error) {
 		_ = unix.Close(wake)
 		return nil, err
 	}
-	return &epoll{epfd: fd, wakefd: wake}, nil
+	return &epoll{fdLoop: newFDLoop(), epfd: fd, wakefd: wake}, nil
 }
 
 func (e *epoll) open(nc net.Conn) (*conn, error) { return openFD(nc) }
@@ -65,18 +66,14 @@ func (e *epoll) run(p *poller, done <-chan struct{}) {
 			return
 		default:
 		}
-		timeout := int(scanInterval / time.Millisecond)
-		if len(p.again) > 0 {
-			timeout = 0
-		}
-		n, err := unix.EpollWait(e.epfd, events, timeout)
+		n, err := unix.EpollWait(e.epfd, events, int(e.waitTimeout()/time.Millisecond))
 		if err != nil && err != unix.EINTR {
 			p.srv.log.Error().Err(err).Msg("epoll_wait")
 			return
 		}
 		now := time.Now()
 		p.woke(now)
-		p.readAgain()
+		e.readAgain(p)
 		for i := 0; i < n; i++ {
 			ev := events[i]
 			if int(ev.Fd) == e.wakefd {
@@ -92,7 +89,7 @@ func (e *epoll) run(p *poller, done <-chan struct{}) {
 				p.flushSafely(c)
 			}
 			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				p.readSafely(c)
+				e.readSafely(p, c)
 			}
 		}
 		p.scanDue(now)

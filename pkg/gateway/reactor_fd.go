@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,24 +56,51 @@ func openFD(nc net.Conn) (*conn, error) {
 	return &conn{fd: fd}, nil
 }
 
-func (p *poller) readSafely(c *conn) {
+const (
+	readBufferSize = 64 << 10
+	// maxReadsPerWake bounds how long one busy connection can hold its
+	// poller before the others get a turn; the rest waits in the ready
+	// list.
+	maxReadsPerWake = 4
+)
+
+// fdLoop is the read side the fd backends share: one buffer for all the
+// poller's connections, and the list of those with input left over.
+// Touched only on the poller goroutine.
+type fdLoop struct {
+	buf   []byte
+	again []*conn // connections with unread input left
+}
+
+func newFDLoop() fdLoop { return fdLoop{buf: make([]byte, readBufferSize)} }
+
+// waitTimeout is how long the next wait may block: not at all while input
+// is left over.
+func (l *fdLoop) waitTimeout() time.Duration {
+	if len(l.again) > 0 {
+		return 0
+	}
+	return scanInterval
+}
+
+func (l *fdLoop) readSafely(p *poller, c *conn) {
 	defer p.recoverConn(c)
-	p.readFrom(c)
+	l.readFrom(p, c)
 }
 
 // readFrom reads what the socket holds and handles every whole frame.
-func (p *poller) readFrom(c *conn) {
+func (l *fdLoop) readFrom(p *poller, c *conn) {
 	if c.destroyed {
 		return // queued on the ready list before it was destroyed
 	}
 	for i := 0; i < maxReadsPerWake; i++ {
-		n, err := unix.Read(c.fd, p.buf)
+		n, err := unix.Read(c.fd, l.buf)
 		switch {
 		case n > 0:
-			if !p.received(c, p.buf[:n]) {
+			if !p.received(c, l.buf[:n]) {
 				return
 			}
-			if n < len(p.buf) {
+			if n < len(l.buf) {
 				return // drained; new data raises a new edge
 			}
 		case n == 0:
@@ -86,14 +114,61 @@ func (p *poller) readFrom(c *conn) {
 			return
 		}
 	}
-	p.again = append(p.again, c)
+	l.again = append(l.again, c)
 }
 
 // readAgain reads the connections a wake-up left with input unread.
-func (p *poller) readAgain() {
-	again := p.again
-	p.again = nil
+func (l *fdLoop) readAgain(p *poller) {
+	again := l.again
+	l.again = nil
 	for _, c := range again {
-		p.readSafely(c)
+		l.readSafely(p, c)
+	}
+}
+
+func (p *poller) lookup(fd int) *conn {
+	p.mu.RLock()
+	c := p.conns[fd]
+	p.mu.RUnlock()
+	return c
+}
+
+func (p *poller) flushSafely(c *conn) {
+	defer p.recoverConn(c)
+	c.flush()
+}
+
+// flush writes pending output; an fd backend's poller calls it when the
+// socket can take more (EPOLLOUT, EVFILT_WRITE).
+func (c *conn) flush() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateDead || c.fd < 0 {
+		return
+	}
+	for len(c.out) > 0 {
+		n, err := fdWrite(c.fd, c.out)
+		if n > 0 {
+			c.out = c.out[n:]
+			c.poller.srv.outbound.Add(-int64(n))
+		}
+		if err == errAgain {
+			return
+		}
+		if err != nil && err != errIntr {
+			c.abortLocked()
+			return
+		}
+	}
+	c.out = nil // give the backing array back to the GC
+	if c.state == stateOpen {
+		c.writeHeldPongsLocked()
+		if len(c.out) > 0 || c.state != stateOpen {
+			return
+		}
+	}
+	if c.state == stateClosing && !c.shutWrite {
+		c.shutWrite = true
+		fdShutdownWrite(c.fd)
 	}
 }

@@ -28,8 +28,8 @@ const (
 	errNoFD  fdErrno = 3
 )
 
-func fdWrite(int, []byte) (int, error)                { return 0, errNoFD }
-func fdWritev(int, [][]byte, *[]iovec) (int, error)   { return 0, errNoFD }
-func fdShutdownWrite(int)                             {}
-func fdShutdown(int)                                  {}
-func fdClose(int)                                     {}
+func fdWrite(int, []byte) (int, error)              { return 0, errNoFD }
+func fdWritev(int, [][]byte, *[]iovec) (int, error) { return 0, errNoFD }
+func fdShutdownWrite(int)                           {}
+func fdShutdown(int)                                {}
+func fdClose(int)                                   {}

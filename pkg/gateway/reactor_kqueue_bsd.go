@@ -16,6 +16,7 @@ const nativeReactor = ReactorKqueue
 // write with EV_CLEAR (edge-triggered), so that there is no kevent change
 // per write. A pipe in the set wakes it.
 type kqueue struct {
+	fdLoop
 	kq int
 	// wakeR and wakeW are a pipe: a byte written to wakeW makes kevent
 	// return. A pipe rather than EVFILT_USER, which OpenBSD lacks.
@@ -33,7 +34,7 @@ func newNativeBackend() (backend, error) {
 		_ = unix.Close(kq)
 		return nil, err
 	}
-	k := &kqueue{kq: kq, wakeR: pipe[0], wakeW: pipe[1]}
+	k := &kqueue{fdLoop: newFDLoop(), kq: kq, wakeR: pipe[0], wakeW: pipe[1]}
 	for _, fd := range pipe {
 		unix.CloseOnExec(fd)
 		if err := unix.SetNonblock(fd, true); err != nil {
@@ -75,26 +76,21 @@ func (k *kqueue) close() {
 // removes its events from the kqueue, as with epoll.
 func (k *kqueue) run(p *poller, done <-chan struct{}) {
 	events := make([]unix.Kevent_t, 256)
-	scan := unix.NsecToTimespec(int64(scanInterval))
-	var zero unix.Timespec
 	for {
 		select {
 		case <-done:
 			return
 		default:
 		}
-		timeout := &scan
-		if len(p.again) > 0 {
-			timeout = &zero
-		}
-		n, err := unix.Kevent(k.kq, nil, events, timeout)
+		timeout := unix.NsecToTimespec(int64(k.waitTimeout()))
+		n, err := unix.Kevent(k.kq, nil, events, &timeout)
 		if err != nil && err != unix.EINTR {
 			p.srv.log.Error().Err(err).Msg("kevent")
 			return
 		}
 		now := time.Now()
 		p.woke(now)
-		p.readAgain()
+		k.readAgain(p)
 		for i := 0; i < n; i++ {
 			ev := events[i]
 			fd := int(ev.Ident)
@@ -114,12 +110,12 @@ func (k *kqueue) run(p *poller, done <-chan struct{}) {
 			switch {
 			case ev.Filter == unix.EVFILT_WRITE:
 				if ev.Flags&unix.EV_EOF != 0 {
-					p.readSafely(c) // reading finds the hang-up
+					k.readSafely(p, c) // reading finds the hang-up
 				} else {
 					p.flushSafely(c)
 				}
 			case ev.Filter == unix.EVFILT_READ:
-				p.readSafely(c)
+				k.readSafely(p, c)
 			}
 		}
 		p.scanDue(now)

@@ -198,7 +198,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		MaxHTTPConnections: cfg.MaxHTTPConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 		TrustedProxies: cfg.TrustedProxies, ProxyProtocol: cfg.ProxyProtocol,
 		History: hist, HistoryTTL: cfg.HistoryTTL.Duration(), Local: allInOne, GatewayTTL: cfg.GatewayTTL.Duration(),
-		TLS: tlsConfig,
+		Reactor: cfg.Reactor, TLS: tlsConfig,
 	}
 	if opts.Gateway != nil {
 		opts.Gateway(&gwOpts)
