@@ -59,7 +59,11 @@ func main() {
 	if cfg.NATSURL != "" {
 		mode = "gateway (NATS at " + cfg.NATSURL + ")"
 	}
-	log.Info().Str("addr", n.Addr().String()).Str("mode", mode).Str("reactor", n.Gateway().Reactor()).Msg("Resound is ready")
+	log.Info().Str("addr", n.Addr().String()).Str("mode", mode).Str("reactor", n.Gateway().Reactor()).Bool("tls", cfg.TLS()).Msg("Resound is ready")
+	scheme, ws := "http", "ws"
+	if cfg.TLS() {
+		scheme, ws = "https", "wss"
+	}
 	if app := n.DevApp; app != nil {
 		fmt.Fprintf(os.Stderr, `
   No app was configured, so Resound made a development app:
@@ -69,15 +73,15 @@ func main() {
     REVERB_APP_SECRET=%s
     REVERB_HOST=%s
     REVERB_PORT=%s
-    REVERB_SCHEME=http
+    REVERB_SCHEME=%s
 
-  Clients connect to ws://%s:%s/app/%s
+  Clients connect to %s://%s:%s/app/%s
   Put these in your Laravel .env (or set them here) to keep them fixed.
 
-`, app.ID, app.Key, app.Secret, host, port, host, port, app.Key)
+`, app.ID, app.Key, app.Secret, host, port, scheme, ws, host, port, app.Key)
 	} else {
 		for _, app := range n.Config().Apps.All() {
-			log.Info().Str("app_id", app.ID).Str("url", "ws://"+host+":"+port+cfg.Path+"/app/"+app.Key).Msg("app")
+			log.Info().Str("app_id", app.ID).Str("url", ws+"://"+host+":"+port+cfg.Path+"/app/"+app.Key).Msg("app")
 		}
 	}
 	<-ctx.Done()

@@ -30,7 +30,9 @@ const client = new Pusher(key, {
   wsPort: port,
   wssPort: port,
   forceTLS: tls,
-  enabledTransports: tls ? ['wss'] : ['ws'],
+  // pusher-js names its WebSocket transport 'ws' even over TLS (forceTLS
+  // makes it wss://); 'wss' alone would leave it no transport at all.
+  enabledTransports: ['ws', 'wss'],
 });
 const server = new PusherServer({ appId, key, secret, host, port: String(port), useTLS: tls, timeout: timeoutMs });
 

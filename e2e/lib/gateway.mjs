@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -170,7 +171,8 @@ function randomHex(n) {
   return randomBytes(n).toString('hex');
 }
 
-export async function probeUp(port, prefix = '') {
+export async function probeUp(port, { prefix = '', ca = null } = {}) {
+  if (ca) return probeUpTLS(port, ca, prefix);
   try {
     const res = await fetch(`http://${HOST}:${port}${prefix}/up`, { signal: AbortSignal.timeout(1000) });
     await res.arrayBuffer().catch(() => {});
@@ -200,6 +202,40 @@ export function raceReport(file) {
   return text.slice(at, end < 0 ? at + 8000 : end);
 }
 
+/** GET https://HOST:port/up, trusting the CA certificate `ca` (PEM). */
+function probeUpTLS(port, ca, prefix = '') {
+  return new Promise((resolve) => {
+    const req = https.get({ host: HOST, port, path: `${prefix}/up`, ca, timeout: 1000 }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode === 200));
+      res.on('error', () => resolve(false));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', () => resolve(false));
+  });
+}
+
+/**
+ * Writes a throwaway CA and a certificate for 127.0.0.1 and localhost into
+ * dir with the project's own generator (pkg/tlscert/tlstest/gencert), and
+ * returns their paths {ca, cert, key}.
+ */
+export function generateCertificate(dir) {
+  return new Promise((resolve, reject) => {
+    const child = spawn('go', ['run', './pkg/tlscert/tlstest/gencert', '-dir', dir, '127.0.0.1', 'localhost'],
+      { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (code !== 0) reject(new Error(`gencert failed (code ${code}): ${err}`));
+      else resolve(JSON.parse(out.trim().split('\n').pop()));
+    });
+  });
+}
+
 export function tailOf(file, lines) {
   try {
     const text = fs.readFileSync(file, 'utf8');
@@ -222,8 +258,9 @@ export function serverPrefix(setting = '') {
  * A running gateway. Use `startGateway()`.
  */
 export class Gateway {
-  constructor({ child, port, dataDir, tmpDir, logPath, app, prefix = '' }) {
+  constructor({ child, port, dataDir, tmpDir, logPath, app, prefix = '', tls = null }) {
     this.child = child;
+    this.tls = tls; // {ca, cert, key} paths when the gateway serves TLS
     this.host = HOST;
     this.port = port;
     /** The route prefix REVERB_SERVER_PATH gives ('' or e.g. '/reverb'). */
@@ -251,10 +288,10 @@ export class Gateway {
     this.failed = false;
   }
 
-  get httpUrl() { return `http://${this.host}:${this.port}`; }
+  get httpUrl() { return `${this.tls ? 'https' : 'http'}://${this.host}:${this.port}`; }
 
   wsUrl(key = this.key, query = '?protocol=7&client=js&version=8.6.0&flash=false') {
-    return `ws://${this.host}:${this.port}${this.prefix}/app/${key}${query}`;
+    return `${this.tls ? 'wss' : 'ws'}://${this.host}:${this.port}${this.prefix}/app/${key}${query}`;
   }
 
   logTail(lines = 60) { return tailOf(this.logPath, lines); }
@@ -293,13 +330,15 @@ export class Gateway {
 /**
  * Builds (once per run) and starts a gateway on a free port with a fresh data
  * dir, in all-in-one mode (no NATS_URL). Resolves once GET /up answers 200.
+ * With `tls: {ca, cert, key}` (see generateCertificate) it serves wss:// and
+ * https:// with that certificate.
  */
-export async function startGateway({ extraEnv = {}, attempts = 3 } = {}) {
+export async function startGateway({ extraEnv = {}, attempts = 3, tls = null } = {}) {
   const bin = await ensureBuilt();
   let lastErr;
   for (let attempt = 1; attempt <= attempts; attempt++) {
     try {
-      return await startOnce(bin, extraEnv);
+      return await startOnce(bin, extraEnv, tls);
     } catch (err) {
       lastErr = err;
       // A lost race for the port makes the gateway exit early; retry on a new
@@ -310,7 +349,7 @@ export async function startGateway({ extraEnv = {}, attempts = 3 } = {}) {
   throw lastErr;
 }
 
-async function startOnce(bin, extraEnv) {
+async function startOnce(bin, extraEnv, tls) {
   const port = await freePort();
   const tmpDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'resound-e2e-'));
   const dataDir = path.join(tmpDir, 'data');
@@ -328,8 +367,10 @@ async function startOnce(bin, extraEnv) {
     REVERB_SERVER_PORT: String(port),
     RESOUND_DATA_DIR: dataDir,
     RESOUND_LOG_FORMAT: 'json',
+    ...(tls ? { RESOUND_TLS_CERT: tls.cert, RESOUND_TLS_KEY: tls.key } : {}),
     ...extraEnv,
   });
+  const ca = tls ? fs.readFileSync(tls.ca) : null;
 
   // The gateway writes its log (stderr, and stdout too) straight into the file.
   const logFd = fs.openSync(logPath, 'a');
@@ -339,7 +380,7 @@ async function startOnce(bin, extraEnv) {
   } finally {
     fs.closeSync(logFd); // the child holds its own copy
   }
-  const gw = new Gateway({ child, port, dataDir, tmpDir, logPath, app, prefix: serverPrefix(env.REVERB_SERVER_PATH) });
+  const gw = new Gateway({ child, port, dataDir, tmpDir, logPath, app, prefix: serverPrefix(env.REVERB_SERVER_PATH), tls });
   let spawnErr = null;
   child.once('error', (err) => { spawnErr = err; });
 
@@ -357,7 +398,7 @@ async function startOnce(bin, extraEnv) {
       err.exitedEarly = true;
       throw err;
     }
-    if (await probeUp(port, gw.prefix)) return gw;
+    if (await probeUp(port, { prefix: gw.prefix, ca })) return gw;
     await sleep(100);
   }
   gw.failed = true;

@@ -39,6 +39,11 @@ type Settings struct {
 	Host string `envconfig:"REVERB_SERVER_HOST" default:"0.0.0.0" desc:"address the gateway binds"`
 	Port int    `envconfig:"REVERB_SERVER_PORT" default:"8080" desc:"port the gateway binds (WebSocket and HTTP API)"`
 	Path string `envconfig:"REVERB_SERVER_PATH" desc:"path prefix for every route, e.g. /reverb (signatures are checked without it, as pusher-http-php signs)"`
+	// Reverb takes its certificate from config/reverb.php's options.tls
+	// (local_cert, local_pk), which no environment variable sets, so these
+	// names are Resound's own.
+	TLSCert string `envconfig:"RESOUND_TLS_CERT" desc:"PEM certificate (chain) file; with RESOUND_TLS_KEY the port serves wss:// and https:// instead of ws:// and http://; reloaded when the file changes"`
+	TLSKey  string `envconfig:"RESOUND_TLS_KEY" desc:"PEM private key file of RESOUND_TLS_CERT"`
 
 	NATSURL  string `envconfig:"NATS_URL" desc:"NATS server(s) with JetStream; unset, gateway embeds one and runs the workers in process"`
 	AppsFile string `envconfig:"RESOUND_APPS_FILE" desc:"JSON file with several apps (see README); used with or instead of REVERB_APP_*"`
@@ -278,6 +283,9 @@ func (s *Settings) validate() error {
 	case s.MaxOutboundTotal < int64(s.MaxOutbound):
 		return fmt.Errorf("invalid setting RESOUND_MAX_OUTBOUND_TOTAL=%d: must be at least RESOUND_MAX_OUTBOUND (%d)", s.MaxOutboundTotal, s.MaxOutbound)
 	}
+	if (s.TLSCert == "") != (s.TLSKey == "") {
+		return fmt.Errorf("invalid settings RESOUND_TLS_CERT=%q and RESOUND_TLS_KEY=%q: set both or neither", s.TLSCert, s.TLSKey)
+	}
 	if s.OpsAddr != "" {
 		if _, _, err := net.SplitHostPort(s.OpsAddr); err != nil {
 			return fmt.Errorf("invalid setting RESOUND_OPS_ADDR=%q: must be host:port", s.OpsAddr)
@@ -301,6 +309,9 @@ func (s *Settings) validate() error {
 	}
 	return nil
 }
+
+// TLS reports whether the gateway's port serves TLS.
+func (s *Settings) TLS() bool { return s.TLSCert != "" }
 
 // ResolvedDataDir is the data directory: RESOUND_DATA_DIR, or .resound/<port>
 // under the working directory, so that two instances on two ports never

@@ -228,6 +228,8 @@ func TestInvalidSettingsNameTheVariable(t *testing.T) {
 		{map[string]string{"REVERB_APP_ID": "1", "REVERB_APP_KEY": "k", "REVERB_APP_SECRET": "s", "REVERB_APP_ACTIVITY_TIMEOUT": "100ms"}, "REVERB_APP_ACTIVITY_TIMEOUT"},
 		{map[string]string{"REVERB_APP_PING_INTERVAL": "-1"}, "REVERB_APP_PING_INTERVAL"},
 		{map[string]string{"RESOUND_APPS_FILE": "/nonexistent/apps.json"}, "RESOUND_APPS_FILE"},
+		{map[string]string{"RESOUND_TLS_CERT": "/etc/cert.pem"}, "RESOUND_TLS_KEY"},
+		{map[string]string{"RESOUND_TLS_KEY": "/etc/key.pem"}, "RESOUND_TLS_CERT"},
 	}
 	for _, tc := range cases {
 		var name []string
@@ -505,7 +507,7 @@ func TestUsageListsEverySetting(t *testing.T) {
 		"REVERB_APP_ID", "REVERB_APP_KEY", "REVERB_APP_SECRET", "REVERB_SERVER_HOST", "REVERB_SERVER_PORT",
 		"REVERB_SERVER_PATH", "NATS_URL", "RESOUND_APPS_FILE", "RESOUND_DATA_DIR", "RESOUND_WORKERS",
 		"RESOUND_LOG_LEVEL", "RESOUND_PING_INTERVAL", "RESOUND_ACTIVITY_TIMEOUT", "RESOUND_MAX_REQUEST_SIZE",
-		"RESOUND_QUEUE_MAX_BYTES",
+		"RESOUND_QUEUE_MAX_BYTES", "RESOUND_TLS_CERT", "RESOUND_TLS_KEY",
 	} {
 		if !strings.Contains(out, "  "+name) {
 			t.Errorf("Usage does not list %s", name)

@@ -71,6 +71,12 @@ const rejectLinger = time.Second
 // response. Under a flood there is no goroutine to spare: the socket is
 // answered and closed at once.
 func (s *Server) reject(nc net.Conn, response []byte, unread bool) {
+	if s.opts.TLS != nil && !isTLS(nc) {
+		// A TLS port's client speaks TLS: plain HTTP would reach it as a
+		// broken handshake, which says no more than a close.
+		_ = nc.Close()
+		return
+	}
 	select {
 	case s.rejecting <- struct{}{}:
 	default:

@@ -70,6 +70,9 @@ func (h *handshake) run() {
 	if h.trusted && s.opts.ProxyProtocol && !h.readProxyHeader() {
 		return
 	}
+	if s.opts.TLS != nil && !h.startTLS() {
+		return
+	}
 	line, err := peekLine(h.br)
 	if err != nil {
 		s.handshakeFailed(h.nc, err)

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -108,6 +109,8 @@ type Options struct {
 	// (all-in-one), so it subscribes to no delivery subject in NATS, and
 	// has no gap to catch up with.
 	Local bool
+	// TLS, when set, makes the port serve wss:// and https:// (tls.go).
+	TLS *tls.Config
 	// Metrics receives the gateway's counters; nil keeps them unexported.
 	Metrics *metrics.Gateway
 	Log     zerolog.Logger
@@ -277,6 +280,9 @@ func New(opts Options) (*Server, error) {
 		s.writers = append(s.writers, make(chan fanoutTask, 4))
 	}
 	kind, err := resolveReactor(opts.Reactor)
+	if err == nil && opts.TLS != nil {
+		kind, err = tlsReactor(opts.Reactor)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -645,8 +651,9 @@ func refuse(nc net.Conn, code int, message string) {
 // lingerClose half-closes and waits briefly for the peer to close, so that
 // the last frames are read rather than lost to a reset.
 func lingerClose(nc net.Conn) {
-	if tc, ok := nc.(*net.TCPConn); ok {
-		_ = tc.CloseWrite()
+	// *net.TCPConn, and *tls.Conn, which sends its close_notify first.
+	if cw, ok := nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
 		_, _ = io.Copy(io.Discard, io.LimitReader(nc, 64<<10))
 	}
 	_ = nc.Close()

@@ -85,6 +85,9 @@ type Config struct {
 	ChurnHold          time.Duration // churn: how long a subscribed connection stays before closing
 	ProgressInterval   time.Duration
 	CloseGrace         time.Duration
+	// CAFile is a PEM file of CAs to trust for https:// and wss:// URLs,
+	// besides the system's (a test CA, say).
+	CAFile string
 }
 
 // target is the parsed URL.
@@ -93,7 +96,11 @@ type target struct {
 	hostHdr  string // Host header value
 	prefix   string // path prefix, no trailing slash
 	wsPath   string // {prefix}/app/{key}?protocol=7...
-	httpBase string // http://host:port
+	httpBase string // http://host:port, or https://
+	// tls: the server speaks TLS (https:// or wss://); serverName is the
+	// name its certificate must show.
+	tls        bool
+	serverName string
 }
 
 func parseTarget(raw, key, proto string) (target, error) {
@@ -101,16 +108,20 @@ func parseTarget(raw, key, proto string) (target, error) {
 	if err != nil {
 		return target{}, fmt.Errorf("-url: %v", err)
 	}
+	secure := false
 	switch u.Scheme {
 	case "http", "ws":
 	case "https", "wss":
-		return target{}, errors.New("-url: TLS is not supported; point the load generator at the plain port (or a TLS terminator's backend)")
+		secure = true
 	default:
-		return target{}, fmt.Errorf("-url: scheme %q, want http:// or ws://", u.Scheme)
+		return target{}, fmt.Errorf("-url: scheme %q, want http://, ws://, https:// or wss://", u.Scheme)
 	}
 	host, port := u.Hostname(), u.Port()
 	if port == "" {
 		port = "80"
+		if secure {
+			port = "443"
+		}
 	}
 	ap, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(host, port))
 	if err != nil {
@@ -126,6 +137,10 @@ func parseTarget(raw, key, proto string) (target, error) {
 		hostHdr:  u.Host,
 		prefix:   prefix,
 		httpBase: "http://" + u.Host,
+		tls:      secure, serverName: host,
+	}
+	if secure {
+		t.httpBase = "https://" + u.Host
 	}
 	t.wsPath = prefix + "/app/" + url.PathEscape(key) + "?protocol=7&client=resound-loadgen&version=1.0"
 	if proto == ProtocolCentrifugo {

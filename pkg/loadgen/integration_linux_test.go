@@ -14,6 +14,7 @@ import (
 
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/node"
+	"github.com/resoundhq/resound/pkg/tlscert/tlstest"
 )
 
 const (
@@ -26,6 +27,11 @@ const (
 // workers, gateway) in-process on a free loopback port.
 func startNode(t *testing.T) string {
 	t.Helper()
+	return startNodeWith(t, nil)
+}
+
+func startNodeWith(t *testing.T, tweak func(*config.Settings)) string {
+	t.Helper()
 	s := config.Settings{
 		AppID: itAppID, AppKey: itKey, AppSecret: itSecret,
 		Host: "127.0.0.1", DataDir: t.TempDir(), Workers: 2,
@@ -34,6 +40,9 @@ func startNode(t *testing.T) string {
 		PongTimeout: config.Seconds(30 * time.Second), MaxMessageSize: 10000, MaxEventSize: 10240,
 		MaxRequestSize: 262144, QueueMaxBytes: 64 << 20, QueueMaxAge: config.Seconds(time.Hour),
 		CacheTTL: config.Seconds(30 * time.Minute), GatewayTTL: config.Seconds(15 * time.Second),
+	}
+	if tweak != nil {
+		tweak(&s)
 	}
 	apps, err := config.NewApps([]config.App{{ID: s.AppID, Key: s.AppKey, Secret: s.AppSecret,
 		PingInterval: s.PingInterval, ActivityTimeout: s.ActivityTimeout, MaxMessageSize: s.MaxMessageSize}})
@@ -52,7 +61,34 @@ func startNode(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = n.Close() })
+	if s.TLS() {
+		return "https://" + ln.Addr().String()
+	}
 	return "http://" + ln.Addr().String()
+}
+
+// Over TLS: the WebSockets go through the bridge to wss://, the API to
+// https://, both verified against the test CA; counts exact, closes clean.
+func TestLoadOverTLS(t *testing.T) {
+	_, files, err := tlstest.Write(t.TempDir(), "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := startNodeWith(t, func(s *config.Settings) { s.TLSCert, s.TLSKey = files.Cert, files.Key })
+	s := runLoad(t, Config{Mode: ModeFanout, URL: url, CAFile: files.CA, Conns: 40, Channels: 4, Rate: 500, Events: 100,
+		Duration: 10 * time.Second, Sources: []netip.Addr{mustAddr("127.0.0.2"), mustAddr("127.0.0.3")}})
+	f := s.Fanout
+	if s.Conns.Subscribed != 40 || s.Conns.ClosedClean != 40 || f.Expected != 100*10 || f.Deliveries != 100*10 ||
+		f.Missing != 0 || f.Duplicates != 0 || f.OutOfOrder != 0 || len(f.RequestFailures) != 0 {
+		t.Fatalf("conns %+v fanout %+v", s.Conns, *f)
+	}
+	// Without the CA, nothing connects and nothing is triggered.
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)
+	bad, err := Run(context.Background(), Config{Mode: ModeIdle, URL: url, AppID: itAppID, Key: itKey, Secret: itSecret,
+		Run: "untrusted", Conns: 2, Channels: 1, Duration: 100 * time.Millisecond, ConnectTimeout: 2 * time.Second}, log)
+	if bad == nil || bad.Conns.Subscribed != 0 {
+		t.Fatalf("untrusted certificate: %+v, %v", bad, err)
+	}
 }
 
 func runLoad(t *testing.T, cfg Config) *Summary {

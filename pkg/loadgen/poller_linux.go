@@ -323,6 +323,9 @@ func (p *poller) open(s connSpec) {
 func (p *poller) connect(c *conn) string {
 	r := p.r
 	start := time.Now().UnixNano()
+	if r.targets[c.tgt].tls {
+		return p.connectTLS(c, start)
+	}
 	fam := unix.AF_INET
 	if !r.targets[c.tgt].addr.Addr().Is4() {
 		fam = unix.AF_INET6
@@ -347,6 +350,11 @@ func (p *poller) connect(c *conn) string {
 		_ = unix.Close(fd)
 		return errKind(err)
 	}
+	return p.watchNew(c, fd, start)
+}
+
+// watchNew puts a socket whose connect has started under the poller.
+func (p *poller) watchNew(c *conn, fd int, start int64) string {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		_ = unix.Close(fd)

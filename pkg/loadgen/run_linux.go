@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strconv"
@@ -33,6 +34,9 @@ type runner struct {
 	// sentFinal, which lets the pollers read it.
 	sent      []int64
 	sentFinal atomic.Bool
+
+	// tlsConfig verifies https:// and wss:// targets (tls_linux.go).
+	tlsConfig *tls.Config
 
 	errMu  sync.Mutex
 	errors []string
@@ -71,6 +75,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 		return nil, err
 	}
 	r := &runner{cfg: &cfg, log: log, target: t}
+	if r.tlsConfig, err = clientTLS(cfg.CAFile); err != nil {
+		return nil, err
+	}
 	for _, u := range cfg.wsURLs() {
 		wt, err := parseTarget(u, cfg.Key, cfg.Protocol)
 		if err != nil {
@@ -247,7 +254,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 	case ModeFanout:
 		ok := wait("connect", rampBound, setupDone)
 		logProgress("connected")
-		trig = newTrigger(t, &cfg, r.names, r.issued)
+		trig = newTrigger(t, &cfg, r.names, r.issued, r.tlsConfig)
 		fanout = &FanoutStats{Channels: int64(len(r.plan.channels))}
 		caughtUp := func() bool {
 			for _, p := range r.pollers {

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,7 +66,7 @@ type trigger struct {
 	acked, failed atomic.Int64
 }
 
-func newTrigger(t target, cfg *Config, names []string, issued []atomic.Int64) *trigger {
+func newTrigger(t target, cfg *Config, names []string, issued []atomic.Int64, tlsConfig *tls.Config) *trigger {
 	tr := &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -74,6 +75,7 @@ func newTrigger(t target, cfg *Config, names []string, issued []atomic.Int64) *t
 		MaxConnsPerHost:     cfg.Inflight,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
+		TLSClientConfig:     tlsConfig,
 	}
 	return &trigger{
 		client: &http.Client{Transport: tr, Timeout: 30 * time.Second},

@@ -6,6 +6,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,7 @@ import (
 	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/pkg/queue"
 	"github.com/resoundhq/resound/pkg/streams"
+	"github.com/resoundhq/resound/pkg/tlscert"
 	"github.com/resoundhq/resound/pkg/worker"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -98,6 +100,16 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			return nil, err
 		}
 		n.log.Info().Str("store", filepath.Join(dir, "jetstream")).Msg("embedded NATS JetStream started")
+	}
+	// The certificate first: a bad pair stops start-up before anything
+	// else is started.
+	var tlsConfig *tls.Config
+	if cfg.TLS() {
+		certs, err := tlscert.New(cfg.TLSCert, cfg.TLSKey, tlscert.Options{Log: n.log.With().Str("component", "tls").Logger()})
+		if err != nil {
+			return nil, fmt.Errorf("RESOUND_TLS_CERT, RESOUND_TLS_KEY: %w", err)
+		}
+		tlsConfig = certs.Config()
 	}
 	if cfg.Apps.Len() == 0 {
 		return nil, errors.New("no app configured: set REVERB_APP_ID, REVERB_APP_KEY and REVERB_APP_SECRET, or RESOUND_APPS_FILE")
@@ -169,7 +181,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		MaxHTTPConnections: cfg.MaxHTTPConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 		TrustedProxies: cfg.TrustedProxies, ProxyProtocol: cfg.ProxyProtocol,
 		History: hist, HistoryTTL: cfg.HistoryTTL.Duration(), Local: allInOne, GatewayTTL: cfg.GatewayTTL.Duration(),
-		Reactor: cfg.Reactor,
+		Reactor: cfg.Reactor, TLS: tlsConfig,
 	}
 	if opts.Gateway != nil {
 		opts.Gateway(&gwOpts)

@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -72,11 +73,22 @@ func Dial(t testing.TB, addr, path string) *Client {
 // DialWith is Dial with extra handshake headers (an Origin, say).
 func DialWith(t testing.TB, addr, path string, header ws.HandshakeHeader) *Client {
 	t.Helper()
+	return dial(t, "ws://"+addr+path, header, nil)
+}
+
+// DialTLS connects to wss://addr/path, verifying the server with cfg.
+func DialTLS(t testing.TB, addr, path string, cfg *tls.Config) *Client {
+	t.Helper()
+	return dial(t, "wss://"+addr+path, nil, cfg)
+}
+
+func dial(t testing.TB, u string, header ws.HandshakeHeader, cfg *tls.Config) *Client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, br, _, err := ws.Dialer{Header: header}.Dial(ctx, "ws://"+addr+path)
+	conn, br, _, err := ws.Dialer{Header: header, TLSConfig: cfg}.Dial(ctx, u)
 	if err != nil {
-		t.Fatalf("dial %s: %v", path, err)
+		t.Fatalf("dial %s: %v", u, err)
 	}
 	if br == nil {
 		br = bufio.NewReader(conn)
@@ -89,7 +101,19 @@ func DialWith(t testing.TB, addr, path string, header ws.HandshakeHeader) *Clien
 // Connect dials and reads pusher:connection_established.
 func Connect(t testing.TB, addr, key string) *Client {
 	t.Helper()
-	c := Dial(t, addr, "/app/"+key+"?protocol=7&client=go&version=test")
+	return established(Dial(t, addr, "/app/"+key+"?protocol=7&client=go&version=test"))
+}
+
+// ConnectTLS is Connect over wss://, verifying the server with cfg.
+func ConnectTLS(t testing.TB, addr, key string, cfg *tls.Config) *Client {
+	t.Helper()
+	return established(DialTLS(t, addr, "/app/"+key+"?protocol=7&client=go&version=test", cfg))
+}
+
+// established reads pusher:connection_established and keeps the socket id.
+func established(c *Client) *Client {
+	t := c.t
+	t.Helper()
 	m := c.Expect(protocol.EventConnectionEstablished)
 	var d struct {
 		SocketID        string `json:"socket_id"`
