@@ -160,8 +160,16 @@ func TestGatewayReassertsWhatItHoldsAfterItsHeartbeatLapsed(t *testing.T) {
 
 	proxy.cut()
 	expectMemberRemoved(t, observer, "presence-room", "member", 20*time.Second)
-	if w := watcher.Expect(protocol.EventWatchlistEvents); !strings.Contains(w.DataString(), "offline") {
-		t.Fatalf("watchlist %s", w.Raw)
+	// offline, after at most one more online: on a loaded machine B's
+	// heartbeat may lapse once before the cut, and be healed, too.
+	for i := 0; ; i++ {
+		w := watcher.Expect(protocol.EventWatchlistEvents)
+		if strings.Contains(w.DataString(), "offline") {
+			break
+		}
+		if i == 1 || !strings.Contains(w.DataString(), "online") {
+			t.Fatalf("watchlist %s, want offline", w.Raw)
+		}
 	}
 	proxy.mend()
 	added := observer.Expect(protocol.EventMemberAdded)
