@@ -645,3 +645,67 @@ func TestRealPublisherStoresTheJob(t *testing.T) {
 		t.Fatalf("the failed publish created the stream again: %v", err)
 	}
 }
+
+// Every route answers 405 with its method in Allow for another method, an
+// unknown app 404 before that, and a path that is not canonical 404 in
+// JSON (the mux would redirect it in HTML).
+func TestRoutesOnTheMux(t *testing.T) {
+	api := queryAPI(t)
+	for _, tc := range []struct {
+		method, path, allow string
+	}{
+		{http.MethodPost, "/events", ""},
+		{http.MethodPost, "/batch_events", ""},
+		{http.MethodGet, "/channels", ""},
+		{http.MethodGet, "/channels/presence-lobby", ""},
+		{http.MethodGet, "/channels/presence-lobby/users", ""},
+		{http.MethodGet, "/connections", ""},
+		{http.MethodPost, "/users/42/terminate_connections", ""},
+	} {
+		other := http.MethodPut
+		r := serve(api, signed{method: other, path: "/apps/" + appID + tc.path}.request())
+		checkJSON(t, r)
+		if r.status != http.StatusMethodNotAllowed || r.header.Get("Allow") != tc.method {
+			t.Errorf("PUT %s: got %d Allow %q, want 405 Allow %q", tc.path, r.status, r.header.Get("Allow"), tc.method)
+		}
+		r = serve(api, signed{method: other, path: "/apps/999" + tc.path}.request())
+		checkJSON(t, r)
+		if r.status != http.StatusNotFound || !strings.Contains(r.body, "[999]") {
+			t.Errorf("PUT %s of an unknown app: got %d %s, want 404 naming it", tc.path, r.status, r.body)
+		}
+		r = serve(api, signed{method: tc.method, path: "/apps/" + appID + tc.path}.request())
+		checkJSON(t, r)
+		if r.status == http.StatusNotFound || r.status == http.StatusMethodNotAllowed {
+			t.Errorf("%s %s: got %d %s", tc.method, tc.path, r.status, r.body)
+		}
+	}
+	for _, path := range []string{
+		"//apps/" + appID + "/events",
+		"/apps/" + appID + "/../" + appID + "/events",
+		"/apps/" + appID + "/events/",
+		"/apps/" + appID,
+		"/apps/999/nothing",
+	} {
+		r := serve(api, signed{path: path, body: trigger}.request())
+		checkJSON(t, r)
+		if r.status != http.StatusNotFound {
+			t.Errorf("POST %s: got %d %s, want 404", path, r.status, r.body)
+		}
+	}
+}
+
+// REVERB_SERVER_PATH is a literal in the mux's patterns, whatever it holds.
+func TestPathPrefixIsLiteral(t *testing.T) {
+	for _, prefix := range []string{"/re{v}erb", "/a/b", "/r%41", "/ré"} {
+		pub := &fakePublisher{}
+		api := newAPI(t, pub, func(o *httpapi.Options) { o.PathPrefix = prefix })
+		req := signed{path: eventsPath(appID), body: trigger}.request()
+		req.URL.Path = prefix + req.URL.Path
+		req.URL.RawPath = ""
+		r := serve(api, req)
+		checkJSON(t, r)
+		if r.status != http.StatusOK || len(pub.published()) != 1 {
+			t.Errorf("prefix %q: got %d %s with %d jobs, want 200 and one", prefix, r.status, r.body, len(pub.published()))
+		}
+	}
+}

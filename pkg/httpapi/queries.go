@@ -98,9 +98,10 @@ func (a *API) queryCtx(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.Context(), 5*time.Second)
 }
 
-// channels answers GET /apps/{id}/channels: the occupied channels, with
-// the attributes of info that apply to each.
-func (a *API) channels(w http.ResponseWriter, r *http.Request, app *config.App) {
+// channels answers GET /apps/{app_id}/channels: the occupied channels,
+// with the attributes of info that apply to each.
+func (a *API) channels(w http.ResponseWriter, r *http.Request, req *request) {
+	app := req.app
 	q := r.URL.Query()
 	want := parseInfo(q.Get("info"))
 	ctx, cancel := a.queryCtx(r)
@@ -120,9 +121,10 @@ func (a *API) channels(w http.ResponseWriter, r *http.Request, app *config.App) 
 	writeValue(w, http.StatusOK, map[string]any{"channels": out})
 }
 
-// channel answers GET /apps/{id}/channels/{channel}: occupied always (as
-// in Pusher and Reverb), and the attributes of info that apply.
-func (a *API) channel(w http.ResponseWriter, r *http.Request, app *config.App, name string) {
+// channel answers GET /apps/{app_id}/channels/{channel_name}: occupied
+// always (as in Pusher and Reverb), and the attributes of info that apply.
+func (a *API) channel(w http.ResponseWriter, r *http.Request, req *request) {
+	app, name := req.app, r.PathValue("channel_name")
 	if !protocol.ValidChannelName(name) {
 		writeError(w, http.StatusBadRequest, "Invalid channel name.")
 		return
@@ -144,8 +146,9 @@ func (a *API) channel(w http.ResponseWriter, r *http.Request, app *config.App, n
 	writeValue(w, http.StatusOK, out)
 }
 
-// users answers GET /apps/{id}/channels/{channel}/users.
-func (a *API) users(w http.ResponseWriter, r *http.Request, app *config.App, name string) {
+// users answers GET /apps/{app_id}/channels/{channel_name}/users.
+func (a *API) users(w http.ResponseWriter, r *http.Request, req *request) {
+	app, name := req.app, r.PathValue("channel_name")
 	if !isPresence(name) {
 		writeError(w, http.StatusBadRequest, "Users are only available for presence channels.")
 		return
@@ -167,9 +170,10 @@ func (a *API) users(w http.ResponseWriter, r *http.Request, app *config.App, nam
 	writeValue(w, http.StatusOK, map[string]any{"users": out})
 }
 
-// connections answers GET /apps/{id}/connections, Reverb's count of
+// connections answers GET /apps/{app_id}/connections, Reverb's count of
 // connections subscribed to at least one channel (Laravel Pulse reads it).
-func (a *API) connections(w http.ResponseWriter, r *http.Request, app *config.App) {
+func (a *API) connections(w http.ResponseWriter, r *http.Request, req *request) {
+	app := req.app
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
 	res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, ConnectionsOnly: true})
@@ -180,8 +184,9 @@ func (a *API) connections(w http.ResponseWriter, r *http.Request, app *config.Ap
 	writeValue(w, http.StatusOK, map[string]int{"connections": res.Connections})
 }
 
-// terminate answers POST /apps/{id}/users/{user_id}/terminate_connections.
-func (a *API) terminate(w http.ResponseWriter, r *http.Request, app *config.App, userID string) {
+// terminate answers POST /apps/{app_id}/users/{user_id}/terminate_connections.
+func (a *API) terminate(w http.ResponseWriter, r *http.Request, req *request) {
+	app, userID := req.app, r.PathValue("user_id")
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
 	if err := a.opts.Cluster.Terminate(ctx, app.ID, userID); err != nil {
