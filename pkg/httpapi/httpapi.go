@@ -44,8 +44,6 @@ type Options struct {
 	// PathPrefix is REVERB_SERVER_PATH. Routes live under it, but
 	// signatures cover the path without it, as pusher-http-php signs.
 	PathPrefix string
-	// Ready reports whether the gateway accepts connections (GET /up).
-	Ready func() bool
 	// PublishTimeout bounds the wait for JetStream's ack.
 	PublishTimeout time.Duration
 	// Now is the clock for the timestamp window; nil means time.Now.
@@ -78,9 +76,6 @@ func New(opts Options) *API {
 	}
 	if opts.PublishTimeout <= 0 {
 		opts.PublishTimeout = 5 * time.Second
-	}
-	if opts.Ready == nil {
-		opts.Ready = func() bool { return true }
 	}
 	a := &API{opts: opts, mux: http.NewServeMux()}
 	a.mount()
@@ -165,13 +160,6 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// 404, as for any path that names no route (or is not absolute).
 	if p := r.URL.Path; !strings.HasPrefix(p, "/") || p != pathpkg.Clean(p) {
 		writeError(w, http.StatusNotFound, "Not found.")
-		return
-	}
-	// Load balancers probe the public port, so the health routes stay
-	// here; /metrics and /debug/pprof/ do not (they name every app and
-	// expose the process): they are served only by NewOps, on
-	// RESOUND_OPS_ADDR.
-	if path, ok := strings.CutPrefix(r.URL.Path, a.opts.PathPrefix); ok && serveHealth(w, r, path, a.opts.Ready) {
 		return
 	}
 	a.mux.ServeHTTP(w, r)
@@ -385,29 +373,6 @@ func (a *API) authenticate(r *http.Request, path string, app *config.App, body [
 		return apiError("Authentication signature invalid.")
 	}
 	return nil
-}
-
-// serveHealth answers /livez and /up, on the public port and on the
-// operations address alike, and reports whether path was one of them.
-func serveHealth(w http.ResponseWriter, r *http.Request, path string, ready func() bool) bool {
-	switch path {
-	case "/livez":
-		// Liveness: the process answers. Unlike /up it stays 200 while
-		// NATS is away, so an orchestrator does not restart a gateway (and
-		// drop its sockets) for an outage elsewhere.
-		writeJSON(w, http.StatusOK, `{"health":"OK"}`)
-	case "/up":
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			methodNotAllowed(w, "GET, HEAD")
-		} else if !ready() {
-			writeJSON(w, http.StatusServiceUnavailable, `{"health":"STARTING"}`)
-		} else {
-			writeJSON(w, http.StatusOK, `{"health":"OK"}`)
-		}
-	default:
-		return false
-	}
-	return true
 }
 
 func writeJSON(w http.ResponseWriter, status int, body string) {

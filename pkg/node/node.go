@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/internal/ops"
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/ensure"
@@ -170,11 +171,14 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: cfg.Limits(), Cluster: view,
 		Triggered:    gwMetrics.MessagesIn.WithLabelValues("api"),
 		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
-		Ready: ready,
-		Log:   n.log.With().Str("component", "httpapi").Logger(),
+		Log: n.log.With().Str("component", "httpapi").Logger(),
 	})
+	// The public port: the API, and the probes in front of it, as Reverb
+	// serves /up (load balancers probe the port they balance). /metrics
+	// and the profiler are not there: see startOps.
+	public := ops.WithProbes(cfg.Path, ops.Health{Ready: ready}, api)
 	gwOpts := gateway.Options{
-		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
+		Apps: cfg.Apps, Conn: gwConn, HTTP: public, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
 		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), Log: n.log,
 		MaxOutbound: cfg.MaxOutbound, MaxOutboundTotal: cfg.MaxOutboundTotal, MaxChannels: cfg.MaxChannelsPerConnection,
 		HandshakeTimeout: cfg.HandshakeTimeout.Duration(), MaxRequestHead: cfg.MaxRequestHead, MaxHandshakes: cfg.MaxHandshakes,
