@@ -36,9 +36,14 @@ type Publisher interface {
 type Options struct {
 	Apps      *config.Apps
 	Publisher Publisher
-	// Cluster answers queries; nil disables the query endpoints (404).
-	Cluster Cluster
-	Limits  protocol.Limits
+	// The cluster's answers, one interface per question (queries.go). A
+	// route whose question has no answerer here is not mounted: it answers
+	// 404, as for an unknown route, and a trigger's info is left out.
+	Channels   ChannelQuerier
+	Presence   PresenceReader
+	Cache      CacheReader
+	Terminator Terminator
+	Limits     protocol.Limits
 	// MaxBodyBytes bounds a request body; larger gets 413.
 	MaxBodyBytes int64
 	// PathPrefix is REVERB_SERVER_PATH. Routes live under it, but
@@ -99,21 +104,28 @@ type request struct {
 }
 
 // routes is every route of the API, the one place to add one: a line here
-// and its handler. A route whose handler needs the cluster is left out
-// when there is none, so that it answers 404 as an unknown one does.
+// and its handler (and, for a new question to the cluster, an interface
+// and an Options field in queries.go). A route whose answerers are missing
+// is left out, so that it answers 404 as an unknown one does.
 func (a *API) routes() []route {
-	rs := []route{
-		{http.MethodPost, "/events", a.events},
-		{http.MethodPost, "/batch_events", a.batchEvents},
-	}
-	if a.opts.Cluster != nil {
-		rs = append(rs,
-			route{http.MethodGet, "/channels", a.channels},
-			route{http.MethodGet, "/channels/{channel_name}", a.channel},
-			route{http.MethodGet, "/channels/{channel_name}/users", a.users},
-			route{http.MethodGet, "/connections", a.connections},
-			route{http.MethodPost, "/users/{user_id}/terminate_connections", a.terminate},
-		)
+	o := a.opts
+	attrs := o.Channels != nil && o.Presence != nil && o.Cache != nil
+	var rs []route
+	for _, rt := range []struct {
+		route
+		mounted bool
+	}{
+		{route{http.MethodPost, "/events", a.events}, true},
+		{route{http.MethodPost, "/batch_events", a.batchEvents}, true},
+		{route{http.MethodGet, "/channels", a.channels}, attrs},
+		{route{http.MethodGet, "/channels/{channel_name}", a.channel}, attrs},
+		{route{http.MethodGet, "/channels/{channel_name}/users", a.users}, o.Presence != nil},
+		{route{http.MethodGet, "/connections", a.connections}, o.Channels != nil},
+		{route{http.MethodPost, "/users/{user_id}/terminate_connections", a.terminate}, o.Terminator != nil},
+	} {
+		if rt.mounted {
+			rs = append(rs, rt.route)
+		}
 	}
 	return rs
 }
@@ -278,7 +290,7 @@ func (a *API) respondEvents(w http.ResponseWriter, r *http.Request, app *config.
 	for _, ev := range events {
 		wantInfo = wantInfo || ev.Info != ""
 	}
-	if !wantInfo || a.opts.Cluster == nil {
+	if !wantInfo || a.opts.Channels == nil || a.opts.Presence == nil {
 		writeJSON(w, http.StatusOK, `{}`)
 		return
 	}

@@ -12,12 +12,51 @@ import (
 	"github.com/resoundhq/resound/protocol"
 )
 
-// Cluster answers the queries about the whole cluster, not one gateway.
-type Cluster interface {
+// The API's view of the cluster is one small interface per question it
+// asks, each satisfied by the type that owns the answer where there is one,
+// so that a new query is a new interface and an Options field, and nothing
+// in between has to learn it.
+
+// ChannelQuerier counts subscriptions and connections across the gateways;
+// *cluster.Querier is one.
+type ChannelQuerier interface {
 	Query(ctx context.Context, req cluster.QueryRequest) (cluster.QueryResult, error)
-	PresenceMembers(ctx context.Context, appID, channel string) ([]protocol.PresenceMember, error)
+}
+
+// PresenceReader lists a presence channel's members across the cluster;
+// *presence.Store is one.
+type PresenceReader interface {
+	Members(ctx context.Context, appID, channel string) ([]protocol.PresenceMember, error)
+}
+
+// CacheReader reads a cache channel's last event and how long it has left;
+// nil with no error when nothing is cached.
+type CacheReader interface {
 	CachedEvent(ctx context.Context, appID, channel string) (ev *cluster.CachedEvent, ttl time.Duration, err error)
+}
+
+// Terminator closes every connection of a user of an app, on every
+// gateway.
+type Terminator interface {
 	Terminate(ctx context.Context, appID, userID string) error
+}
+
+// CacheReaderFunc makes a function a CacheReader, for a cache with no
+// owning type to satisfy it.
+type CacheReaderFunc func(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error)
+
+// CachedEvent calls f.
+func (f CacheReaderFunc) CachedEvent(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
+	return f(ctx, appID, channel)
+}
+
+// TerminatorFunc makes a function a Terminator (gateway.Terminate is a
+// function of a NATS connection).
+type TerminatorFunc func(ctx context.Context, appID, userID string) error
+
+// Terminate calls f.
+func (f TerminatorFunc) Terminate(ctx context.Context, appID, userID string) error {
+	return f(ctx, appID, userID)
 }
 
 // Channel attributes a query may ask for.
@@ -71,7 +110,7 @@ func (a *API) attrsOf(ctx context.Context, appID, channel string, subs int, want
 		out[attrOccupied] = subs > 0
 	}
 	if want.userCount && isPresence(channel) {
-		members, err := a.opts.Cluster.PresenceMembers(ctx, appID, channel)
+		members, err := a.opts.Presence.Members(ctx, appID, channel)
 		if err != nil {
 			return nil, err
 		}
@@ -81,7 +120,7 @@ func (a *API) attrsOf(ctx context.Context, appID, channel string, subs int, want
 		out[attrSubscriptionCount] = subs
 	}
 	if want.cache && protocol.ClassifyChannel(channel).Cache {
-		ev, ttl, err := a.opts.Cluster.CachedEvent(ctx, appID, channel)
+		ev, ttl, err := a.opts.Cache.CachedEvent(ctx, appID, channel)
 		if err != nil {
 			return nil, err
 		}
@@ -106,7 +145,7 @@ func (a *API) channels(w http.ResponseWriter, r *http.Request, req *request) {
 	want := parseInfo(q.Get("info"))
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Prefix: q.Get("filter_by_prefix")})
+	res, err := a.opts.Channels.Query(ctx, cluster.QueryRequest{App: app.ID, Prefix: q.Get("filter_by_prefix")})
 	if err != nil {
 		a.unavailable(w, err)
 		return
@@ -133,7 +172,7 @@ func (a *API) channel(w http.ResponseWriter, r *http.Request, req *request) {
 	want.occupied = true
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: name})
+	res, err := a.opts.Channels.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: name})
 	if err != nil {
 		a.unavailable(w, err)
 		return
@@ -155,7 +194,7 @@ func (a *API) users(w http.ResponseWriter, r *http.Request, req *request) {
 	}
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	members, err := a.opts.Cluster.PresenceMembers(ctx, app.ID, name)
+	members, err := a.opts.Presence.Members(ctx, app.ID, name)
 	if err != nil {
 		a.unavailable(w, err)
 		return
@@ -176,7 +215,7 @@ func (a *API) connections(w http.ResponseWriter, r *http.Request, req *request) 
 	app := req.app
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, ConnectionsOnly: true})
+	res, err := a.opts.Channels.Query(ctx, cluster.QueryRequest{App: app.ID, ConnectionsOnly: true})
 	if err != nil {
 		a.unavailable(w, err)
 		return
@@ -189,7 +228,7 @@ func (a *API) terminate(w http.ResponseWriter, r *http.Request, req *request) {
 	app, userID := req.app, r.PathValue("user_id")
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	if err := a.opts.Cluster.Terminate(ctx, app.ID, userID); err != nil {
+	if err := a.opts.Terminator.Terminate(ctx, app.ID, userID); err != nil {
 		a.unavailable(w, err)
 		return
 	}
@@ -206,7 +245,7 @@ func (a *API) eventInfo(ctx context.Context, app *config.App, t protocol.Trigger
 	for _, ch := range t.Channels {
 		subs := 0
 		if want.occupied || (want.subscriptionCount && !isPresence(ch)) {
-			res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: ch})
+			res, err := a.opts.Channels.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: ch})
 			if err != nil {
 				return nil, err
 			}
