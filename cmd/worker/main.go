@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/resoundhq/resound/internal/ops"
 	"github.com/resoundhq/resound/internal/version"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/history"
@@ -97,22 +98,14 @@ func main() {
 			return err
 		},
 	})
+	// The worker's operations endpoints, on RESOUND_METRICS_PORT: /metrics,
+	// and /up (503 while it drains or NATS is away) and /livez. No
+	// profiler: RESOUND_PPROF is the gateway's.
 	var draining atomic.Bool
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", reg.Handler())
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"health":"OK"}`))
-	})
-	mux.HandleFunc("/up", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		if draining.Load() || !nc.IsConnected() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"health":"UNAVAILABLE"}`))
-			return
-		}
-		_, _ = w.Write([]byte(`{"health":"OK"}`))
-	})
+	mux := ops.NewMux(ops.Options{Metrics: reg.Handler(), Health: ops.Health{
+		Ready:    func() bool { return !draining.Load() && nc.IsConnected() },
+		NotReady: "UNAVAILABLE",
+	}})
 	msrv := &http.Server{Addr: net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.MetricsPort)), Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	if cfg.MetricsPort != 0 {
 		go func() {

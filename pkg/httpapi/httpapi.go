@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	pathpkg "path"
 	"strconv"
 	"strings"
 	"time"
@@ -34,16 +36,19 @@ type Publisher interface {
 type Options struct {
 	Apps      *config.Apps
 	Publisher Publisher
-	// Cluster answers queries; nil disables the query endpoints (404).
-	Cluster Cluster
-	Limits  protocol.Limits
+	// The cluster's answers, one interface per question (queries.go). A
+	// route whose question has no answerer here is not mounted: it answers
+	// 404, as for an unknown route, and a trigger's info is left out.
+	Channels   ChannelQuerier
+	Presence   PresenceReader
+	Cache      CacheReader
+	Terminator Terminator
+	Limits     protocol.Limits
 	// MaxBodyBytes bounds a request body; larger gets 413.
 	MaxBodyBytes int64
 	// PathPrefix is REVERB_SERVER_PATH. Routes live under it, but
 	// signatures cover the path without it, as pusher-http-php signs.
 	PathPrefix string
-	// Ready reports whether the gateway accepts connections (GET /up).
-	Ready func() bool
 	// PublishTimeout bounds the wait for JetStream's ack.
 	PublishTimeout time.Duration
 	// Now is the clock for the timestamp window; nil means time.Now.
@@ -66,6 +71,7 @@ const TimestampWindow = 600 * time.Second
 // API is the HTTP handler.
 type API struct {
 	opts Options
+	mux  *http.ServeMux
 }
 
 // New returns the API handler.
@@ -76,72 +82,173 @@ func New(opts Options) *API {
 	if opts.PublishTimeout <= 0 {
 		opts.PublishTimeout = 5 * time.Second
 	}
-	if opts.Ready == nil {
-		opts.Ready = func() bool { return true }
+	a := &API{opts: opts, mux: http.NewServeMux()}
+	a.mount()
+	return a
+}
+
+// route is one endpoint of the API: its method, its path after
+// {prefix}/apps/{app_id} (a net/http pattern, wildcards and all), and the
+// handler it reaches once the request is authentic.
+type route struct {
+	method string
+	path   string
+	serve  func(w http.ResponseWriter, r *http.Request, req *request)
+}
+
+// request is what every route gets: the app the path names and the body,
+// both already checked.
+type request struct {
+	app  *config.App
+	body []byte
+}
+
+// routes is every route of the API, the one place to add one: a line here
+// and its handler (and, for a new question to the cluster, an interface
+// and an Options field in queries.go). A route whose answerers are missing
+// is left out, so that it answers 404 as an unknown one does.
+func (a *API) routes() []route {
+	o := a.opts
+	attrs := o.Channels != nil && o.Presence != nil && o.Cache != nil
+	var rs []route
+	for _, rt := range []struct {
+		route
+		mounted bool
+	}{
+		{route{http.MethodPost, "/events", a.events}, true},
+		{route{http.MethodPost, "/batch_events", a.batchEvents}, true},
+		{route{http.MethodGet, "/channels", a.channels}, attrs},
+		{route{http.MethodGet, "/channels/{channel_name}", a.channel}, attrs},
+		{route{http.MethodGet, "/channels/{channel_name}/users", a.users}, o.Presence != nil},
+		{route{http.MethodGet, "/connections", a.connections}, o.Channels != nil},
+		{route{http.MethodPost, "/users/{user_id}/terminate_connections", a.terminate}, o.Terminator != nil},
+	} {
+		if rt.mounted {
+			rs = append(rs, rt.route)
+		}
 	}
-	return &API{opts: opts}
+	return rs
+}
+
+// mount registers the routes on the API's mux under the path prefix.
+//
+// Each path gets two patterns: "METHOD path" for the route (net/http lets
+// HEAD through a GET pattern, as the API always has), and the bare path,
+// which catches every other method and answers 405 with Allow. The mux's
+// own 405 would be text/plain; the Pusher SDKs read {"error": ...}.
+func (a *API) mount() {
+	base := escapePrefix(a.opts.PathPrefix) + "/apps/{app_id}"
+	allow := map[string][]string{}
+	var paths []string
+	for _, rt := range a.routes() {
+		a.mux.Handle(rt.method+" "+base+rt.path, a.endpoint(rt.serve))
+		if allow[rt.path] == nil {
+			paths = append(paths, rt.path)
+		}
+		allow[rt.path] = append(allow[rt.path], rt.method)
+	}
+	for _, p := range paths {
+		a.mux.Handle(base+p, a.wrongMethod(strings.Join(allow[p], ", ")))
+	}
+	a.mux.HandleFunc("/", a.notFound)
+}
+
+// escapePrefix makes REVERB_SERVER_PATH a literal in a mux pattern: each
+// segment escaped, so that braces or a percent sign in it are matched as
+// themselves (the mux unescapes literal segments), never read as a
+// wildcard.
+func escapePrefix(prefix string) string {
+	segs := strings.Split(prefix, "/")
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
+	}
+	return strings.Join(segs, "/")
 }
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	path, ok := strings.CutPrefix(r.URL.Path, a.opts.PathPrefix)
-	if !ok {
+	// The mux answers a path that is not canonical (//, dot segments, a
+	// trailing slash) with a redirect, in HTML. No client of the API
+	// sends one, and a redirect of a signed POST would not be followed:
+	// 404, as for any path that names no route (or is not absolute).
+	if p := r.URL.Path; !strings.HasPrefix(p, "/") || p != pathpkg.Clean(p) {
 		writeError(w, http.StatusNotFound, "Not found.")
 		return
 	}
-	// Load balancers probe the public port, so the health routes stay
-	// here; /metrics and /debug/pprof/ do not (they name every app and
-	// expose the process): they are served only by NewOps, on
-	// RESOUND_OPS_ADDR.
-	if serveHealth(w, r, path, a.opts.Ready) {
-		return
-	}
-	rest, ok := strings.CutPrefix(path, "/apps/")
+	a.mux.ServeHTTP(w, r)
+}
+
+// app is the app the path names, or nil once the 404 Pusher answers for
+// an unknown one has been written.
+func (a *API) app(w http.ResponseWriter, r *http.Request) *config.App {
+	id := r.PathValue("app_id")
+	app, ok := a.opts.Apps.ByID(id)
 	if !ok {
-		writeError(w, http.StatusNotFound, "Not found.")
-		return
+		writeError(w, http.StatusNotFound, fmt.Sprintf("No matching application for ID [%s].", id))
+		return nil
 	}
-	appID, action, _ := strings.Cut(rest, "/")
-	app, ok := a.opts.Apps.ByID(appID)
-	if !ok {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("No matching application for ID [%s].", appID))
-		return
+	return app
+}
+
+// endpoint checks what every route needs, in the order Pusher does: the
+// app, the body's size, then the signature over the path without the
+// prefix (as pusher-http-php signs it).
+func (a *API) endpoint(serve func(http.ResponseWriter, *http.Request, *request)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		app := a.app(w, r)
+		if app == nil {
+			return
+		}
+		body, status, err := a.readBody(r)
+		if err != nil {
+			writeError(w, status, err.Error())
+			return
+		}
+		path, _ := strings.CutPrefix(r.URL.Path, a.opts.PathPrefix)
+		if err := a.authenticate(r, path, app, body); err != nil {
+			writeError(w, http.StatusUnauthorized, err.Error())
+			return
+		}
+		serve(w, r, &request{app: app, body: body})
+	})
+}
+
+// wrongMethod answers a route's path asked with another method: 404 for an
+// unknown app still comes first.
+func (a *API) wrongMethod(allow string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.app(w, r) != nil {
+			methodNotAllowed(w, allow)
+		}
+	})
+}
+
+// notFound answers a path that names no route, saying so for an unknown
+// app as Reverb does.
+func (a *API) notFound(w http.ResponseWriter, r *http.Request) {
+	if rest, ok := strings.CutPrefix(r.URL.Path, a.opts.PathPrefix+"/apps/"); ok {
+		id, _, _ := strings.Cut(rest, "/")
+		if _, ok := a.opts.Apps.ByID(id); !ok {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("No matching application for ID [%s].", id))
+			return
+		}
 	}
-	route, arg, method := routeOf(action)
-	if route == "" || (route != "events" && route != "batch_events" && a.opts.Cluster == nil) {
-		writeError(w, http.StatusNotFound, "Not found.")
-		return
-	}
-	if r.Method != method && !(method == http.MethodGet && r.Method == http.MethodHead) {
-		methodNotAllowed(w, method)
-		return
-	}
-	body, status, err := a.readBody(r)
-	if err != nil {
-		writeError(w, status, err.Error())
-		return
-	}
-	if err := a.authenticate(r, path, app, body); err != nil {
-		writeError(w, http.StatusUnauthorized, err.Error())
-		return
-	}
-	switch route {
-	case "channels":
-		a.channels(w, r, app)
-		return
-	case "channel":
-		a.channel(w, r, app, arg)
-		return
-	case "users":
-		a.users(w, r, app, arg)
-		return
-	case "connections":
-		a.connections(w, r, app)
-		return
-	case "terminate":
-		a.terminate(w, r, app, arg)
-		return
-	}
-	if !utf8.Valid(body) {
+	writeError(w, http.StatusNotFound, "Not found.")
+}
+
+// events answers POST /apps/{app_id}/events.
+func (a *API) events(w http.ResponseWriter, r *http.Request, req *request) {
+	a.trigger(w, r, req, false)
+}
+
+// batchEvents answers POST /apps/{app_id}/batch_events.
+func (a *API) batchEvents(w http.ResponseWriter, r *http.Request, req *request) {
+	a.trigger(w, r, req, true)
+}
+
+// trigger parses one event or a batch, stores it as one job and answers
+// once JetStream has it.
+func (a *API) trigger(w http.ResponseWriter, r *http.Request, req *request, batch bool) {
+	if !utf8.Valid(req.body) {
 		// encoding/json would turn the bad bytes into U+FFFD without a
 		// word; the producer should hear that its event is not what it
 		// meant.
@@ -149,12 +256,13 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var events []protocol.Trigger
-	if route == "events" {
-		var t protocol.Trigger
-		t, err = protocol.ParseTrigger(body, a.opts.Limits)
-		events = []protocol.Trigger{t}
+	var err error
+	if batch {
+		events, err = protocol.ParseBatch(req.body, a.opts.Limits)
 	} else {
-		events, err = protocol.ParseBatch(body, a.opts.Limits)
+		var t protocol.Trigger
+		t, err = protocol.ParseTrigger(req.body, a.opts.Limits)
+		events = []protocol.Trigger{t}
 	}
 	if err != nil {
 		var re *protocol.RequestError
@@ -165,13 +273,13 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if !a.enqueue(w, r, &queue.Job{AppID: app.ID, Events: events}) {
+	if !a.enqueue(w, r, &queue.Job{AppID: req.app.ID, Events: events}) {
 		return
 	}
 	if a.opts.Triggered != nil {
 		a.opts.Triggered.Add(float64(len(events)))
 	}
-	a.respondEvents(w, r, app, route == "batch_events", events)
+	a.respondEvents(w, r, req.app, batch, events)
 }
 
 // respondEvents answers a stored trigger: {} or, when info was asked for,
@@ -182,7 +290,7 @@ func (a *API) respondEvents(w http.ResponseWriter, r *http.Request, app *config.
 	for _, ev := range events {
 		wantInfo = wantInfo || ev.Info != ""
 	}
-	if !wantInfo || a.opts.Cluster == nil {
+	if !wantInfo || a.opts.Channels == nil || a.opts.Presence == nil {
 		writeJSON(w, http.StatusOK, `{}`)
 		return
 	}
@@ -215,37 +323,6 @@ func (a *API) respondEvents(w http.ResponseWriter, r *http.Request, app *config.
 		return
 	}
 	writeValue(w, http.StatusOK, map[string]any{"channels": single})
-}
-
-// routeOf maps the part of the path after /apps/{id}/ to a route, its
-// argument and its method.
-func routeOf(action string) (route, arg, method string) {
-	switch {
-	case action == "events":
-		return "events", "", http.MethodPost
-	case action == "batch_events":
-		return "batch_events", "", http.MethodPost
-	case action == "channels":
-		return "channels", "", http.MethodGet
-	case action == "connections":
-		return "connections", "", http.MethodGet
-	case strings.HasPrefix(action, "channels/"):
-		name := strings.TrimPrefix(action, "channels/")
-		if ch, ok := strings.CutSuffix(name, "/users"); ok {
-			return "users", ch, http.MethodGet
-		}
-		if strings.Contains(name, "/") {
-			return "", "", ""
-		}
-		return "channel", name, http.MethodGet
-	case strings.HasPrefix(action, "users/") && strings.HasSuffix(action, "/terminate_connections"):
-		user := strings.TrimSuffix(strings.TrimPrefix(action, "users/"), "/terminate_connections")
-		if user == "" || strings.Contains(user, "/") {
-			return "", "", ""
-		}
-		return "terminate", user, http.MethodPost
-	}
-	return "", "", ""
 }
 
 func (a *API) enqueue(w http.ResponseWriter, r *http.Request, job *queue.Job) bool {
@@ -308,29 +385,6 @@ func (a *API) authenticate(r *http.Request, path string, app *config.App, body [
 		return apiError("Authentication signature invalid.")
 	}
 	return nil
-}
-
-// serveHealth answers /livez and /up, on the public port and on the
-// operations address alike, and reports whether path was one of them.
-func serveHealth(w http.ResponseWriter, r *http.Request, path string, ready func() bool) bool {
-	switch path {
-	case "/livez":
-		// Liveness: the process answers. Unlike /up it stays 200 while
-		// NATS is away, so an orchestrator does not restart a gateway (and
-		// drop its sockets) for an outage elsewhere.
-		writeJSON(w, http.StatusOK, `{"health":"OK"}`)
-	case "/up":
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			methodNotAllowed(w, "GET, HEAD")
-		} else if !ready() {
-			writeJSON(w, http.StatusServiceUnavailable, `{"health":"STARTING"}`)
-		} else {
-			writeJSON(w, http.StatusOK, `{"health":"OK"}`)
-		}
-	default:
-		return false
-	}
-	return true
 }
 
 func writeJSON(w http.ResponseWriter, status int, body string) {

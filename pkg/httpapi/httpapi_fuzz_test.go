@@ -66,10 +66,14 @@ func FuzzAPI(f *testing.F) {
 		if mode&fuzzPrefix != 0 {
 			prefix = "/reverb"
 		}
+		cl := fuzzCluster{fail: mode&fuzzClusterFails != 0}
 		api := httpapi.New(httpapi.Options{
 			Apps:         apps,
 			Publisher:    pub,
-			Cluster:      fuzzCluster{fail: mode&fuzzClusterFails != 0},
+			Channels:     cl,
+			Presence:     cl,
+			Cache:        cl,
+			Terminator:   cl,
 			Limits:       protocol.DefaultLimits,
 			MaxBodyBytes: 16 << 10,
 			PathPrefix:   prefix,
@@ -177,7 +181,7 @@ func (c fuzzCluster) Query(_ context.Context, req cluster.QueryRequest) (cluster
 	return res, nil
 }
 
-func (c fuzzCluster) PresenceMembers(context.Context, string, string) ([]protocol.PresenceMember, error) {
+func (c fuzzCluster) Members(context.Context, string, string) ([]protocol.PresenceMember, error) {
 	if c.fail {
 		return nil, errClusterDown
 	}

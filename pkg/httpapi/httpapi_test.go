@@ -332,8 +332,6 @@ func TestPathPrefix(t *testing.T) {
 		{"signed with the prefix", signed{prefix: "/reverb", path: eventsPath(appID), body: trigger, mutate: func(q url.Values) {
 			q.Set("auth_signature", protocol.SignRequest(secret, "POST", "/reverb"+eventsPath(appID), q))
 		}}.request(), 401},
-		{"up under prefix", httptest.NewRequest(http.MethodGet, "/reverb/up", nil), 200},
-		{"up without prefix", httptest.NewRequest(http.MethodGet, "/up", nil), 404},
 		{"prefix as a word prefix", signed{prefix: "/reverberate", path: eventsPath(appID), body: trigger}.request(), 404},
 	}
 	for _, tc := range cases {
@@ -361,7 +359,6 @@ func TestRouting(t *testing.T) {
 		{"unknown app", signed{path: eventsPath("999"), body: trigger}.request(), 404, "", "No matching application for ID [999]."},
 		{"GET events", signed{method: http.MethodGet, path: eventsPath(appID)}.request(), 405, "POST", ""},
 		{"PUT batch_events", signed{method: http.MethodPut, path: "/apps/" + appID + "/batch_events", body: `{"batch":[]}`}.request(), 405, "POST", ""},
-		{"POST up", httptest.NewRequest(http.MethodPost, "/up", nil), 405, "GET, HEAD", ""},
 		{"unknown action", signed{method: http.MethodGet, path: "/apps/" + appID + "/nothing"}.request(), 404, "", ""},
 		{"root", httptest.NewRequest(http.MethodGet, "/", nil), 404, "", ""},
 		{"apps without id", httptest.NewRequest(http.MethodGet, "/apps/", nil), 404, "", ""},
@@ -544,26 +541,19 @@ func TestInvalidTriggers(t *testing.T) {
 	}
 }
 
-func TestHealth(t *testing.T) {
-	ready := false
-	api := newAPI(t, &fakePublisher{}, func(o *httpapi.Options) { o.Ready = func() bool { return ready } })
-	r := serve(api, httptest.NewRequest(http.MethodGet, "/up", nil))
-	if r.status != http.StatusServiceUnavailable || r.header.Get("Content-Type") != "application/json" || !json.Valid([]byte(r.body)) {
-		t.Fatalf("not ready: got %d %q %s, want 503 with JSON", r.status, r.header.Get("Content-Type"), r.body)
-	}
-	ready = true
-	r = serve(api, httptest.NewRequest(http.MethodGet, "/up", nil))
-	checkJSON(t, r)
-	if r.status != http.StatusOK || r.body != `{"health":"OK"}` {
-		t.Fatalf("ready: got %d %s, want 200 {\"health\":\"OK\"}", r.status, r.body)
-	}
-	if r.header.Get("Content-Length") != "15" {
-		t.Errorf("Content-Length = %q, want 15 as Reverb sends", r.header.Get("Content-Length"))
-	}
-	// Ready defaults to true.
-	r = serve(newAPI(t, &fakePublisher{}, nil), httptest.NewRequest(http.MethodHead, "/up", nil))
-	if r.status != http.StatusOK {
-		t.Fatalf("HEAD /up with no Ready: %d", r.status)
+// The probes (/up, /livez) and the operations routes are not the API's:
+// the process that owns them mounts them (internal/ops). Under the API's
+// prefix they are unknown paths.
+func TestAPIServesNoOpsRoutes(t *testing.T) {
+	for _, prefix := range []string{"", "/reverb"} {
+		api := newAPI(t, &fakePublisher{}, func(o *httpapi.Options) { o.PathPrefix = prefix })
+		for _, path := range []string{"/up", "/livez", "/metrics", "/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/cmdline"} {
+			r := serve(api, httptest.NewRequest(http.MethodGet, prefix+path, nil))
+			checkJSON(t, r)
+			if r.status != http.StatusNotFound {
+				t.Errorf("GET %s%s: got %d %s, want 404", prefix, path, r.status, r.body)
+			}
+		}
 	}
 }
 
@@ -643,5 +633,69 @@ func TestRealPublisherStoresTheJob(t *testing.T) {
 	}
 	if _, err := js.Stream(ctx, queue.StreamName); !errors.Is(err, jetstream.ErrStreamNotFound) {
 		t.Fatalf("the failed publish created the stream again: %v", err)
+	}
+}
+
+// Every route answers 405 with its method in Allow for another method, an
+// unknown app 404 before that, and a path that is not canonical 404 in
+// JSON (the mux would redirect it in HTML).
+func TestRoutesOnTheMux(t *testing.T) {
+	api := queryAPI(t)
+	for _, tc := range []struct {
+		method, path, allow string
+	}{
+		{http.MethodPost, "/events", ""},
+		{http.MethodPost, "/batch_events", ""},
+		{http.MethodGet, "/channels", ""},
+		{http.MethodGet, "/channels/presence-lobby", ""},
+		{http.MethodGet, "/channels/presence-lobby/users", ""},
+		{http.MethodGet, "/connections", ""},
+		{http.MethodPost, "/users/42/terminate_connections", ""},
+	} {
+		other := http.MethodPut
+		r := serve(api, signed{method: other, path: "/apps/" + appID + tc.path}.request())
+		checkJSON(t, r)
+		if r.status != http.StatusMethodNotAllowed || r.header.Get("Allow") != tc.method {
+			t.Errorf("PUT %s: got %d Allow %q, want 405 Allow %q", tc.path, r.status, r.header.Get("Allow"), tc.method)
+		}
+		r = serve(api, signed{method: other, path: "/apps/999" + tc.path}.request())
+		checkJSON(t, r)
+		if r.status != http.StatusNotFound || !strings.Contains(r.body, "[999]") {
+			t.Errorf("PUT %s of an unknown app: got %d %s, want 404 naming it", tc.path, r.status, r.body)
+		}
+		r = serve(api, signed{method: tc.method, path: "/apps/" + appID + tc.path}.request())
+		checkJSON(t, r)
+		if r.status == http.StatusNotFound || r.status == http.StatusMethodNotAllowed {
+			t.Errorf("%s %s: got %d %s", tc.method, tc.path, r.status, r.body)
+		}
+	}
+	for _, path := range []string{
+		"//apps/" + appID + "/events",
+		"/apps/" + appID + "/../" + appID + "/events",
+		"/apps/" + appID + "/events/",
+		"/apps/" + appID,
+		"/apps/999/nothing",
+	} {
+		r := serve(api, signed{path: path, body: trigger}.request())
+		checkJSON(t, r)
+		if r.status != http.StatusNotFound {
+			t.Errorf("POST %s: got %d %s, want 404", path, r.status, r.body)
+		}
+	}
+}
+
+// REVERB_SERVER_PATH is a literal in the mux's patterns, whatever it holds.
+func TestPathPrefixIsLiteral(t *testing.T) {
+	for _, prefix := range []string{"/re{v}erb", "/a/b", "/r%41", "/ré"} {
+		pub := &fakePublisher{}
+		api := newAPI(t, pub, func(o *httpapi.Options) { o.PathPrefix = prefix })
+		req := signed{path: eventsPath(appID), body: trigger}.request()
+		req.URL.Path = prefix + req.URL.Path
+		req.URL.RawPath = ""
+		r := serve(api, req)
+		checkJSON(t, r)
+		if r.status != http.StatusOK || len(pub.published()) != 1 {
+			t.Errorf("prefix %q: got %d %s with %d jobs, want 200 and one", prefix, r.status, r.body, len(pub.published()))
+		}
 	}
 }

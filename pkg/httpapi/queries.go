@@ -12,12 +12,51 @@ import (
 	"github.com/resoundhq/resound/protocol"
 )
 
-// Cluster answers the queries about the whole cluster, not one gateway.
-type Cluster interface {
+// The API's view of the cluster is one small interface per question it
+// asks, each satisfied by the type that owns the answer where there is one,
+// so that a new query is a new interface and an Options field, and nothing
+// in between has to learn it.
+
+// ChannelQuerier counts subscriptions and connections across the gateways;
+// *cluster.Querier is one.
+type ChannelQuerier interface {
 	Query(ctx context.Context, req cluster.QueryRequest) (cluster.QueryResult, error)
-	PresenceMembers(ctx context.Context, appID, channel string) ([]protocol.PresenceMember, error)
+}
+
+// PresenceReader lists a presence channel's members across the cluster;
+// *presence.Store is one.
+type PresenceReader interface {
+	Members(ctx context.Context, appID, channel string) ([]protocol.PresenceMember, error)
+}
+
+// CacheReader reads a cache channel's last event and how long it has left;
+// nil with no error when nothing is cached.
+type CacheReader interface {
 	CachedEvent(ctx context.Context, appID, channel string) (ev *cluster.CachedEvent, ttl time.Duration, err error)
+}
+
+// Terminator closes every connection of a user of an app, on every
+// gateway.
+type Terminator interface {
 	Terminate(ctx context.Context, appID, userID string) error
+}
+
+// CacheReaderFunc makes a function a CacheReader, for a cache with no
+// owning type to satisfy it.
+type CacheReaderFunc func(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error)
+
+// CachedEvent calls f.
+func (f CacheReaderFunc) CachedEvent(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
+	return f(ctx, appID, channel)
+}
+
+// TerminatorFunc makes a function a Terminator (gateway.Terminate is a
+// function of a NATS connection).
+type TerminatorFunc func(ctx context.Context, appID, userID string) error
+
+// Terminate calls f.
+func (f TerminatorFunc) Terminate(ctx context.Context, appID, userID string) error {
+	return f(ctx, appID, userID)
 }
 
 // Channel attributes a query may ask for.
@@ -71,7 +110,7 @@ func (a *API) attrsOf(ctx context.Context, appID, channel string, subs int, want
 		out[attrOccupied] = subs > 0
 	}
 	if want.userCount && isPresence(channel) {
-		members, err := a.opts.Cluster.PresenceMembers(ctx, appID, channel)
+		members, err := a.opts.Presence.Members(ctx, appID, channel)
 		if err != nil {
 			return nil, err
 		}
@@ -81,7 +120,7 @@ func (a *API) attrsOf(ctx context.Context, appID, channel string, subs int, want
 		out[attrSubscriptionCount] = subs
 	}
 	if want.cache && protocol.ClassifyChannel(channel).Cache {
-		ev, ttl, err := a.opts.Cluster.CachedEvent(ctx, appID, channel)
+		ev, ttl, err := a.opts.Cache.CachedEvent(ctx, appID, channel)
 		if err != nil {
 			return nil, err
 		}
@@ -98,14 +137,15 @@ func (a *API) queryCtx(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.Context(), 5*time.Second)
 }
 
-// channels answers GET /apps/{id}/channels: the occupied channels, with
-// the attributes of info that apply to each.
-func (a *API) channels(w http.ResponseWriter, r *http.Request, app *config.App) {
+// channels answers GET /apps/{app_id}/channels: the occupied channels,
+// with the attributes of info that apply to each.
+func (a *API) channels(w http.ResponseWriter, r *http.Request, req *request) {
+	app := req.app
 	q := r.URL.Query()
 	want := parseInfo(q.Get("info"))
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Prefix: q.Get("filter_by_prefix")})
+	res, err := a.opts.Channels.Query(ctx, cluster.QueryRequest{App: app.ID, Prefix: q.Get("filter_by_prefix")})
 	if err != nil {
 		a.unavailable(w, err)
 		return
@@ -120,9 +160,10 @@ func (a *API) channels(w http.ResponseWriter, r *http.Request, app *config.App) 
 	writeValue(w, http.StatusOK, map[string]any{"channels": out})
 }
 
-// channel answers GET /apps/{id}/channels/{channel}: occupied always (as
-// in Pusher and Reverb), and the attributes of info that apply.
-func (a *API) channel(w http.ResponseWriter, r *http.Request, app *config.App, name string) {
+// channel answers GET /apps/{app_id}/channels/{channel_name}: occupied
+// always (as in Pusher and Reverb), and the attributes of info that apply.
+func (a *API) channel(w http.ResponseWriter, r *http.Request, req *request) {
+	app, name := req.app, r.PathValue("channel_name")
 	if !protocol.ValidChannelName(name) {
 		writeError(w, http.StatusBadRequest, "Invalid channel name.")
 		return
@@ -131,7 +172,7 @@ func (a *API) channel(w http.ResponseWriter, r *http.Request, app *config.App, n
 	want.occupied = true
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: name})
+	res, err := a.opts.Channels.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: name})
 	if err != nil {
 		a.unavailable(w, err)
 		return
@@ -144,15 +185,16 @@ func (a *API) channel(w http.ResponseWriter, r *http.Request, app *config.App, n
 	writeValue(w, http.StatusOK, out)
 }
 
-// users answers GET /apps/{id}/channels/{channel}/users.
-func (a *API) users(w http.ResponseWriter, r *http.Request, app *config.App, name string) {
+// users answers GET /apps/{app_id}/channels/{channel_name}/users.
+func (a *API) users(w http.ResponseWriter, r *http.Request, req *request) {
+	app, name := req.app, r.PathValue("channel_name")
 	if !isPresence(name) {
 		writeError(w, http.StatusBadRequest, "Users are only available for presence channels.")
 		return
 	}
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	members, err := a.opts.Cluster.PresenceMembers(ctx, app.ID, name)
+	members, err := a.opts.Presence.Members(ctx, app.ID, name)
 	if err != nil {
 		a.unavailable(w, err)
 		return
@@ -167,12 +209,13 @@ func (a *API) users(w http.ResponseWriter, r *http.Request, app *config.App, nam
 	writeValue(w, http.StatusOK, map[string]any{"users": out})
 }
 
-// connections answers GET /apps/{id}/connections, Reverb's count of
+// connections answers GET /apps/{app_id}/connections, Reverb's count of
 // connections subscribed to at least one channel (Laravel Pulse reads it).
-func (a *API) connections(w http.ResponseWriter, r *http.Request, app *config.App) {
+func (a *API) connections(w http.ResponseWriter, r *http.Request, req *request) {
+	app := req.app
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, ConnectionsOnly: true})
+	res, err := a.opts.Channels.Query(ctx, cluster.QueryRequest{App: app.ID, ConnectionsOnly: true})
 	if err != nil {
 		a.unavailable(w, err)
 		return
@@ -180,11 +223,12 @@ func (a *API) connections(w http.ResponseWriter, r *http.Request, app *config.Ap
 	writeValue(w, http.StatusOK, map[string]int{"connections": res.Connections})
 }
 
-// terminate answers POST /apps/{id}/users/{user_id}/terminate_connections.
-func (a *API) terminate(w http.ResponseWriter, r *http.Request, app *config.App, userID string) {
+// terminate answers POST /apps/{app_id}/users/{user_id}/terminate_connections.
+func (a *API) terminate(w http.ResponseWriter, r *http.Request, req *request) {
+	app, userID := req.app, r.PathValue("user_id")
 	ctx, cancel := a.queryCtx(r)
 	defer cancel()
-	if err := a.opts.Cluster.Terminate(ctx, app.ID, userID); err != nil {
+	if err := a.opts.Terminator.Terminate(ctx, app.ID, userID); err != nil {
 		a.unavailable(w, err)
 		return
 	}
@@ -201,7 +245,7 @@ func (a *API) eventInfo(ctx context.Context, app *config.App, t protocol.Trigger
 	for _, ch := range t.Channels {
 		subs := 0
 		if want.occupied || (want.subscriptionCount && !isPresence(ch)) {
-			res, err := a.opts.Cluster.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: ch})
+			res, err := a.opts.Channels.Query(ctx, cluster.QueryRequest{App: app.ID, Channel: ch})
 			if err != nil {
 				return nil, err
 			}

@@ -33,7 +33,7 @@ func (c *staticCluster) Query(_ context.Context, req cluster.QueryRequest) (clus
 	return res, nil
 }
 
-func (c *staticCluster) PresenceMembers(_ context.Context, _, channel string) ([]protocol.PresenceMember, error) {
+func (c *staticCluster) Members(_ context.Context, _, channel string) ([]protocol.PresenceMember, error) {
 	return make([]protocol.PresenceMember, c.members[channel]), nil
 }
 
@@ -54,7 +54,7 @@ func queryAPI(t *testing.T) http.Handler {
 		members: map[string]int{"presence-lobby": 2},
 		cached:  map[string]cluster.CachedEvent{"cache-news": {Event: "e", Data: `{"n":1}`}},
 	}
-	return newAPI(t, &fakePublisher{}, func(o *httpapi.Options) { o.Cluster = cl })
+	return newAPI(t, &fakePublisher{}, func(o *httpapi.Options) { o.Channels, o.Presence, o.Cache, o.Terminator = cl, cl, cl, cl })
 }
 
 // TestQueryAttributesAnswerAsReverb: every info combination a Laravel app
@@ -152,4 +152,27 @@ func sameJSON(t *testing.T, got, want string) bool {
 	gb, _ := json.Marshal(g)
 	wb, _ := json.Marshal(w)
 	return string(gb) == string(wb)
+}
+
+// A route whose answerer is missing is not mounted (404, as an unknown
+// route); the others still answer.
+func TestRoutesNeedTheirAnswerers(t *testing.T) {
+	cl := &staticCluster{subs: map[string]int{"presence-lobby": 1}, members: map[string]int{"presence-lobby": 1}}
+	api := newAPI(t, &fakePublisher{}, func(o *httpapi.Options) { o.Presence = cl })
+	for _, tc := range []struct {
+		method, path string
+		status       int
+	}{
+		{http.MethodGet, "/channels/presence-lobby/users", 200},
+		{http.MethodGet, "/channels/presence-lobby", 404},
+		{http.MethodGet, "/channels", 404},
+		{http.MethodGet, "/connections", 404},
+		{http.MethodPost, "/users/1/terminate_connections", 404},
+	} {
+		r := serve(api, signed{method: tc.method, path: "/apps/" + appID + tc.path}.request())
+		checkJSON(t, r)
+		if r.status != tc.status {
+			t.Errorf("%s %s: got %d %s, want %d", tc.method, tc.path, r.status, r.body, tc.status)
+		}
+	}
 }

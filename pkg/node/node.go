@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/internal/ops"
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/ensure"
@@ -32,7 +33,6 @@ import (
 	"github.com/resoundhq/resound/pkg/streams"
 	"github.com/resoundhq/resound/pkg/tlscert"
 	"github.com/resoundhq/resound/pkg/worker"
-	"github.com/resoundhq/resound/protocol"
 )
 
 // Node is a running gateway process.
@@ -161,20 +161,28 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	if err := ensure.Do(setupCtx, registry.Register); err != nil {
 		return nil, fmt.Errorf("registering the gateway: %w", err)
 	}
-	view := &clusterView{
-		nc: gwConn, stores: stores, presence: presence.New(stores.Presence),
-		querier: cluster.NewQuerier(gwConn, registry.Live, 2*time.Second),
-	}
 	ready := func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() && apiConn.IsConnected() }
 	api := httpapi.New(httpapi.Options{
-		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: cfg.Limits(), Cluster: view,
+		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: cfg.Limits(),
+		// The cluster's answers, each from the type that owns it.
+		Channels: cluster.NewQuerier(gwConn, registry.Live, 2*time.Second),
+		Presence: presence.New(stores.Presence),
+		Cache: httpapi.CacheReaderFunc(func(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
+			return cachedEvent(ctx, stores, appID, channel)
+		}),
+		Terminator: httpapi.TerminatorFunc(func(_ context.Context, appID, userID string) error {
+			return gateway.Terminate(gwConn, appID, userID)
+		}),
 		Triggered:    gwMetrics.MessagesIn.WithLabelValues("api"),
 		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
-		Ready: ready,
-		Log:   n.log.With().Str("component", "httpapi").Logger(),
+		Log: n.log.With().Str("component", "httpapi").Logger(),
 	})
+	// The public port: the API, and the probes in front of it, as Reverb
+	// serves /up (load balancers probe the port they balance). /metrics
+	// and the profiler are not there: see startOps.
+	public := ops.WithProbes(cfg.Path, ops.Health{Ready: ready}, api)
 	gwOpts := gateway.Options{
-		Apps: cfg.Apps, Conn: gwConn, HTTP: api, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
+		Apps: cfg.Apps, Conn: gwConn, HTTP: public, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
 		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), Log: n.log,
 		MaxOutbound: cfg.MaxOutbound, MaxOutboundTotal: cfg.MaxOutboundTotal, MaxChannels: cfg.MaxChannelsPerConnection,
 		HandshakeTimeout: cfg.HandshakeTimeout.Duration(), MaxRequestHead: cfg.MaxRequestHead, MaxHandshakes: cfg.MaxHandshakes,
@@ -238,25 +246,11 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	return n, nil
 }
 
-// clusterView answers the HTTP API's queries from the shared state and the
-// gateways.
-type clusterView struct {
-	nc       *nats.Conn
-	stores   *cluster.Stores
-	presence *presence.Store
-	querier  *cluster.Querier
-}
-
-func (v *clusterView) Query(ctx context.Context, req cluster.QueryRequest) (cluster.QueryResult, error) {
-	return v.querier.Query(ctx, req)
-}
-
-func (v *clusterView) PresenceMembers(ctx context.Context, appID, channel string) ([]protocol.PresenceMember, error) {
-	return v.presence.Members(ctx, appID, channel)
-}
-
-func (v *clusterView) CachedEvent(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
-	e, err := v.stores.Cache.Get(ctx, cluster.Key(appID, channel))
+// cachedEvent reads a cache channel's last event for the HTTP API, and
+// how long it has left. The cache has no owning type yet; once it has one,
+// that type satisfies httpapi.CacheReader itself and this goes.
+func cachedEvent(ctx context.Context, stores *cluster.Stores, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
+	e, err := stores.Cache.Get(ctx, cluster.Key(appID, channel))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, nil
 	}
@@ -267,15 +261,11 @@ func (v *clusterView) CachedEvent(ctx context.Context, appID, channel string) (*
 	if err := json.Unmarshal(e.Value(), &ev); err != nil {
 		return nil, 0, nil
 	}
-	ttl := v.stores.CacheTTL() - time.Since(e.Created())
+	ttl := stores.CacheTTL() - time.Since(e.Created())
 	if ttl < 0 {
 		ttl = 0
 	}
 	return &ev, ttl, nil
-}
-
-func (v *clusterView) Terminate(_ context.Context, appID, userID string) error {
-	return gateway.Terminate(v.nc, appID, userID)
 }
 
 func (n *Node) connect(name string, extra ...nats.Option) (*nats.Conn, error) {

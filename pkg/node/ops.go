@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"time"
 
-	"github.com/resoundhq/resound/pkg/httpapi"
+	"github.com/resoundhq/resound/internal/ops"
 )
 
 // opsServer serves RESOUND_OPS_ADDR: /metrics, /debug/pprof/ (with
-// RESOUND_PPROF), /up and /livez. It is a plain net/http server on a
+// RESOUND_PPROF), /up and /livez (internal/ops's mux). It is a plain net/http server on a
 // listener of its own, apart from the gateway's reactor: the few requests
 // it gets (scrapes, probes, a profile now and then) need nothing faster,
 // and keeping them off the public port means the world never sees the app
@@ -39,21 +38,17 @@ func (n *Node) startOps(ready func() bool) error {
 	if err != nil {
 		return fmt.Errorf("RESOUND_OPS_ADDR=%s: %w", cfg.OpsAddr, err)
 	}
-	var debug http.Handler
-	if cfg.Pprof {
-		debug = pprofHandler()
-	}
-	ops := &opsServer{ln: ln, done: make(chan struct{}), srv: &http.Server{
-		Handler: httpapi.NewOps(httpapi.OpsOptions{Metrics: n.Registry.Handler(), Debug: debug, Ready: ready}),
+	srv := &opsServer{ln: ln, done: make(chan struct{}), srv: &http.Server{
+		Handler: ops.NewMux(ops.Options{Metrics: n.Registry.Handler(), Pprof: cfg.Pprof, Health: ops.Health{Ready: ready}}),
 		// No WriteTimeout: /debug/pprof/profile and /trace stream for as
 		// many seconds as asked.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}}
-	n.ops = ops
+	n.ops = srv
 	go func() {
-		defer close(ops.done)
-		if err := ops.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		defer close(srv.done)
+		if err := srv.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error().Err(err).Str("addr", ln.Addr().String()).Msg("operations server stopped")
 			n.errMu.Lock()
 			if n.err == nil {
@@ -86,15 +81,4 @@ func (n *Node) OpsAddr() net.Addr {
 		return nil
 	}
 	return n.ops.ln.Addr()
-}
-
-// pprofHandler serves Go's profiler, for RESOUND_PPROF.
-func pprofHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
 }
