@@ -1,8 +1,9 @@
-// Package gateway is the WebSocket side of Resound: a reactor (epoll on
-// Linux, kqueue on macOS and the BSDs) that holds client connections
-// without a goroutine or buffers per idle connection, or a portable one on
-// net.Conn anywhere else (reactor.go), speaks the Pusher protocol on them, and writes the frames the
-// workers encoded to every local subscriber. Plain HTTP requests on the
+// Package gateway is the WebSocket side of Resound: on the sockets a
+// reactor holds (internal/reactor: epoll on Linux, kqueue on macOS and the
+// BSDs, without a goroutine or buffers per idle connection, or a portable
+// one on net.Conn anywhere else), it speaks the Pusher protocol
+// (sessions.go is where the two meet), and writes the frames the workers
+// encoded to every local subscriber. Plain HTTP requests on the
 // same port go to the HTTP API handler, as they do in Reverb.
 package gateway
 
@@ -27,6 +28,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/internal/reactor"
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/counts"
@@ -160,12 +162,12 @@ func (o *Options) defaults() {
 
 // Server is one gateway.
 type Server struct {
-	opts    Options
-	log     zerolog.Logger
-	hub     *hub
-	reactor string // the backend the pollers run
-	pollers []*poller
-	next    atomic.Uint32
+	opts Options
+	log  zerolog.Logger
+	hub  *hub
+	// rx is the socket layer: the pollers, their sockets, and the output
+	// budget.
+	rx      *reactor.Reactor
 	ready   atomic.Bool
 	frames  struct{ ping, pong []byte }
 	metrics struct {
@@ -176,10 +178,7 @@ type Server struct {
 	limitLogs limitLoggers
 	// epoch is when the gateway started: connections keep times as ticks
 	// from it.
-	epoch time.Time
-	// outbound is the bytes waiting in every connection's out, against
-	// MaxOutboundTotal.
-	outbound atomic.Int64
+	epoch    time.Time
 	dispatch []chan *nats.Msg
 	// replays carry catch-up's replays and releases to each dispatcher.
 	replays []chan replayItem
@@ -279,30 +278,36 @@ func New(opts Options) (*Server, error) {
 	for i := 1; i < runtime.GOMAXPROCS(0); i++ {
 		s.writers = append(s.writers, make(chan fanoutTask, 4))
 	}
-	kind, err := resolveReactor(opts.Reactor)
+	kind, err := reactor.Resolve(opts.Reactor)
 	if err == nil && opts.TLS != nil {
 		kind, err = tlsReactor(opts.Reactor)
 	}
 	if err != nil {
 		return nil, err
 	}
-	s.reactor = kind
-	for i := 0; i < opts.Pollers; i++ {
-		p, err := newPoller(s, kind)
-		if err != nil {
-			for _, p := range s.pollers {
-				p.be.close()
-			}
-			return nil, fmt.Errorf("gateway: %s: %w", kind, err)
-		}
-		s.pollers = append(s.pollers, p)
+	s.rx, err = reactor.New(reactor.Config{
+		Kind: kind, Pollers: opts.Pollers,
+		MaxOutbound: opts.MaxOutbound, MaxOutboundTotal: opts.MaxOutboundTotal,
+		Epoch: s.epoch, Handler: &sessions{s: s}, Log: s.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	return s, nil
 }
 
+// Reactor names, as RESOUND_REACTOR and Options.Reactor take them
+// (internal/reactor has the socket layer itself).
+const (
+	ReactorAuto     = reactor.Auto
+	ReactorEpoll    = reactor.Epoll
+	ReactorKqueue   = reactor.Kqueue
+	ReactorPortable = reactor.Portable
+)
+
 // Reactor is the socket layer the gateway runs: ReactorEpoll,
 // ReactorKqueue or ReactorPortable.
-func (s *Server) Reactor() string { return s.reactor }
+func (s *Server) Reactor() string { return s.rx.Kind() }
 
 // Ready reports whether the gateway accepts connections.
 func (s *Server) Ready() bool { return s.ready.Load() }
@@ -338,10 +343,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	s.lanes.run(s.baseCtx, &wg)
-	for _, p := range s.pollers {
-		wg.Add(1)
-		go func() { defer wg.Done(); p.run(done) }()
-	}
+	s.rx.Start()
 	for i := range s.dispatch {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.runDispatcher(i, done) }()
@@ -417,13 +419,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		_ = sub.Unsubscribe()
 	}
 	close(done)
-	for _, p := range s.pollers {
-		p.wake()
-	}
 	wg.Wait()
-	for _, p := range s.pollers {
-		p.shutdown()
-	}
+	s.rx.Stop()
 	s.hub.clear()
 	return nil
 }
@@ -433,14 +430,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // n*drainTick/window of them per tick, and one with few clients is done in
 // a few ticks rather than waiting out the window.
 func (s *Server) drain(code int, reason string) {
-	var conns []*conn
-	for _, p := range s.pollers {
-		p.mu.RLock()
-		for _, c := range p.conns {
-			conns = append(conns, c)
-		}
-		p.mu.RUnlock()
-	}
+	conns := s.rx.Conns()
 	if len(conns) == 0 {
 		return
 	}
@@ -450,8 +440,8 @@ func (s *Server) drain(code int, reason string) {
 		if i > 0 {
 			time.Sleep(drainTick)
 		}
-		for _, c := range conns[i:min(i+batch, len(conns))] {
-			c.closeWith(code, reason)
+		for _, rc := range conns[i:min(i+batch, len(conns))] {
+			sessionOf(rc).closeWith(code, reason)
 		}
 	}
 }
@@ -553,29 +543,23 @@ func (s *Server) handshakeFailed(nc net.Conn, err error) {
 // attach hands an upgraded connection to a poller, whose backend takes
 // the socket (an fd backend moves it out of the Go runtime: from then on
 // the connection is a few hundred bytes of state).
-func (s *Server) attach(nc net.Conn, app *config.App, counted bool, slot *ipSlot) error {
-	p := s.pollers[int(s.next.Add(1))%len(s.pollers)]
-	c, err := p.be.open(nc)
-	if err != nil {
+func (s *Server) attach(nc net.Conn, app *config.App, slot *ipSlot) error {
+	p := s.rx.Next()
+	c := &conn{app: app, lastSeen: s.ticks(time.Now()), ipSlot: slot}
+	if err := p.Open(&c.Conn, nc); err != nil {
 		return err
 	}
-	c.poller, c.app, c.lastSeen, c.countedMax, c.ipSlot = p, app, s.ticks(time.Now()), counted, slot
 	c.sidA, c.sidB = newSocketID()
 	established := protocol.AppendTextFrame(nil,
 		protocol.AppendConnectionEstablished(nil, c.socketID(), int(app.ActivityTimeout.Duration()/time.Second)))
 	// The socket is new and empty: this write goes out whole, before the
 	// poller can deliver anything else.
-	c.write(established)
+	c.Write(established)
 	s.metrics.connections.Add(1)
 	s.appStats(app).conns.Inc()
-	if err := p.add(c); err != nil {
+	if err := p.Add(&c.Conn); err != nil {
 		s.metrics.connections.Add(-1)
 		s.appStats(app).conns.Dec()
-		c.mu.Lock()
-		c.state = stateDead
-		c.dropOutLocked()
-		c.closeSocketLocked()
-		c.mu.Unlock()
 		return err
 	}
 	return nil

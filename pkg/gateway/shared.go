@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/resoundhq/resound/internal/reactor"
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/route"
@@ -187,9 +188,10 @@ func (s *Server) onTerminate(m *nats.Msg) {
 	if json.Unmarshal(m.Data, &req) != nil || req.UserID == "" {
 		return
 	}
-	for _, p := range s.pollers {
-		p.post(func() {
-			hit := p.matching(func(c *conn) bool {
+	for _, p := range s.rx.Pollers() {
+		p.Post(func() {
+			hit := p.Matching(func(rc *reactor.Conn) bool {
+				c := sessionOf(rc)
 				if c.app.ID != req.App {
 					return false
 				}
@@ -199,8 +201,8 @@ func (s *Server) onTerminate(m *nats.Msg) {
 				}
 				return match
 			})
-			for _, c := range hit {
-				c.closeWith(protocol.CodeUnauthorized, "Connection terminated by server")
+			for _, rc := range hit {
+				sessionOf(rc).closeWith(protocol.CodeUnauthorized, "Connection terminated by server")
 			}
 		})
 	}

@@ -42,7 +42,7 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 			s.sendError(c, protocol.CodeUnauthorized, "The connection is already signed in as another user")
 			return
 		}
-		c.write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, d.UserData)))
+		c.Write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, d.UserData)))
 		return
 	}
 	truncated := len(watchlist) > protocol.MaxWatchlist
@@ -57,7 +57,7 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 	app, sid := c.app, c.socketID()
 	ok := s.lanes.try(c.sidA, c, func(ctx context.Context) {
 		first, err := s.users.SignIn(ctx, app.ID, id, sid, s.opts.GatewayID, app.MaxUserConnections)
-		c.poller.post(func() { s.finishSignin(c, id, d.UserData, watchlist, truncated, first, err) })
+		c.Post(func() { s.finishSignin(c, id, d.UserData, watchlist, truncated, first, err) })
 	})
 	if !ok {
 		ext.userID, ext.signingIn, ext.watchlist = "", false, nil
@@ -70,7 +70,7 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 // finishSignin answers a signin once the shared state has it, on the
 // poller goroutine.
 func (s *Server) finishSignin(c *conn, id, userData string, watchlist []string, truncated, first bool, err error) {
-	if c.destroyed || !c.isOpen() {
+	if c.Destroyed() || !c.IsOpen() {
 		return // the close's sign-out is queued after the sign-in
 	}
 	c.ext.signingIn = false
@@ -88,7 +88,7 @@ func (s *Server) finishSignin(c *conn, id, userData string, watchlist []string, 
 		// (terminate from another gateway, watchlists) miss it.
 		s.log.Warn().Err(err).Msg("recording a signed-in user")
 	}
-	c.write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, userData)))
+	c.Write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, userData)))
 	if truncated {
 		s.sendError(c, protocol.CodeWatchlistLimit, "Watchlist limit exceeded: only the first 100 ids are watched")
 	}
@@ -204,7 +204,7 @@ func (s *Server) forwardUserState(m *nats.Msg) {
 	defer s.watchers.mu.Unlock()
 	if e := s.watchers.byKey[m.Subject]; e != nil {
 		for c := range e.conns {
-			c.write(frame)
+			c.Write(frame)
 		}
 	}
 }
@@ -219,6 +219,6 @@ func (s *Server) sendInitialWatchlist(ctx context.Context, c *conn, app *config.
 		}
 	}
 	if len(online) > 0 {
-		c.write(protocol.AppendTextFrame(nil, protocol.AppendWatchlistEvent(nil, "online", online)))
+		c.Write(protocol.AppendTextFrame(nil, protocol.AppendWatchlistEvent(nil, "online", online)))
 	}
 }

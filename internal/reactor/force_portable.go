@@ -1,6 +1,6 @@
 //go:build resound_portable
 
-package gateway
+package reactor
 
 // forcePortable: built with the resound_portable tag, RESOUND_REACTOR=auto
 // chooses the portable backend (see reactor_force.go).
