@@ -3,5 +3,5 @@
 package reactor
 
 // forcePortable: built with the resound_portable tag, RESOUND_REACTOR=auto
-// chooses the portable backend (see reactor_force.go).
+// chooses the portable backend (see force.go).
 const forcePortable = true
