@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/resoundhq/resound/internal/wire"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/route"
@@ -124,16 +125,11 @@ func (s *Server) signOut(c *conn) {
 
 // userStateSubject carries a user's online/offline transitions.
 func userStateSubject(appID, userID string) string {
-	return subjectUserState + route.EscapeToken(appID) + "." + route.EscapeToken(userID)
-}
-
-type userState struct {
-	UserID string `json:"user_id"`
-	Online bool   `json:"online"`
+	return wire.UserStatePrefix + route.EscapeToken(appID) + "." + route.EscapeToken(userID)
 }
 
 func (s *Server) publishUserState(app *config.App, userID string, online bool) {
-	b, _ := json.Marshal(userState{UserID: userID, Online: online})
+	b, _ := json.Marshal(wire.UserState{UserID: userID, Online: online})
 	if err := s.opts.Conn.Publish(userStateSubject(app.ID, userID), b); err != nil {
 		s.log.Warn().Err(err).Msg("publishing user state")
 	}
@@ -191,7 +187,7 @@ func (s *Server) runUserStates(done <-chan struct{}) {
 
 func (s *Server) forwardUserState(m *nats.Msg) {
 	defer s.recoverNATS()
-	var st userState
+	var st wire.UserState
 	if json.Unmarshal(m.Data, &st) != nil {
 		return
 	}
