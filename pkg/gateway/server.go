@@ -48,10 +48,7 @@ type Options struct {
 	// GatewayID names this gateway in the shared state.
 	GatewayID string
 	// Conn carries deliveries from the workers.
-	Conn *nats.Conn
-	// HTTP serves every request that is not a WebSocket upgrade on
-	// {PathPrefix}/app/{key}.
-	HTTP       http.Handler
+	Conn       *nats.Conn
 	PathPrefix string
 	// PongTimeout is how long a client may take to answer a server ping.
 	PongTimeout time.Duration
@@ -113,9 +110,10 @@ type Options struct {
 	Local bool
 	// TLS, when set, makes the port serve wss:// and https:// (tls.go).
 	TLS *tls.Config
-	// Metrics receives the gateway's counters; nil keeps them unexported.
-	Metrics *metrics.Gateway
-	Log     zerolog.Logger
+	// Registry is where the gateway registers its metrics (Metrics); nil
+	// keeps them unexported.
+	Registry *metrics.Registry
+	Log      zerolog.Logger
 }
 
 func (o *Options) defaults() {
@@ -223,8 +221,8 @@ type Server struct {
 // New builds a gateway; Serve runs it.
 func New(opts Options) (*Server, error) {
 	opts.defaults()
-	if opts.Apps == nil || opts.Conn == nil || opts.HTTP == nil || opts.Stores == nil || opts.GatewayID == "" {
-		return nil, errors.New("gateway: Apps, Conn, HTTP, Stores and GatewayID are required")
+	if opts.Apps == nil || opts.Conn == nil || opts.Stores == nil || opts.GatewayID == "" {
+		return nil, errors.New("gateway: Apps, Conn, Stores and GatewayID are required")
 	}
 	s := &Server{
 		opts:       opts,
@@ -244,10 +242,12 @@ func New(opts Options) (*Server, error) {
 	s.retryLog = s.log.Sample(&zerolog.BurstSampler{Burst: 1, Period: limitLogPeriod})
 	s.watchers.byKey = map[string]*watchEntry{}
 	s.limitLogs = newLimitLoggers(s.log)
-	s.prom = opts.Metrics
-	if s.prom == nil {
-		s.prom = metrics.NewGateway(metrics.NewRegistry(), s.subscriptionCount, s.channelCount)
+	reg := opts.Registry
+	if reg == nil {
+		reg = metrics.NewRegistry()
 	}
+	s.prom = metrics.NewGateway(reg, s.subscriptionCount, s.channelCount)
+
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	for _, app := range opts.Apps.All() {
 		s.stats[app.ID] = &appStat{conns: s.prom.Connections.WithLabelValues(app.ID)}
@@ -312,23 +312,9 @@ func (s *Server) Reactor() string { return s.rx.Kind() }
 // Ready reports whether the gateway accepts connections.
 func (s *Server) Ready() bool { return s.ready.Load() }
 
-// NewMetrics registers a gateway's metrics in r; pass the result as
-// Options.Metrics. The gauges read the server once it exists.
-func NewMetrics(r *metrics.Registry, srv **Server) *metrics.Gateway {
-	return metrics.NewGateway(r,
-		func() float64 {
-			if *srv == nil {
-				return 0
-			}
-			return (*srv).subscriptionCount()
-		},
-		func() float64 {
-			if *srv == nil {
-				return 0
-			}
-			return (*srv).channelCount()
-		})
-}
+// Metrics are the gateway's metrics, registered in Options.Registry: the
+// HTTP API counts its triggers there too.
+func (s *Server) Metrics() *metrics.Gateway { return s.prom }
 
 func (s *Server) subscriptionCount() float64 { return float64(s.metrics.subscriptions.Load()) }
 func (s *Server) channelCount() float64      { return float64(s.hub.channelCount()) }
@@ -338,8 +324,12 @@ func (s *Server) Channels() int { return s.hub.channelCount() }
 
 // Serve accepts connections on ln until ctx ends, then closes every client
 // connection with 4200 (reconnect at once) so that pusher-js moves to
-// another gateway straight away.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+// another gateway straight away. api serves every request on ln that is
+// not a WebSocket upgrade on {PathPrefix}/app/{key}, as Reverb's port
+// does. It is Serve's rather than New's so that the API can be built
+// after the gateway, with the gateway's readiness and metrics, and start-up
+// has no forward reference.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, api http.Handler) error {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	s.lanes.run(s.baseCtx, &wg)
@@ -382,7 +372,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.httpConns = newConnListener(ln.Addr())
 	httpSrv := &http.Server{
-		Handler:           s.recoverHTTP(s.opts.HTTP),
+		Handler:           s.recoverHTTP(api),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
 		MaxHeaderBytes:    s.opts.MaxRequestHead,
 		ReadTimeout:       30 * time.Second,
