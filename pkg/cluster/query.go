@@ -6,31 +6,20 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/resoundhq/resound/internal/wire"
 )
 
 // QuerySubject is where the HTTP API asks every gateway about its
-// channels; each live gateway answers once.
-const QuerySubject = "resound.ctl.query"
+// channels; each live gateway answers once. (internal/wire catalogues
+// every subject and control message.)
+const QuerySubject = wire.Query
 
-// QueryRequest asks about one app's channels: all of them, those with a
-// prefix, or one.
-type QueryRequest struct {
-	App     string `json:"app"`
-	Prefix  string `json:"prefix,omitempty"`
-	Channel string `json:"channel,omitempty"`
-	// ConnectionsOnly asks for the connection count alone.
-	ConnectionsOnly bool `json:"connections_only,omitempty"`
-}
+// QueryRequest asks about one app's channels.
+type QueryRequest = wire.QueryRequest
 
 // QueryReply is one gateway's answer.
-type QueryReply struct {
-	Gateway string `json:"gateway"`
-	// Channels maps occupied channels to their local subscriber counts.
-	Channels map[string]int `json:"channels"`
-	// Connections counts the app's local connections on at least one
-	// channel.
-	Connections int `json:"connections"`
-}
+type QueryReply = wire.QueryReply
 
 // QueryResult sums the replies.
 type QueryResult struct {
@@ -116,7 +105,7 @@ func (q *Querier) Query(ctx context.Context, req QueryRequest) (QueryResult, err
 // proves that the gateway's connection to NATS is up again and, because
 // nats.go sends a connection's subscriptions before anything else when it
 // reconnects, that its delivery subscriptions are back in place.
-const ReadySubject = "resound.ctl.ready"
+const ReadySubject = wire.Ready
 
 // readyRound is how long AwaitGateways waits for answers before it asks
 // again: a gateway that reconnects between two rounds answers the next.

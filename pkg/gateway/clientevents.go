@@ -61,7 +61,7 @@ func (s *Server) clientEvent(c *conn, m protocol.ClientMessage) {
 func (s *Server) takeClientEventToken(c *conn) bool {
 	rate := float64(c.app.ClientEventRateLimit)
 	ext := c.extension()
-	now := c.poller.now
+	now := c.Poller().Now()
 	if ext.lastFill == 0 {
 		ext.tokens = rate
 	} else {

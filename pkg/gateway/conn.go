@@ -1,42 +1,24 @@
 package gateway
 
 import (
-	"sync"
 	"time"
+	"unsafe"
 
+	"github.com/resoundhq/resound/internal/reactor"
 	"github.com/resoundhq/resound/pkg/config"
-	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/protocol"
 )
 
-// connState is where a connection is in its life. Transitions only go
-// forward: open → closing → dead.
-type connState uint8
-
-const (
-	// stateOpen: frames flow both ways.
-	stateOpen connState = iota
-	// stateClosing: our close frame is queued or sent; we read and discard
-	// until the peer closes too (so that an unread receive buffer does not
-	// turn our close into a reset the client never sees), or until the
-	// poller's scan gives up.
-	stateClosing
-	// stateDead: the descriptor is closed. Nothing may touch it.
-	stateDead
-)
-
-// conn is one Pusher client connection. On the fd backends (epoll,
-// kqueue) it has no goroutine and, when idle, no buffers: the poller reads
-// into a buffer it shares among all its connections, and output is written
-// straight to the socket, so out and partial stay nil unless the socket
-// pushes back or a frame straddles two reads. A portable connection is the
-// start of a netConn (reactor_portable.go).
+// conn is one Pusher client connection: the session state above its
+// socket. reactor.Conn, the socket, comes first: the reactor hands the
+// session a *reactor.Conn, and sessionOf finds the conn it starts (see
+// sessionOf), so conn needs no pointer back and the reactor none forward.
+//
+// Its size is every idle connection's cost (160 bytes, a size class, on
+// 64-bit platforms: TestConnSize).
 type conn struct {
-	// fd is the socket's descriptor; below zero, the connection is
-	// portable and fd only numbers it.
-	fd     int
-	poller *poller
-	app    *config.App
+	reactor.Conn
+	app *config.App
 	// sidA and sidB are the two numbers of the socket id "sidA.sidB".
 	sidA, sidB uint64
 
@@ -47,32 +29,30 @@ type conn struct {
 	subs       []chanSub
 	ext        *connExt // rarer state, made on first use
 	ipSlot     *ipSlot  // its client address's count, when connections per IP are capped
-
-	// mu guards the write side: deliveries write from other goroutines.
-	// The socket write happens under mu, so a write can never land on a
-	// descriptor number that was closed and reused.
-	mu        sync.Mutex
-	state     connState
-	shutWrite bool // SHUT_WR is done
-	// Owned by the poller goroutine, not mu; here to share a word.
-	destroyed  bool   // set by poller.destroy; the descriptor may already be reused
-	countedMax bool   // this connection holds a slot of the app's max_connections
-	closingAt  uint32 // tick when closing began; guarded by mu
-	out        []byte // output the socket did not take yet; guarded by mu
 }
 
-// The times a connection keeps are ticks: whole seconds since the gateway
-// started, plus one so that 0 means "never". Timeouts are seconds long and
-// the poller checks them once a second, so finer times would only make
-// every connection bigger.
+// sessionOf is the conn whose socket rc is. Every reactor.Conn the
+// gateway's reactor holds is the first field of a conn (attach makes them
+// so), which the compile-time check below keeps true.
+func sessionOf(rc *reactor.Conn) *conn { return (*conn)(unsafe.Pointer(rc)) }
+
+// conn's socket must stay its first field, for sessionOf.
+var _ [0]struct{} = [unsafe.Offsetof(conn{}.Conn)]struct{}{}
+
+// srv is the gateway the connection belongs to.
+func (c *conn) srv() *Server { return c.Poller().Handler().(*sessions).s }
+
+// countedMax reports that the connection holds a slot of its app's
+// max_connections: the handshake takes one for every connection of an app
+// with the limit, and an app's settings do not change under a connection,
+// so this needs no field of its own (conn's size).
+func (c *conn) countedMax() bool { return c.app.MaxConnections > 0 }
+
+// The times a connection keeps are ticks (reactor.Ticks) from the
+// gateway's start.
 
 // ticks converts a time into ticks of s.
-func (s *Server) ticks(t time.Time) uint32 { return uint32(t.Sub(s.epoch)/time.Second) + 1 }
-
-// durationTicks is d in ticks, rounded up, at least one.
-func durationTicks(d time.Duration) uint32 {
-	return uint32(max((d+time.Second-1)/time.Second, 1))
-}
+func (s *Server) ticks(t time.Time) uint32 { return reactor.Ticks(s.epoch, t) }
 
 // chanSub is one channel a connection is on.
 type chanSub struct {
@@ -228,130 +208,44 @@ func (c *conn) socketID() string {
 	return string(protocol.AppendSocketID(make([]byte, 0, 24), c.sidA, c.sidB))
 }
 
-// write queues b for the client, writing what the socket takes at once. It
-// is safe from any goroutine. A client whose pending output would pass the
-// limit is cut off: it is not reading, and must not hold memory or slow the
-// fan-out to everyone else.
-func (c *conn) write(b []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != stateOpen {
-		return
-	}
-	c.writeLocked(b)
-}
-
-func (c *conn) writeLocked(b []byte) {
-	if len(c.out) == 0 && c.fd >= 0 {
-		n, err := fdWrite(c.fd, b)
-		if n == len(b) {
-			return
-		}
-		if err != nil && err != errAgain && err != errIntr {
-			c.abortLocked()
-			return
-		}
-		if n > 0 {
-			b = b[n:]
-		}
-	}
-	c.queueLocked(b)
-}
-
-// queueLocked keeps b to be written once the socket takes it: the fd
-// backends' poller flushes it on a write edge, the portable write
-// goroutine as soon as it can.
-func (c *conn) queueLocked(b []byte) {
-	srv := c.poller.srv
-	waiting := len(c.out)
-	if c.fd < 0 {
-		waiting += c.asNet().flying
-	}
-	if waiting+len(b) > srv.opts.MaxOutbound {
-		srv.prom.SlowConsumers.Inc()
-		srv.limitHit(metrics.LimitOutbound, c)
-		c.abortLocked()
-		return
-	}
-	// Every byte waiting in any connection's out is charged to the
-	// process's budget, so that many slow clients together cannot hold
-	// more than MaxOutboundTotal, each below its own limit.
-	if srv.outbound.Add(int64(len(b))) > srv.opts.MaxOutboundTotal {
-		srv.outbound.Add(-int64(len(b)))
-		srv.prom.SlowConsumers.Inc()
-		srv.limitHit(metrics.LimitOutboundTotal, c)
-		c.abortLocked()
-		return
-	}
-	// The socket is full; edge-triggered EPOLLOUT tells the poller when it
-	// drains, and flush writes the rest.
-	c.out = append(c.out, b...)
-	if c.fd < 0 {
-		c.asNet().kickLocked()
-	}
-}
-
-// idleLocked reports that no output is waiting: what is written now goes
-// out before anything else.
-func (c *conn) idleLocked() bool {
-	return len(c.out) == 0 && (c.fd >= 0 || !c.asNet().writing)
-}
-
-// dropOutLocked forgets the output waiting, and gives its bytes back to
-// the process's budget.
-func (c *conn) dropOutLocked() {
-	if len(c.out) > 0 {
-		c.poller.srv.outbound.Add(-int64(len(c.out)))
-	}
-	c.out = nil
-}
-
 // writePong answers a WebSocket ping. While output is waiting, only the
 // latest ping's answer is kept, so a client that pings without reading
 // holds at most one pong. Only the poller goroutine calls it.
 func (c *conn) writePong(payload []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != stateOpen {
+	c.Lock()
+	defer c.Unlock()
+	if !c.OpenLocked() {
 		return
 	}
-	if c.idleLocked() {
+	if c.IdleLocked() {
 		var buf [2 + 125]byte
-		c.writeLocked(protocol.AppendFrame(buf[:0], protocol.OpPong, payload))
+		c.WriteLocked(protocol.AppendFrame(buf[:0], protocol.OpPong, payload))
 		return
 	}
 	ext := c.extension()
 	ext.pong = protocol.AppendFrame(ext.pong[:0], protocol.OpPong, payload)
-	c.pongsHeldLocked()
-}
-
-// pongsHeldLocked tells a portable connection's write goroutine that
-// pongs are kept for when it is done; on the fd backends, flush finds them.
-func (c *conn) pongsHeldLocked() {
-	if c.fd < 0 {
-		c.asNet().heldPongs = true
-	}
+	c.WantDrainedLocked()
 }
 
 // writePusherPong answers pusher:ping, keeping at most one answer while
 // output is waiting, as writePong does.
 func (c *conn) writePusherPong() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != stateOpen {
+	c.Lock()
+	defer c.Unlock()
+	if !c.OpenLocked() {
 		return
 	}
-	if c.idleLocked() {
-		c.writeLocked(c.poller.srv.frames.pong)
+	if c.IdleLocked() {
+		c.WriteLocked(c.srv().frames.pong)
 		return
 	}
 	c.extension().pusherPong = true
-	c.pongsHeldLocked()
+	c.WantDrainedLocked()
 }
 
 // writeHeldPongsLocked writes the pongs kept while output was waiting;
-// flush calls it once out is empty, on the poller goroutine (for a
-// portable connection, the write goroutine has the poller call it).
+// the reactor calls it (DrainedLocked) once that output is out, on the
+// poller goroutine.
 func (c *conn) writeHeldPongsLocked() {
 	ext := c.ext
 	if ext == nil || (ext.pong == nil && !ext.pusherPong) {
@@ -360,47 +254,10 @@ func (c *conn) writeHeldPongsLocked() {
 	pong, pusherPong := ext.pong, ext.pusherPong
 	ext.pong, ext.pusherPong = nil, false
 	if pong != nil {
-		c.writeLocked(pong)
+		c.WriteLocked(pong)
 	}
-	if pusherPong && c.state == stateOpen {
-		c.writeLocked(c.poller.srv.frames.pong)
-	}
-}
-
-// writeFrames writes frames to the client with one writev, keeping what
-// the socket does not take. iovecs is the caller's scratch space, so the
-// common case allocates nothing.
-func (c *conn) writeFrames(frames [][]byte, iovecs *[]iovec) {
-	if len(frames) == 1 {
-		c.write(frames[0])
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != stateOpen {
-		return
-	}
-	written := 0
-	if len(c.out) == 0 && c.fd >= 0 {
-		n, err := fdWritev(c.fd, frames, iovecs)
-		if err != nil && err != errAgain && err != errIntr {
-			c.abortLocked()
-			return
-		}
-		if n > 0 {
-			written = n
-		}
-	}
-	for _, f := range frames {
-		if written >= len(f) {
-			written -= len(f)
-			continue
-		}
-		c.writeLocked(f[written:])
-		written = 0
-		if c.state != stateOpen {
-			return
-		}
+	if pusherPong && c.OpenLocked() {
+		c.WriteLocked(c.srv().frames.pong)
 	}
 }
 
@@ -409,89 +266,26 @@ func (c *conn) writeFrames(frames [][]byte, iovecs *[]iovec) {
 // for closes the server decides, and counts them; echoClose answers the
 // peer's.
 func (c *conn) closeWith(code int, errMsg string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != stateOpen {
+	c.Lock()
+	defer c.Unlock()
+	if !c.OpenLocked() {
 		return
 	}
-	c.poller.srv.prom.Error(code, c.app.ID)
+	c.srv().prom.Error(code, c.app.ID)
 	var msg []byte
 	if errMsg != "" && code >= 4000 {
 		msg = protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, errMsg))
 	}
-	c.closeLocked(protocol.AppendCloseFrame(msg, uint16(code), errMsg))
+	c.CloseLocked(protocol.AppendCloseFrame(msg, uint16(code), errMsg))
 }
 
 // echoClose answers the peer's close frame with its code, which the frame
 // reader has checked may be sent (RFC 6455 §5.5.1).
 func (c *conn) echoClose(code int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != stateOpen {
+	c.Lock()
+	defer c.Unlock()
+	if !c.OpenLocked() {
 		return
 	}
-	c.closeLocked(protocol.AppendCloseFrame(nil, uint16(code), ""))
-}
-
-func (c *conn) closeLocked(msg []byte) {
-	c.writeLocked(msg)
-	if c.state != stateOpen {
-		return // the write failed and aborted
-	}
-	c.state = stateClosing
-	c.closingAt = c.poller.srv.ticks(time.Now())
-	if c.idleLocked() {
-		c.shutWrite = true
-		c.shutdownWriteLocked()
-	}
-}
-
-// shutdownWriteLocked half-closes the socket once the last frame is out,
-// so that the peer reads our close frame and then the end of the stream.
-func (c *conn) shutdownWriteLocked() {
-	if c.fd < 0 {
-		c.asNet().shutdownWrite()
-		return
-	}
-	fdShutdownWrite(c.fd)
-}
-
-// closeSocketLocked closes the socket for good; only the poller's destroy
-// and the end of Serve call it.
-func (c *conn) closeSocketLocked() {
-	if c.fd < 0 {
-		_ = c.asNet().nc.Close()
-		return
-	}
-	fdClose(c.fd)
-}
-
-// abortLocked drops the connection without ceremony. Any goroutine may
-// call it; shutting the socket down makes the poller see a hang-up (or
-// the portable read goroutine an error) and destroy the connection on its
-// own goroutine.
-func (c *conn) abortLocked() {
-	if c.state == stateDead {
-		return
-	}
-	c.dropOutLocked()
-	if c.state == stateOpen {
-		c.state = stateClosing
-		c.closingAt = c.poller.srv.ticks(time.Now())
-	}
-	c.shutWrite = true
-	if c.fd < 0 {
-		// Closing a net.Conn cannot hand its descriptor to another
-		// connection while this one is still in the table, as closing a
-		// raw descriptor could: it is safe from any goroutine.
-		_ = c.asNet().nc.Close()
-		return
-	}
-	fdShutdown(c.fd)
-}
-
-func (c *conn) isOpen() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.state == stateOpen
+	c.CloseLocked(protocol.AppendCloseFrame(nil, uint16(code), ""))
 }

@@ -5,27 +5,17 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
-	"github.com/resoundhq/resound/pkg/config"
-	"github.com/resoundhq/resound/pkg/metrics"
+	"github.com/resoundhq/resound/internal/reactor"
 	"github.com/resoundhq/resound/protocol"
 )
-
-// testConnServer is just enough of a gateway for a connection's write
-// side: limits, metrics and a poller.
-func testConnServer(maxOutbound int, maxTotal int64) *Server {
-	s := &Server{log: zerolog.Nop(), stats: map[string]*appStat{}}
-	s.opts.MaxOutbound, s.opts.MaxOutboundTotal = maxOutbound, maxTotal
-	s.prom = metrics.NewGateway(metrics.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 })
-	s.frames.pong = protocol.AppendTextFrame(nil, protocol.MessagePong)
-	return s
-}
 
 // socketPair returns a connection of s on one end of a Unix socket pair
 // with small buffers, and the other end, which the test reads.
@@ -37,19 +27,24 @@ func socketPair(t *testing.T, s *Server) (*conn, int) {
 	}
 	_ = unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 4096)
 	_ = unix.SetsockoptInt(fds[1], unix.SOL_SOCKET, unix.SO_RCVBUF, 4096)
-	t.Cleanup(func() { _ = unix.Close(fds[0]); _ = unix.Close(fds[1]) })
-	app := &config.App{ID: "1", Key: "k", Secret: "s"}
-	return &conn{fd: fds[0], poller: &poller{srv: s}, app: app, sidA: 1, sidB: 2}, fds[1]
+	t.Cleanup(func() { _ = unix.Close(fds[1]) })
+	f := os.NewFile(uintptr(fds[0]), "socketpair")
+	nc, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testConn(t, s, nc), fds[1]
 }
 
 // fill writes to c until the socket pushes back and output waits.
 func fill(c *conn) {
 	chunk := bytes.Repeat([]byte("x"), 1024)
 	for i := 0; i < 1000; i++ {
-		c.write(chunk)
-		c.mu.Lock()
-		waiting := len(c.out) > 0 || c.state != stateOpen
-		c.mu.Unlock()
+		c.Write(chunk)
+		c.Lock()
+		waiting := c.WaitingLocked() > 0 || !c.OpenLocked()
+		c.Unlock()
 		if waiting {
 			return
 		}
@@ -57,16 +52,16 @@ func fill(c *conn) {
 }
 
 func TestSlowClientCutOffAtItsLimit(t *testing.T) {
-	s := testConnServer(64<<10, 1<<30)
+	s := testConnServer(t, reactor.Native(), 64<<10, 1<<30)
 	c, _ := socketPair(t, s)
 	fill(c)
-	for i := 0; i < 100 && c.isOpen(); i++ {
-		c.write(bytes.Repeat([]byte("y"), 1024))
+	for i := 0; i < 100 && c.IsOpen(); i++ {
+		c.Write(bytes.Repeat([]byte("y"), 1024))
 	}
-	if c.isOpen() {
+	if c.IsOpen() {
 		t.Fatal("a client holding more than its limit was not cut off")
 	}
-	if got := s.outbound.Load(); got != 0 {
+	if got := s.rx.Outbound(); got != 0 {
 		t.Fatalf("%d bytes still charged to the process after the cut-off", got)
 	}
 }
@@ -75,18 +70,18 @@ func TestSlowClientCutOffAtItsLimit(t *testing.T) {
 // the process's budget.
 func TestSlowClientsShareTheProcessBudget(t *testing.T) {
 	const budget = 20 << 10
-	s := testConnServer(1<<20, budget)
+	s := testConnServer(t, reactor.Native(), 1<<20, budget)
 	var cut int
 	for i := 0; i < 10; i++ {
 		c, _ := socketPair(t, s)
 		fill(c)
-		for j := 0; j < 4 && c.isOpen(); j++ {
-			c.write(bytes.Repeat([]byte("z"), 1024))
+		for j := 0; j < 4 && c.IsOpen(); j++ {
+			c.Write(bytes.Repeat([]byte("z"), 1024))
 		}
-		if !c.isOpen() {
+		if !c.IsOpen() {
 			cut++
 		}
-		if got := s.outbound.Load(); got > budget {
+		if got := s.rx.Outbound(); got > budget {
 			t.Fatalf("%d bytes waiting, over the %d budget", got, budget)
 		}
 	}
@@ -98,37 +93,48 @@ func TestSlowClientsShareTheProcessBudget(t *testing.T) {
 // A client that pings and never reads holds one pong, whatever the number
 // of pings (RFC 6455 §5.5.3), and gets it once it reads.
 func TestOnlyTheLatestPongWaits(t *testing.T) {
-	s := testConnServer(1<<20, 1<<30)
+	s := testConnServer(t, reactor.Native(), 1<<20, 1<<30)
 	c, peer := socketPair(t, s)
 	fill(c)
-	c.mu.Lock()
-	before := len(c.out)
-	c.mu.Unlock()
+	c.Lock()
+	before := c.WaitingLocked()
+	c.Unlock()
 	for i := 0; i < 1000; i++ {
 		c.writePong(bytes.Repeat([]byte{byte(i)}, 125))
 		c.writePusherPong()
 	}
-	c.mu.Lock()
-	after := len(c.out)
-	c.mu.Unlock()
-	if after != before || c.ext == nil || len(c.ext.pong) != 127 || !c.ext.pusherPong {
-		t.Fatalf("out grew %d -> %d, held pong %v", before, after, c.ext)
+	c.Lock()
+	after := c.WaitingLocked()
+	ext := c.ext
+	held := ext != nil && len(ext.pong) == 127 && ext.pusherPong
+	c.Unlock()
+	if after != before || !held {
+		t.Fatalf("out grew %d -> %d, held pongs %v", before, after, held)
 	}
-	// The client reads: everything goes out, the last pong with it.
+	// The client reads: the poller flushes on each write edge, everything
+	// goes out, the last pong with it. (The pongs are poller-owned: read
+	// them on the poller.)
 	var got []byte
 	buf := make([]byte, 64<<10)
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		c.flush()
+		// Whether all was written is asked before reading, so that the
+		// read after it finds the last of it.
+		pongHeld := make(chan bool)
+		c.Post(func() { pongHeld <- c.ext != nil && c.ext.pong != nil })
+		held := <-pongHeld
+		c.Lock()
+		done := c.WaitingLocked() == 0 && !held
+		c.Unlock()
 		n, _ := unix.Read(peer, buf)
 		if n > 0 {
 			got = append(got, buf[:n]...)
 		}
-		c.mu.Lock()
-		done := len(c.out) == 0 && c.ext.pong == nil
-		c.mu.Unlock()
 		if done && n <= 0 {
 			break
+		}
+		if n <= 0 {
+			time.Sleep(time.Millisecond)
 		}
 	}
 	wantTail := append(protocol.AppendFrame(nil, protocol.OpPong, bytes.Repeat([]byte{byte(999 % 256)}, 125)), s.frames.pong...)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/resoundhq/resound/internal/reactor"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/route"
 	"github.com/resoundhq/resound/protocol"
@@ -91,7 +92,7 @@ func (s *Server) DeliverLocal(subject string, envelope []byte) error {
 func (s *Server) runDispatcher(index int, done <-chan struct{}) {
 	in, replays := s.dispatch[index], s.replays[index]
 	now := time.Now()
-	d := &dispatcher{index: index, scratch: writeScratch{iovecs: make([]iovec, 0, maxBatch)}, lastEmpty: now}
+	d := &dispatcher{index: index, scratch: writeScratch{iovecs: make([]reactor.Iovec, 0, maxBatch)}, lastEmpty: now}
 	for {
 		if d.holding {
 			// Catching up: replays and the release come first; live
@@ -281,7 +282,7 @@ func (s *Server) fanOut(members []member, deliveries []delivery, ws *writeScratc
 // writeScratch is one writer's reusable buffers.
 type writeScratch struct {
 	frames [][]byte
-	iovecs []iovec
+	iovecs []reactor.Iovec
 }
 
 // writeMembers writes each member the deliveries meant for it with one
@@ -306,7 +307,7 @@ func writeMembersFrom(members []member, start int, deliveries []delivery, ws *wr
 	defer func() {
 		if r := recover(); r != nil {
 			c := members[i].c
-			c.poller.srv.recovered(metrics.PanicDispatcher, r, c)
+			c.srv().recovered(metrics.PanicDispatcher, r, c)
 			next = i + 1
 		}
 	}()
@@ -337,7 +338,7 @@ func writeMembersFrom(members []member, start int, deliveries []delivery, ws *wr
 					faultOnDeliver(f)
 				}
 			}
-			c.writeFrames(frames, &ws.iovecs)
+			c.WriteFrames(frames, &ws.iovecs)
 			n += len(frames)
 		}
 		ws.frames = frames
@@ -355,7 +356,7 @@ type fanoutTask struct {
 
 // runWriter writes the chunks handed to it.
 func runWriter(in <-chan fanoutTask, done <-chan struct{}) {
-	ws := &writeScratch{iovecs: make([]iovec, 0, maxBatch)}
+	ws := &writeScratch{iovecs: make([]reactor.Iovec, 0, maxBatch)}
 	for {
 		select {
 		case t := <-in:

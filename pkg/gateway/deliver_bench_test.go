@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/resoundhq/resound/internal/reactor"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/route"
@@ -19,14 +20,20 @@ import (
 // benchServer is just enough of a gateway to run the fan-out path: one
 // channel whose subscribers write to /dev/null, so the benchmark measures
 // the dispatcher and the write system call, not a network.
-func benchServer(b *testing.B, subscribers int) (*Server, *dispatcher, []*nats.Msg) {
+func benchServer(b *testing.B, subscribers int) (*Server, *dispatcher, []*nats.Msg, []int) {
 	b.Helper()
 	app := &config.App{ID: "1", Key: "k", Secret: "s", MaxMessageSize: 10000}
 	s := &Server{log: zerolog.Nop(), stats: map[string]*appStat{}}
-	s.opts.MaxOutbound = 1 << 20
 	s.prom = metrics.NewGateway(metrics.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 })
 	s.hub = newHub(nil, nil, 0)
-	p := &poller{srv: s}
+	rx, err := reactor.New(reactor.Config{Kind: reactor.Native(), Pollers: 1, MaxOutbound: 1 << 20, MaxOutboundTotal: 1 << 30,
+		Handler: &sessions{s: s}, Log: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.rx = rx
+	p := rx.Next()
+	var fds []int
 	subject := route.Subject(app.ID, "bench")
 	ch := &channel{app: app, name: "bench", subject: subject, shard: s.hub.shardFor(subject), refs: subscribers, index: map[*conn]int{}}
 	ch.shard.channels[subject] = ch
@@ -36,7 +43,12 @@ func benchServer(b *testing.B, subscribers int) (*Server, *dispatcher, []*nats.M
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { _ = unix.Close(fd) })
-		ch.join(&conn{fd: fd, poller: p, app: app, sidA: uint64(i + 1), sidB: 1}, nil, nil, 0)
+		c := &conn{app: app, sidA: uint64(i + 1), sidB: 1}
+		if err := p.Adopt(&c.Conn, fd); err != nil {
+			b.Fatal(err)
+		}
+		fds = append(fds, fd)
+		ch.join(c, nil, nil, 0)
 	}
 	frame := protocol.AppendTextFrame(nil, protocol.AppendChannelEvent(nil, "App\\Events\\OrderShipped", "bench", `{"order_id":42,"status":"shipped"}`, ""))
 	var msgs []*nats.Msg
@@ -44,13 +56,13 @@ func benchServer(b *testing.B, subscribers int) (*Server, *dispatcher, []*nats.M
 		env := route.AppendDelivery(nil, route.Delivery{Seq: uint64(i + 1), Frame: frame})
 		msgs = append(msgs, &nats.Msg{Subject: subject, Data: env})
 	}
-	return s, &dispatcher{scratch: writeScratch{iovecs: make([]unix.Iovec, 0, maxBatch)}}, msgs
+	return s, &dispatcher{scratch: writeScratch{iovecs: make([]reactor.Iovec, 0, maxBatch)}}, msgs, fds
 }
 
 // BenchmarkFanout writes one event to 1,000 subscribers per iteration:
 // the allocations reported are per event, so 0 means none per delivery.
 func BenchmarkFanout(b *testing.B) {
-	s, d, msgs := benchServer(b, 1000)
+	s, d, msgs, _ := benchServer(b, 1000)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -64,7 +76,7 @@ func BenchmarkFanout(b *testing.B) {
 // BenchmarkFanoutCoalesced writes four queued events to 1,000 subscribers
 // per iteration, one writev per subscriber.
 func BenchmarkFanoutCoalesced(b *testing.B) {
-	s, d, msgs := benchServer(b, 1000)
+	s, d, msgs, _ := benchServer(b, 1000)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -88,15 +100,7 @@ func resetDedup(s *Server) {
 // with none of the gateway's work. The ratio of the two is the share of
 // the raw-syscall ceiling the fan-out path reaches at one frame per write.
 func BenchmarkRawWriteCeiling(b *testing.B) {
-	s, _, msgs := benchServer(b, 1000)
-	var fds []int
-	for i := range s.hub.shards {
-		for _, ch := range s.hub.shards[i].channels {
-			for _, m := range ch.members {
-				fds = append(fds, m.c.fd)
-			}
-		}
-	}
+	_, _, msgs, fds := benchServer(b, 1000)
 	env, err := route.ParseDelivery(msgs[0].Data)
 	if err != nil {
 		b.Fatal(err)

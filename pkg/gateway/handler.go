@@ -10,13 +10,13 @@ import (
 // trailing partial frame is kept. It returns false when the connection must
 // be destroyed at once.
 func (s *Server) handleBytes(c *conn, data []byte) bool {
-	if !c.isOpen() {
+	if !c.IsOpen() {
 		c.reader.reset()
 		return true // closing: discard until the peer closes
 	}
 	frames, err := c.reader.feed(data, c.app.MaxMessageSize, c)
 	if frames > 0 {
-		c.lastSeen = c.poller.tick
+		c.lastSeen = c.Poller().Tick()
 		c.pingSentAt = 0
 	}
 	if err != nil {
@@ -30,8 +30,8 @@ func (s *Server) handleBytes(c *conn, data []byte) bool {
 // The frame reader hands a connection's frames to it.
 
 func (c *conn) onMessage(payload []byte) bool {
-	c.poller.srv.handleMessage(c, payload)
-	return c.isOpen()
+	c.srv().handleMessage(c, payload)
+	return c.IsOpen()
 }
 
 func (c *conn) onPing(payload []byte) bool {
@@ -81,7 +81,7 @@ func (s *Server) handleMessage(c *conn, msg []byte) {
 func (s *Server) sendError(c *conn, code int, message string) {
 	s.prom.Error(code, c.app.ID)
 	s.prom.MessagesOut.Inc()
-	c.write(protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, message)))
+	c.Write(protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, message)))
 }
 
 // subscriptionError tells the client a subscription failed twice over: a
@@ -98,5 +98,5 @@ func (s *Server) subscriptionRefused(c *conn, channel, errType, message string, 
 	out = protocol.AppendTextFrame(out, protocol.AppendError(nil, code, message))
 	s.prom.Error(code, c.app.ID)
 	s.prom.MessagesOut.Add(2)
-	c.write(out)
+	c.Write(out)
 }

@@ -267,7 +267,7 @@ func (h *handshake) establish() {
 		counted = true
 	}
 	_ = nc.SetDeadline(time.Time{})
-	if err := s.attach(nc, app, counted, h.slot); err != nil {
+	if err := s.attach(nc, app, h.slot); err != nil {
 		if counted {
 			s.releaseConnectionSlot(app)
 		}

@@ -311,7 +311,7 @@ func (ch *channel) join(c *conn, succeeded []byte, presence *protocol.PresenceMe
 	ch.mu.Lock()
 	defer ch.mu.Unlock() // deferred: a panic recovered above must not leave it held
 	ch.add(member{c: c, presence: presence, presenceRev: presenceRev})
-	c.write(succeeded)
+	c.Write(succeeded)
 }
 
 // add puts m on the channel, or updates it; the caller holds ch.mu for

@@ -49,7 +49,7 @@ func realServer(t *testing.T, app config.App) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Options{Apps: apps, Conn: nc, HTTP: http.NotFoundHandler(), Stores: stores, GatewayID: "gw-review",
+	s, err := New(Options{Apps: apps, Conn: nc, Stores: stores, GatewayID: "gw-review",
 		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)})
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +60,7 @@ func realServer(t *testing.T, app config.App) (*Server, string) {
 	}
 	sctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { _ = s.Serve(sctx, ln); close(done) }()
+	go func() { _ = s.Serve(sctx, ln, http.NotFoundHandler()); close(done) }()
 	t.Cleanup(func() { stop(); <-done })
 	for !s.Ready() {
 		time.Sleep(5 * time.Millisecond)

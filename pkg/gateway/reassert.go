@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/resoundhq/resound/internal/reactor"
 	"github.com/resoundhq/resound/pkg/presence"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -38,12 +39,13 @@ type held struct {
 }
 
 func (s *Server) reassert() {
-	for _, p := range s.pollers {
+	for _, p := range s.rx.Pollers() {
 		// Connections' subscriptions and sign-ins are the poller's: read
 		// them there, write them on each connection's lane, so that they
 		// fall in order with the connection's own joins and leaves.
-		p.post(func() {
-			for _, c := range p.matching(func(*conn) bool { return true }) {
+		p.Post(func() {
+			for _, rc := range p.Matching(func(*reactor.Conn) bool { return true }) {
+				c := sessionOf(rc)
 				h := held{c: c, userID: c.signedInAs()}
 				for _, cs := range c.subs {
 					if cs.member != nil {

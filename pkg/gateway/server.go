@@ -1,8 +1,9 @@
-// Package gateway is the WebSocket side of Resound: a reactor (epoll on
-// Linux, kqueue on macOS and the BSDs) that holds client connections
-// without a goroutine or buffers per idle connection, or a portable one on
-// net.Conn anywhere else (reactor.go), speaks the Pusher protocol on them, and writes the frames the
-// workers encoded to every local subscriber. Plain HTTP requests on the
+// Package gateway is the WebSocket side of Resound: on the sockets a
+// reactor holds (internal/reactor: epoll on Linux, kqueue on macOS and the
+// BSDs, without a goroutine or buffers per idle connection, or a portable
+// one on net.Conn anywhere else), it speaks the Pusher protocol
+// (sessions.go is where the two meet), and writes the frames the workers
+// encoded to every local subscriber. Plain HTTP requests on the
 // same port go to the HTTP API handler, as they do in Reverb.
 package gateway
 
@@ -27,6 +28,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/internal/reactor"
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/counts"
@@ -46,10 +48,7 @@ type Options struct {
 	// GatewayID names this gateway in the shared state.
 	GatewayID string
 	// Conn carries deliveries from the workers.
-	Conn *nats.Conn
-	// HTTP serves every request that is not a WebSocket upgrade on
-	// {PathPrefix}/app/{key}.
-	HTTP       http.Handler
+	Conn       *nats.Conn
 	PathPrefix string
 	// PongTimeout is how long a client may take to answer a server ping.
 	PongTimeout time.Duration
@@ -111,9 +110,10 @@ type Options struct {
 	Local bool
 	// TLS, when set, makes the port serve wss:// and https:// (tls.go).
 	TLS *tls.Config
-	// Metrics receives the gateway's counters; nil keeps them unexported.
-	Metrics *metrics.Gateway
-	Log     zerolog.Logger
+	// Registry is where the gateway registers its metrics (Metrics); nil
+	// keeps them unexported.
+	Registry *metrics.Registry
+	Log      zerolog.Logger
 }
 
 func (o *Options) defaults() {
@@ -160,12 +160,12 @@ func (o *Options) defaults() {
 
 // Server is one gateway.
 type Server struct {
-	opts    Options
-	log     zerolog.Logger
-	hub     *hub
-	reactor string // the backend the pollers run
-	pollers []*poller
-	next    atomic.Uint32
+	opts Options
+	log  zerolog.Logger
+	hub  *hub
+	// rx is the socket layer: the pollers, their sockets, and the output
+	// budget.
+	rx      *reactor.Reactor
 	ready   atomic.Bool
 	frames  struct{ ping, pong []byte }
 	metrics struct {
@@ -176,10 +176,7 @@ type Server struct {
 	limitLogs limitLoggers
 	// epoch is when the gateway started: connections keep times as ticks
 	// from it.
-	epoch time.Time
-	// outbound is the bytes waiting in every connection's out, against
-	// MaxOutboundTotal.
-	outbound atomic.Int64
+	epoch    time.Time
 	dispatch []chan *nats.Msg
 	// replays carry catch-up's replays and releases to each dispatcher.
 	replays []chan replayItem
@@ -224,8 +221,8 @@ type Server struct {
 // New builds a gateway; Serve runs it.
 func New(opts Options) (*Server, error) {
 	opts.defaults()
-	if opts.Apps == nil || opts.Conn == nil || opts.HTTP == nil || opts.Stores == nil || opts.GatewayID == "" {
-		return nil, errors.New("gateway: Apps, Conn, HTTP, Stores and GatewayID are required")
+	if opts.Apps == nil || opts.Conn == nil || opts.Stores == nil || opts.GatewayID == "" {
+		return nil, errors.New("gateway: Apps, Conn, Stores and GatewayID are required")
 	}
 	s := &Server{
 		opts:       opts,
@@ -245,10 +242,12 @@ func New(opts Options) (*Server, error) {
 	s.retryLog = s.log.Sample(&zerolog.BurstSampler{Burst: 1, Period: limitLogPeriod})
 	s.watchers.byKey = map[string]*watchEntry{}
 	s.limitLogs = newLimitLoggers(s.log)
-	s.prom = opts.Metrics
-	if s.prom == nil {
-		s.prom = metrics.NewGateway(metrics.NewRegistry(), s.subscriptionCount, s.channelCount)
+	reg := opts.Registry
+	if reg == nil {
+		reg = metrics.NewRegistry()
 	}
+	s.prom = metrics.NewGateway(reg, s.subscriptionCount, s.channelCount)
+
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	for _, app := range opts.Apps.All() {
 		s.stats[app.ID] = &appStat{conns: s.prom.Connections.WithLabelValues(app.ID)}
@@ -279,51 +278,43 @@ func New(opts Options) (*Server, error) {
 	for i := 1; i < runtime.GOMAXPROCS(0); i++ {
 		s.writers = append(s.writers, make(chan fanoutTask, 4))
 	}
-	kind, err := resolveReactor(opts.Reactor)
+	kind, err := reactor.Resolve(opts.Reactor)
 	if err == nil && opts.TLS != nil {
 		kind, err = tlsReactor(opts.Reactor)
 	}
 	if err != nil {
 		return nil, err
 	}
-	s.reactor = kind
-	for i := 0; i < opts.Pollers; i++ {
-		p, err := newPoller(s, kind)
-		if err != nil {
-			for _, p := range s.pollers {
-				p.be.close()
-			}
-			return nil, fmt.Errorf("gateway: %s: %w", kind, err)
-		}
-		s.pollers = append(s.pollers, p)
+	s.rx, err = reactor.New(reactor.Config{
+		Kind: kind, Pollers: opts.Pollers,
+		MaxOutbound: opts.MaxOutbound, MaxOutboundTotal: opts.MaxOutboundTotal,
+		Epoch: s.epoch, Handler: &sessions{s: s}, Log: s.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	return s, nil
 }
 
+// Reactor names, as RESOUND_REACTOR and Options.Reactor take them
+// (internal/reactor has the socket layer itself).
+const (
+	ReactorAuto     = reactor.Auto
+	ReactorEpoll    = reactor.Epoll
+	ReactorKqueue   = reactor.Kqueue
+	ReactorPortable = reactor.Portable
+)
+
 // Reactor is the socket layer the gateway runs: ReactorEpoll,
 // ReactorKqueue or ReactorPortable.
-func (s *Server) Reactor() string { return s.reactor }
+func (s *Server) Reactor() string { return s.rx.Kind() }
 
 // Ready reports whether the gateway accepts connections.
 func (s *Server) Ready() bool { return s.ready.Load() }
 
-// NewMetrics registers a gateway's metrics in r; pass the result as
-// Options.Metrics. The gauges read the server once it exists.
-func NewMetrics(r *metrics.Registry, srv **Server) *metrics.Gateway {
-	return metrics.NewGateway(r,
-		func() float64 {
-			if *srv == nil {
-				return 0
-			}
-			return (*srv).subscriptionCount()
-		},
-		func() float64 {
-			if *srv == nil {
-				return 0
-			}
-			return (*srv).channelCount()
-		})
-}
+// Metrics are the gateway's metrics, registered in Options.Registry: the
+// HTTP API counts its triggers there too.
+func (s *Server) Metrics() *metrics.Gateway { return s.prom }
 
 func (s *Server) subscriptionCount() float64 { return float64(s.metrics.subscriptions.Load()) }
 func (s *Server) channelCount() float64      { return float64(s.hub.channelCount()) }
@@ -333,15 +324,16 @@ func (s *Server) Channels() int { return s.hub.channelCount() }
 
 // Serve accepts connections on ln until ctx ends, then closes every client
 // connection with 4200 (reconnect at once) so that pusher-js moves to
-// another gateway straight away.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+// another gateway straight away. api serves every request on ln that is
+// not a WebSocket upgrade on {PathPrefix}/app/{key}, as Reverb's port
+// does. It is Serve's rather than New's so that the API can be built
+// after the gateway, with the gateway's readiness and metrics, and start-up
+// has no forward reference.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, api http.Handler) error {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	s.lanes.run(s.baseCtx, &wg)
-	for _, p := range s.pollers {
-		wg.Add(1)
-		go func() { defer wg.Done(); p.run(done) }()
-	}
+	s.rx.Start()
 	for i := range s.dispatch {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.runDispatcher(i, done) }()
@@ -380,7 +372,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.httpConns = newConnListener(ln.Addr())
 	httpSrv := &http.Server{
-		Handler:           s.recoverHTTP(s.opts.HTTP),
+		Handler:           s.recoverHTTP(api),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
 		MaxHeaderBytes:    s.opts.MaxRequestHead,
 		ReadTimeout:       30 * time.Second,
@@ -417,13 +409,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		_ = sub.Unsubscribe()
 	}
 	close(done)
-	for _, p := range s.pollers {
-		p.wake()
-	}
 	wg.Wait()
-	for _, p := range s.pollers {
-		p.shutdown()
-	}
+	s.rx.Stop()
 	s.hub.clear()
 	return nil
 }
@@ -433,14 +420,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // n*drainTick/window of them per tick, and one with few clients is done in
 // a few ticks rather than waiting out the window.
 func (s *Server) drain(code int, reason string) {
-	var conns []*conn
-	for _, p := range s.pollers {
-		p.mu.RLock()
-		for _, c := range p.conns {
-			conns = append(conns, c)
-		}
-		p.mu.RUnlock()
-	}
+	conns := s.rx.Conns()
 	if len(conns) == 0 {
 		return
 	}
@@ -450,8 +430,8 @@ func (s *Server) drain(code int, reason string) {
 		if i > 0 {
 			time.Sleep(drainTick)
 		}
-		for _, c := range conns[i:min(i+batch, len(conns))] {
-			c.closeWith(code, reason)
+		for _, rc := range conns[i:min(i+batch, len(conns))] {
+			sessionOf(rc).closeWith(code, reason)
 		}
 	}
 }
@@ -553,29 +533,23 @@ func (s *Server) handshakeFailed(nc net.Conn, err error) {
 // attach hands an upgraded connection to a poller, whose backend takes
 // the socket (an fd backend moves it out of the Go runtime: from then on
 // the connection is a few hundred bytes of state).
-func (s *Server) attach(nc net.Conn, app *config.App, counted bool, slot *ipSlot) error {
-	p := s.pollers[int(s.next.Add(1))%len(s.pollers)]
-	c, err := p.be.open(nc)
-	if err != nil {
+func (s *Server) attach(nc net.Conn, app *config.App, slot *ipSlot) error {
+	p := s.rx.Next()
+	c := &conn{app: app, lastSeen: s.ticks(time.Now()), ipSlot: slot}
+	if err := p.Open(&c.Conn, nc); err != nil {
 		return err
 	}
-	c.poller, c.app, c.lastSeen, c.countedMax, c.ipSlot = p, app, s.ticks(time.Now()), counted, slot
 	c.sidA, c.sidB = newSocketID()
 	established := protocol.AppendTextFrame(nil,
 		protocol.AppendConnectionEstablished(nil, c.socketID(), int(app.ActivityTimeout.Duration()/time.Second)))
 	// The socket is new and empty: this write goes out whole, before the
 	// poller can deliver anything else.
-	c.write(established)
+	c.Write(established)
 	s.metrics.connections.Add(1)
 	s.appStats(app).conns.Inc()
-	if err := p.add(c); err != nil {
+	if err := p.Add(&c.Conn); err != nil {
 		s.metrics.connections.Add(-1)
 		s.appStats(app).conns.Dec()
-		c.mu.Lock()
-		c.state = stateDead
-		c.dropOutLocked()
-		c.closeSocketLocked()
-		c.mu.Unlock()
 		return err
 	}
 	return nil

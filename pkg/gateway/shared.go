@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/resoundhq/resound/internal/reactor"
+	"github.com/resoundhq/resound/internal/wire"
 	"github.com/resoundhq/resound/pkg/cluster"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/route"
@@ -159,23 +161,12 @@ func (s *Server) Sweep(ctx context.Context, live map[string]bool) {
 	}
 }
 
-// control subjects every gateway listens on.
-const (
-	subjectTerminate = "resound.ctl.terminate"
-	subjectUserState = "resound.ctl.user."
-)
-
-type terminateRequest struct {
-	App    string `json:"app"`
-	UserID string `json:"user_id"`
-}
-
 // Terminate closes every connection of a user of an app on every gateway:
 // connections signed in as the user (Pusher) and connections whose
 // presence identity is the user (Reverb).
 func Terminate(nc *nats.Conn, appID, userID string) error {
-	b, _ := json.Marshal(terminateRequest{App: appID, UserID: userID})
-	if err := nc.Publish(subjectTerminate, b); err != nil {
+	b, _ := json.Marshal(wire.TerminateRequest{App: appID, UserID: userID})
+	if err := nc.Publish(wire.Terminate, b); err != nil {
 		return err
 	}
 	return nc.Flush()
@@ -183,13 +174,14 @@ func Terminate(nc *nats.Conn, appID, userID string) error {
 
 func (s *Server) onTerminate(m *nats.Msg) {
 	defer s.recoverNATS()
-	var req terminateRequest
+	var req wire.TerminateRequest
 	if json.Unmarshal(m.Data, &req) != nil || req.UserID == "" {
 		return
 	}
-	for _, p := range s.pollers {
-		p.post(func() {
-			hit := p.matching(func(c *conn) bool {
+	for _, p := range s.rx.Pollers() {
+		p.Post(func() {
+			hit := p.Matching(func(rc *reactor.Conn) bool {
+				c := sessionOf(rc)
 				if c.app.ID != req.App {
 					return false
 				}
@@ -199,8 +191,8 @@ func (s *Server) onTerminate(m *nats.Msg) {
 				}
 				return match
 			})
-			for _, c := range hit {
-				c.closeWith(protocol.CodeUnauthorized, "Connection terminated by server")
+			for _, rc := range hit {
+				sessionOf(rc).closeWith(protocol.CodeUnauthorized, "Connection terminated by server")
 			}
 		})
 	}
@@ -208,18 +200,18 @@ func (s *Server) onTerminate(m *nats.Msg) {
 
 // subscribeControl listens for the messages every gateway must act on.
 func (s *Server) subscribeControl() error {
-	sub, err := s.opts.Conn.Subscribe(subjectTerminate, s.onTerminate)
+	sub, err := s.opts.Conn.Subscribe(wire.Terminate, s.onTerminate)
 	if err != nil {
 		return err
 	}
 	s.controlSubs = append(s.controlSubs, sub)
-	sub, err = s.opts.Conn.Subscribe(cluster.QuerySubject, s.answerQuery)
+	sub, err = s.opts.Conn.Subscribe(wire.Query, s.answerQuery)
 	if err != nil {
 		return err
 	}
 	s.controlSubs = append(s.controlSubs, sub)
 	id := []byte(s.opts.GatewayID)
-	sub, err = s.opts.Conn.Subscribe(cluster.ReadySubject, func(m *nats.Msg) { defer s.recoverNATS(); _ = m.Respond(id) })
+	sub, err = s.opts.Conn.Subscribe(wire.Ready, func(m *nats.Msg) { defer s.recoverNATS(); _ = m.Respond(id) })
 	if err != nil {
 		return err
 	}

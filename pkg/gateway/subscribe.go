@@ -64,7 +64,7 @@ func (s *Server) subscribe(c *conn, m protocol.ClientMessage) {
 	}
 	if c.findSub(name) >= 0 {
 		// Reverb answers a repeated subscription again; so does Resound.
-		c.write(s.succeededFrame(name, nil))
+		c.Write(s.succeededFrame(name, nil))
 		return
 	}
 	if pr := c.preparingFor(name); pr != nil {
@@ -172,7 +172,7 @@ func (s *Server) prepare(ctx context.Context, c *conn, p *prepared) {
 	if p.err == nil && p.resume != nil {
 		s.readResume(ctx, p)
 	}
-	c.poller.post(func() { s.finishSubscribe(c, p) })
+	c.Post(func() { s.finishSubscribe(c, p) })
 }
 
 // readResume reads from the history what followed the client's position
@@ -217,7 +217,7 @@ var errResumeTooMany = errors.New("resume: more missed than fits")
 func (s *Server) finishSubscribe(c *conn, p *prepared) {
 	name, member, res, ch := p.name, p.member, p.res, p.ch
 	pr := c.preparingFor(name)
-	if pr == nil || pr.cancelled || c.destroyed || !c.isOpen() {
+	if pr == nil || pr.cancelled || c.Destroyed() || !c.IsOpen() {
 		if pr != nil {
 			delete(c.ext.preparing, name)
 			c.releaseExt()
@@ -251,7 +251,7 @@ func (s *Server) finishSubscribe(c *conn, p *prepared) {
 		} else {
 			s.lanes.must(c.sidA, c, func(ctx context.Context) {
 				s.readResume(ctx, p)
-				c.poller.post(func() { s.finishSubscribe(c, p) })
+				c.Post(func() { s.finishSubscribe(c, p) })
 			})
 			return
 		}
@@ -315,7 +315,7 @@ func (s *Server) joinResumed(c *conn, p *prepared) bool {
 			return false
 		}
 		ch.add(member{c: c, presence: mp, presenceRev: p.res.Revision, skipThrough: r.through})
-		c.write(frames)
+		c.Write(frames)
 		return true
 	}()
 	if !ok {

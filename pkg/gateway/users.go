@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/resoundhq/resound/internal/wire"
 	"github.com/resoundhq/resound/pkg/config"
 	"github.com/resoundhq/resound/pkg/metrics"
 	"github.com/resoundhq/resound/pkg/route"
@@ -42,7 +43,7 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 			s.sendError(c, protocol.CodeUnauthorized, "The connection is already signed in as another user")
 			return
 		}
-		c.write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, d.UserData)))
+		c.Write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, d.UserData)))
 		return
 	}
 	truncated := len(watchlist) > protocol.MaxWatchlist
@@ -57,7 +58,7 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 	app, sid := c.app, c.socketID()
 	ok := s.lanes.try(c.sidA, c, func(ctx context.Context) {
 		first, err := s.users.SignIn(ctx, app.ID, id, sid, s.opts.GatewayID, app.MaxUserConnections)
-		c.poller.post(func() { s.finishSignin(c, id, d.UserData, watchlist, truncated, first, err) })
+		c.Post(func() { s.finishSignin(c, id, d.UserData, watchlist, truncated, first, err) })
 	})
 	if !ok {
 		ext.userID, ext.signingIn, ext.watchlist = "", false, nil
@@ -70,7 +71,7 @@ func (s *Server) signin(c *conn, m protocol.ClientMessage) {
 // finishSignin answers a signin once the shared state has it, on the
 // poller goroutine.
 func (s *Server) finishSignin(c *conn, id, userData string, watchlist []string, truncated, first bool, err error) {
-	if c.destroyed || !c.isOpen() {
+	if c.Destroyed() || !c.IsOpen() {
 		return // the close's sign-out is queued after the sign-in
 	}
 	c.ext.signingIn = false
@@ -88,7 +89,7 @@ func (s *Server) finishSignin(c *conn, id, userData string, watchlist []string, 
 		// (terminate from another gateway, watchlists) miss it.
 		s.log.Warn().Err(err).Msg("recording a signed-in user")
 	}
-	c.write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, userData)))
+	c.Write(protocol.AppendTextFrame(nil, protocol.AppendSigninSuccess(nil, userData)))
 	if truncated {
 		s.sendError(c, protocol.CodeWatchlistLimit, "Watchlist limit exceeded: only the first 100 ids are watched")
 	}
@@ -124,16 +125,11 @@ func (s *Server) signOut(c *conn) {
 
 // userStateSubject carries a user's online/offline transitions.
 func userStateSubject(appID, userID string) string {
-	return subjectUserState + route.EscapeToken(appID) + "." + route.EscapeToken(userID)
-}
-
-type userState struct {
-	UserID string `json:"user_id"`
-	Online bool   `json:"online"`
+	return wire.UserStatePrefix + route.EscapeToken(appID) + "." + route.EscapeToken(userID)
 }
 
 func (s *Server) publishUserState(app *config.App, userID string, online bool) {
-	b, _ := json.Marshal(userState{UserID: userID, Online: online})
+	b, _ := json.Marshal(wire.UserState{UserID: userID, Online: online})
 	if err := s.opts.Conn.Publish(userStateSubject(app.ID, userID), b); err != nil {
 		s.log.Warn().Err(err).Msg("publishing user state")
 	}
@@ -191,7 +187,7 @@ func (s *Server) runUserStates(done <-chan struct{}) {
 
 func (s *Server) forwardUserState(m *nats.Msg) {
 	defer s.recoverNATS()
-	var st userState
+	var st wire.UserState
 	if json.Unmarshal(m.Data, &st) != nil {
 		return
 	}
@@ -204,7 +200,7 @@ func (s *Server) forwardUserState(m *nats.Msg) {
 	defer s.watchers.mu.Unlock()
 	if e := s.watchers.byKey[m.Subject]; e != nil {
 		for c := range e.conns {
-			c.write(frame)
+			c.Write(frame)
 		}
 	}
 }
@@ -219,6 +215,6 @@ func (s *Server) sendInitialWatchlist(ctx context.Context, c *conn, app *config.
 		}
 	}
 	if len(online) > 0 {
-		c.write(protocol.AppendTextFrame(nil, protocol.AppendWatchlistEvent(nil, "online", online)))
+		c.Write(protocol.AppendTextFrame(nil, protocol.AppendWatchlistEvent(nil, "online", online)))
 	}
 }

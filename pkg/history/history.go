@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/resoundhq/resound/internal/wire"
 	"github.com/resoundhq/resound/pkg/queue"
 	"github.com/resoundhq/resound/pkg/route"
 )
@@ -102,7 +103,7 @@ func (h *History) handle() jetstream.Stream {
 
 // barrierSubject is in the stream's subjects but no channel's: a
 // delivery subject has four tokens.
-const barrierSubject = route.DeliverPrefix + "_barrier"
+const barrierSubject = wire.DeliverBarrier
 
 // Barrier stores a marker in the stream and returns its sequence. A
 // delivery the server took before the marker is stored before it: the

@@ -153,36 +153,11 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	var gw *gateway.Server
-	gwMetrics := gateway.NewMetrics(n.Registry, &gw)
-	registry := cluster.NewRegistry(stores, gatewayID, n.log.With().Str("component", "registry").Logger(),
-		func(ctx context.Context, live map[string]bool) { gw.Sweep(ctx, live) })
-	registry.OnLapse(func(ctx context.Context) { gw.Reassert(ctx) })
-	if err := ensure.Do(setupCtx, registry.Register); err != nil {
-		return nil, fmt.Errorf("registering the gateway: %w", err)
-	}
-	ready := func() bool { return gw != nil && gw.Ready() && gwConn.IsConnected() && apiConn.IsConnected() }
-	api := httpapi.New(httpapi.Options{
-		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: cfg.Limits(),
-		// The cluster's answers, each from the type that owns it.
-		Channels: cluster.NewQuerier(gwConn, registry.Live, 2*time.Second),
-		Presence: presence.New(stores.Presence),
-		Cache: httpapi.CacheReaderFunc(func(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
-			return cachedEvent(ctx, stores, appID, channel)
-		}),
-		Terminator: httpapi.TerminatorFunc(func(_ context.Context, appID, userID string) error {
-			return gateway.Terminate(gwConn, appID, userID)
-		}),
-		Triggered:    gwMetrics.MessagesIn.WithLabelValues("api"),
-		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
-		Log: n.log.With().Str("component", "httpapi").Logger(),
-	})
-	// The public port: the API, and the probes in front of it, as Reverb
-	// serves /up (load balancers probe the port they balance). /metrics
-	// and the profiler are not there: see startOps.
-	public := ops.WithProbes(cfg.Path, ops.Health{Ready: ready}, api)
+	// Start-up in three steps, each using only what the ones before it
+	// built: construct the gateway; build what depends on it (the
+	// registry's sweeps, the API with its readiness); then run.
 	gwOpts := gateway.Options{
-		Apps: cfg.Apps, Conn: gwConn, HTTP: public, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Metrics: gwMetrics,
+		Apps: cfg.Apps, Conn: gwConn, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Registry: n.Registry,
 		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), Log: n.log,
 		MaxOutbound: cfg.MaxOutbound, MaxOutboundTotal: cfg.MaxOutboundTotal, MaxChannels: cfg.MaxChannelsPerConnection,
 		HandshakeTimeout: cfg.HandshakeTimeout.Duration(), MaxRequestHead: cfg.MaxRequestHead, MaxHandshakes: cfg.MaxHandshakes,
@@ -194,11 +169,37 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	if opts.Gateway != nil {
 		opts.Gateway(&gwOpts)
 	}
-	gw, err = gateway.New(gwOpts)
+	gw, err := gateway.New(gwOpts)
 	if err != nil {
 		return nil, err
 	}
 	n.gw = gw
+
+	registry := cluster.NewRegistry(stores, gatewayID, n.log.With().Str("component", "registry").Logger(), gw.Sweep)
+	registry.OnLapse(gw.Reassert)
+	if err := ensure.Do(setupCtx, registry.Register); err != nil {
+		return nil, fmt.Errorf("registering the gateway: %w", err)
+	}
+	ready := func() bool { return gw.Ready() && gwConn.IsConnected() && apiConn.IsConnected() }
+	api := httpapi.New(httpapi.Options{
+		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: cfg.Limits(),
+		// The cluster's answers, each from the type that owns it.
+		Channels: cluster.NewQuerier(gwConn, registry.Live, 2*time.Second),
+		Presence: presence.New(stores.Presence),
+		Cache: httpapi.CacheReaderFunc(func(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
+			return cachedEvent(ctx, stores, appID, channel)
+		}),
+		Terminator: httpapi.TerminatorFunc(func(_ context.Context, appID, userID string) error {
+			return gateway.Terminate(gwConn, appID, userID)
+		}),
+		Triggered:    gw.Metrics().MessagesIn.WithLabelValues("api"),
+		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
+		Log: n.log.With().Str("component", "httpapi").Logger(),
+	})
+	// The public port: the API, and the probes in front of it, as Reverb
+	// serves /up (load balancers probe the port they balance). /metrics
+	// and the profiler are not there: see startOps.
+	public := ops.WithProbes(cfg.Path, ops.Health{Ready: ready}, api)
 	if err := n.startOps(ready); err != nil {
 		return nil, err
 	}
@@ -209,7 +210,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			return nil, fmt.Errorf("listen on %s: %w", addr, err)
 		}
 	}
-	n.goRun(func() error { return gw.Serve(runCtx, n.ln) })
+	n.goRun(func() error { return gw.Serve(runCtx, n.ln, public) })
 	if allInOne {
 		wConn, err := n.connect("resound-worker")
 		if err != nil {

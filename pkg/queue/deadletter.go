@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/resoundhq/resound/internal/wire"
 	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/route"
 )
@@ -20,7 +21,7 @@ const (
 	DeadLetterStream = "RESOUND_DEAD_LETTERS"
 	// DeadLetterPrefix starts every dead letter's subject:
 	// resound.dead.<app_id>.<key>, the job's subject under another prefix.
-	DeadLetterPrefix = "resound.dead."
+	DeadLetterPrefix = wire.DeadLetterPrefix
 	// A week is long enough to notice and replay over a holiday; 64 MiB
 	// keeps thousands of jobs (at most ~1 MiB each, the NATS payload
 	// limit) without letting a flood of poison jobs fill the disk: the

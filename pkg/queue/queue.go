@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/resoundhq/resound/internal/wire"
 	"github.com/resoundhq/resound/pkg/ensure"
 	"github.com/resoundhq/resound/pkg/route"
 	"github.com/resoundhq/resound/protocol"
@@ -26,7 +27,7 @@ import (
 // Names of the JetStream objects Resound owns.
 const (
 	StreamName    = "RESOUND_JOBS"
-	SubjectPrefix = "resound.jobs."
+	SubjectPrefix = wire.JobsPrefix
 	// ConsumerPrefix starts the name of each partition's consumer:
 	// resound-workers-0, resound-workers-1, ...
 	ConsumerPrefix = "resound-workers-"

@@ -13,10 +13,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"strings"
+
+	"github.com/resoundhq/resound/internal/wire"
 )
 
 // DeliverPrefix starts every delivery subject.
-const DeliverPrefix = "resound.deliver."
+const DeliverPrefix = wire.DeliverPrefix
 
 // Subject is the delivery subject of a channel of an app:
 // resound.deliver.<app>.<channel>, each part escaped with EscapeToken.

@@ -1,6 +1,6 @@
 //go:build !(linux || darwin || dragonfly || freebsd || netbsd || openbsd)
 
-package gateway
+package reactor
 
 import "errors"
 
@@ -11,7 +11,7 @@ import "errors"
 const nativeReactor = ""
 
 func newNativeBackend() (backend, error) {
-	return nil, errors.New("gateway: no native reactor on this platform")
+	return nil, errors.New("reactor: no native reactor on this platform")
 }
 
 // iovec stands in for writev's buffer descriptor.
@@ -20,7 +20,7 @@ type iovec struct{}
 // fdErrno stands in for the errors the descriptor path compares with.
 type fdErrno int
 
-func (e fdErrno) Error() string { return "gateway: no descriptor I/O on this platform" }
+func (e fdErrno) Error() string { return "reactor: no descriptor I/O on this platform" }
 
 const (
 	errAgain fdErrno = 1

@@ -1,4 +1,4 @@
-package gateway
+package reactor
 
 import (
 	"net"
@@ -7,7 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const nativeReactor = ReactorEpoll
+const nativeReactor = Epoll
 
 // epoll is the Linux backend: one epoll instance per poller, each
 // connection registered once, edge-triggered, for both read and write, so
@@ -39,11 +39,11 @@ func newNativeBackend() (backend, error) {
 	return &epoll{fdLoop: newFDLoop(), epfd: fd, wakefd: wake}, nil
 }
 
-func (e *epoll) open(nc net.Conn) (*conn, error) { return openFD(nc) }
+func (e *epoll) open(c *Conn, nc net.Conn) error { return openFD(c, nc) }
 
-func (e *epoll) watch(_ *poller, c *conn) error {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(c.fd)}
-	return unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev)
+func (e *epoll) watch(_ *Poller, c *Conn) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: c.fd}
+	return unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(c.fd), &ev)
 }
 
 // wake interrupts epoll_wait.
@@ -58,7 +58,7 @@ func (e *epoll) close() {
 }
 
 // run waits for readiness until done is closed.
-func (e *epoll) run(p *poller, done <-chan struct{}) {
+func (e *epoll) run(p *Poller, done <-chan struct{}) {
 	events := make([]unix.EpollEvent, 256)
 	for {
 		select {
@@ -68,7 +68,7 @@ func (e *epoll) run(p *poller, done <-chan struct{}) {
 		}
 		n, err := unix.EpollWait(e.epfd, events, int(e.waitTimeout()/time.Millisecond))
 		if err != nil && err != unix.EINTR {
-			p.srv.log.Error().Err(err).Msg("epoll_wait")
+			p.r.log.Error().Err(err).Msg("epoll_wait")
 			return
 		}
 		now := time.Now()

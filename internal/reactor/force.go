@@ -1,6 +1,6 @@
 //go:build !resound_portable
 
-package gateway
+package reactor
 
 // forcePortable makes RESOUND_REACTOR=auto choose the portable backend;
 // the resound_portable build tag sets it, so that the test suite runs

@@ -1,4 +1,4 @@
-package gateway
+package reactor
 
 import (
 	"unsafe"

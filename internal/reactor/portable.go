@@ -1,11 +1,10 @@
-package gateway
+package reactor
 
 import (
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 )
 
 // portableReadBuffer is each portable connection's read buffer: it has
@@ -31,43 +30,36 @@ type portable struct {
 	// kick wakes run for the inbox; one signal pending is enough.
 	kick chan struct{}
 	// ids number the connections, in place of descriptors, counting down
-	// from -1: conn.fd < 0 is what marks a portable connection.
-	ids atomic.Int64
+	// from -1; they only need to be unique among the poller's live
+	// connections. (What marks a portable connection is Conn.net.)
+	ids atomic.Int32
 	// readers are the read goroutines, waited for by close.
 	readers sync.WaitGroup
 }
 
 func newPortable() *portable { return &portable{kick: make(chan struct{}, 1)} }
 
-// netConn is a portable connection: conn, and the net.Conn under it. conn
-// comes first, so that a *conn with fd < 0 is the start of a netConn (see
-// asNet). Holding the net.Conn there instead of in conn keeps conn, which
-// every idle connection of the fd backends pays for, at its size.
-type netConn struct {
-	conn
+// netSide is a portable connection's own state, which the fd backends'
+// connections do without: Conn points to it, so that Conn, which every
+// idle connection of the fd backends pays for, stays at its size.
+type netSide struct {
 	nc net.Conn
-	// Guarded by conn.mu.
+	// Guarded by Conn.mu.
 	writing bool // the write goroutine is running
 	// flying is the output the write goroutine took from out and is
 	// writing: still waiting as far as the limits are concerned.
 	flying int
-	// heldPongs: pongs were kept (writePong) while output waited; the
-	// write goroutine has the poller write them once it is done.
-	heldPongs bool
 }
 
-// asNet is the netConn a portable connection (fd < 0) is part of.
-func (c *conn) asNet() *netConn { return (*netConn)(unsafe.Pointer(c)) }
-
-func (b *portable) open(nc net.Conn) (*conn, error) {
-	n := &netConn{nc: nc}
-	n.fd = int(b.ids.Add(-1))
-	return &n.conn, nil
+func (b *portable) open(c *Conn, nc net.Conn) error {
+	c.net = &netSide{nc: nc}
+	c.fd = b.ids.Add(-1)
+	return nil
 }
 
-func (b *portable) watch(p *poller, c *conn) error {
+func (b *portable) watch(p *Poller, c *Conn) error {
 	b.readers.Add(1)
-	go b.read(p, c.asNet())
+	go b.read(p, c)
 	return nil
 }
 
@@ -81,7 +73,7 @@ func (b *portable) wake() {
 func (b *portable) close() { b.readers.Wait() }
 
 // run does the poller's own work, the inbox and the scan, in its turn.
-func (b *portable) run(p *poller, done <-chan struct{}) {
+func (b *portable) run(p *Poller, done <-chan struct{}) {
 	t := time.NewTicker(scanInterval)
 	defer t.Stop()
 	for {
@@ -101,12 +93,12 @@ func (b *portable) run(p *poller, done <-chan struct{}) {
 
 // read reads one connection until it fails or is closed, handing each
 // read to the session in the poller's turn.
-func (b *portable) read(p *poller, n *netConn) {
+func (b *portable) read(p *Poller, c *Conn) {
 	defer b.readers.Done()
-	c := &n.conn
+	nc := c.net.nc
 	buf := make([]byte, portableReadBuffer)
 	for {
-		k, err := n.nc.Read(buf)
+		k, err := nc.Read(buf)
 		b.turn.Lock()
 		alive := b.handle(p, c, buf[:k], err)
 		b.turn.Unlock()
@@ -118,13 +110,12 @@ func (b *portable) read(p *poller, n *netConn) {
 
 // handle is one read's worth of work for the session, in the poller's
 // turn. It reports whether the connection is still to be read.
-func (b *portable) handle(p *poller, c *conn, data []byte, err error) (alive bool) {
+func (b *portable) handle(p *Poller, c *Conn, data []byte, err error) (alive bool) {
 	defer p.recoverConn(c)
-	if c.destroyed {
+	if c.Destroyed() {
 		return false
 	}
-	now := time.Now()
-	p.now, p.tick = now.UnixNano(), p.srv.ticks(now)
+	p.setNow(time.Now())
 	if len(data) > 0 && !p.received(c, data) {
 		return false
 	}
@@ -135,22 +126,21 @@ func (b *portable) handle(p *poller, c *conn, data []byte, err error) (alive boo
 	return true
 }
 
-// The write side, on conn.mu.
+// The write side, on Conn.mu.
 
 // kickLocked starts the write goroutine unless it runs already.
-func (n *netConn) kickLocked() {
+func (n *netSide) kickLocked(c *Conn) {
 	if n.writing {
 		return
 	}
 	n.writing = true
-	go n.writeOut()
+	go n.writeOut(c)
 }
 
 // writeOut writes out until it is empty, then ends. A write that fails
 // aborts the connection, as a failed non-blocking write does.
-func (n *netConn) writeOut() {
-	c := &n.conn
-	srv := c.poller.srv
+func (n *netSide) writeOut(c *Conn) {
+	r := c.p.r
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.state != stateDead && len(c.out) > 0 {
@@ -161,36 +151,37 @@ func (n *netConn) writeOut() {
 		_, err := n.nc.Write(buf)
 		c.mu.Lock()
 		n.flying = 0
-		srv.outbound.Add(-int64(len(buf)))
+		r.outbound.Add(-int64(len(buf)))
 		if err != nil {
 			c.abortLocked()
 		}
 	}
 	n.writing = false
 	switch {
-	case c.state == stateOpen && n.heldPongs:
-		// The pongs are the poller's (conn.ext): it writes them.
-		n.heldPongs = false
-		c.poller.post(func() {
+	case c.state == stateOpen && c.has(drainWanted):
+		// What the session held back is the poller's (its state is
+		// poller-owned): DrainedLocked runs there.
+		c.clear(drainWanted)
+		c.p.Post(func() {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			if c.state != stateOpen {
 				return
 			}
-			if c.idleLocked() {
-				c.writeHeldPongsLocked()
+			if c.IdleLocked() {
+				r.h.DrainedLocked(c)
 			} else {
-				n.heldPongs = true
+				c.set(drainWanted)
 			}
 		})
-	case c.state == stateClosing && !c.shutWrite:
-		c.shutWrite = true
+	case c.state == stateClosing && !c.has(shutWrite):
+		c.set(shutWrite)
 		n.shutdownWrite()
 	}
 }
 
-// shutdownWrite sends FIN after the last frame, as SHUT_WR does.
-func (n *netConn) shutdownWrite() {
+// shutdownWrite sends FIN after the last bytes, as SHUT_WR does.
+func (n *netSide) shutdownWrite() {
 	if cw, ok := n.nc.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 		return

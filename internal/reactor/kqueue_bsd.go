@@ -1,6 +1,6 @@
 //go:build darwin || dragonfly || freebsd || netbsd || openbsd
 
-package gateway
+package reactor
 
 import (
 	"net"
@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const nativeReactor = ReactorKqueue
+const nativeReactor = Kqueue
 
 // kqueue is the backend of macOS and the BSDs, the same model as epoll:
 // one kqueue per poller, each connection registered once for read and
@@ -51,12 +51,12 @@ func newNativeBackend() (backend, error) {
 	return k, nil
 }
 
-func (k *kqueue) open(nc net.Conn) (*conn, error) { return openFD(nc) }
+func (k *kqueue) open(c *Conn, nc net.Conn) error { return openFD(c, nc) }
 
-func (k *kqueue) watch(_ *poller, c *conn) error {
+func (k *kqueue) watch(_ *Poller, c *Conn) error {
 	var ev [2]unix.Kevent_t
-	unix.SetKevent(&ev[0], c.fd, unix.EVFILT_READ, unix.EV_ADD|unix.EV_CLEAR)
-	unix.SetKevent(&ev[1], c.fd, unix.EVFILT_WRITE, unix.EV_ADD|unix.EV_CLEAR)
+	unix.SetKevent(&ev[0], int(c.fd), unix.EVFILT_READ, unix.EV_ADD|unix.EV_CLEAR)
+	unix.SetKevent(&ev[1], int(c.fd), unix.EVFILT_WRITE, unix.EV_ADD|unix.EV_CLEAR)
 	_, err := unix.Kevent(k.kq, ev[:], nil, nil)
 	return err
 }
@@ -74,7 +74,7 @@ func (k *kqueue) close() {
 
 // run waits for readiness until done is closed. Closing a descriptor
 // removes its events from the kqueue, as with epoll.
-func (k *kqueue) run(p *poller, done <-chan struct{}) {
+func (k *kqueue) run(p *Poller, done <-chan struct{}) {
 	events := make([]unix.Kevent_t, 256)
 	for {
 		select {
@@ -85,7 +85,7 @@ func (k *kqueue) run(p *poller, done <-chan struct{}) {
 		timeout := unix.NsecToTimespec(int64(k.waitTimeout()))
 		n, err := unix.Kevent(k.kq, nil, events, &timeout)
 		if err != nil && err != unix.EINTR {
-			p.srv.log.Error().Err(err).Msg("kevent")
+			p.r.log.Error().Err(err).Msg("kevent")
 			return
 		}
 		now := time.Now()

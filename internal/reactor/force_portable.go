@@ -1,7 +1,7 @@
 //go:build resound_portable
 
-package gateway
+package reactor
 
 // forcePortable: built with the resound_portable tag, RESOUND_REACTOR=auto
-// chooses the portable backend (see reactor_force.go).
+// chooses the portable backend (see force.go).
 const forcePortable = true

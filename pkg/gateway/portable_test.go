@@ -7,10 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
-	"github.com/resoundhq/resound/pkg/config"
-	"github.com/resoundhq/resound/pkg/metrics"
+	"github.com/resoundhq/resound/internal/reactor"
 	"github.com/resoundhq/resound/protocol"
 )
 
@@ -22,35 +19,10 @@ import (
 // limits, its poller running, and the peer end of its pipe.
 func portablePair(t *testing.T, maxOutbound int, maxTotal int64) (*Server, *conn, net.Conn) {
 	t.Helper()
-	s := &Server{log: zerolog.Nop(), stats: map[string]*appStat{}}
-	s.opts.MaxOutbound, s.opts.MaxOutboundTotal = maxOutbound, maxTotal
-	s.prom = metrics.NewGateway(metrics.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 })
-	s.frames.pong = protocol.AppendTextFrame(nil, protocol.MessagePong)
-	p := &poller{srv: s, be: newPortable(), conns: map[int]*conn{}}
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() { defer close(stopped); p.run(done) }()
-	t.Cleanup(func() { close(done); <-stopped })
-
+	s := testConnServer(t, reactor.Portable, maxOutbound, maxTotal)
 	server, peer := net.Pipe()
 	t.Cleanup(func() { _ = server.Close(); _ = peer.Close() })
-	c, err := p.be.open(server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.poller, c.app, c.sidA, c.sidB = p, &config.App{ID: "1", Key: "k", Secret: "s"}, 1, 2
-	return s, c, peer
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal(what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	return s, testConn(t, s, server), peer
 }
 
 // Writes to a client that does not read never wait, and past its limit
@@ -60,8 +32,8 @@ func TestPortableSlowClientCutOffAtItsLimit(t *testing.T) {
 	wrote := make(chan struct{})
 	go func() {
 		defer close(wrote)
-		for i := 0; i < 200 && c.isOpen(); i++ {
-			c.write(bytes.Repeat([]byte("y"), 1024))
+		for i := 0; i < 200 && c.IsOpen(); i++ {
+			c.Write(bytes.Repeat([]byte("y"), 1024))
 		}
 	}()
 	select {
@@ -69,15 +41,14 @@ func TestPortableSlowClientCutOffAtItsLimit(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a write waited on a client that does not read")
 	}
-	if c.isOpen() {
+	if c.IsOpen() {
 		t.Fatal("a client holding more than its limit was not cut off")
 	}
-	waitUntil(t, "bytes still charged to the process after the cut-off", func() bool { return s.outbound.Load() == 0 })
-	n := c.asNet()
+	waitUntil(t, "bytes still charged to the process after the cut-off", func() bool { return s.rx.Outbound() == 0 })
 	waitUntil(t, "the write goroutine did not end", func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return !n.writing
+		c.Lock()
+		defer c.Unlock()
+		return c.IdleLocked()
 	})
 }
 
@@ -87,22 +58,21 @@ func TestPortableSlowClientCutOffAtItsLimit(t *testing.T) {
 func TestPortableOnlyTheLatestPongWaits(t *testing.T) {
 	s, c, peer := portablePair(t, 1<<20, 1<<30)
 	first := bytes.Repeat([]byte("x"), 1024)
-	c.write(first)
-	n := c.asNet()
+	c.Write(first)
 	waitUntil(t, "the write goroutine did not take the output", func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return n.flying > 0
+		c.Lock()
+		defer c.Unlock()
+		return !c.IdleLocked()
 	})
 	for i := 0; i < 1000; i++ {
 		c.writePong(bytes.Repeat([]byte{byte(i)}, 125))
 		c.writePusherPong()
 	}
-	c.mu.Lock()
-	waiting, ext := len(c.out), c.ext
+	c.Lock()
+	waiting, ext := c.WaitingLocked(), c.ext
 	held := ext != nil && len(ext.pong) == 127 && ext.pusherPong
-	c.mu.Unlock()
-	if waiting != 0 || !held {
+	c.Unlock()
+	if waiting != len(first) || !held {
 		t.Fatalf("out holds %d bytes, held pongs %v", waiting, held)
 	}
 
@@ -122,7 +92,7 @@ func TestPortableOnlyTheLatestPongWaits(t *testing.T) {
 // peer reads everything and then the end of the stream.
 func TestPortableCloseAfterOutput(t *testing.T) {
 	_, c, peer := portablePair(t, 1<<20, 1<<30)
-	c.write([]byte("before"))
+	c.Write([]byte("before"))
 	c.closeWith(protocol.CodeReconnect, "Server shutting down, reconnect")
 	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, err := io.ReadAll(peer)

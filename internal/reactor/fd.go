@@ -1,6 +1,6 @@
 //go:build linux || darwin || dragonfly || freebsd || netbsd || openbsd
 
-package gateway
+package reactor
 
 import (
 	"errors"
@@ -31,29 +31,30 @@ func fdClose(fd int)                        { _ = unix.Close(fd) }
 // openFD moves an upgraded connection from the Go runtime to the reactor:
 // the descriptor is duplicated, the net.Conn (and its runtime poller entry)
 // closed, and from then on the connection is a few hundred bytes of state.
-func openFD(nc net.Conn) (*conn, error) {
+func openFD(c *Conn, nc net.Conn) error {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
-		return nil, errors.New("not a socket")
+		return errors.New("not a socket")
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	fd := -1
 	var dupErr error
 	if err := raw.Control(func(f uintptr) { fd, dupErr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
+		return err
 	}
 	if dupErr != nil {
-		return nil, dupErr
+		return dupErr
 	}
 	_ = nc.Close()
 	if err := unix.SetNonblock(fd, true); err != nil {
 		_ = unix.Close(fd)
-		return nil, err
+		return err
 	}
-	return &conn{fd: fd}, nil
+	c.fd = int32(fd)
+	return nil
 }
 
 const (
@@ -69,7 +70,7 @@ const (
 // Touched only on the poller goroutine.
 type fdLoop struct {
 	buf   []byte
-	again []*conn // connections with unread input left
+	again []*Conn // connections with unread input left
 }
 
 func newFDLoop() fdLoop { return fdLoop{buf: make([]byte, readBufferSize)} }
@@ -83,18 +84,18 @@ func (l *fdLoop) waitTimeout() time.Duration {
 	return scanInterval
 }
 
-func (l *fdLoop) readSafely(p *poller, c *conn) {
+func (l *fdLoop) readSafely(p *Poller, c *Conn) {
 	defer p.recoverConn(c)
 	l.readFrom(p, c)
 }
 
 // readFrom reads what the socket holds and handles every whole frame.
-func (l *fdLoop) readFrom(p *poller, c *conn) {
-	if c.destroyed {
+func (l *fdLoop) readFrom(p *Poller, c *Conn) {
+	if c.Destroyed() {
 		return // queued on the ready list before it was destroyed
 	}
 	for i := 0; i < maxReadsPerWake; i++ {
-		n, err := unix.Read(c.fd, l.buf)
+		n, err := unix.Read(int(c.fd), l.buf)
 		switch {
 		case n > 0:
 			if !p.received(c, l.buf[:n]) {
@@ -118,7 +119,7 @@ func (l *fdLoop) readFrom(p *poller, c *conn) {
 }
 
 // readAgain reads the connections a wake-up left with input unread.
-func (l *fdLoop) readAgain(p *poller) {
+func (l *fdLoop) readAgain(p *Poller) {
 	again := l.again
 	l.again = nil
 	for _, c := range again {
@@ -126,31 +127,31 @@ func (l *fdLoop) readAgain(p *poller) {
 	}
 }
 
-func (p *poller) lookup(fd int) *conn {
+func (p *Poller) lookup(fd int) *Conn {
 	p.mu.RLock()
 	c := p.conns[fd]
 	p.mu.RUnlock()
 	return c
 }
 
-func (p *poller) flushSafely(c *conn) {
+func (p *Poller) flushSafely(c *Conn) {
 	defer p.recoverConn(c)
 	c.flush()
 }
 
 // flush writes pending output; an fd backend's poller calls it when the
 // socket can take more (EPOLLOUT, EVFILT_WRITE).
-func (c *conn) flush() {
+func (c *Conn) flush() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == stateDead || c.fd < 0 {
+	if c.state == stateDead || c.net != nil {
 		return
 	}
 	for len(c.out) > 0 {
-		n, err := fdWrite(c.fd, c.out)
+		n, err := fdWrite(int(c.fd), c.out)
 		if n > 0 {
 			c.out = c.out[n:]
-			c.poller.srv.outbound.Add(-int64(n))
+			c.p.r.outbound.Add(-int64(n))
 		}
 		if err == errAgain {
 			return
@@ -161,14 +162,15 @@ func (c *conn) flush() {
 		}
 	}
 	c.out = nil // give the backing array back to the GC
-	if c.state == stateOpen {
-		c.writeHeldPongsLocked()
+	if c.state == stateOpen && c.has(drainWanted) {
+		c.clear(drainWanted)
+		c.p.r.h.DrainedLocked(c)
 		if len(c.out) > 0 || c.state != stateOpen {
 			return
 		}
 	}
-	if c.state == stateClosing && !c.shutWrite {
-		c.shutWrite = true
-		fdShutdownWrite(c.fd)
+	if c.state == stateClosing && !c.has(shutWrite) {
+		c.set(shutWrite)
+		fdShutdownWrite(int(c.fd))
 	}
 }

@@ -1,6 +1,6 @@
 //go:build darwin || dragonfly || freebsd || netbsd || openbsd
 
-package gateway
+package reactor
 
 import "golang.org/x/sys/unix"
 

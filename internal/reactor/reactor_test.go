@@ -1,0 +1,148 @@
+package reactor
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/rs/zerolog"
+)
+
+// echo is a session that writes back what it reads, and records what the
+// reactor tells it.
+type echo struct {
+	mu        sync.Mutex
+	overflows []bool
+	destroyed int
+}
+
+func (e *echo) Received(c *Conn, data []byte) bool {
+	c.Write(append([]byte(nil), data...))
+	return true
+}
+func (e *echo) Scan(*Conn)          {}
+func (e *echo) DrainedLocked(*Conn) {}
+func (e *echo) Destroyed(*Conn)     { e.mu.Lock(); e.destroyed++; e.mu.Unlock() }
+func (e *echo) Overflow(_ *Conn, total bool) {
+	e.mu.Lock()
+	e.overflows = append(e.overflows, total)
+	e.mu.Unlock()
+}
+func (e *echo) Recovered(r any, _ *Conn) { panic(r) }
+
+func start(t *testing.T, kind string, maxOut int, maxTotal int64) (*Reactor, *echo) {
+	t.Helper()
+	h := &echo{}
+	r, err := New(Config{Kind: kind, Pollers: 1, MaxOutbound: maxOut, MaxOutboundTotal: maxTotal,
+		Epoch: time.Now(), Handler: h, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r, h
+}
+
+func open(t *testing.T, r *Reactor, nc net.Conn) *Conn {
+	t.Helper()
+	c := &Conn{}
+	p := r.Next()
+	if err := p.Open(c, nc); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Add(c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Bytes read go to the session, what it writes goes back, and the peer
+// closing destroys the connection, on every backend this platform has.
+func TestEchoAndClose(t *testing.T) {
+	kinds := []string{Portable}
+	if Native() != "" {
+		kinds = append(kinds, Native())
+	}
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			r, h := start(t, kind, 1<<20, 1<<30)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			peer, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer peer.Close()
+			server, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			open(t, r, server)
+			if _, err := peer.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got := make([]byte, 5)
+			if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, []byte("hello")) {
+				t.Fatalf("read %q, %v", got, err)
+			}
+			_ = peer.Close()
+			waitFor(t, "the connection was not destroyed", func() bool {
+				h.mu.Lock()
+				defer h.mu.Unlock()
+				return h.destroyed == 1
+			})
+		})
+	}
+}
+
+// A peer that does not read is cut off past its limit, without the
+// writer waiting, and its bytes go back to the process's budget.
+func TestCutOffPastTheLimit(t *testing.T) {
+	r, h := start(t, Portable, 64<<10, 1<<30)
+	server, peer := net.Pipe() // a pipe's Write waits for the reader: full from the first byte
+	t.Cleanup(func() { _ = server.Close(); _ = peer.Close() })
+	c := open(t, r, server)
+	for i := 0; i < 200 && c.IsOpen(); i++ {
+		c.Write(bytes.Repeat([]byte("y"), 1024))
+	}
+	if c.IsOpen() {
+		t.Fatal("a peer holding more than its limit was not cut off")
+	}
+	h.mu.Lock()
+	overflows := h.overflows
+	h.mu.Unlock()
+	if len(overflows) != 1 || overflows[0] {
+		t.Fatalf("overflows %v, want one of the connection's own limit", overflows)
+	}
+	waitFor(t, "bytes still charged to the process", func() bool { return r.Outbound() == 0 })
+}
+
+// Conn is what every idle connection of the fd backends costs, on top of
+// the session's state.
+func TestConnSize(t *testing.T) {
+	if unsafe.Sizeof(uintptr(0)) != 8 {
+		t.Skip("64-bit platforms only")
+	}
+	if got := unsafe.Sizeof(Conn{}); got > 56 {
+		t.Fatalf("Conn is %d bytes, want at most 56", got)
+	}
+}
