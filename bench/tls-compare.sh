@@ -7,7 +7,7 @@
 #   portable  plain ws://, the net.Conn reactor (built -tags resound_portable):
 #             what TLS connections run on, without the TLS
 #   tls       wss:// and https:// (RESOUND_TLS_CERT), which runs the portable
-#             reactor, with a certificate from pkg/tlscert/tlstest/gencert
+#             reactor, with a certificate from internal/tlscert/tlstest/gencert
 #
 # Workloads (docs/benchmarks.md's): idle 5,000 connections over 100 channels
 # with the gateway's RSS sampled; fan-out to 1 channel × 1,000 unbounded.
@@ -25,7 +25,7 @@ bin=$OUT/bin
 mkdir -p "$bin"
 ulimit -n "$(ulimit -Hn)"
 (cd "$root" && go build -o "$bin/gateway" ./cmd/gateway && go build -tags resound_portable -o "$bin/gateway-portable" ./cmd/gateway &&
-	go build -o "$bin/loadgen" ./cmd/loadgen && go run ./pkg/tlscert/tlstest/gencert -dir "$OUT/certs" 127.0.0.1 >/dev/null)
+	go build -o "$bin/loadgen" ./cmd/loadgen && go run ./internal/tlscert/tlstest/gencert -dir "$OUT/certs" 127.0.0.1 >/dev/null)
 export REVERB_APP_ID=bench REVERB_APP_KEY=bench-key REVERB_APP_SECRET=bench-secret
 
 port=18700

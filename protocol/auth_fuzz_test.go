@@ -78,7 +78,7 @@ func refStringToSign(method, path string, params map[string][]string) string {
 
 // FuzzRequestSignature checks the HTTP API's signed string against the
 // reference, that a request's own signature verifies and nothing else
-// does, and BodyMD5. pkg/httpapi fuzzes the whole request path.
+// does, and BodyMD5. internal/httpapi fuzzes the whole request path.
 func FuzzRequestSignature(f *testing.F) {
 	f.Add(vecSecret, "POST", "/apps/3/events",
 		"auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f&auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c",

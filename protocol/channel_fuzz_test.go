@@ -15,8 +15,8 @@ var socketIDRe = regexp.MustCompile(`^[0-9]{1,20}\.[0-9]{1,20}$`)
 
 // FuzzChannelName checks channel names, what a name makes a channel, the
 // string a subscription's auth signs, and socket ids. Subjects and keys
-// derived from names are fuzzed where they are made (pkg/route,
-// pkg/cluster).
+// derived from names are fuzzed where they are made (internal/route,
+// internal/cluster).
 func FuzzChannelName(f *testing.F) {
 	f.Add("private-encrypted-cache-orders", "123.456", `{"user_id":1}`)
 	f.Add("#server-to-user-42", "1.1", "")

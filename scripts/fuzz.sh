@@ -28,13 +28,13 @@ TARGETS="
 ./protocol FuzzRequestSignature
 ./protocol FuzzParseTrigger
 ./protocol FuzzParseBatch
-./pkg/route FuzzEscape
-./pkg/route FuzzDelivery
-./pkg/cluster FuzzToken
-./pkg/queue FuzzJob
-./pkg/config FuzzAppsFile
-./pkg/httpapi FuzzAPI
-./pkg/gateway FuzzFrameReader
+./internal/route FuzzEscape
+./internal/route FuzzDelivery
+./internal/cluster FuzzToken
+./internal/queue FuzzJob
+./internal/config FuzzAppsFile
+./internal/httpapi FuzzAPI
+./internal/gateway FuzzFrameReader
 "
 
 # go test -fuzz passes when no target matches, so check that the list and

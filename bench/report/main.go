@@ -37,8 +37,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/internal/logging"
 	"github.com/resoundhq/resound/internal/machine"
-	"github.com/resoundhq/resound/pkg/logging"
 )
 
 func main() {

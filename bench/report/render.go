@@ -12,8 +12,8 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/resoundhq/resound/internal/loadgen"
 	"github.com/resoundhq/resound/internal/plot"
-	"github.com/resoundhq/resound/pkg/loadgen"
 )
 
 //go:embed section.md.tmpl

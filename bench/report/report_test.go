@@ -17,8 +17,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/resoundhq/resound/internal/loadgen"
 	"github.com/resoundhq/resound/internal/machine"
-	"github.com/resoundhq/resound/pkg/loadgen"
 )
 
 func TestSummarize(t *testing.T) {

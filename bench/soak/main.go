@@ -61,8 +61,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/resoundhq/resound/internal/attack"
+	"github.com/resoundhq/resound/internal/loadgen"
 	"github.com/resoundhq/resound/internal/machine"
-	"github.com/resoundhq/resound/pkg/loadgen"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

@@ -14,9 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/plot"
-	"github.com/resoundhq/resound/pkg/cluster"
-	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/internal/queue"
 )
 
 // The generated part of docs/security.md lies between these lines; the

@@ -12,8 +12,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/resoundhq/resound/internal/attack"
-	"github.com/resoundhq/resound/pkg/cluster"
-	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/internal/cluster"
+	"github.com/resoundhq/resound/internal/queue"
 )
 
 // Phases of a run, as each sample records it.

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/resoundhq/resound/pkg/cluster"
-	"github.com/resoundhq/resound/pkg/loadgen"
+	"github.com/resoundhq/resound/internal/cluster"
+	"github.com/resoundhq/resound/internal/loadgen"
 )
 
 func TestWindows(t *testing.T) {

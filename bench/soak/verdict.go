@@ -9,9 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/machine"
-	"github.com/resoundhq/resound/pkg/cluster"
-	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/internal/queue"
 )
 
 // The pass criteria (issue 9, item 10): RSS growth under 5% from minute

@@ -15,10 +15,10 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/resoundhq/resound/internal/config"
+	"github.com/resoundhq/resound/internal/logging"
+	"github.com/resoundhq/resound/internal/node"
 	"github.com/resoundhq/resound/internal/version"
-	"github.com/resoundhq/resound/pkg/config"
-	"github.com/resoundhq/resound/pkg/logging"
-	"github.com/resoundhq/resound/pkg/node"
 )
 
 func main() {

@@ -118,7 +118,7 @@
 // subscribe again, within 100 ms and then backing off to 2 s. Counting
 // stays exact: events sent while a connection was away are its gap, not
 // missing; everything sent after it subscribed again is expected (the
-// exact rules are at conn in pkg/loadgen/poller_linux.go). -progress 200ms
+// exact rules are at conn in internal/loadgen/poller_linux.go). -progress 200ms
 // makes the progress lines (events_sent, deliveries, reconnects,
 // request_failures) frequent enough to act on mid-run:
 //
@@ -171,8 +171,8 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/resoundhq/resound/pkg/loadgen"
-	"github.com/resoundhq/resound/pkg/logging"
+	"github.com/resoundhq/resound/internal/loadgen"
+	"github.com/resoundhq/resound/internal/logging"
 )
 
 const usage = `Usage:
@@ -233,7 +233,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("loadgen "+mode, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.URL, "url", "http://127.0.0.1:8080", "server base URL, http://host:port[/prefix] (https:// for TLS): the HTTP API, and the WebSockets ({prefix}/app/{key}) unless -ws-urls is set")
-	fs.StringVar(&cfg.CAFile, "ca", "", "PEM file of CA certificates to trust for https:// URLs, besides the system's (e.g. a test CA from go run ./pkg/tlscert/tlstest/gencert)")
+	fs.StringVar(&cfg.CAFile, "ca", "", "PEM file of CA certificates to trust for https:// URLs, besides the system's (e.g. a test CA from go run ./internal/tlscert/tlstest/gencert)")
 	wsURLs := fs.String("ws-urls", "", "comma-separated base URLs of the servers the WebSockets go to, round-robin (e.g. several gateways); API requests still go to -url only")
 	fs.BoolVar(&cfg.Reconnect, "reconnect", false, "idle, fanout: a subscribed connection the server closes or loses connects again, to the next -ws-urls URL, and subscribes again; reconnects and the events it was away for (gap) are counted apart")
 	fs.StringVar(&cfg.AppID, "app-id", os.Getenv("REVERB_APP_ID"), "app id (default $REVERB_APP_ID)")

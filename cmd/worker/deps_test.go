@@ -9,8 +9,8 @@ import (
 // The worker process links neither the embedded NATS server nor the
 // gateway and its HTTP API: it is deployed and scaled on its own, and
 // what it does not link cannot cost it memory, start-up time or
-// vulnerabilities. pkg/streams exists so that it need not import
-// pkg/node for the JetStream set-up.
+// vulnerabilities. internal/streams exists so that it need not import
+// internal/node for the JetStream set-up.
 func TestWorkerLinksNoServer(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
 	if err != nil {
@@ -18,10 +18,10 @@ func TestWorkerLinksNoServer(t *testing.T) {
 	}
 	forbidden := []string{
 		"github.com/nats-io/nats-server/",
-		"github.com/resoundhq/resound/pkg/natsembed",
-		"github.com/resoundhq/resound/pkg/node",
-		"github.com/resoundhq/resound/pkg/gateway",
-		"github.com/resoundhq/resound/pkg/httpapi",
+		"github.com/resoundhq/resound/internal/natsembed",
+		"github.com/resoundhq/resound/internal/node",
+		"github.com/resoundhq/resound/internal/gateway",
+		"github.com/resoundhq/resound/internal/httpapi",
 	}
 	for _, dep := range strings.Fields(string(out)) {
 		for _, f := range forbidden {

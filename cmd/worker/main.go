@@ -20,14 +20,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/resoundhq/resound/internal/config"
+	"github.com/resoundhq/resound/internal/history"
+	"github.com/resoundhq/resound/internal/logging"
+	"github.com/resoundhq/resound/internal/metrics"
 	"github.com/resoundhq/resound/internal/ops"
+	"github.com/resoundhq/resound/internal/streams"
 	"github.com/resoundhq/resound/internal/version"
-	"github.com/resoundhq/resound/pkg/config"
-	"github.com/resoundhq/resound/pkg/history"
-	"github.com/resoundhq/resound/pkg/logging"
-	"github.com/resoundhq/resound/pkg/metrics"
-	"github.com/resoundhq/resound/pkg/streams"
-	"github.com/resoundhq/resound/pkg/worker"
+	"github.com/resoundhq/resound/internal/worker"
 )
 
 func main() {

@@ -217,12 +217,12 @@ function probeUpTLS(port, ca, prefix = '') {
 
 /**
  * Writes a throwaway CA and a certificate for 127.0.0.1 and localhost into
- * dir with the project's own generator (pkg/tlscert/tlstest/gencert), and
+ * dir with the project's own generator (internal/tlscert/tlstest/gencert), and
  * returns their paths {ca, cert, key}.
  */
 export function generateCertificate(dir) {
   return new Promise((resolve, reject) => {
-    const child = spawn('go', ['run', './pkg/tlscert/tlstest/gencert', '-dir', dir, '127.0.0.1', 'localhost'],
+    const child = spawn('go', ['run', './internal/tlscert/tlstest/gencert', '-dir', dir, '127.0.0.1', 'localhost'],
       { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';

@@ -5,8 +5,8 @@
 // the gateway's user-state subjects) start from these prefixes.
 //
 // The binary messages have their own homes, named here: the delivery
-// envelope is pkg/route's (route.AppendDelivery, route.ParseDelivery) and
-// the job is pkg/queue's (queue.Job, documented for other programs in
+// envelope is internal/route's (route.AppendDelivery, route.ParseDelivery) and
+// the job is internal/queue's (queue.Job, documented for other programs in
 // docs/jobs.md). The JSON control messages are defined here.
 package wire
 

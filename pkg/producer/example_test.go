@@ -8,9 +8,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/resoundhq/resound/pkg/natsembed"
+	"github.com/resoundhq/resound/internal/natsembed"
+	"github.com/resoundhq/resound/internal/queue"
 	"github.com/resoundhq/resound/pkg/producer"
-	"github.com/resoundhq/resound/pkg/queue"
 )
 
 // A Go service broadcasts an event straight into the job queue. Here the

@@ -17,7 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/resoundhq/resound/pkg/queue"
+	"github.com/resoundhq/resound/internal/queue"
 	"github.com/resoundhq/resound/protocol"
 )
 

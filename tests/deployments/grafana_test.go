@@ -148,7 +148,7 @@ func TestGrafanaDashboard(t *testing.T) {
 }
 
 // The metric names agree across the test's list, deployments/README.md and
-// what pkg/metrics registers.
+// what internal/metrics registers.
 func TestMetricNames(t *testing.T) {
 	want := map[string]bool{}
 	for _, m := range metricNames {
@@ -167,11 +167,11 @@ func TestMetricNames(t *testing.T) {
 		}
 	}
 
-	// Names registered in pkg/metrics: `Name: "resound_..."`.
+	// Names registered in internal/metrics: `Name: "resound_..."`.
 	src := filepath.Join(root(t), "pkg", "metrics")
 	files, _ := filepath.Glob(filepath.Join(src, "*.go"))
 	if len(files) == 0 {
-		t.Skip("pkg/metrics is not there yet: only the README and the dashboard were compared")
+		t.Skip("internal/metrics is not there yet: only the README and the dashboard were compared")
 	}
 	nameRe := regexp.MustCompile(`Name:\s*"(resound_[a-z0-9_]+)"`)
 	registered := map[string]bool{}
@@ -201,9 +201,9 @@ func TestMetricNames(t *testing.T) {
 	sort.Strings(missing)
 	sort.Strings(extra)
 	if len(missing) > 0 {
-		t.Errorf("pkg/metrics does not register %v, which the dashboard and README use", missing)
+		t.Errorf("internal/metrics does not register %v, which the dashboard and README use", missing)
 	}
 	if len(extra) > 0 {
-		t.Errorf("pkg/metrics registers %v, missing from the dashboard, README and this test's list", extra)
+		t.Errorf("internal/metrics registers %v, missing from the dashboard, README and this test's list", extra)
 	}
 }

@@ -21,7 +21,7 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// The metrics the binaries export (pkg/metrics), which the dashboard may
+// The metrics the binaries export (internal/metrics), which the dashboard may
 // query and deployments/README.md lists. TestMetricNames keeps the four in
 // step.
 var metricNames = []string{

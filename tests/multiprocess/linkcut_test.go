@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/resoundhq/resound/internal/loadgen"
 	"github.com/resoundhq/resound/internal/tcpproxy"
-	"github.com/resoundhq/resound/pkg/loadgen"
 )
 
 // The link tests: a process reaches nats-server only through a TCP proxy

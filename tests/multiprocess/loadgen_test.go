@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/resoundhq/resound/pkg/loadgen"
+	"github.com/resoundhq/resound/internal/loadgen"
 )
 
 // cluster is what the fault tests run against: one nats-server process,

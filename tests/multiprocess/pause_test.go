@@ -20,7 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	kvcluster "github.com/resoundhq/resound/pkg/cluster"
+	kvcluster "github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/pkg/pushertest"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -190,7 +190,7 @@ func TestGatewayPausedHeals(t *testing.T) {
 
 // countsBucket opens RESOUND_COUNTS, where the gateways keep each app's
 // connection slots and each channel's subscriptions, one count per
-// gateway (pkg/counts).
+// gateway (internal/counts).
 func countsBucket(t *testing.T, natsURL string) jetstream.KeyValue {
 	t.Helper()
 	nc, err := nats.Connect(natsURL, nats.Name("multiprocess-test"))

@@ -34,7 +34,7 @@ const (
 	startTimeout = 20 * time.Second // a process becoming ready
 	// SIGTERM before SIGKILL. A gateway's clean stop may take its drain
 	// window, 2 s for the closes to leave and 5 s for its lanes to finish
-	// (pkg/gateway Server.Serve); a race-detector build on a busy machine
+	// (internal/gateway Server.Serve); a race-detector build on a busy machine
 	// takes longer than a plain one.
 	stopGrace    = 15 * time.Second
 	buildTimeout = 5 * time.Minute

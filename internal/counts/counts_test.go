@@ -1,0 +1,301 @@
+package counts_test
+
+import (
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"reflect"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/resoundhq/resound/internal/cluster"
+	"github.com/resoundhq/resound/internal/cluster/clustertest"
+	"github.com/resoundhq/resound/internal/counts"
+)
+
+func value(t *testing.T, b *cluster.Bucket, key string) map[string]int {
+	t.Helper()
+	e, err := b.Get(clustertest.Context(t), key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]int
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestSlots(t *testing.T) {
+	b := clustertest.Gateways(t, 1)[0].Counts
+	s, ctx := counts.New(b), clustertest.Context(t)
+	key := cluster.Key("conns", "app")
+	for _, gw := range []string{"gw-a", "gw-a", "gw-b"} {
+		if err := s.AcquireSlot(ctx, "app", gw, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AcquireSlot(ctx, "app", "gw-c", 3); !errors.Is(err, counts.ErrOverQuota) {
+		t.Fatalf("past the cap: %v, want ErrOverQuota", err)
+	}
+	if got := value(t, b, key); !reflect.DeepEqual(got, map[string]int{"gw-a": 2, "gw-b": 1}) {
+		t.Fatalf("slots %v", got)
+	}
+	// Another app has its own cap; no cap counts all the same.
+	if err := s.AcquireSlot(ctx, "other", "gw-a", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReleaseSlot(ctx, "app", "gw-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AcquireSlot(ctx, "app", "gw-c", 3); err != nil {
+		t.Fatalf("after a release: %v", err)
+	}
+	// Releasing what a gateway does not hold changes nothing.
+	e, _ := b.Get(ctx, key)
+	if err := s.ReleaseSlot(ctx, "app", "gw-z"); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := b.Get(ctx, key); again.Revision() != e.Revision() {
+		t.Fatal("a release of nothing wrote the key")
+	}
+	for _, gw := range []string{"gw-a", "gw-b", "gw-c"} {
+		if err := s.ReleaseSlot(ctx, "app", gw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := value(t, b, key); got != nil {
+		t.Fatalf("every slot released, but %v", got)
+	}
+	if err := s.ReleaseSlot(ctx, "other", "gw-a"); err != nil {
+		t.Fatal(err)
+	}
+	clustertest.AwaitSettled(t, ctx, b, 0)
+}
+
+func TestSetSubscriptions(t *testing.T) {
+	b := clustertest.Gateways(t, 1)[0].Counts
+	s, ctx := counts.New(b), clustertest.Context(t)
+	set := func(ch, gw string, n, want int) {
+		t.Helper()
+		total, err := s.SetSubscriptions(ctx, "app", ch, gw, n)
+		if err != nil || total != want {
+			t.Fatalf("SetSubscriptions(%s, %s, %d) = %d, %v; want %d", ch, gw, n, total, err, want)
+		}
+	}
+	set("news", "gw-a", 2, 2)
+	set("news", "gw-b", 3, 5)
+	set("news", "gw-a", 1, 4)
+	set("other", "gw-a", 1, 1)
+	set("news", "gw-c", 0, 4) // nothing to forget
+	if got := value(t, b, cluster.Key("subs", "app", "news")); !reflect.DeepEqual(got, map[string]int{"gw-a": 1, "gw-b": 3}) {
+		t.Fatalf("news %v", got)
+	}
+	set("news", "gw-a", 0, 3)
+	set("news", "gw-b", 0, 0)
+	set("other", "gw-a", 0, 0)
+	set("never", "gw-a", 0, 0)
+	clustertest.AwaitSettled(t, ctx, b, 0)
+}
+
+// TestChurn: gateways take and give back connection slots under a cap,
+// and set their subscription counts up and down, at once. The cap is
+// never passed; afterwards each key holds exactly each gateway's count, a
+// key whose counts all reached zero is gone, and no marker outlives its
+// TTL.
+func TestChurn(t *testing.T) {
+	const (
+		gateways = 6
+		steps    = 60
+		limit    = 8
+		channels = 3
+	)
+	gws := clustertest.Gateways(t, gateways)
+	ctx := clustertest.Context(t)
+	var (
+		inUse     atomic.Int32 // never above what the bucket holds
+		overQuota atomic.Int32
+		mu        sync.Mutex
+		slots     = map[string]int{}            // gateway -> slots held
+		subs      = map[string]map[string]int{} // channel -> gateway -> count
+	)
+	clustertest.Concurrently(t, gateways, func(g int) error {
+		s, gw := counts.New(gws[g].Counts), "gw-"+strconv.Itoa(g)
+		rng := rand.New(rand.NewPCG(uint64(g), 5))
+		held := 0
+		mine := map[string]int{}
+		for range steps {
+			switch op := rng.IntN(4); {
+			case op == 0 && held > 0:
+				// Out of the tally before the store, so the tally
+				// never counts a slot the bucket no longer has.
+				inUse.Add(-1)
+				if err := s.ReleaseSlot(ctx, "app", gw); err != nil {
+					return err
+				}
+				held--
+			case op <= 1:
+				err := s.AcquireSlot(ctx, "app", gw, limit)
+				if errors.Is(err, counts.ErrOverQuota) {
+					overQuota.Add(1)
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				held++
+				if inUse.Add(1) > limit {
+					return errors.New("the connection cap was passed")
+				}
+			default:
+				ch := "ch-" + strconv.Itoa(rng.IntN(channels))
+				n := max(0, mine[ch]+rng.IntN(5)-2)
+				if _, err := s.SetSubscriptions(ctx, "app", ch, gw, n); err != nil {
+					return err
+				}
+				mine[ch] = n
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if held > 0 {
+			slots[gw] = held
+		}
+		for ch, n := range mine {
+			if n > 0 {
+				if subs[ch] == nil {
+					subs[ch] = map[string]int{}
+				}
+				subs[ch][gw] = n
+			}
+		}
+		return nil
+	})
+	t.Logf("%d connections refused at the cap", overQuota.Load())
+
+	b := gws[0].Counts
+	keys := 0
+	want := func(m map[string]int) map[string]int {
+		if len(m) == 0 {
+			return nil
+		}
+		keys++
+		return m
+	}
+	if got, w := value(t, b, cluster.Key("conns", "app")), want(slots); !reflect.DeepEqual(got, w) {
+		t.Errorf("slots %v, want %v", got, w)
+	}
+	for c := range channels {
+		ch := "ch-" + strconv.Itoa(c)
+		if got, w := value(t, b, cluster.Key("subs", "app", ch)), want(subs[ch]); !reflect.DeepEqual(got, w) {
+			t.Errorf("%s: %v, want %v", ch, got, w)
+		}
+	}
+	clustertest.AwaitSettled(t, ctx, b, keys)
+
+	// Every gateway gives everything back: nothing is left.
+	s := counts.New(b)
+	for gw, n := range slots {
+		for range n {
+			if err := s.ReleaseSlot(ctx, "app", gw); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for ch, m := range subs {
+		for gw := range m {
+			if _, err := s.SetSubscriptions(ctx, "app", ch, gw, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	clustertest.AwaitSettled(t, ctx, b, 0)
+}
+
+// TestRemoveGatewaysExcept is the gateway's sweep of counts, on the store:
+// a dead gateway's slots and subscriptions are given back.
+func TestRemoveGatewaysExcept(t *testing.T) {
+	b := clustertest.Gateways(t, 1)[0].Counts
+	s, ctx := counts.New(b), clustertest.Context(t)
+	for _, gw := range []string{"live", "dead", "dead"} {
+		if err := s.AcquireSlot(ctx, "app", gw, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AcquireSlot(ctx, "app", "live", 3); !errors.Is(err, counts.ErrOverQuota) {
+		t.Fatalf("full: %v", err)
+	}
+	for _, c := range []struct {
+		ch, gw string
+		n      int
+	}{{"a", "live", 2}, {"a", "dead", 5}, {"b", "dead", 1}, {"c", "live", 1}} {
+		if _, err := s.SetSubscriptions(ctx, "app", c.ch, c.gw, c.n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := value(t, b, cluster.Key("conns", "app")); !reflect.DeepEqual(got, map[string]int{"live": 1}) {
+		t.Fatalf("slots after the sweep: %v", got)
+	}
+	for ch, want := range map[string]map[string]int{"a": {"live": 2}, "b": nil, "c": {"live": 1}} {
+		if got := value(t, b, cluster.Key("subs", "app", ch)); !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s after the sweep: %v, want %v", ch, got, want)
+		}
+	}
+	// The slots the dead gateway held are free again.
+	for range 2 {
+		if err := s.AcquireSlot(ctx, "app", "live", 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true}); err != nil {
+		t.Fatal(err)
+	}
+	clustertest.AwaitSettled(t, ctx, b, 3)
+}
+
+func TestClaimSlots(t *testing.T) {
+	b := clustertest.Gateways(t, 1)[0].Counts
+	s, ctx := counts.New(b), clustertest.Context(t)
+	key := cluster.Key("conns", "app")
+	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 0, 3, 5); err != nil || n != 3 {
+		t.Fatalf("took %d, %v; want 3", n, err)
+	}
+	if n, err := s.ClaimSlots(ctx, "app", "gw-b", 0, 4, 5); err != nil || n != 2 {
+		t.Fatalf("took %d, %v; want the 2 left", n, err)
+	}
+	// gw-a now holds 2 (one closed) and wants 2 more: 1 room.
+	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 2, 2, 5); err != nil || n != 1 {
+		t.Fatalf("took %d, %v; want 1", n, err)
+	}
+	if got := value(t, b, key); !reflect.DeepEqual(got, map[string]int{"gw-a": 3, "gw-b": 2}) {
+		t.Fatalf("slots %v", got)
+	}
+	// The same claim again (its answer was lost, say) changes nothing.
+	e, _ := b.Get(ctx, key)
+	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 3, 0, 5); err != nil || n != 0 {
+		t.Fatalf("took %d, %v", n, err)
+	}
+	if again, _ := b.Get(ctx, key); again.Revision() != e.Revision() {
+		t.Fatal("a claim that changes nothing wrote the key")
+	}
+	// Holding none forgets the gateway; no cap takes all.
+	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 0, 0, 0); err != nil || n != 0 {
+		t.Fatalf("took %d, %v", n, err)
+	}
+	if n, err := s.ClaimSlots(ctx, "app", "gw-b", 0, 0, 0); err != nil || n != 0 {
+		t.Fatalf("took %d, %v", n, err)
+	}
+	if got := value(t, b, key); got != nil {
+		t.Fatalf("every slot given back, but %v", got)
+	}
+}

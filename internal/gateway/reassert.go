@@ -1,0 +1,106 @@
+package gateway
+
+import (
+	"context"
+	"time"
+
+	"github.com/resoundhq/resound/internal/presence"
+	"github.com/resoundhq/resound/internal/reactor"
+	"github.com/resoundhq/resound/protocol"
+)
+
+// Reassert writes again, into the shared state, what this gateway's
+// connections hold: presence memberships, signed-in users, connection
+// slots and subscription counts. The registry calls it when this
+// gateway's heartbeat lapsed (it was cut off from NATS, or stalled, for a
+// TTL): the other gateways then took it for dead and swept all of it,
+// though its connections are alive. Each write is the same one the
+// connection made when it joined or signed in, so what the sweep left is
+// untouched, and what it removed comes back, announced once by the write
+// that makes the transition (member_added, watchlist online).
+//
+// A sweep that listed the live gateways before this one's heartbeat came
+// back may still land after this; so it runs twice, the second time a
+// TTL later.
+func (s *Server) Reassert(ctx context.Context) {
+	s.reassert()
+	time.AfterFunc(s.opts.GatewayTTL, func() {
+		if s.baseCtx.Err() == nil {
+			s.reassert()
+		}
+	})
+}
+
+// held is what one connection holds in the shared state.
+type held struct {
+	c       *conn
+	userID  string
+	members []chanSub // presence subscriptions
+}
+
+func (s *Server) reassert() {
+	for _, p := range s.rx.Pollers() {
+		// Connections' subscriptions and sign-ins are the poller's: read
+		// them there, write them on each connection's lane, so that they
+		// fall in order with the connection's own joins and leaves.
+		p.Post(func() {
+			for _, rc := range p.Matching(func(*reactor.Conn) bool { return true }) {
+				c := sessionOf(rc)
+				h := held{c: c, userID: c.signedInAs()}
+				for _, cs := range c.subs {
+					if cs.member != nil {
+						h.members = append(h.members, cs)
+					}
+				}
+				if h.userID == "" && len(h.members) == 0 {
+					continue
+				}
+				s.lanes.must(c.sidA, c, func(ctx context.Context) { s.reassertConn(ctx, h) })
+			}
+		})
+	}
+	for _, b := range s.slots {
+		b.mu.Lock()
+		b.dirty = true // write this gateway's slots again
+		b.kick()
+		b.mu.Unlock()
+	}
+	for i := range s.hub.shards {
+		sh := &s.hub.shards[i]
+		sh.mu.Lock()
+		var chans []*channel
+		for _, ch := range sh.channels {
+			if ch.refs > 0 {
+				chans = append(chans, ch)
+			}
+		}
+		sh.mu.Unlock()
+		for _, ch := range chans {
+			s.subscriptionCountChanged(ch)
+		}
+	}
+}
+
+func (s *Server) reassertConn(ctx context.Context, h held) {
+	app, sid := h.c.app, h.c.socketID()
+	for _, cs := range h.members {
+		m, name := *cs.member, cs.ch.name
+		// No limits: the member was let in; a lapse must not throw it out.
+		res, err := s.presence.JoinLimited(ctx, app.ID, name, m, sid, s.opts.GatewayID, presence.Limits{})
+		if err != nil {
+			s.log.Warn().Err(err).Str("channel", name).Msg("reasserting a presence member")
+			continue
+		}
+		if res.First {
+			s.publishPresence(app, name, protocol.AppendTextFrame(nil, protocol.AppendMemberAdded(nil, name, m)), sid, res.Revision)
+		}
+	}
+	if h.userID != "" {
+		first, err := s.users.SignIn(ctx, app.ID, h.userID, sid, s.opts.GatewayID, 0)
+		if err != nil {
+			s.log.Warn().Err(err).Msg("reasserting a signed-in user")
+		} else if first {
+			s.publishUserState(app, h.userID, true)
+		}
+	}
+}

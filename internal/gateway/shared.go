@@ -1,0 +1,270 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/resoundhq/resound/internal/cluster"
+	"github.com/resoundhq/resound/internal/config"
+	"github.com/resoundhq/resound/internal/reactor"
+	"github.com/resoundhq/resound/internal/route"
+	"github.com/resoundhq/resound/internal/wire"
+	"github.com/resoundhq/resound/protocol"
+)
+
+// appStat counts what queries ask about one app on this gateway.
+type appStat struct {
+	// subscribed counts connections on at least one channel: Reverb's
+	// /connections.
+	subscribed atomic.Int64
+	conns      prometheus.Gauge
+}
+
+func (s *Server) appStats(app *config.App) *appStat { return s.stats[app.ID] }
+
+// publishToChannel sends a frame the gateway made itself (presence
+// changes, client events, counts) to every subscriber of a channel on
+// every gateway, through the channel's delivery subject.
+func (s *Server) publishToChannel(app *config.App, channel string, frame []byte, excludeSocketID string) {
+	s.publishDelivery(app, channel, route.Delivery{ExcludeSocketID: excludeSocketID, Frame: frame})
+}
+
+// publishPresence sends a member_added or member_removed, tagged with the
+// presence revision of the change (0 when unknown: always delivered).
+func (s *Server) publishPresence(app *config.App, channel string, frame []byte, excludeSocketID string, rev uint64) {
+	s.publishDelivery(app, channel, route.Delivery{Seq: rev, Event: route.EventPresence, ExcludeSocketID: excludeSocketID, Frame: frame})
+}
+
+func (s *Server) publishDelivery(app *config.App, channel string, d route.Delivery) {
+	env := route.AppendDelivery(make([]byte, 0, len(d.Frame)+32), d)
+	subject := route.Subject(app.ID, channel)
+	if s.opts.Local {
+		// The only gateway there is: no NATS hop, and frames a gateway
+		// makes are never replayed, so the history need not have them.
+		_ = s.DeliverLocal(subject, env)
+		return
+	}
+	if err := s.opts.Conn.Publish(subject, env); err != nil {
+		s.log.Warn().Err(err).Str("channel", channel).Msg("publishing to channel")
+	}
+}
+
+// cachedFrame returns the frame of the channel's cached event, or nil.
+func (s *Server) cachedFrame(ctx context.Context, appID, channel string) ([]byte, error) {
+	e, err := s.opts.Stores.Cache.Get(ctx, cluster.Key(appID, channel))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ev cluster.CachedEvent
+	if json.Unmarshal(e.Value(), &ev) != nil {
+		return nil, nil
+	}
+	return protocol.AppendTextFrame(nil, protocol.AppendChannelEvent(nil, ev.Event, channel, ev.Data, "")), nil
+}
+
+// subscriptionCountChanged sends pusher_internal:subscription_count, the
+// count across the cluster, for apps that turned it on. Each gateway keeps
+// its own count under the channel's key; the event carries their sum.
+func (s *Server) subscriptionCountChanged(ch *channel) {
+	if !ch.app.SubscriptionCount || protocol.ClassifyChannel(ch.name).Auth == protocol.AuthPresence {
+		return
+	}
+	// At most one count update per channel waits at a time: it reads the
+	// count when it runs, so a burst of joins and leaves (a client
+	// subscribing and unsubscribing in a loop, a reconnect storm) costs
+	// one write, not one each, and cannot fill a lane.
+	if !ch.countQueued.CompareAndSwap(false, true) {
+		return
+	}
+	// A count is the channel's, not a connection's: its lane is the
+	// channel's, so that its counts are set in order.
+	s.lanes.must(maphash.String(s.hub.seed, ch.subject), nil, func(ctx context.Context) {
+		ch.countQueued.Store(false)
+		ch.mu.RLock()
+		local := len(ch.members)
+		ch.mu.RUnlock()
+		total, err := s.counts.SetSubscriptions(ctx, ch.app.ID, ch.name, s.opts.GatewayID, local)
+		if err != nil {
+			s.log.Warn().Err(err).Str("channel", ch.name).Msg("counting subscriptions")
+			return
+		}
+		// Pusher sends the count on every change, but at most every 5 s
+		// once a channel has more than 100 subscribers.
+		now := time.Now().UnixNano()
+		if total > 100 && now-ch.countSentAt.Load() < int64(countInterval) {
+			if ch.countPending.CompareAndSwap(false, true) {
+				time.AfterFunc(countInterval, func() {
+					ch.countPending.Store(false)
+					s.subscriptionCountChanged(ch)
+				})
+			}
+			return
+		}
+		ch.countSentAt.Store(now)
+		s.publishToChannel(ch.app, ch.name, protocol.AppendTextFrame(nil, protocol.AppendSubscriptionCount(nil, ch.name, total)), "")
+	})
+}
+
+// countInterval is Pusher's pace for subscription_count on busy channels.
+const countInterval = 5 * time.Second
+
+// acquireConnectionSlot counts a new connection against the app's
+// max_connections, across the cluster. It runs on the handshake goroutine,
+// before the connection is established.
+func (s *Server) acquireConnectionSlot(ctx context.Context, app *config.App) error {
+	return s.slots[app.ID].acquire(ctx)
+}
+
+// releaseConnectionSlot gives a closed connection's slot back; the
+// batcher retries until it is written.
+func (s *Server) releaseConnectionSlot(app *config.App) {
+	s.slots[app.ID].giveBack()
+}
+
+// Sweep removes what gateways that are no longer live left in the shared
+// state, and announces the presence members and users that left with
+// them. The registry calls it when a gateway disappears, and at start-up.
+// Each store goes on past a key that fails; the errors are logged.
+func (s *Server) Sweep(ctx context.Context, live map[string]bool) {
+	removed, err := s.presence.RemoveGatewaysExcept(ctx, live)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("sweeping presence")
+	}
+	for _, r := range removed {
+		if app, ok := s.opts.Apps.ByID(r.App); ok {
+			s.publishPresence(app, r.Channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, r.Channel, r.UserID)), "", 0)
+		}
+	}
+	offline, err := s.users.RemoveGatewaysExcept(ctx, live)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("sweeping signed-in users")
+	}
+	for _, u := range offline {
+		if app, ok := s.opts.Apps.ByID(u.App); ok {
+			s.publishUserState(app, u.UserID, false)
+		}
+	}
+	if err := s.counts.RemoveGatewaysExcept(ctx, live); err != nil {
+		s.log.Warn().Err(err).Msg("sweeping counts")
+	}
+}
+
+// Terminate closes every connection of a user of an app on every gateway:
+// connections signed in as the user (Pusher) and connections whose
+// presence identity is the user (Reverb).
+func Terminate(nc *nats.Conn, appID, userID string) error {
+	b, _ := json.Marshal(wire.TerminateRequest{App: appID, UserID: userID})
+	if err := nc.Publish(wire.Terminate, b); err != nil {
+		return err
+	}
+	return nc.Flush()
+}
+
+func (s *Server) onTerminate(m *nats.Msg) {
+	defer s.recoverNATS()
+	var req wire.TerminateRequest
+	if json.Unmarshal(m.Data, &req) != nil || req.UserID == "" {
+		return
+	}
+	for _, p := range s.rx.Pollers() {
+		p.Post(func() {
+			hit := p.Matching(func(rc *reactor.Conn) bool {
+				c := sessionOf(rc)
+				if c.app.ID != req.App {
+					return false
+				}
+				match := c.signedInAs() == req.UserID
+				for _, cs := range c.subs {
+					match = match || cs.userID() == req.UserID
+				}
+				return match
+			})
+			for _, rc := range hit {
+				sessionOf(rc).closeWith(protocol.CodeUnauthorized, "Connection terminated by server")
+			}
+		})
+	}
+}
+
+// subscribeControl listens for the messages every gateway must act on.
+func (s *Server) subscribeControl() error {
+	sub, err := s.opts.Conn.Subscribe(wire.Terminate, s.onTerminate)
+	if err != nil {
+		return err
+	}
+	s.controlSubs = append(s.controlSubs, sub)
+	sub, err = s.opts.Conn.Subscribe(wire.Query, s.answerQuery)
+	if err != nil {
+		return err
+	}
+	s.controlSubs = append(s.controlSubs, sub)
+	id := []byte(s.opts.GatewayID)
+	sub, err = s.opts.Conn.Subscribe(wire.Ready, func(m *nats.Msg) { defer s.recoverNATS(); _ = m.Respond(id) })
+	if err != nil {
+		return err
+	}
+	s.controlSubs = append(s.controlSubs, sub)
+	return nil
+}
+
+// answerQuery replies with this gateway's view of an app's channels, for
+// the HTTP API's cluster-wide queries.
+func (s *Server) answerQuery(m *nats.Msg) {
+	defer s.recoverNATS()
+	var q cluster.QueryRequest
+	if json.Unmarshal(m.Data, &q) != nil || m.Reply == "" {
+		return
+	}
+	app, ok := s.opts.Apps.ByID(q.App)
+	if !ok {
+		return
+	}
+	r := cluster.QueryReply{Gateway: s.opts.GatewayID, Channels: map[string]int{}}
+	if st := s.appStats(app); st != nil {
+		r.Connections = int(st.subscribed.Load())
+	}
+	s.hub.forApp(app.ID, func(ch *channel) {
+		if q.ConnectionsOnly {
+			return
+		}
+		if q.Channel != "" && ch.name != q.Channel {
+			return
+		}
+		if q.Prefix != "" && !hasPrefix(ch.name, q.Prefix) {
+			return
+		}
+		ch.mu.RLock()
+		n := len(ch.members)
+		ch.mu.RUnlock()
+		if n > 0 {
+			r.Channels[ch.name] = n
+		}
+	})
+	b, _ := json.Marshal(r)
+	_ = m.Respond(b)
+}
+
+func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
+
+// watchers index the connections watching each user's online state.
+type watchers struct {
+	mu    sync.Mutex
+	byKey map[string]*watchEntry // by user-state subject
+}
+
+type watchEntry struct {
+	conns map[*conn]struct{}
+	sub   *nats.Subscription
+}
