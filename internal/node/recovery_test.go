@@ -2,6 +2,8 @@ package node
 
 import (
 	"fmt"
+	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -122,6 +124,15 @@ func TestResumeFailsPastTheWindow(t *testing.T) {
 		mustOK(t, api.Trigger([]string{"filler"}, "f", big, ""))
 	}
 	mustOK(t, api.Trigger([]string{"cache-news"}, "e", "latest", ""))
+	// The worker writes the cache after the API's 200: wait for it, as a
+	// client subscribing now must get "latest".
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(string(api.Do(http.MethodGet, "/channels/cache-news", nil, url.Values{"info": {"cache"}}).Body), "latest") {
+		if time.Now().After(deadline) {
+			t.Fatal("the cache never held the latest event")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	b := pushertest.Connect(t, addr, appKey)
 	subscribeFrom(b, "cache-news", first)
 	b.Expect(protocol.EventSubscriptionSucceeded)
