@@ -28,6 +28,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/internal/cache"
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/config"
 	"github.com/resoundhq/resound/internal/counts"
@@ -192,6 +193,7 @@ type Server struct {
 	presence *presence.Store
 	users    *users.Store
 	counts   *counts.Store
+	cache    *cache.Store
 	// slots count connections of the apps with max_connections; built by
 	// New, only read after.
 	slots       map[string]*slotBatcher
@@ -231,6 +233,7 @@ func New(opts Options) (*Server, error) {
 		presence:   presence.New(opts.Stores.Presence),
 		users:      users.New(opts.Stores.Users),
 		counts:     counts.New(opts.Stores.Counts),
+		cache:      cache.New(opts.Stores.Cache, opts.Stores.CacheTTL()),
 		stats:      map[string]*appStat{},
 		slots:      map[string]*slotBatcher{},
 		userStates: make(chan *nats.Msg, 1<<12),

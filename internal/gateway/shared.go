@@ -3,14 +3,12 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/resoundhq/resound/internal/cluster"
@@ -60,16 +58,9 @@ func (s *Server) publishDelivery(app *config.App, channel string, d route.Delive
 
 // cachedFrame returns the frame of the channel's cached event, or nil.
 func (s *Server) cachedFrame(ctx context.Context, appID, channel string) ([]byte, error) {
-	e, err := s.opts.Stores.Cache.Get(ctx, cluster.Key(appID, channel))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil {
+	ev, err := s.cache.Get(ctx, appID, channel)
+	if ev == nil || err != nil {
 		return nil, err
-	}
-	var ev cluster.CachedEvent
-	if json.Unmarshal(e.Value(), &ev) != nil {
-		return nil, nil
 	}
 	return protocol.AppendTextFrame(nil, protocol.AppendChannelEvent(nil, ev.Event, channel, ev.Data, "")), nil
 }
