@@ -194,6 +194,8 @@ type Server struct {
 	users    *users.Store
 	counts   *counts.Store
 	cache    *cache.Store
+	// sweeper drives the stores' sweeps after gateways that are gone.
+	sweeper *cluster.Sweeper
 	// slots count connections of the apps with max_connections; built by
 	// New, only read after.
 	slots       map[string]*slotBatcher
@@ -250,6 +252,7 @@ func New(opts Options) (*Server, error) {
 		reg = metrics.NewRegistry()
 	}
 	s.prom = metrics.NewGateway(reg, s.subscriptionCount, s.channelCount)
+	s.sweeper = s.newSweeper()
 
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	for _, app := range opts.Apps.All() {

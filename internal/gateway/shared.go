@@ -127,29 +127,51 @@ func (s *Server) releaseConnectionSlot(app *config.App) {
 // Sweep removes what gateways that are no longer live left in the shared
 // state, and announces the presence members and users that left with
 // them. The registry calls it when a gateway disappears, and at start-up.
-// Each store goes on past a key that fails; the errors are logged.
+// The stores' sweeps run under one driver with one rule for errors
+// (cluster.Sweeper: retried with backoff within a third of the gateway
+// TTL, counted in resound_state_retries_total, logged once per 10 s).
 func (s *Server) Sweep(ctx context.Context, live map[string]bool) {
-	removed, err := s.presence.RemoveGatewaysExcept(ctx, live)
-	if err != nil {
-		s.log.Warn().Err(err).Msg("sweeping presence")
-	}
-	for _, r := range removed {
-		if app, ok := s.opts.Apps.ByID(r.App); ok {
-			s.publishPresence(app, r.Channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, r.Channel, r.UserID)), "", 0)
-		}
-	}
-	offline, err := s.users.RemoveGatewaysExcept(ctx, live)
-	if err != nil {
-		s.log.Warn().Err(err).Msg("sweeping signed-in users")
-	}
-	for _, u := range offline {
-		if app, ok := s.opts.Apps.ByID(u.App); ok {
-			s.publishUserState(app, u.UserID, false)
-		}
-	}
-	if err := s.counts.RemoveGatewaysExcept(ctx, live); err != nil {
-		s.log.Warn().Err(err).Msg("sweeping counts")
-	}
+	s.sweeper.Sweep(ctx, live)
+}
+
+// newSweeper builds the sweep driver over the stores that hold per-gateway
+// state, each step announcing what its removals change.
+func (s *Server) newSweeper() *cluster.Sweeper {
+	return cluster.NewSweeper(cluster.SweeperOptions{
+		Steps: []cluster.SweepStep{
+			{Name: "presence", Sweep: func(ctx context.Context, live map[string]bool) error {
+				removed, err := s.presence.RemoveGatewaysExcept(ctx, live)
+				for _, r := range removed {
+					if app, ok := s.opts.Apps.ByID(r.App); ok {
+						s.publishPresence(app, r.Channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, r.Channel, r.UserID)), "", 0)
+					}
+				}
+				return err
+			}},
+			{Name: "users", Sweep: func(ctx context.Context, live map[string]bool) error {
+				offline, err := s.users.RemoveGatewaysExcept(ctx, live)
+				for _, u := range offline {
+					if app, ok := s.opts.Apps.ByID(u.App); ok {
+						s.publishUserState(app, u.UserID, false)
+					}
+				}
+				return err
+			}},
+			{Name: "counts", Sweep: s.counts.RemoveGatewaysExcept},
+		},
+		Live: func(ctx context.Context) (map[string]bool, error) {
+			live, err := s.opts.Stores.LiveGateways(ctx)
+			if err == nil {
+				live[s.opts.GatewayID] = true
+			}
+			return live, err
+		},
+		// The registry sweeps between heartbeats (every third of the TTL):
+		// retrying longer would make this gateway's own heartbeat late.
+		Budget:  s.opts.GatewayTTL / 3,
+		Retried: s.prom.StateRetries.Inc,
+		Log:     s.log,
+	})
 }
 
 // Terminate closes every connection of a user of an app on every gateway:
