@@ -2,13 +2,11 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/resoundhq/resound/internal/cluster"
@@ -174,23 +172,11 @@ func (s *Server) newSweeper() *cluster.Sweeper {
 	})
 }
 
-// Terminate closes every connection of a user of an app on every gateway:
-// connections signed in as the user (Pusher) and connections whose
-// presence identity is the user (Reverb).
-func Terminate(nc *nats.Conn, appID, userID string) error {
-	b, _ := json.Marshal(wire.TerminateRequest{App: appID, UserID: userID})
-	if err := nc.Publish(wire.Terminate, b); err != nil {
-		return err
-	}
-	return nc.Flush()
-}
-
-func (s *Server) onTerminate(m *nats.Msg) {
-	defer s.recoverNATS()
-	var req wire.TerminateRequest
-	if json.Unmarshal(m.Data, &req) != nil || req.UserID == "" {
-		return
-	}
+// terminate closes every connection of a user of an app on this
+// gateway: connections signed in as the user (Pusher) and connections
+// whose presence identity is the user (Reverb). The control plane calls it
+// for wire.Terminate.
+func (s *Server) terminate(req wire.TerminateRequest) {
 	for _, p := range s.rx.Pollers() {
 		p.Post(func() {
 			hit := p.Matching(func(rc *reactor.Conn) bool {
@@ -211,40 +197,14 @@ func (s *Server) onTerminate(m *nats.Msg) {
 	}
 }
 
-// subscribeControl listens for the messages every gateway must act on.
-func (s *Server) subscribeControl() error {
-	sub, err := s.opts.Conn.Subscribe(wire.Terminate, s.onTerminate)
-	if err != nil {
-		return err
-	}
-	s.controlSubs = append(s.controlSubs, sub)
-	sub, err = s.opts.Conn.Subscribe(wire.Query, s.answerQuery)
-	if err != nil {
-		return err
-	}
-	s.controlSubs = append(s.controlSubs, sub)
-	id := []byte(s.opts.GatewayID)
-	sub, err = s.opts.Conn.Subscribe(wire.Ready, func(m *nats.Msg) { defer s.recoverNATS(); _ = m.Respond(id) })
-	if err != nil {
-		return err
-	}
-	s.controlSubs = append(s.controlSubs, sub)
-	return nil
-}
-
-// answerQuery replies with this gateway's view of an app's channels, for
-// the HTTP API's cluster-wide queries.
-func (s *Server) answerQuery(m *nats.Msg) {
-	defer s.recoverNATS()
-	var q cluster.QueryRequest
-	if json.Unmarshal(m.Data, &q) != nil || m.Reply == "" {
-		return
-	}
+// answerQuery is this gateway's view of an app's channels, for the HTTP
+// API's cluster-wide queries; false when it does not serve the app.
+func (s *Server) answerQuery(q wire.QueryRequest) (wire.QueryReply, bool) {
 	app, ok := s.opts.Apps.ByID(q.App)
 	if !ok {
-		return
+		return wire.QueryReply{}, false
 	}
-	r := cluster.QueryReply{Gateway: s.opts.GatewayID, Channels: map[string]int{}}
+	r := wire.QueryReply{Gateway: s.opts.GatewayID, Channels: map[string]int{}}
 	if st := s.appStats(app); st != nil {
 		r.Connections = int(st.subscribed.Load())
 	}
@@ -265,19 +225,14 @@ func (s *Server) answerQuery(m *nats.Msg) {
 			r.Channels[ch.name] = n
 		}
 	})
-	b, _ := json.Marshal(r)
-	_ = m.Respond(b)
+	return r, true
 }
 
 func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 
-// watchers index the connections watching each user's online state.
+// watchers index the connections watching each user's online state;
+// the control plane holds the subscriptions.
 type watchers struct {
 	mu    sync.Mutex
-	byKey map[string]*watchEntry // by user-state subject
-}
-
-type watchEntry struct {
-	conns map[*conn]struct{}
-	sub   *nats.Subscription
+	byKey map[string]map[*conn]struct{} // by user-state subject
 }
