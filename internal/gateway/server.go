@@ -28,6 +28,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/internal/cache"
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/config"
 	"github.com/resoundhq/resound/internal/counts"
@@ -192,15 +193,20 @@ type Server struct {
 	presence *presence.Store
 	users    *users.Store
 	counts   *counts.Store
+	cache    *cache.Store
+	// sweeper drives the stores' sweeps after gateways that are gone.
+	sweeper *cluster.Sweeper
 	// slots count connections of the apps with max_connections; built by
 	// New, only read after.
-	slots       map[string]*slotBatcher
-	stats       map[string]*appStat
-	baseCtx     context.Context
-	cancelBase  context.CancelFunc
-	lanes       *asyncLanes
-	retryLog    zerolog.Logger
-	controlSubs []*nats.Subscription
+	slots      map[string]*slotBatcher
+	stats      map[string]*appStat
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+	lanes      *asyncLanes
+	retryLog   zerolog.Logger
+	// control owns the control subscriptions (terminate, query, ready,
+	// watched users' states) and dispatches them to the gateway.
+	control *controlPlane
 
 	// Handshake admission: handshakes in progress, plain HTTP connections
 	// open, connections per client address, and the goroutines finishing
@@ -210,7 +216,6 @@ type Server struct {
 	perIP      *ipLimiter
 	rejecting  chan struct{}
 	watchers   watchers
-	userStates chan *nats.Msg
 	// handshakePool recycles handshakes, reader and all: a connect storm
 	// makes next to no garbage.
 	handshakePool sync.Pool
@@ -225,28 +230,30 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("gateway: Apps, Conn, Stores and GatewayID are required")
 	}
 	s := &Server{
-		opts:       opts,
-		epoch:      time.Now(),
-		log:        opts.Log.With().Str("component", "gateway").Str("gateway", opts.GatewayID).Logger(),
-		presence:   presence.New(opts.Stores.Presence),
-		users:      users.New(opts.Stores.Users),
-		counts:     counts.New(opts.Stores.Counts),
-		stats:      map[string]*appStat{},
-		slots:      map[string]*slotBatcher{},
-		userStates: make(chan *nats.Msg, 1<<12),
-		perIP:      newIPLimiter(opts.MaxConnectionsPerIP),
-		rejecting:  make(chan struct{}, maxRejecting),
+		opts:      opts,
+		epoch:     time.Now(),
+		log:       opts.Log.With().Str("component", "gateway").Str("gateway", opts.GatewayID).Logger(),
+		presence:  presence.New(opts.Stores.Presence),
+		users:     users.New(opts.Stores.Users),
+		counts:    counts.New(opts.Stores.Counts),
+		cache:     cache.New(opts.Stores.Cache, opts.Stores.CacheTTL()),
+		stats:     map[string]*appStat{},
+		slots:     map[string]*slotBatcher{},
+		perIP:     newIPLimiter(opts.MaxConnectionsPerIP),
+		rejecting: make(chan struct{}, maxRejecting),
 	}
 	s.lanes = newAsyncLanes(s.recoveredAsync)
 	s.handshakePool.New = func() any { return s.newHandshake() }
 	s.retryLog = s.log.Sample(&zerolog.BurstSampler{Burst: 1, Period: limitLogPeriod})
-	s.watchers.byKey = map[string]*watchEntry{}
+	s.watchers.byKey = map[string]map[*conn]struct{}{}
+	s.control = newControlPlane(opts.Conn, opts.GatewayID, s, s.recoverNATS, s.log)
 	s.limitLogs = newLimitLoggers(s.log)
 	reg := opts.Registry
 	if reg == nil {
 		reg = metrics.NewRegistry()
 	}
 	s.prom = metrics.NewGateway(reg, s.subscriptionCount, s.channelCount)
+	s.sweeper = s.newSweeper()
 
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	for _, app := range opts.Apps.All() {
@@ -343,7 +350,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, api http.Handler) e
 		go func() { defer wg.Done(); runWriter(w, done) }()
 	}
 	wg.Add(1)
-	go func() { defer wg.Done(); s.runUserStates(done) }()
+	go func() { defer wg.Done(); s.control.run(done) }()
 	if s.catchup != nil {
 		s.watchLink()
 		wg.Add(1)
@@ -365,7 +372,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, api http.Handler) e
 			}
 		}
 	}()
-	if err := s.subscribeControl(); err != nil {
+	if err := s.control.start(); err != nil {
 		close(done)
 		wg.Wait()
 		return fmt.Errorf("gateway: control subscriptions: %w", err)
@@ -405,9 +412,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, api http.Handler) e
 	// leaves, released slots) finish before stopping.
 	s.lanes.drain(5 * time.Second)
 	s.cancelBase()
-	for _, sub := range s.controlSubs {
-		_ = sub.Unsubscribe()
-	}
+	s.control.stop()
 	close(done)
 	wg.Wait()
 	s.rx.Stop()

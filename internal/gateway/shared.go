@@ -2,15 +2,11 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/resoundhq/resound/internal/cluster"
@@ -60,16 +56,9 @@ func (s *Server) publishDelivery(app *config.App, channel string, d route.Delive
 
 // cachedFrame returns the frame of the channel's cached event, or nil.
 func (s *Server) cachedFrame(ctx context.Context, appID, channel string) ([]byte, error) {
-	e, err := s.opts.Stores.Cache.Get(ctx, cluster.Key(appID, channel))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil {
+	ev, err := s.cache.Get(ctx, appID, channel)
+	if ev == nil || err != nil {
 		return nil, err
-	}
-	var ev cluster.CachedEvent
-	if json.Unmarshal(e.Value(), &ev) != nil {
-		return nil, nil
 	}
 	return protocol.AppendTextFrame(nil, protocol.AppendChannelEvent(nil, ev.Event, channel, ev.Data, "")), nil
 }
@@ -136,48 +125,58 @@ func (s *Server) releaseConnectionSlot(app *config.App) {
 // Sweep removes what gateways that are no longer live left in the shared
 // state, and announces the presence members and users that left with
 // them. The registry calls it when a gateway disappears, and at start-up.
-// Each store goes on past a key that fails; the errors are logged.
+// The stores' sweeps run under one driver with one rule for errors
+// (cluster.Sweeper: retried with backoff within a third of the gateway
+// TTL, counted in resound_state_retries_total, logged once per 10 s).
 func (s *Server) Sweep(ctx context.Context, live map[string]bool) {
-	removed, err := s.presence.RemoveGatewaysExcept(ctx, live)
-	if err != nil {
-		s.log.Warn().Err(err).Msg("sweeping presence")
-	}
-	for _, r := range removed {
-		if app, ok := s.opts.Apps.ByID(r.App); ok {
-			s.publishPresence(app, r.Channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, r.Channel, r.UserID)), "", 0)
-		}
-	}
-	offline, err := s.users.RemoveGatewaysExcept(ctx, live)
-	if err != nil {
-		s.log.Warn().Err(err).Msg("sweeping signed-in users")
-	}
-	for _, u := range offline {
-		if app, ok := s.opts.Apps.ByID(u.App); ok {
-			s.publishUserState(app, u.UserID, false)
-		}
-	}
-	if err := s.counts.RemoveGatewaysExcept(ctx, live); err != nil {
-		s.log.Warn().Err(err).Msg("sweeping counts")
-	}
+	s.sweeper.Sweep(ctx, live)
 }
 
-// Terminate closes every connection of a user of an app on every gateway:
-// connections signed in as the user (Pusher) and connections whose
-// presence identity is the user (Reverb).
-func Terminate(nc *nats.Conn, appID, userID string) error {
-	b, _ := json.Marshal(wire.TerminateRequest{App: appID, UserID: userID})
-	if err := nc.Publish(wire.Terminate, b); err != nil {
-		return err
-	}
-	return nc.Flush()
+// newSweeper builds the sweep driver over the stores that hold per-gateway
+// state, each step announcing what its removals change.
+func (s *Server) newSweeper() *cluster.Sweeper {
+	return cluster.NewSweeper(cluster.SweeperOptions{
+		Steps: []cluster.SweepStep{
+			{Name: "presence", Sweep: func(ctx context.Context, live map[string]bool) error {
+				removed, err := s.presence.RemoveGatewaysExcept(ctx, live)
+				for _, r := range removed {
+					if app, ok := s.opts.Apps.ByID(r.App); ok {
+						s.publishPresence(app, r.Channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, r.Channel, r.UserID)), "", 0)
+					}
+				}
+				return err
+			}},
+			{Name: "users", Sweep: func(ctx context.Context, live map[string]bool) error {
+				offline, err := s.users.RemoveGatewaysExcept(ctx, live)
+				for _, u := range offline {
+					if app, ok := s.opts.Apps.ByID(u.App); ok {
+						s.publishUserState(app, u.UserID, false)
+					}
+				}
+				return err
+			}},
+			{Name: "counts", Sweep: s.counts.RemoveGatewaysExcept},
+		},
+		Live: func(ctx context.Context) (map[string]bool, error) {
+			live, err := s.opts.Stores.LiveGateways(ctx)
+			if err == nil {
+				live[s.opts.GatewayID] = true
+			}
+			return live, err
+		},
+		// The registry sweeps between heartbeats (every third of the TTL):
+		// retrying longer would make this gateway's own heartbeat late.
+		Budget:  s.opts.GatewayTTL / 3,
+		Retried: s.prom.StateRetries.Inc,
+		Log:     s.log,
+	})
 }
 
-func (s *Server) onTerminate(m *nats.Msg) {
-	defer s.recoverNATS()
-	var req wire.TerminateRequest
-	if json.Unmarshal(m.Data, &req) != nil || req.UserID == "" {
-		return
-	}
+// terminate closes every connection of a user of an app on this
+// gateway: connections signed in as the user (Pusher) and connections
+// whose presence identity is the user (Reverb). The control plane calls it
+// for wire.Terminate.
+func (s *Server) terminate(req wire.TerminateRequest) {
 	for _, p := range s.rx.Pollers() {
 		p.Post(func() {
 			hit := p.Matching(func(rc *reactor.Conn) bool {
@@ -198,40 +197,14 @@ func (s *Server) onTerminate(m *nats.Msg) {
 	}
 }
 
-// subscribeControl listens for the messages every gateway must act on.
-func (s *Server) subscribeControl() error {
-	sub, err := s.opts.Conn.Subscribe(wire.Terminate, s.onTerminate)
-	if err != nil {
-		return err
-	}
-	s.controlSubs = append(s.controlSubs, sub)
-	sub, err = s.opts.Conn.Subscribe(wire.Query, s.answerQuery)
-	if err != nil {
-		return err
-	}
-	s.controlSubs = append(s.controlSubs, sub)
-	id := []byte(s.opts.GatewayID)
-	sub, err = s.opts.Conn.Subscribe(wire.Ready, func(m *nats.Msg) { defer s.recoverNATS(); _ = m.Respond(id) })
-	if err != nil {
-		return err
-	}
-	s.controlSubs = append(s.controlSubs, sub)
-	return nil
-}
-
-// answerQuery replies with this gateway's view of an app's channels, for
-// the HTTP API's cluster-wide queries.
-func (s *Server) answerQuery(m *nats.Msg) {
-	defer s.recoverNATS()
-	var q cluster.QueryRequest
-	if json.Unmarshal(m.Data, &q) != nil || m.Reply == "" {
-		return
-	}
+// answerQuery is this gateway's view of an app's channels, for the HTTP
+// API's cluster-wide queries; false when it does not serve the app.
+func (s *Server) answerQuery(q wire.QueryRequest) (wire.QueryReply, bool) {
 	app, ok := s.opts.Apps.ByID(q.App)
 	if !ok {
-		return
+		return wire.QueryReply{}, false
 	}
-	r := cluster.QueryReply{Gateway: s.opts.GatewayID, Channels: map[string]int{}}
+	r := wire.QueryReply{Gateway: s.opts.GatewayID, Channels: map[string]int{}}
 	if st := s.appStats(app); st != nil {
 		r.Connections = int(st.subscribed.Load())
 	}
@@ -252,19 +225,14 @@ func (s *Server) answerQuery(m *nats.Msg) {
 			r.Channels[ch.name] = n
 		}
 	})
-	b, _ := json.Marshal(r)
-	_ = m.Respond(b)
+	return r, true
 }
 
 func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 
-// watchers index the connections watching each user's online state.
+// watchers index the connections watching each user's online state;
+// the control plane holds the subscriptions.
 type watchers struct {
 	mu    sync.Mutex
-	byKey map[string]*watchEntry // by user-state subject
-}
-
-type watchEntry struct {
-	conns map[*conn]struct{}
-	sub   *nats.Subscription
+	byKey map[string]map[*conn]struct{} // by user-state subject
 }

@@ -2,15 +2,11 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/resoundhq/resound/internal/config"
 	"github.com/resoundhq/resound/internal/metrics"
-	"github.com/resoundhq/resound/internal/route"
 	"github.com/resoundhq/resound/internal/users"
 	"github.com/resoundhq/resound/internal/wire"
 	"github.com/resoundhq/resound/protocol"
@@ -123,16 +119,8 @@ func (s *Server) signOut(c *conn) {
 	})
 }
 
-// userStateSubject carries a user's online/offline transitions.
-func userStateSubject(appID, userID string) string {
-	return wire.UserStatePrefix + route.EscapeToken(appID) + "." + route.EscapeToken(userID)
-}
-
 func (s *Server) publishUserState(app *config.App, userID string, online bool) {
-	b, _ := json.Marshal(wire.UserState{UserID: userID, Online: online})
-	if err := s.opts.Conn.Publish(userStateSubject(app.ID, userID), b); err != nil {
-		s.log.Warn().Err(err).Msg("publishing user state")
-	}
+	s.control.publishUserState(app.ID, userID, online)
 }
 
 func (s *Server) watch(c *conn, ids []string) {
@@ -143,17 +131,16 @@ func (s *Server) watch(c *conn, ids []string) {
 	defer s.watchers.mu.Unlock()
 	for _, id := range ids {
 		subj := userStateSubject(c.app.ID, id)
-		e := s.watchers.byKey[subj]
-		if e == nil {
-			sub, err := s.opts.Conn.ChanSubscribe(subj, s.userStates)
-			if err != nil {
+		conns := s.watchers.byKey[subj]
+		if conns == nil {
+			if err := s.control.watch(subj); err != nil {
 				s.log.Warn().Err(err).Msg("watching a user")
 				continue
 			}
-			e = &watchEntry{conns: map[*conn]struct{}{}, sub: sub}
-			s.watchers.byKey[subj] = e
+			conns = map[*conn]struct{}{}
+			s.watchers.byKey[subj] = conns
 		}
-		e.conns[c] = struct{}{}
+		conns[c] = struct{}{}
 	}
 }
 
@@ -162,35 +149,19 @@ func (s *Server) unwatch(c *conn, ids []string) {
 	defer s.watchers.mu.Unlock()
 	for _, id := range ids {
 		subj := userStateSubject(c.app.ID, id)
-		if e := s.watchers.byKey[subj]; e != nil {
-			delete(e.conns, c)
-			if len(e.conns) == 0 {
-				_ = e.sub.Unsubscribe()
+		if conns := s.watchers.byKey[subj]; conns != nil {
+			delete(conns, c)
+			if len(conns) == 0 {
+				s.control.unwatch(subj)
 				delete(s.watchers.byKey, subj)
 			}
 		}
 	}
 }
 
-// runUserStates forwards watched users' transitions to their watchers.
-func (s *Server) runUserStates(done <-chan struct{}) {
-	for {
-		var m *nats.Msg
-		select {
-		case m = <-s.userStates:
-		case <-done:
-			return
-		}
-		s.forwardUserState(m)
-	}
-}
-
-func (s *Server) forwardUserState(m *nats.Msg) {
-	defer s.recoverNATS()
-	var st wire.UserState
-	if json.Unmarshal(m.Data, &st) != nil {
-		return
-	}
+// userStateChanged forwards a watched user's transition to its watchers
+// here; the control plane calls it.
+func (s *Server) userStateChanged(subject string, st wire.UserState) {
 	name := "offline"
 	if st.Online {
 		name = "online"
@@ -198,10 +169,8 @@ func (s *Server) forwardUserState(m *nats.Msg) {
 	frame := protocol.AppendTextFrame(nil, protocol.AppendWatchlistEvent(nil, name, []string{st.UserID}))
 	s.watchers.mu.Lock()
 	defer s.watchers.mu.Unlock()
-	if e := s.watchers.byKey[m.Subject]; e != nil {
-		for c := range e.conns {
-			c.Write(frame)
-		}
+	for c := range s.watchers.byKey[subject] {
+		c.Write(frame)
 	}
 }
 

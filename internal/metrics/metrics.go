@@ -50,7 +50,8 @@ type Gateway struct {
 	// input, by where they happened.
 	Panics *prometheus.CounterVec
 	// StateRetries counts shared-state clean-ups (presence leaves,
-	// sign-outs, connection-slot releases) that failed and were retried.
+	// sign-outs, connection-slot releases, the stores' sweeps after
+	// gateways that are gone) that failed and were retried.
 	StateRetries prometheus.Counter
 	// Catchups counts catch-ups from the history, by result: ok,
 	// expired (past the window: subscribers reconnect), overflow (too
@@ -119,7 +120,7 @@ func NewGateway(r *Registry, subscriptions, channels func() float64) *Gateway {
 			Help: "Times a bound on what clients can make the gateway hold refused or cut something off, by limit."}, []string{"limit"}),
 		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_panics_total", Help: panicsHelp}, []string{"where"}),
 		StateRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_state_retries_total",
-			Help: "Shared-state clean-ups (presence leaves, sign-outs, connection-slot releases) that failed and were retried."}),
+			Help: "Shared-state clean-ups (presence leaves, sign-outs, connection-slot releases, sweeps after gone gateways) that failed and were retried."}),
 		Catchups: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_catchups_total",
 			Help: "Catch-ups with deliveries missed (link down, stalled, dropped as a slow consumer), read back from the history, by result."}, []string{"result"}),
 		CatchupReplayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_catchup_replayed_total",

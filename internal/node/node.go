@@ -7,7 +7,6 @@ package node
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/internal/cache"
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/config"
 	"github.com/resoundhq/resound/internal/ensure"
@@ -186,9 +186,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		// The cluster's answers, each from the type that owns it.
 		Channels: cluster.NewQuerier(gwConn, registry.Live, 2*time.Second),
 		Presence: presence.New(stores.Presence),
-		Cache: httpapi.CacheReaderFunc(func(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
-			return cachedEvent(ctx, stores, appID, channel)
-		}),
+		Cache:    cache.New(stores.Cache, stores.CacheTTL()),
 		Terminator: httpapi.TerminatorFunc(func(_ context.Context, appID, userID string) error {
 			return gateway.Terminate(gwConn, appID, userID)
 		}),
@@ -245,28 +243,6 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		}
 	}
 	return n, nil
-}
-
-// cachedEvent reads a cache channel's last event for the HTTP API, and
-// how long it has left. The cache has no owning type yet; once it has one,
-// that type satisfies httpapi.CacheReader itself and this goes.
-func cachedEvent(ctx context.Context, stores *cluster.Stores, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
-	e, err := stores.Cache.Get(ctx, cluster.Key(appID, channel))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, nil
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	var ev cluster.CachedEvent
-	if err := json.Unmarshal(e.Value(), &ev); err != nil {
-		return nil, 0, nil
-	}
-	ttl := stores.CacheTTL() - time.Since(e.Created())
-	if ttl < 0 {
-		ttl = 0
-	}
-	return &ev, ttl, nil
 }
 
 func (n *Node) connect(name string, extra ...nats.Option) (*nats.Conn, error) {

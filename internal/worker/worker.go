@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
+	"github.com/resoundhq/resound/internal/cache"
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/metrics"
 	"github.com/resoundhq/resound/internal/queue"
@@ -680,10 +681,9 @@ func (p *Pool) leave(r *run) {
 // cache stores ev as the channel's last event. Pusher keeps it whether or
 // not anyone is subscribed; Reverb loses it when the channel empties.
 func (p *Pool) cache(appID, channel string, ev *protocol.Trigger) {
-	b, _ := json.Marshal(cluster.CachedEvent{Event: ev.Name, Data: ev.Data})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := p.opts.Cache.Put(ctx, cluster.Key(appID, channel), b); err != nil {
+	if err := cache.New(p.opts.Cache, 0).Put(ctx, appID, channel, ev.Name, ev.Data); err != nil {
 		p.opts.Log.Warn().Err(err).Str("channel", channel).Msg("caching event")
 	}
 }
