@@ -70,6 +70,7 @@ func TestSocketIDExcludedAcrossGateways(t *testing.T) {
 // JetStream (the API still answers 200) and a worker started later, or
 // after another was killed, delivers them all in order.
 func TestJobsWaitForAWorker(t *testing.T) {
+	t.Parallel() // mostly waiting (see "Running side by side" in procs_test.go)
 	nurl, mon := startNATS(t)
 	g := startGateway(t, "gateway", nurl, 0)
 	c := pushertest.Connect(t, g.addr, appKey)
@@ -99,6 +100,7 @@ func TestJobsWaitForAWorker(t *testing.T) {
 // that is stopped and started again on the same port picks up where it
 // left off: nothing is lost, duplicated or left in the stream.
 func TestTwoWorkersAndGatewayRestart(t *testing.T) {
+	t.Parallel() // mostly waiting (see "Running side by side" in procs_test.go)
 	nurl, mon := startNATS(t)
 	g := startGateway(t, "gateway", nurl, 0)
 	w1 := launchWorker(t, "worker-1", nurl)
@@ -156,6 +158,7 @@ func TestTwoWorkersAndGatewayRestart(t *testing.T) {
 }
 
 func TestCommandLineAndBadSettings(t *testing.T) {
+	t.Parallel() // mostly waiting (see "Running side by side" in procs_test.go)
 	out, _, code := runOnce(t, "gateway", nil, "--help")
 	if code != 0 {
 		t.Fatalf("gateway --help exited %d", code)

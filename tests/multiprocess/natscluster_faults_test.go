@@ -198,6 +198,7 @@ func expectReplicated(t *testing.T, nc *natsCluster) {
 // 3-node cluster all come up and deliver; stopped and started again, all
 // at once, on the cluster they made, they come up again.
 func TestFreshNATSClusterStart(t *testing.T) {
+	t.Parallel() // mostly waiting (see "Running side by side" in procs_test.go)
 	nc := startNATSCluster(t)
 	set := startResoundAtOnce(t, nc.urls(), 2, 2, replicasEnv)
 	expectReplicated(t, nc)

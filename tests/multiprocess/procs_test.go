@@ -29,6 +29,11 @@ const (
 	secret = "reverb-secret"
 )
 
+// Running side by side: the suite must stay within CI's ten minutes.
+// Tests that spend their time waiting (start-ups, TTLs, drains) rather
+// than loading the machine call t.Parallel and run two at a time; the
+// fault tests, which count every delivery under load, run alone.
+
 // Bounds on every wait.
 const (
 	startTimeout = 20 * time.Second // a process becoming ready
