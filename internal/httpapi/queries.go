@@ -41,15 +41,6 @@ type Terminator interface {
 	Terminate(ctx context.Context, appID, userID string) error
 }
 
-// CacheReaderFunc makes a function a CacheReader, for a cache with no
-// owning type to satisfy it.
-type CacheReaderFunc func(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error)
-
-// CachedEvent calls f.
-func (f CacheReaderFunc) CachedEvent(ctx context.Context, appID, channel string) (*cluster.CachedEvent, time.Duration, error) {
-	return f(ctx, appID, channel)
-}
-
 // TerminatorFunc makes a function a Terminator (gateway.Terminate is a
 // function of a NATS connection).
 type TerminatorFunc func(ctx context.Context, appID, userID string) error

@@ -130,6 +130,8 @@ type Pool struct {
 	confirms  bool
 	acks      jetstream.JetStream
 	noRetries jetstream.PublishOpt // made once: an option is a closure
+	// lastEvents keeps cache channels' last events (Options.Cache).
+	lastEvents *cache.Store
 	// retryLog says that jobs are being retried, once per 10 s at most.
 	retryLog zerolog.Logger
 	stats    Stats
@@ -217,6 +219,9 @@ func New(opts Options) *Pool {
 	p := &Pool{opts: opts, id: nuid.Next(), shards: make([]*shard, opts.Workers), confirms: confirms, acks: acks, noRetries: jetstream.WithRetryAttempts(0),
 		stopping: make(chan struct{}), quit: make(chan struct{}),
 		retryLog: opts.Log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second})}
+	if opts.Cache != nil {
+		p.lastEvents = cache.New(opts.Cache, 0)
+	}
 	for i := range p.shards {
 		p.shards[i] = &shard{pool: p, in: make(chan *task, 256), inFlight: make(map[string]struct{})}
 	}
@@ -683,7 +688,7 @@ func (p *Pool) leave(r *run) {
 func (p *Pool) cache(appID, channel string, ev *protocol.Trigger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := cache.New(p.opts.Cache, 0).Put(ctx, appID, channel, ev.Name, ev.Data); err != nil {
+	if err := p.lastEvents.Put(ctx, appID, channel, ev.Name, ev.Data); err != nil {
 		p.opts.Log.Warn().Err(err).Str("channel", channel).Msg("caching event")
 	}
 }
