@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/resoundhq/resound/pkg/pushertest"
+	"github.com/resoundhq/resound/protocol"
 )
 
 // Resound on a real 3-node NATS cluster with RESOUND_NATS_REPLICAS=3, as
@@ -143,6 +144,9 @@ func expectDelivery(t *testing.T, set *resoundSet, run string) {
 		triggerTicks(t, set.gateways[k%len(set.gateways)].api, ch, 0, 3)
 		for _, c := range clients {
 			expectTicks(t, c, ch, 0, 3)
+			// Each channel once: a worker slow to take its lanes must
+			// not run the connections into their channel limit.
+			c.SendJSON(map[string]any{"event": protocol.EventUnsubscribe, "data": map[string]any{"channel": ch}})
 		}
 		idle := 0
 		for _, w := range set.workers {
