@@ -49,6 +49,8 @@ type App struct {
 	// carry their position, and a resubscription that gives one gets what
 	// it missed (docs/recovery.md). Unset takes RESOUND_RECOVERY.
 	Recovery *bool `json:"recovery,omitempty"`
+	// Webhooks are where the app's webhooks go (config/webhooks.go).
+	Webhooks []Webhook `json:"webhooks,omitempty"`
 }
 
 // Client-event modes.
@@ -92,6 +94,11 @@ func NewApps(apps []App) (*Apps, error) {
 		case "", ClientEventsMembers, ClientEventsAll, ClientEventsNone:
 		default:
 			return nil, fmt.Errorf("app %q: accept_client_events_from must be members, all or none", app.ID)
+		}
+		for j := range app.Webhooks {
+			if err := app.Webhooks[j].validate(); err != nil {
+				return nil, fmt.Errorf("app %q: %w", app.ID, err)
+			}
 		}
 		if _, dup := a.byID[app.ID]; dup {
 			return nil, fmt.Errorf("app %q: app_id is used twice", app.ID)
@@ -180,8 +187,13 @@ func (s *Settings) loadApps() (*Apps, error) {
 		if s.AppActivityTimeout != 0 && s.AppActivityTimeout < Seconds(time.Second) {
 			return nil, fmt.Errorf("invalid setting REVERB_APP_ACTIVITY_TIMEOUT: must be at least 1 second")
 		}
+		hooks, err := s.environmentWebhooks()
+		if err != nil {
+			return nil, err
+		}
 		apps = append(apps, App{
-			ID: s.AppID, Key: s.AppKey, Secret: s.AppSecret,
+			Webhooks: hooks,
+			ID:       s.AppID, Key: s.AppKey, Secret: s.AppSecret,
 			PingInterval: s.AppPingInterval, ActivityTimeout: s.AppActivityTimeout, MaxMessageSize: s.AppMaxMessageSize,
 			MaxConnections: s.AppMaxConnections, AcceptClientEventsFrom: s.AppAcceptClientEventsFrom,
 		})

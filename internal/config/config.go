@@ -90,6 +90,30 @@ type Settings struct {
 	HistoryMaxBytes          int64   `envconfig:"RESOUND_HISTORY_MAX_BYTES" default:"268435456" desc:"bytes of deliveries kept for catching up; the oldest go first"`
 	Recovery                 bool    `envconfig:"RESOUND_RECOVERY" default:"false" desc:"apps that do not say otherwise let clients resume channels where they left off (events carry their position)"`
 
+	// Webhooks (Pusher's; Reverb has none, so the names are Resound's).
+	// The environment app's one receiver; apps in RESOUND_APPS_FILE list
+	// theirs in soketi's shape.
+	WebhookURL    string `envconfig:"RESOUND_WEBHOOK_URL" desc:"URL the environment app's webhooks are POSTed to (apps in RESOUND_APPS_FILE list their own)"`
+	WebhookEvents string `envconfig:"RESOUND_WEBHOOK_EVENTS" default:"channel_occupied,channel_vacated,member_added,member_removed,client_event,cache_miss,subscription_count" desc:"comma-separated webhook events sent to RESOUND_WEBHOOK_URL"`
+	// soketi batches for 50 ms by default; Pusher's batch size is not
+	// documented, so 100 is Resound's.
+	WebhookBatchWindow Seconds `envconfig:"RESOUND_WEBHOOK_BATCH_WINDOW" default:"50ms" desc:"how long a webhook waits for more events to send in the same request (0 sends each at once)"`
+	WebhookBatchMax    int     `envconfig:"RESOUND_WEBHOOK_BATCH_MAX" default:"100" desc:"most events in one webhook request"`
+	// Pusher's: channel_vacated and member_removed wait 3 s and are dropped
+	// if the channel or member comes back meanwhile; failed webhooks are
+	// retried with backoff for 5 minutes.
+	WebhookDelay    Seconds `envconfig:"RESOUND_WEBHOOK_DELAY" default:"3" desc:"seconds channel_vacated and member_removed wait, dropped (with the occupied/added that undoes them) if the channel or member comes back meanwhile"`
+	WebhookRetryFor Seconds `envconfig:"RESOUND_WEBHOOK_RETRY_FOR" default:"300" desc:"seconds a failing webhook is retried, with backoff, before it is dropped"`
+	WebhookTimeout  Seconds `envconfig:"RESOUND_WEBHOOK_TIMEOUT" default:"5" desc:"seconds a receiver has to answer 2xx; longer counts as a failure and is retried"`
+	WebhookMaxBytes int64   `envconfig:"RESOUND_WEBHOOK_MAX_BYTES" default:"268435456" desc:"bytes of webhooks the webhook stream may hold waiting for receivers; past it new ones are dropped and counted"`
+
+	// The dashboard (issue 11): off unless turned on.
+	Dashboard      bool   `envconfig:"RESOUND_DASHBOARD" default:"false" desc:"serve the live dashboard and debug console"`
+	DashboardPath  string `envconfig:"RESOUND_DASHBOARD_PATH" default:"/dashboard" desc:"path of the dashboard"`
+	DashboardAddr  string `envconfig:"RESOUND_DASHBOARD_ADDR" desc:"host:port to serve the dashboard on; empty serves it on the gateway's port under REVERB_SERVER_PATH"`
+	DashboardToken string `envconfig:"RESOUND_DASHBOARD_TOKEN" desc:"token that opens the dashboard on every app; unset, an app's key and secret open it on that app alone"`
+	ConsoleRate    int    `envconfig:"RESOUND_CONSOLE_RATE" default:"200" desc:"debug-console entries per second per app each process sends while someone watches; past it they are dropped and counted"`
+
 	OpsAddr string `envconfig:"RESOUND_OPS_ADDR" desc:"host:port for /metrics and /debug/pprof/ (and /up, /livez); empty serves them nowhere, never on the public port"`
 }
 
@@ -285,6 +309,23 @@ func (s *Settings) validate() error {
 	}
 	if (s.TLSCert == "") != (s.TLSKey == "") {
 		return fmt.Errorf("invalid settings RESOUND_TLS_CERT=%q and RESOUND_TLS_KEY=%q: set both or neither", s.TLSCert, s.TLSKey)
+	}
+	switch {
+	case s.WebhookBatchMax < 1:
+		return fmt.Errorf("invalid setting RESOUND_WEBHOOK_BATCH_MAX=%d: must be at least 1", s.WebhookBatchMax)
+	case s.WebhookTimeout < Seconds(100*time.Millisecond):
+		return fmt.Errorf("invalid setting RESOUND_WEBHOOK_TIMEOUT: must be at least 100ms")
+	case s.WebhookMaxBytes < 1<<20:
+		return fmt.Errorf("invalid setting RESOUND_WEBHOOK_MAX_BYTES=%d: must be at least 1 MiB", s.WebhookMaxBytes)
+	case s.ConsoleRate < 1:
+		return fmt.Errorf("invalid setting RESOUND_CONSOLE_RATE=%d: must be at least 1", s.ConsoleRate)
+	case !strings.HasPrefix(s.DashboardPath, "/") || strings.ContainsAny(s.DashboardPath, "?# \t\r\n"):
+		return fmt.Errorf("invalid setting RESOUND_DASHBOARD_PATH=%q: must be a path such as /dashboard", s.DashboardPath)
+	}
+	if s.DashboardAddr != "" {
+		if _, _, err := net.SplitHostPort(s.DashboardAddr); err != nil {
+			return fmt.Errorf("invalid setting RESOUND_DASHBOARD_ADDR=%q: must be host:port", s.DashboardAddr)
+		}
 	}
 	if s.OpsAddr != "" {
 		if _, _, err := net.SplitHostPort(s.OpsAddr); err != nil {

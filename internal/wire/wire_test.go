@@ -15,6 +15,10 @@ func TestSubjects(t *testing.T) {
 		UserStatePrefix:  "resound.ctl.user.",
 		Query:            "resound.ctl.query",
 		Ready:            "resound.ctl.ready",
+		HooksPrefix:      "resound.hooks.",
+		ConsolePrefix:    "resound.console.",
+		ConsoleWatch:     "resound.ctl.console.watch",
+		Stats:            "resound.ctl.stats",
 	} {
 		if got != want {
 			t.Errorf("%q, want %q", got, want)
