@@ -20,6 +20,7 @@ import (
 	"github.com/resoundhq/resound/internal/ensure"
 	"github.com/resoundhq/resound/internal/history"
 	"github.com/resoundhq/resound/internal/queue"
+	"github.com/resoundhq/resound/internal/webhook"
 )
 
 // Objects are the handles a process keeps from the set-up.
@@ -41,8 +42,14 @@ func Ensure(ctx context.Context, log zerolog.Logger, js jetstream.JetStream, s *
 		if o.Stores, err = cluster.Ensure(ctx, js, Cluster(s)); err != nil {
 			return err
 		}
+		if _, err = webhook.EnsureStream(ctx, js, Webhooks(s)); err != nil {
+			return err
+		}
 		if withConsumers {
 			if _, err = queue.EnsureConsumers(ctx, js, s.Partitions); err != nil {
+				return err
+			}
+			if _, err = webhook.EnsureConsumers(ctx, js, s.Partitions); err != nil {
 				return err
 			}
 		}
@@ -67,4 +74,10 @@ func Cluster(s *config.Settings) cluster.Options {
 // History sizes the history's window.
 func History(s *config.Settings) history.Options {
 	return history.Options{MaxAge: s.HistoryTTL.Duration(), MaxBytes: s.HistoryMaxBytes, Replicas: s.Replicas}
+}
+
+// Webhooks sizes the webhook stream; its lanes are the job stream's
+// partitions, so one setting says how work is shared out.
+func Webhooks(s *config.Settings) webhook.StreamOptions {
+	return webhook.StreamOptions{MaxBytes: s.WebhookMaxBytes, RetryFor: s.WebhookRetryFor.Duration(), Replicas: s.Replicas, Lanes: s.Partitions}
 }
