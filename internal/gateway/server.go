@@ -212,6 +212,7 @@ type Server struct {
 	// open, connections per client address, and the goroutines finishing
 	// refused sockets.
 	handshakes atomic.Int64
+	storm      stormTrim
 	httpOpen   atomic.Int64
 	perIP      *ipLimiter
 	rejecting  chan struct{}
@@ -363,8 +364,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, api http.Handler) e
 		defer t.Stop()
 		for {
 			select {
-			case <-t.C:
+			case now := <-t.C:
 				s.hub.sweepIdle(channelLinger)
+				if s.storm.due(now, s.handshakes.Load()) {
+					go s.trimMemory()
+				}
 			case <-s.hub.crowded:
 				s.hub.sweepIdle(0) // too many idle: drop them all now
 			case <-done:
@@ -492,6 +496,7 @@ func (s *Server) admit(nc net.Conn) {
 		s.reject(nc, response503, true)
 		return
 	}
+	s.storm.admitted.Add(1)
 	peer := peerAddr(nc)
 	trusted := s.opts.TrustedProxies.Contains(peer)
 	var slot *ipSlot

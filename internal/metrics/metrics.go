@@ -43,6 +43,7 @@ type Gateway struct {
 	Errors        *prometheus.CounterVec // by Pusher or close code, and app
 	Handshakes    prometheus.Counter
 	AcceptBackoff prometheus.Counter
+	MemoryTrims   prometheus.Counter
 	// LimitHits counts each time a bound on what clients can make the
 	// gateway hold refused or cut something off, by Limit.
 	LimitHits *prometheus.CounterVec
@@ -116,6 +117,7 @@ func NewGateway(r *Registry, subscriptions, channels func() float64) *Gateway {
 		Errors:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_errors_total", Help: "Errors sent to clients, by Pusher error or close code."}, []string{"code", "app"}),
 		Handshakes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_handshakes_total", Help: "WebSocket handshakes completed."}),
 		AcceptBackoff: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_accept_backoff_total", Help: "Times accept failed (e.g. out of file descriptors) and backed off."}),
+		MemoryTrims:   prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_memory_trims_total", Help: "Times a gateway returned its free memory to the kernel after a connect storm."}),
 		LimitHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_limit_hits_total",
 			Help: "Times a bound on what clients can make the gateway hold refused or cut something off, by limit."}, []string{"limit"}),
 		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_panics_total", Help: panicsHelp}, []string{"where"}),
@@ -137,7 +139,7 @@ func NewGateway(r *Registry, subscriptions, channels func() float64) *Gateway {
 	for _, l := range Limits {
 		g.LimitHits.WithLabelValues(string(l))
 	}
-	r.MustRegister(g.Connections, g.MessagesIn, g.MessagesOut, g.Deliveries, g.SlowConsumers, g.Duplicates, g.Errors, g.Handshakes, g.AcceptBackoff,
+	r.MustRegister(g.Connections, g.MessagesIn, g.MessagesOut, g.Deliveries, g.SlowConsumers, g.Duplicates, g.Errors, g.Handshakes, g.AcceptBackoff, g.MemoryTrims,
 		g.LimitHits, g.Panics, g.StateRetries, g.Catchups, g.CatchupReplayed, g.Resumes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_subscriptions", Help: "Channel subscriptions of local connections."}, subscriptions),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_channels", Help: "Channels with local subscribers."}, channels),
