@@ -155,7 +155,10 @@ func (s *Server) newSweeper() *cluster.Sweeper {
 				}
 				return err
 			}},
-			{Name: "counts", Sweep: s.counts.RemoveGatewaysExcept},
+			{Name: "counts", Sweep: func(ctx context.Context, live map[string]bool) error {
+				_, err := s.counts.RemoveGatewaysExcept(ctx, live)
+				return err
+			}},
 		},
 		Live: func(ctx context.Context) (map[string]bool, error) {
 			live, err := s.opts.Stores.LiveGateways(ctx)
