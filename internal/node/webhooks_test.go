@@ -18,6 +18,7 @@ import (
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/config"
 	"github.com/resoundhq/resound/internal/counts"
+	"github.com/resoundhq/resound/internal/presence"
 	"github.com/resoundhq/resound/internal/streams"
 	"github.com/resoundhq/resound/internal/webhook"
 	"github.com/resoundhq/resound/internal/wire"
@@ -255,6 +256,8 @@ func TestWebhookMembersOncePerUserAcrossGateways(t *testing.T) {
 	b := pushertest.Connect(t, tc.b.Addr().String(), hookApp.Key)
 	joinPresence(t, a, hookApp, "presence-room", "u1")
 	joinPresence(t, b, hookApp, "presence-room", "u1")
+	// Both joins are done (joinPresence waited for each), and both counts
+	// written: any second member_added or occupied would be made by now.
 	waitFor(t, "2 subscribers counted", func() bool { return total(subscribers(t, stores, hookApp.ID, "presence-room")) == 2 })
 	tap.settle(t, tc.a, tc.b)
 	added := expectOne(t, tap.named(protocol.WebhookMemberAdded, "presence-room"), "member_added")
@@ -265,11 +268,15 @@ func TestWebhookMembersOncePerUserAcrossGateways(t *testing.T) {
 
 	a.Close()
 	b.Close()
-	waitFor(t, "the channel's count gone", func() bool { return subscribers(t, stores, hookApp.ID, "presence-room") == nil })
-	removed := tap.await(t, 1, protocol.WebhookMemberRemoved, "presence-room")
+	// Both leaves are done (they run on the connections' lanes, the counts
+	// on the channel's): any second member_removed would be made by now.
+	members := presence.New(stores.Presence)
+	waitFor(t, "the channel's count and members gone", func() bool {
+		m, err := members.Members(context.Background(), hookApp.ID, "presence-room")
+		return err == nil && m == nil && subscribers(t, stores, hookApp.ID, "presence-room") == nil
+	})
 	tap.settle(t, tc.a, tc.b)
-	removed = tap.named(protocol.WebhookMemberRemoved, "presence-room")
-	r := expectOne(t, removed, "member_removed")
+	r := expectOne(t, tap.named(protocol.WebhookMemberRemoved, "presence-room"), "member_removed")
 	if r.Rev <= added.Rev || r.Event.UserID != "u1" {
 		t.Fatalf("member_removed %+v after member_added at %d", r, added.Rev)
 	}
