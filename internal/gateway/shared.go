@@ -75,6 +75,9 @@ func (s *Server) cachedFrame(ctx context.Context, appID, channel string) ([]byte
 //
 // Apps that need none of these write nothing.
 func (s *Server) subscriptionCountChanged(ch *channel) {
+	if !ch.app.SubscriptionCount && (s.opts.Webhooks == nil || len(ch.app.Webhooks) == 0) {
+		return // the common case, answered before anything is looked at
+	}
 	presence := protocol.ClassifyChannel(ch.name).Auth == protocol.AuthPresence
 	event := ch.app.SubscriptionCount && !presence
 	occupancy, countHook := s.countHooks(ch.app, ch.name, presence)
