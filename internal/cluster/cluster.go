@@ -185,6 +185,42 @@ func Mutate(ctx context.Context, kv jetstream.KeyValue, key string, f func(old [
 // the revision written, the one read when nothing changed, or 0 when the
 // key was deleted or never existed.
 func MutateRev(ctx context.Context, kv jetstream.KeyValue, key string, f func(old []byte) ([]byte, error)) (uint64, error) {
+	r, err := MutateRevs(ctx, kv, key, f)
+	return r.Written, err
+}
+
+// Revs is what a compare-and-set did to a key's revision.
+type Revs struct {
+	// Read is the revision the change was made from; 0 when the key was
+	// absent.
+	Read uint64
+	// Written is the key's revision after the change, as MutateRev
+	// returns it: the revision written, Read when nothing changed, 0 when
+	// the key was removed or never existed.
+	Written uint64
+}
+
+// Order places the change among all the changes of its key, removals
+// included, which Written cannot (it is 0 for every removal): the
+// revision written, or Read+1 for a removal. A removal's marker is
+// stored after Read, so its own revision is at least Read+1, and any
+// later write to the key gets a higher one still. Webhook records carry
+// it, so that a receiver's batch of one channel's transitions, recorded
+// by several gateways, can be put back in the order the key saw them.
+// 0 when the key neither existed nor was written.
+func (r Revs) Order() uint64 {
+	switch {
+	case r.Written != 0:
+		return r.Written
+	case r.Read != 0:
+		return r.Read + 1
+	}
+	return 0
+}
+
+// MutateRevs is Mutate, also returning the revisions the change was made
+// from and to.
+func MutateRevs(ctx context.Context, kv jetstream.KeyValue, key string, f func(old []byte) ([]byte, error)) (Revs, error) {
 	for attempt := 0; attempt < maxCASAttempts; attempt++ {
 		var old []byte
 		var rev uint64
@@ -194,19 +230,19 @@ func MutateRev(ctx context.Context, kv jetstream.KeyValue, key string, f func(ol
 			old, rev = e.Value(), e.Revision()
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 		default:
-			return 0, err
+			return Revs{}, err
 		}
 		next, err := f(old)
 		if err != nil {
-			return 0, err
+			return Revs{}, err
 		}
 		if len(next) > 0 && len(old) > 0 && &next[0] == &old[0] && len(next) == len(old) {
-			return rev, nil // unchanged
+			return Revs{Read: rev, Written: rev}, nil // unchanged
 		}
 		var newRev uint64
 		switch {
 		case next == nil && old == nil:
-			return 0, nil
+			return Revs{Read: rev}, nil
 		case next == nil:
 			// A Bucket's Purge leaves a marker that expires; see Bucket.
 			err = kv.Purge(ctx, key, jetstream.LastRevision(rev))
@@ -216,16 +252,16 @@ func MutateRev(ctx context.Context, kv jetstream.KeyValue, key string, f func(ol
 			newRev, err = kv.Update(ctx, key, next, rev)
 		}
 		if err == nil {
-			return newRev, nil
+			return Revs{Read: rev, Written: newRev}, nil
 		}
 		if !isConflict(err) {
-			return 0, err
+			return Revs{}, err
 		}
 		if err := casBackoff(ctx, attempt); err != nil {
-			return 0, err
+			return Revs{}, err
 		}
 	}
-	return 0, ErrContention
+	return Revs{}, ErrContention
 }
 
 // casBackoff waits before retrying a lost compare-and-set. Writers that

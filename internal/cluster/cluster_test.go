@@ -727,3 +727,46 @@ func TestAwaitGatewaysWaitsForEveryLiveGateway(t *testing.T) {
 		t.Fatalf("AwaitGateways over a flaky registry: calls = %d", calls)
 	}
 }
+
+// TestMutateRevsOrder: Order places every change of a key, removals
+// included, in the order the key saw them, which webhooks recorded by
+// several gateways rely on.
+func TestMutateRevsOrder(t *testing.T) {
+	_, js := startJetStream(t)
+	kv, ctx := ensure(t, js, cluster.Options{}).Counts, testCtx(t)
+	set := func(v string) func([]byte) ([]byte, error) {
+		return func([]byte) ([]byte, error) {
+			if v == "" {
+				return nil, nil
+			}
+			return []byte(v), nil
+		}
+	}
+	var orders []uint64
+	for _, v := range []string{"a", "b", "", "c", "", "d"} {
+		r, err := cluster.MutateRevs(ctx, kv, "k", set(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == "" && (r.Written != 0 || r.Read == 0) {
+			t.Fatalf("removal: %+v", r)
+		}
+		orders = append(orders, r.Order())
+	}
+	for i := 1; i < len(orders); i++ {
+		if orders[i] <= orders[i-1] {
+			t.Fatalf("orders not increasing: %v", orders)
+		}
+	}
+	// Something else writes the bucket between: the orders still hold.
+	if _, err := kv.Put(ctx, "other", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := cluster.MutateRevs(ctx, kv, "k", func(old []byte) ([]byte, error) { return old, nil })
+	if err != nil || r.Read != r.Written || r.Order() != orders[len(orders)-1] {
+		t.Fatalf("unchanged: %+v, %v; want order %d", r, err, orders[len(orders)-1])
+	}
+	if r, err := cluster.MutateRevs(ctx, kv, "absent", set("")); err != nil || r != (cluster.Revs{}) || r.Order() != 0 {
+		t.Fatalf("nothing: %+v, %v", r, err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 
 	"github.com/resoundhq/resound/internal/cluster"
 )
@@ -129,33 +130,87 @@ func (s *Store) ClaimSlots(ctx context.Context, app, gatewayID string, held, wan
 // (0 forgets the gateway) and returns the channel's total across the
 // cluster.
 func (s *Store) SetSubscriptions(ctx context.Context, app, channel, gatewayID string, n int) (total int, err error) {
-	err = cluster.Mutate(ctx, s.kv, cluster.Key("subs", app, channel), func(old []byte) ([]byte, error) {
+	c, err := s.ChangeSubscriptions(ctx, app, channel, gatewayID, n)
+	return c.After, err
+}
+
+// Change is what a write did to a channel's subscriptions across the
+// cluster.
+type Change struct {
+	// Before and After are the channel's total before and after the
+	// write. The compare-and-set makes them exact: of all the gateways
+	// writing the key, exactly one takes a channel from 0 to more
+	// (channel_occupied) and exactly one from more to 0 (channel_vacated).
+	Before, After int
+	// Rev orders the write among the key's changes, a removal included
+	// (cluster.Revs.Order): the revision webhook records carry.
+	Rev uint64
+}
+
+// Occupied reports whether the write took the channel from no
+// subscriber anywhere to some.
+func (c Change) Occupied() bool { return c.Before == 0 && c.After > 0 }
+
+// Vacated reports whether the write took the channel's last subscriber
+// away.
+func (c Change) Vacated() bool { return c.Before > 0 && c.After == 0 }
+
+// ChangeSubscriptions is SetSubscriptions, reporting the channel's total
+// before and after the write, and the write's place among the key's
+// changes.
+func (s *Store) ChangeSubscriptions(ctx context.Context, app, channel, gatewayID string, n int) (Change, error) {
+	var ch Change
+	revs, err := cluster.MutateRevs(ctx, s.kv, subsKey(app, channel), func(old []byte) ([]byte, error) {
 		c := decode(old)
+		ch.Before = c.total()
 		if n <= 0 {
 			if _, ok := c[gatewayID]; !ok {
-				total = c.total()
+				ch.After = ch.Before
 				return old, nil
 			}
 			delete(c, gatewayID)
 		} else {
+			if c[gatewayID] == n && len(old) > 0 {
+				ch.After = ch.Before
+				return old, nil // unchanged: write nothing
+			}
 			c[gatewayID] = n
 		}
-		total = c.total()
+		ch.After = c.total()
 		return c.encode(), nil
 	})
 	if err != nil {
-		total = 0
+		return Change{}, err
 	}
-	return total, err
+	ch.Rev = revs.Order()
+	return ch, nil
+}
+
+func subsKey(app, channel string) string { return cluster.Key("subs", app, channel) }
+
+// Vacated is a channel a sweep emptied: its last subscribers were on
+// gateways that are gone.
+type Vacated struct {
+	App, Channel string
+	// Rev orders the sweep's write among the key's changes.
+	Rev uint64
 }
 
 // RemoveGatewaysExcept forgets the counts of every gateway that is not
-// live, giving back the slots they held. It follows cluster.Bucket.Sweep's
-// rule for errors: a key that fails does not stop the others.
-func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) error {
-	return s.kv.Sweep(ctx, func(ctx context.Context, key string) error {
-		return cluster.Mutate(ctx, s.kv, key, func(old []byte) ([]byte, error) {
+// live, giving back the slots they held, and returns the channels whose
+// last subscribers it removed, for the caller to record channel_vacated:
+// of several gateways sweeping at once, only the one whose write empties
+// a key sees it emptied. It follows cluster.Bucket.Sweep's rule for
+// errors: a key that fails does not stop the others, and the channels
+// returned are all those emptied, even when the error is not nil.
+func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) ([]Vacated, error) {
+	var out []Vacated
+	err := s.kv.Sweep(ctx, func(ctx context.Context, key string) error {
+		var before, after int
+		revs, err := cluster.MutateRevs(ctx, s.kv, key, func(old []byte) ([]byte, error) {
 			c := decode(old)
+			before = c.total()
+			after = before
 			changed := false
 			for gw := range c {
 				if !live[gw] {
@@ -166,7 +221,34 @@ func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) 
 			if !changed {
 				return old, nil
 			}
+			after = c.total()
 			return c.encode(), nil
 		})
+		if err != nil {
+			return err
+		}
+		if before > 0 && after == 0 {
+			if app, channel, ok := parseSubsKey(key); ok {
+				out = append(out, Vacated{App: app, Channel: channel, Rev: revs.Order()})
+			}
+		}
+		return nil
 	})
+	return out, err
+}
+
+// parseSubsKey reverses subsKey; ok is false for any other key (the
+// connection slots').
+func parseSubsKey(key string) (app, channel string, ok bool) {
+	kind, rest, ok1 := strings.Cut(key, ".")
+	appTok, chTok, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || kind != "subs" {
+		return "", "", false
+	}
+	app, err1 := cluster.ParseToken(appTok)
+	channel, err2 := cluster.ParseToken(chTok)
+	if err1 != nil || err2 != nil {
+		return "", "", false
+	}
+	return app, channel, true
 }

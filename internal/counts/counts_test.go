@@ -105,6 +105,48 @@ func TestSetSubscriptions(t *testing.T) {
 	clustertest.AwaitSettled(t, ctx, b, 0)
 }
 
+// TestChangeSubscriptions: the totals before and after each write, and
+// its revision, which orders every change of the channel, its removal
+// included.
+func TestChangeSubscriptions(t *testing.T) {
+	b := clustertest.Gateways(t, 1)[0].Counts
+	s, ctx := counts.New(b), clustertest.Context(t)
+	var last uint64
+	change := func(gw string, n, before, after int, occupied, vacated bool) counts.Change {
+		t.Helper()
+		c, err := s.ChangeSubscriptions(ctx, "app", "news", gw, n)
+		if err != nil || c.Before != before || c.After != after || c.Occupied() != occupied || c.Vacated() != vacated {
+			t.Fatalf("ChangeSubscriptions(%s, %d) = %+v, %v; want %d -> %d", gw, n, c, err, before, after)
+		}
+		return c
+	}
+	ordered := func(c counts.Change) {
+		t.Helper()
+		if c.Rev <= last {
+			t.Fatalf("rev %d after %d", c.Rev, last)
+		}
+		last = c.Rev
+	}
+	ordered(change("gw-a", 1, 0, 1, true, false))
+	ordered(change("gw-b", 2, 1, 3, false, false))
+	// The same count again writes nothing, and says nothing changed.
+	e, _ := b.Get(ctx, cluster.Key("subs", "app", "news"))
+	if c := change("gw-b", 2, 3, 3, false, false); c.Rev != e.Revision() {
+		t.Fatalf("unchanged: rev %d, want %d", c.Rev, e.Revision())
+	}
+	if again, _ := b.Get(ctx, cluster.Key("subs", "app", "news")); again.Revision() != e.Revision() {
+		t.Fatal("an unchanged count wrote the key")
+	}
+	ordered(change("gw-a", 0, 3, 2, false, false))
+	ordered(change("gw-b", 0, 2, 0, false, true))
+	ordered(change("gw-a", 4, 0, 4, true, false)) // back: after the removal
+	ordered(change("gw-a", 0, 4, 0, false, true))
+	if c := change("gw-a", 0, 0, 0, false, false); c.Rev != 0 {
+		t.Fatalf("nothing to forget on no key: rev %d", c.Rev)
+	}
+	clustertest.AwaitSettled(t, ctx, b, 0)
+}
+
 // TestChurn: gateways take and give back connection slots under a cap,
 // and set their subscription counts up and down, at once. The cap is
 // never passed; afterwards each key holds exactly each gateway's count, a
@@ -240,8 +282,13 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true}); err != nil {
+	vacated, err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true})
+	if err != nil {
 		t.Fatal(err)
+	}
+	// Only b lost its last subscriber; a keeps live's.
+	if len(vacated) != 1 || vacated[0].App != "app" || vacated[0].Channel != "b" || vacated[0].Rev == 0 {
+		t.Fatalf("vacated %+v, want channel b alone", vacated)
 	}
 	if got := value(t, b, cluster.Key("conns", "app")); !reflect.DeepEqual(got, map[string]int{"live": 1}) {
 		t.Fatalf("slots after the sweep: %v", got)
@@ -257,8 +304,8 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true}); err != nil {
-		t.Fatal(err)
+	if vacated, err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true}); err != nil || len(vacated) != 0 {
+		t.Fatalf("a second sweep: %+v, %v", vacated, err)
 	}
 	clustertest.AwaitSettled(t, ctx, b, 3)
 }

@@ -48,9 +48,25 @@ func (s *Server) clientEvent(c *conn, m protocol.ClientMessage) {
 	}
 	frame := protocol.AppendTextFrame(nil, protocol.AppendClientEvent(nil, m.Event, m.Channel, m.Data, userID))
 	channel, sid := m.Channel, c.socketID()
+	// The client_event webhook, Pusher's fields: user_id on presence
+	// channels only. Its data is copied here, off the read buffer, and
+	// only for apps that want it.
+	var hook *protocol.WebhookEvent
+	if s.wantsHook(app, protocol.WebhookClientEvent, channel) {
+		hook = &protocol.WebhookEvent{Name: protocol.WebhookClientEvent, Channel: channel, Event: m.Event, Data: protocol.WebhookData(m.Data), SocketID: sid}
+		if kind.Auth == protocol.AuthPresence {
+			hook.UserID = userID
+		}
+	}
 	// Publishing may wait on NATS, so it happens on the connection's lane,
-	// which also keeps one connection's client events in order.
-	if !s.lanes.try(c.sidA, c, func(context.Context) { s.publishToChannel(app, channel, frame, sid) }) {
+	// which also keeps one connection's client events in order; the
+	// webhook is recorded once the event is relayed.
+	if !s.lanes.try(c.sidA, c, func(context.Context) {
+		s.publishToChannel(app, channel, frame, sid)
+		if hook != nil {
+			s.recordHook(app, *hook, 0)
+		}
+	}) {
 		s.limitHit(metrics.LimitPendingOps, c)
 		s.sendError(c, protocol.CodeClientRateLimit, "Client event rejected: the server is busy, try again")
 	}

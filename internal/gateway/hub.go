@@ -132,6 +132,9 @@ type channel struct {
 	countSentAt  atomic.Int64
 	countPending atomic.Bool
 	countQueued  atomic.Bool // a count update is queued and not yet running
+	// countHookOwed: a change of the total was held back by the pace, and
+	// the deferred run records its subscription_count webhook.
+	countHookOwed atomic.Bool
 }
 
 func newHub(nc *nats.Conn, dispatch []chan *nats.Msg, flushTimeout time.Duration) *hub {

@@ -93,6 +93,7 @@ func (s *Server) reassertConn(ctx context.Context, h held) {
 		}
 		if res.First {
 			s.publishPresence(app, name, protocol.AppendTextFrame(nil, protocol.AppendMemberAdded(nil, name, m)), sid, res.Revision)
+			s.recordMember(app, protocol.WebhookMemberAdded, name, m.ID, res.Revision)
 		}
 	}
 	if h.userID != "" {

@@ -114,6 +114,9 @@ type Options struct {
 	// Registry is where the gateway registers its metrics (Metrics); nil
 	// keeps them unexported.
 	Registry *metrics.Registry
+	// Webhooks takes the webhook records of the transitions this gateway
+	// makes (webhooks.go); nil records none.
+	Webhooks WebhookRecorder
 	Log      zerolog.Logger
 }
 
@@ -217,6 +220,8 @@ type Server struct {
 	perIP      *ipLimiter
 	rejecting  chan struct{}
 	watchers   watchers
+	// cacheMisses de-duplicates cache_miss webhooks.
+	cacheMisses cacheMisses
 	// handshakePool recycles handshakes, reader and all: a connect storm
 	// makes next to no garbage.
 	handshakePool sync.Pool

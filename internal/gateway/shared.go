@@ -63,17 +63,33 @@ func (s *Server) cachedFrame(ctx context.Context, appID, channel string) ([]byte
 	return protocol.AppendTextFrame(nil, protocol.AppendChannelEvent(nil, ev.Event, channel, ev.Data, "")), nil
 }
 
-// subscriptionCountChanged sends pusher_internal:subscription_count, the
-// count across the cluster, for apps that turned it on. Each gateway keeps
-// its own count under the channel's key; the event carries their sum.
+// subscriptionCountChanged writes this gateway's count of a channel's
+// subscribers into the shared counts, where each gateway keeps its own
+// under the channel's key, when something needs the cluster's total:
+//   - pusher_internal:subscription_count, the total, for apps that turned
+//     it on (never on presence channels, as Pusher);
+//   - the webhooks: channel_occupied when this write takes the total from
+//     0, channel_vacated when it takes it to 0 (the compare-and-set makes
+//     exactly one gateway's write do each), subscription_count when the
+//     total changed, paced as the event is.
+//
+// Apps that need none of these write nothing.
 func (s *Server) subscriptionCountChanged(ch *channel) {
-	if !ch.app.SubscriptionCount || protocol.ClassifyChannel(ch.name).Auth == protocol.AuthPresence {
+	if !ch.app.SubscriptionCount && (s.opts.Webhooks == nil || len(ch.app.Webhooks) == 0) {
+		return // the common case, answered before anything is looked at
+	}
+	presence := protocol.ClassifyChannel(ch.name).Auth == protocol.AuthPresence
+	event := ch.app.SubscriptionCount && !presence
+	occupancy, countHook := s.countHooks(ch.app, ch.name, presence)
+	if !event && !occupancy && !countHook {
 		return
 	}
 	// At most one count update per channel waits at a time: it reads the
 	// count when it runs, so a burst of joins and leaves (a client
 	// subscribing and unsubscribing in a loop, a reconnect storm) costs
-	// one write, not one each, and cannot fill a lane.
+	// one write, not one each, and cannot fill a lane. A burst that ends
+	// where it began writes nothing at all, and no webhook says anything
+	// happened: from the cluster's view nothing did.
 	if !ch.countQueued.CompareAndSwap(false, true) {
 		return
 	}
@@ -84,15 +100,28 @@ func (s *Server) subscriptionCountChanged(ch *channel) {
 		ch.mu.RLock()
 		local := len(ch.members)
 		ch.mu.RUnlock()
-		total, err := s.counts.SetSubscriptions(ctx, ch.app.ID, ch.name, s.opts.GatewayID, local)
+		chg, err := s.counts.ChangeSubscriptions(ctx, ch.app.ID, ch.name, s.opts.GatewayID, local)
 		if err != nil {
 			s.log.Warn().Err(err).Str("channel", ch.name).Msg("counting subscriptions")
 			return
 		}
+		switch {
+		case chg.Occupied():
+			s.recordHook(ch.app, protocol.WebhookEvent{Name: protocol.WebhookChannelOccupied, Channel: ch.name}, chg.Rev)
+		case chg.Vacated():
+			s.recordHook(ch.app, protocol.WebhookEvent{Name: protocol.WebhookChannelVacated, Channel: ch.name}, chg.Rev)
+		}
+		if !event && !countHook {
+			return
+		}
+		total, changed := chg.After, chg.Before != chg.After
 		// Pusher sends the count on every change, but at most every 5 s
 		// once a channel has more than 100 subscribers.
 		now := time.Now().UnixNano()
 		if total > 100 && now-ch.countSentAt.Load() < int64(countInterval) {
+			if changed && countHook {
+				ch.countHookOwed.Store(true) // for the deferred run, which may write nothing
+			}
 			if ch.countPending.CompareAndSwap(false, true) {
 				time.AfterFunc(countInterval, func() {
 					ch.countPending.Store(false)
@@ -102,7 +131,12 @@ func (s *Server) subscriptionCountChanged(ch *channel) {
 			return
 		}
 		ch.countSentAt.Store(now)
-		s.publishToChannel(ch.app, ch.name, protocol.AppendTextFrame(nil, protocol.AppendSubscriptionCount(nil, ch.name, total)), "")
+		if event {
+			s.publishToChannel(ch.app, ch.name, protocol.AppendTextFrame(nil, protocol.AppendSubscriptionCount(nil, ch.name, total)), "")
+		}
+		if owed := ch.countHookOwed.Swap(false); countHook && (changed || owed) {
+			s.recordHook(ch.app, protocol.WebhookEvent{Name: protocol.WebhookSubscriptionCount, Channel: ch.name, SubscriptionCount: &total}, chg.Rev)
+		}
 	})
 }
 
@@ -142,6 +176,7 @@ func (s *Server) newSweeper() *cluster.Sweeper {
 				for _, r := range removed {
 					if app, ok := s.opts.Apps.ByID(r.App); ok {
 						s.publishPresence(app, r.Channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, r.Channel, r.UserID)), "", 0)
+						s.recordMember(app, protocol.WebhookMemberRemoved, r.Channel, r.UserID, r.Order)
 					}
 				}
 				return err
@@ -155,7 +190,17 @@ func (s *Server) newSweeper() *cluster.Sweeper {
 				}
 				return err
 			}},
-			{Name: "counts", Sweep: s.counts.RemoveGatewaysExcept},
+			{Name: "counts", Sweep: func(ctx context.Context, live map[string]bool) error {
+				// Only the sweep whose write empties a channel's key sees
+				// it emptied: channel_vacated is recorded once.
+				vacated, err := s.counts.RemoveGatewaysExcept(ctx, live)
+				for _, v := range vacated {
+					if app, ok := s.opts.Apps.ByID(v.App); ok {
+						s.recordHook(app, protocol.WebhookEvent{Name: protocol.WebhookChannelVacated, Channel: v.Channel}, v.Rev)
+					}
+				}
+				return err
+			}},
 		},
 		Live: func(ctx context.Context) (map[string]bool, error) {
 			live, err := s.opts.Stores.LiveGateways(ctx)

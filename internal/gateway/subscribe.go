@@ -236,6 +236,7 @@ func (s *Server) finishSubscribe(c *conn, p *prepared) {
 						// of the user may have joined meanwhile, and it
 						// announced nothing.
 						s.publishPresence(app, name, protocol.AppendTextFrame(nil, protocol.AppendMemberAdded(nil, name, member)), sid, res.Revision)
+						s.recordMember(app, protocol.WebhookMemberAdded, name, member.ID, res.Revision)
 					}
 					s.presenceLeave(app, name, member.ID, sid)
 				}
@@ -280,6 +281,7 @@ func (s *Server) finishSubscribe(c *conn, p *prepared) {
 			frames = append(frames, p.cache...)
 		} else {
 			frames = protocol.AppendTextFrame(frames, protocol.AppendCacheMiss(nil, name))
+			s.recordCacheMiss(ch)
 		}
 	}
 	if p.resume != nil {
@@ -346,6 +348,7 @@ func (s *Server) afterJoin(c *conn, ch *channel, member *protocol.PresenceMember
 		app, sid, m, rev := c.app, c.socketID(), *member, presenceRev
 		s.lanes.must(c.sidA, c, func(context.Context) {
 			s.publishPresence(app, ch.name, protocol.AppendTextFrame(nil, protocol.AppendMemberAdded(nil, ch.name, m)), sid, rev)
+			s.recordMember(app, protocol.WebhookMemberAdded, ch.name, m.ID, rev)
 		})
 	}
 	s.subscriptionCountChanged(ch)
@@ -418,13 +421,13 @@ func (s *Server) leave(c *conn, subs []chanSub) {
 // retries until done: a leave that is dropped leaves a member listed for
 // good.
 func (s *Server) presenceLeave(app *config.App, channel, userID, socketID string) {
-	var last bool
-	var rev uint64
+	var left presence.Left
 	s.retry("presence leave", func(ctx context.Context) (err error) {
-		last, rev, err = s.presence.Leave(ctx, app.ID, channel, userID, socketID)
+		left, err = s.presence.LeaveOrdered(ctx, app.ID, channel, userID, socketID)
 		return err
 	})
-	if last {
-		s.publishPresence(app, channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, channel, userID)), "", rev)
+	if left.Last {
+		s.publishPresence(app, channel, protocol.AppendTextFrame(nil, protocol.AppendMemberRemoved(nil, channel, userID)), "", left.Revision)
+		s.recordMember(app, protocol.WebhookMemberRemoved, channel, userID, left.Order)
 	}
 }

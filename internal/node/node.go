@@ -32,6 +32,7 @@ import (
 	"github.com/resoundhq/resound/internal/queue"
 	"github.com/resoundhq/resound/internal/streams"
 	"github.com/resoundhq/resound/internal/tlscert"
+	"github.com/resoundhq/resound/internal/webhook"
 	"github.com/resoundhq/resound/internal/worker"
 )
 
@@ -45,6 +46,7 @@ type Node struct {
 	gw       *gateway.Server
 	ops      *opsServer
 	pool     *worker.Pool
+	recorder *webhook.Recorder
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	errMu    sync.Mutex
@@ -153,6 +155,18 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The webhook records of the transitions this gateway makes go to the
+	// webhook stream through a queue that never makes the gateway wait
+	// (webhook.Recorder), on the gateway's connection: all-in-one, that is
+	// the embedded JetStream, as for any other stream.
+	recorder, err := webhook.NewRecorder(webhook.RecorderOptions{
+		Conn: gwConn, Lanes: cfg.Partitions, Source: gatewayID, Registry: n.Registry,
+		Log: n.log.With().Str("gateway", gatewayID).Logger(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.recorder = recorder
 	// Start-up in three steps, each using only what the ones before it
 	// built: construct the gateway; build what depends on it (the
 	// registry's sweeps, the API with its readiness); then run.
@@ -164,7 +178,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		MaxHTTPConnections: cfg.MaxHTTPConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 		TrustedProxies: cfg.TrustedProxies, ProxyProtocol: cfg.ProxyProtocol,
 		History: hist, HistoryTTL: cfg.HistoryTTL.Duration(), Local: allInOne, GatewayTTL: cfg.GatewayTTL.Duration(),
-		Reactor: cfg.Reactor, TLS: tlsConfig,
+		Reactor: cfg.Reactor, TLS: tlsConfig, Webhooks: recorder,
 	}
 	if opts.Gateway != nil {
 		opts.Gateway(&gwOpts)
@@ -208,7 +222,12 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			return nil, fmt.Errorf("listen on %s: %w", addr, err)
 		}
 	}
-	n.goRun(func() error { return gw.Serve(runCtx, n.ln, public) })
+	// The recorder outlives the gateway's Serve: the channels its closing
+	// connections vacate, and the members they take away, are recorded
+	// while it drains, and stored before the node closes its connections.
+	recorderCtx, stopRecorder := context.WithCancel(context.Background())
+	n.goRun(func() error { defer stopRecorder(); return gw.Serve(runCtx, n.ln, public) })
+	n.goRun(func() error { return recorder.Run(recorderCtx) })
 	if allInOne {
 		wConn, err := n.connect("resound-worker")
 		if err != nil {
@@ -298,6 +317,9 @@ func (n *Node) Config() *config.Config { return n.cfg }
 
 // Gateway is the node's gateway.
 func (n *Node) Gateway() *gateway.Server { return n.gw }
+
+// Webhooks is the recorder of the gateway's webhook records.
+func (n *Node) Webhooks() *webhook.Recorder { return n.recorder }
 
 // Workers is the in-process worker pool, or nil when workers run apart.
 func (n *Node) Workers() *worker.Pool { return n.pool }

@@ -159,7 +159,29 @@ func (s *Store) JoinLimited(ctx context.Context, app, channel string, m protocol
 // connection on the channel: member_removed is due. rev is the key's
 // revision after the change (0 when the channel emptied).
 func (s *Store) Leave(ctx context.Context, app, channel, userID, socketID string) (last bool, rev uint64, err error) {
-	rev, err = cluster.MutateRev(ctx, s.kv, cluster.Key(app, channel), func(old []byte) ([]byte, error) {
+	l, err := s.LeaveOrdered(ctx, app, channel, userID, socketID)
+	return l.Last, l.Revision, err
+}
+
+// Left is what a leave did.
+type Left struct {
+	// Last: it was the user's last connection on the channel.
+	Last bool
+	// Revision is Leave's rev: the key's revision after the change, 0
+	// when the channel emptied. member_removed frames carry it.
+	Revision uint64
+	// Order places the change among the key's changes even when it
+	// emptied the channel (cluster.Revs.Order): member_removed webhook
+	// records carry it, so that they sort after the member_added they
+	// undo and before the next one, whichever gateway recorded them.
+	Order uint64
+}
+
+// LeaveOrdered is Leave, with the change's place among the key's
+// changes.
+func (s *Store) LeaveOrdered(ctx context.Context, app, channel, userID, socketID string) (Left, error) {
+	var last bool
+	revs, err := cluster.MutateRevs(ctx, s.kv, cluster.Key(app, channel), func(old []byte) ([]byte, error) {
 		last = false
 		if old == nil {
 			return nil, nil
@@ -182,7 +204,10 @@ func (s *Store) Leave(ctx context.Context, app, channel, userID, socketID string
 		}
 		return st.encode(), nil
 	})
-	return last, rev, err
+	if err != nil {
+		return Left{}, err
+	}
+	return Left{Last: last, Revision: revs.Written, Order: revs.Order()}, nil
 }
 
 // Members lists a channel's members, sorted by id.
@@ -232,6 +257,9 @@ func (s *Store) Channels(ctx context.Context, app string) (map[string]int, error
 // Removed is a user whose last connection was removed by a clean-up.
 type Removed struct {
 	App, Channel, UserID string
+	// Order places the removal among the channel key's changes
+	// (cluster.Revs.Order), as Left.Order does.
+	Order uint64
 }
 
 // RemoveGatewaysExcept removes every connection held by a gateway that is
@@ -252,7 +280,7 @@ func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) 
 			return nil
 		}
 		var gone []string
-		err := cluster.Mutate(ctx, s.kv, k, func(old []byte) ([]byte, error) {
+		revs, err := cluster.MutateRevs(ctx, s.kv, k, func(old []byte) ([]byte, error) {
 			gone = gone[:0]
 			if old == nil {
 				return nil, nil
@@ -283,7 +311,7 @@ func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) 
 			return err
 		}
 		for _, id := range gone {
-			out = append(out, Removed{App: app, Channel: ch, UserID: id})
+			out = append(out, Removed{App: app, Channel: ch, UserID: id, Order: revs.Order()})
 		}
 		return nil
 	})

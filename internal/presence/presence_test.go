@@ -231,11 +231,14 @@ func TestChannels(t *testing.T) {
 
 func TestRemoveGatewaysExcept(t *testing.T) {
 	s, _, ctx := newStore(t)
+	joined := map[string]uint64{} // the last join's revision, by channel
 	join := func(app, ch, id, sid, gw string) {
 		t.Helper()
-		if _, err := s.Join(ctx, app, ch, member(id), sid, gw, 0); err != nil {
+		r, err := s.Join(ctx, app, ch, member(id), sid, gw, 0)
+		if err != nil {
 			t.Fatal(err)
 		}
+		joined[ch] = r.Revision
 	}
 	// user 1: one socket on the live gateway, one on the dead one: stays.
 	join("app", "presence-a", "1", "1.1", "live")
@@ -258,6 +261,13 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 		a, b := removed[i], removed[j]
 		return a.App+"\x00"+a.Channel+"\x00"+a.UserID < b.App+"\x00"+b.Channel+"\x00"+b.UserID
 	})
+	for i := range removed {
+		// The removals' place among their key's changes: after every join.
+		if removed[i].Order <= joined[removed[i].Channel] {
+			t.Fatalf("removal %+v ordered before the joins (last at %d)", removed[i], joined[removed[i].Channel])
+		}
+		removed[i].Order = 0
+	}
 	want := []presence.Removed{
 		{App: "app", Channel: "presence-a", UserID: "2"},
 		{App: "other app", Channel: "presence-b", UserID: "4"},
@@ -423,5 +433,31 @@ func TestRevisions(t *testing.T) {
 	}
 	if last, rev, err := s.Leave(ctx, "app", "presence-none", "2", "2.1"); err != nil || last || rev != 0 {
 		t.Fatalf("leave of an empty channel: last=%v rev=%d (%v)", last, rev, err)
+	}
+}
+
+// TestLeaveOrder: a leave's Order places it among the key's changes,
+// the one that empties the channel included (its Revision is 0), so
+// that member_removed webhooks sort between the member_added around them.
+func TestLeaveOrder(t *testing.T) {
+	s, _, ctx := newStore(t)
+	j1, err := s.Join(ctx, "app", "presence-o", member("1"), "1.1", "gw", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1, err := s.LeaveOrdered(ctx, "app", "presence-o", "1", "1.1")
+	if err != nil || !l1.Last || l1.Revision != 0 || l1.Order <= j1.Revision {
+		t.Fatalf("emptying leave %+v after join at %d (%v)", l1, j1.Revision, err)
+	}
+	j2, err := s.Join(ctx, "app", "presence-o", member("1"), "1.2", "gw", 0)
+	if err != nil || !j2.First || j2.Revision <= l1.Order {
+		t.Fatalf("join again at %d, after the leave's order %d (%v)", j2.Revision, l1.Order, err)
+	}
+	if _, err := s.Join(ctx, "app", "presence-o", member("2"), "2.1", "gw", 0); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := s.LeaveOrdered(ctx, "app", "presence-o", "1", "1.2")
+	if err != nil || !l2.Last || l2.Revision == 0 || l2.Order != l2.Revision {
+		t.Fatalf("leave of a channel that stays occupied: %+v (%v)", l2, err)
 	}
 }
