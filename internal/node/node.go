@@ -32,6 +32,7 @@ import (
 	"github.com/resoundhq/resound/internal/queue"
 	"github.com/resoundhq/resound/internal/streams"
 	"github.com/resoundhq/resound/internal/tlscert"
+	"github.com/resoundhq/resound/internal/webhook"
 	"github.com/resoundhq/resound/internal/worker"
 )
 
@@ -45,6 +46,7 @@ type Node struct {
 	gw       *gateway.Server
 	ops      *opsServer
 	pool     *worker.Pool
+	hooks    *webhook.Sender
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	errMu    sync.Mutex
@@ -230,8 +232,15 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			// no other gateway to catch up, but clients resume.
 			Deliver: gw.DeliverLocal,
 			Record:  wConn.Publish,
+			// The webhook lanes are shared out with the partitions.
+			OnLive: func(live map[string]bool) { n.hooks.Assign(live) },
+		})
+		n.hooks = webhook.NewSender(webhook.SenderOptions{
+			JetStream: wjs, Conn: wConn, Apps: cfg.Apps, ID: n.pool.ID(), Lanes: cfg.Partitions, Timing: webhook.TimingOf(&cfg.Settings),
+			Log: n.log.With().Str("component", "webhooks").Logger(), Registerer: n.Registry,
 		})
 		n.goRun(func() error { return n.pool.Run(runCtx) })
+		n.goRun(func() error { return n.hooks.Run(runCtx) })
 	}
 
 	n.goRun(func() error { registry.Run(runCtx); return nil })
@@ -301,6 +310,10 @@ func (n *Node) Gateway() *gateway.Server { return n.gw }
 
 // Workers is the in-process worker pool, or nil when workers run apart.
 func (n *Node) Workers() *worker.Pool { return n.pool }
+
+// Webhooks is the in-process workers' webhook sender, or nil when workers
+// run apart.
+func (n *Node) Webhooks() *webhook.Sender { return n.hooks }
 
 // Close stops everything: the gateway closes its clients with 4200, the
 // workers stop fetching, and the embedded server shuts down last.

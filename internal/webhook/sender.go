@@ -16,6 +16,7 @@ import (
 
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/config"
+	"github.com/resoundhq/resound/internal/queue"
 	"github.com/resoundhq/resound/internal/wire"
 )
 
@@ -59,7 +60,8 @@ type SenderOptions struct {
 	// pool's (worker.Pool.ID), so that the job partition and the webhook
 	// lane of one number go to the same worker.
 	ID string
-	// Lanes is the stream's lane count (RESOUND_PARTITIONS).
+	// Lanes is the stream's lane count (RESOUND_PARTITIONS;
+	// queue.DefaultPartitions if zero).
 	Lanes int
 	Timing
 	Log zerolog.Logger
@@ -146,7 +148,7 @@ func NewSender(opts SenderOptions) *Sender {
 		opts.Timeout = 5 * time.Second
 	}
 	if opts.Lanes < 1 {
-		opts.Lanes = 1
+		opts.Lanes = queue.DefaultPartitions // as the worker pool
 	}
 	s := &Sender{
 		opts: opts, client: opts.Client, metrics: newSenderMetrics(opts.Registerer),
@@ -194,6 +196,14 @@ func (s *Sender) poke() {
 // back: each lane stops pulling, finishes what it holds within its
 // hand-over budget, and is unpinned if nothing of it is left unacked.
 func (s *Sender) Run(ctx context.Context) error {
+	if !s.anyWebhooks() {
+		// No app has a webhook, so no gateway records any (they record
+		// only what an app wants): nothing to consume. Every process has
+		// the same apps.
+		s.opts.Log.Debug().Msg("no app has webhooks: the webhook sender stays idle")
+		<-ctx.Done()
+		return nil
+	}
 	consumers, err := s.consumers(ctx)
 	if err != nil {
 		return err
@@ -207,6 +217,15 @@ func (s *Sender) Run(ctx context.Context) error {
 			s.apply(ctx, consumers)
 		}
 	}
+}
+
+func (s *Sender) anyWebhooks() bool {
+	for _, app := range s.opts.Apps.All() {
+		if len(app.Webhooks) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // consumers finds the lanes' consumers, which every process makes at
