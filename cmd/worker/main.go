@@ -128,13 +128,18 @@ func main() {
 	// The sender stops with the pool, on the same signal, and hands its
 	// lanes back as the pool does its partitions.
 	hooksDone := make(chan error, 1)
-	go func() { hooksDone <- hooks.Run(ctx) }()
+	go func() {
+		err := hooks.Run(ctx)
+		if err != nil {
+			log.Error().Err(err).Msg("webhook sender stopped: this worker sends no webhooks")
+		}
+		hooksDone <- err
+	}()
 	if err := pool.Run(ctx); err != nil {
 		log.Error().Err(err).Msg("worker stopped")
 		os.Exit(1)
 	}
 	if err := <-hooksDone; err != nil {
-		log.Error().Err(err).Msg("webhook sender stopped")
 		os.Exit(1)
 	}
 	log.Info().Msg("worker stopped")

@@ -16,6 +16,7 @@ import (
 
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/config"
+	"github.com/resoundhq/resound/internal/ensure"
 	"github.com/resoundhq/resound/internal/queue"
 	"github.com/resoundhq/resound/internal/wire"
 )
@@ -206,6 +207,9 @@ func (s *Sender) Run(ctx context.Context) error {
 	}
 	consumers, err := s.consumers(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return err
 	}
 	for {
@@ -234,7 +238,12 @@ func (s *Sender) anyWebhooks() bool {
 func (s *Sender) consumers(ctx context.Context) ([]jetstream.Consumer, error) {
 	out := make([]jetstream.Consumer, s.opts.Lanes)
 	for k := range out {
-		c, err := s.opts.JetStream.Consumer(ctx, StreamName, ConsumerName(k))
+		var c jetstream.Consumer
+		// Repeated while the failure passes (a NATS cluster settling).
+		err := ensure.Do(ctx, func(ctx context.Context) (err error) {
+			c, err = s.opts.JetStream.Consumer(ctx, StreamName, ConsumerName(k))
+			return err
+		})
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return EnsureConsumers(ctx, s.opts.JetStream, s.opts.Lanes)
 		}
