@@ -443,8 +443,9 @@ func TestSenderDelayAndCancel(t *testing.T) {
 	r.publish(member(protocol.WebhookMemberRemoved, "presence-p", "u1", 5), member(protocol.WebhookMemberAdded, "presence-p", "u1", 6),
 		member(protocol.WebhookMemberRemoved, "presence-p", "u2", 7), member(protocol.WebhookMemberAdded, "presence-p", "u3", 8),
 		clientEvent("presence-p", 2))
-	// Vacated alone: sent, after the delay.
-	published := time.Now()
+	// Vacated alone: sent, after the delay (from the record's time, in
+	// whole milliseconds).
+	published := time.UnixMilli(time.Now().UnixMilli())
 	r.publish(rec(protocol.WebhookChannelVacated, "c2", 4))
 
 	eventually(t, "the events", func() bool {
