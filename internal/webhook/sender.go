@@ -91,8 +91,9 @@ type Sender struct {
 	failLog, dropLog zerolog.Logger
 
 	wake chan struct{}
+	// live is the last live set Assign was given.
+	live atomic.Pointer[map[string]bool]
 	mu   sync.Mutex
-	live map[string]bool
 	// owned are the lanes this sender consumes; releasing those it is
 	// handing over, closed when done.
 	owned     map[int]*lane
@@ -180,9 +181,7 @@ func (s *Sender) AppCounters() map[string]AppCounters {
 // cluster.Owner gives its ID, and hands back the others. It never blocks:
 // worker.Options.OnLive calls it from the registry's loop.
 func (s *Sender) Assign(live map[string]bool) {
-	s.mu.Lock()
-	s.live = live
-	s.mu.Unlock()
+	s.live.Store(&live)
 	s.poke()
 }
 
@@ -259,13 +258,14 @@ func (s *Sender) consumers(ctx context.Context) ([]jetstream.Consumer, error) {
 // A lane still being handed back is taken again only once that is done
 // (the hand-over pokes).
 func (s *Sender) apply(ctx context.Context, consumers []jetstream.Consumer) {
+	live := s.live.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopped || s.live == nil {
+	if s.stopped || live == nil {
 		return
 	}
 	for k, cons := range consumers {
-		mine := cluster.Owner(k, s.live) == s.opts.ID
+		mine := cluster.Owner(k, *live) == s.opts.ID
 		ln, have := s.owned[k]
 		switch {
 		case mine && !have:
