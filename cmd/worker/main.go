@@ -27,6 +27,7 @@ import (
 	"github.com/resoundhq/resound/internal/ops"
 	"github.com/resoundhq/resound/internal/streams"
 	"github.com/resoundhq/resound/internal/version"
+	"github.com/resoundhq/resound/internal/webhook"
 	"github.com/resoundhq/resound/internal/worker"
 )
 
@@ -87,16 +88,23 @@ func main() {
 	stores := objects.Stores
 	reg := metrics.NewRegistry()
 	var pool *worker.Pool
+	var hooks *webhook.Sender
 	wm := metrics.NewWorker(reg, func() float64 { return float64(pool.Stats().Pending.Load()) })
 	pool = worker.New(worker.Options{
 		Conn: nc, JetStream: js, Limits: cfg.Limits(), Workers: cfg.Workers, Log: log, Cache: stores.Cache, Metrics: wm,
 		Stores: stores, Partitions: cfg.Partitions, MaxAttempts: cfg.JobMaxAttempts,
+		// The webhook lanes are shared out with the partitions.
+		OnLive:   func(live map[string]bool) { hooks.Assign(live) },
 		Apps:     func(id string) bool { _, ok := cfg.Apps.ByID(id); return ok },
 		Recovers: cfg.Recovers,
 		EnsureHistory: func(ctx context.Context) error {
 			_, err := history.Ensure(ctx, js, streams.History(&cfg.Settings))
 			return err
 		},
+	})
+	hooks = webhook.NewSender(webhook.SenderOptions{
+		JetStream: js, Conn: nc, Apps: cfg.Apps, ID: pool.ID(), Lanes: cfg.Partitions, Timing: webhook.TimingOf(&cfg.Settings),
+		Log: log.With().Str("component", "webhooks").Logger(), Registerer: reg,
 	})
 	// The worker's operations endpoints, on RESOUND_METRICS_PORT: /metrics,
 	// and /up (503 while it drains or NATS is away) and /livez. No
@@ -117,8 +125,21 @@ func main() {
 	}
 	go func() { <-ctx.Done(); draining.Store(true) }()
 	log.Info().Int("workers", cfg.Workers).Str("nats", cfg.NATSURL).Int("metrics_port", cfg.MetricsPort).Msg("worker started")
+	// The sender stops with the pool, on the same signal, and hands its
+	// lanes back as the pool does its partitions.
+	hooksDone := make(chan error, 1)
+	go func() {
+		err := hooks.Run(ctx)
+		if err != nil {
+			log.Error().Err(err).Msg("webhook sender stopped: this worker sends no webhooks")
+		}
+		hooksDone <- err
+	}()
 	if err := pool.Run(ctx); err != nil {
 		log.Error().Err(err).Msg("worker stopped")
+		os.Exit(1)
+	}
+	if err := <-hooksDone; err != nil {
 		os.Exit(1)
 	}
 	log.Info().Msg("worker stopped")

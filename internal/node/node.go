@@ -47,6 +47,7 @@ type Node struct {
 	ops      *opsServer
 	pool     *worker.Pool
 	recorder *webhook.Recorder
+	hooks    *webhook.Sender
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	errMu    sync.Mutex
@@ -249,8 +250,15 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			// no other gateway to catch up, but clients resume.
 			Deliver: gw.DeliverLocal,
 			Record:  wConn.Publish,
+			// The webhook lanes are shared out with the partitions.
+			OnLive: func(live map[string]bool) { n.hooks.Assign(live) },
+		})
+		n.hooks = webhook.NewSender(webhook.SenderOptions{
+			JetStream: wjs, Conn: wConn, Apps: cfg.Apps, ID: n.pool.ID(), Lanes: cfg.Partitions, Timing: webhook.TimingOf(&cfg.Settings),
+			Log: n.log.With().Str("component", "webhooks").Logger(), Registerer: n.Registry,
 		})
 		n.goRun(func() error { return n.pool.Run(runCtx) })
+		n.goRun(func() error { return n.hooks.Run(runCtx) })
 	}
 
 	n.goRun(func() error { registry.Run(runCtx); return nil })
@@ -318,11 +326,15 @@ func (n *Node) Config() *config.Config { return n.cfg }
 // Gateway is the node's gateway.
 func (n *Node) Gateway() *gateway.Server { return n.gw }
 
-// Webhooks is the recorder of the gateway's webhook records.
-func (n *Node) Webhooks() *webhook.Recorder { return n.recorder }
+// WebhookRecorder is the recorder of the gateway's webhook records.
+func (n *Node) WebhookRecorder() *webhook.Recorder { return n.recorder }
 
 // Workers is the in-process worker pool, or nil when workers run apart.
 func (n *Node) Workers() *worker.Pool { return n.pool }
+
+// WebhookSender is the in-process workers' webhook sender, or nil when
+// workers run apart.
+func (n *Node) WebhookSender() *webhook.Sender { return n.hooks }
 
 // Close stops everything: the gateway closes its clients with 4200, the
 // workers stop fetching, and the embedded server shuts down last.

@@ -114,10 +114,10 @@ func (h *hookTap) settle(t *testing.T, nodes ...*Node) {
 	waitFor(t, "the webhook records stored", func() bool {
 		var stored uint64
 		for _, n := range nodes {
-			if n.Webhooks().Queued() > 0 {
+			if n.WebhookRecorder().Queued() > 0 {
 				return false
 			}
-			stored += n.Webhooks().Stored()
+			stored += n.WebhookRecorder().Stored()
 		}
 		return uint64(len(h.all())) == stored
 	})
@@ -475,7 +475,7 @@ func TestWebhookAllInOne(t *testing.T) {
 		info, err := st.Info(ctx)
 		return err == nil && info.State.LastSeq > before.State.LastSeq && len(tap.named(protocol.WebhookChannelVacated, "room")) == 1
 	})
-	if n.Webhooks().Dropped() != 0 {
-		t.Fatalf("%d records dropped", n.Webhooks().Dropped())
+	if n.WebhookRecorder().Dropped() != 0 {
+		t.Fatalf("%d records dropped", n.WebhookRecorder().Dropped())
 	}
 }

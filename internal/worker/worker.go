@@ -66,6 +66,11 @@ type Options struct {
 	// Partitions is the stream's partition count (queue.DefaultPartitions
 	// if zero); every process must agree.
 	Partitions int
+	// OnLive, when set, also hears the live workers each time the pool
+	// shares its partitions out (once, with this pool alone, without
+	// Stores): the webhook sender takes its lanes from the same set, by
+	// the same rule (cluster.Owner). It must not block.
+	OnLive func(live map[string]bool)
 	// Workers is how many goroutines encode and publish in parallel.
 	Workers int
 	// Deliver, when set, takes the deliveries instead of Conn:
@@ -228,6 +233,9 @@ func New(opts Options) *Pool {
 	return p
 }
 
+// ID is this pool's id among the live workers.
+func (p *Pool) ID() string { return p.id }
+
 // Stats returns the pool's counters.
 func (p *Pool) Stats() *Stats { return &p.stats }
 
@@ -282,10 +290,14 @@ func (p *Pool) Run(ctx context.Context) error {
 		}
 	})
 	lanes := &lanes{pool: p, consumers: consumers, owned: map[int]*lane{}}
+	onLive := lanes.assign
+	if f := p.opts.OnLive; f != nil {
+		onLive = func(live map[string]bool) { lanes.assign(live); f(live) }
+	}
 	if p.opts.Stores == nil {
-		lanes.assign(map[string]bool{p.id: true})
+		onLive(map[string]bool{p.id: true})
 	} else {
-		reg := cluster.NewWorkerRegistry(p.opts.Stores, p.id, p.opts.Log, lanes.assign)
+		reg := cluster.NewWorkerRegistry(p.opts.Stores, p.id, p.opts.Log, onLive)
 		wg.Add(1)
 		go func() { defer wg.Done(); reg.Run(ctx) }()
 	}
@@ -315,38 +327,6 @@ type lane struct {
 	inflight atomic.Int64
 }
 
-// owner picks a partition's worker by rendezvous hashing: every worker
-// computes the same answer from the same live set, and a worker joining or
-// leaving moves only the partitions it wins or held.
-//
-// The FNV hash is finished with a mixer: the partition's bytes come last,
-// and FNV-1a's last multiplications carry them only into the low bits, so
-// raw FNV scores ranked the workers the same way for every partition, and
-// one worker won them all.
-func owner(k int, live map[string]bool) string {
-	best, bestScore := "", uint64(0)
-	for id := range live {
-		h := fnv.New64a()
-		h.Write([]byte(id))
-		h.Write([]byte{'/', byte(k), byte(k >> 8)})
-		if s := mix64(h.Sum64()); best == "" || s > bestScore || (s == bestScore && id < best) {
-			best, bestScore = id, s
-		}
-	}
-	return best
-}
-
-// mix64 is MurmurHash3's 64-bit finalizer: every input bit reaches every
-// output bit.
-func mix64(x uint64) uint64 {
-	x ^= x >> 33
-	x *= 0xff51afd7ed558ccd
-	x ^= x >> 33
-	x *= 0xc4ceb9fe1a85ec53
-	x ^= x >> 33
-	return x
-}
-
 // assign consumes the partitions this worker owns in live, and hands back
 // those it no longer owns: it drains them (in-flight jobs finish and are
 // acked) and unpins them, so their new owner starts at once instead of
@@ -359,7 +339,7 @@ func (l *lanes) assign(live map[string]bool) {
 		return
 	}
 	for k, cons := range l.consumers {
-		mine := owner(k, live) == p.id
+		mine := cluster.Owner(k, live) == p.id
 		ln, have := l.owned[k]
 		switch {
 		case mine && !have:

@@ -1,4 +1,4 @@
-package worker
+package cluster
 
 import (
 	"testing"
@@ -10,7 +10,7 @@ import (
 // gets some of eight partitions nearly always (all eight to one worker
 // happens 1 time in 128 by chance). Ids from one process share a prefix,
 // as the pools of a test do, and ids from two processes do not.
-func TestOwnerSharesPartitions(t *testing.T) {
+func TestOwnerSharesLanes(t *testing.T) {
 	const partitions, trials = 8, 1000
 	for _, sameProcess := range []bool{true, false} {
 		lopsided := 0
@@ -22,7 +22,7 @@ func TestOwnerSharesPartitions(t *testing.T) {
 			live := map[string]bool{a: true, b: true}
 			n := 0
 			for k := range partitions {
-				if owner(k, live) == a {
+				if Owner(k, live) == a {
 					n++
 				}
 			}
@@ -44,11 +44,11 @@ func TestOwnerIsStable(t *testing.T) {
 	two := map[string]bool{a: true, b: true}
 	three := map[string]bool{a: true, b: true, c: true}
 	for k := range 64 {
-		before, after := owner(k, two), owner(k, three)
+		before, after := Owner(k, two), Owner(k, three)
 		if after != before && after != c {
 			t.Errorf("partition %d moved from %s to %s when %s joined", k, before, after, c)
 		}
-		if owner(k, map[string]bool{b: true, a: true}) != before {
+		if Owner(k, map[string]bool{b: true, a: true}) != before {
 			t.Errorf("partition %d: owner depends on map order", k)
 		}
 	}
