@@ -53,7 +53,9 @@ func (s *Server) clientEvent(c *conn, m protocol.ClientMessage) {
 	if !s.lanes.try(c.sidA, c, func(context.Context) { s.publishToChannel(app, channel, frame, sid) }) {
 		s.limitHit(metrics.LimitPendingOps, c)
 		s.sendError(c, protocol.CodeClientRateLimit, "Client event rejected: the server is busy, try again")
+		return
 	}
+	s.noteClientEvent(c, m, userID)
 }
 
 // takeClientEventToken is a token bucket of client_event_rate_limit tokens
