@@ -19,8 +19,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/resoundhq/resound/internal/config"
+	"github.com/resoundhq/resound/internal/console"
 	"github.com/resoundhq/resound/internal/history"
 	"github.com/resoundhq/resound/internal/logging"
 	"github.com/resoundhq/resound/internal/metrics"
@@ -116,6 +118,23 @@ func main() {
 		defer msrv.Close()
 	}
 	go func() { <-ctx.Done(); draining.Store(true) }()
+	// The dashboard's side in this process: the debug console (the
+	// webhook sender's entries) and the answer to its stats requests.
+	appIDs := make([]string, 0, cfg.Apps.Len())
+	for _, app := range cfg.Apps.All() {
+		appIDs = append(appIDs, app.ID)
+	}
+	processID := nuid.Next()
+	cons := console.New(console.Options{Conn: nc, Process: processID, Apps: appIDs, Rate: cfg.ConsoleRate, Registry: reg,
+		Log: log.With().Str("component", "console").Logger()})
+	go func() {
+		// The webhook sender's counters go in WorkerStats' second argument
+		// once it runs here.
+		err := cons.Run(ctx, console.StatsSource{Kind: console.KindWorker, Process: processID, Stats: console.WorkerStats(appIDs, nil)})
+		if err != nil {
+			log.Error().Err(err).Msg("debug console")
+		}
+	}()
 	log.Info().Int("workers", cfg.Workers).Str("nats", cfg.NATSURL).Int("metrics_port", cfg.MetricsPort).Msg("worker started")
 	if err := pool.Run(ctx); err != nil {
 		log.Error().Err(err).Msg("worker stopped")
