@@ -158,8 +158,10 @@ type Dashboard struct {
 	watches  map[string]*watch // open console streams, by app
 	stats    map[*statsStream]struct{}
 	gathered bool // the stats goroutine runs
-	// rounds counts the stats rounds; only the stats goroutine uses it.
-	rounds int
+	// rounds counts the stats rounds, and channels holds the last count
+	// of each app's distinct channels; only the stats goroutine uses them.
+	rounds   int
+	channels map[string]int
 }
 
 // New builds a dashboard.
@@ -175,7 +177,7 @@ func New(opts Options) (*Dashboard, error) {
 	d := &Dashboard{
 		opts: opts, path: p, key: sessionKey(opts.Token, opts.Apps),
 		logins:  newLimiter(opts.LoginBurst, opts.LoginEvery, opts.Now),
-		watches: map[string]*watch{}, stats: map[*statsStream]struct{}{},
+		watches: map[string]*watch{}, stats: map[*statsStream]struct{}{}, channels: map[string]int{},
 	}
 	return d, nil
 }

@@ -156,26 +156,40 @@ func (d *Dashboard) gather() {
 func (d *Dashboard) round(apps map[string]bool, prev map[string]sample) map[string][]byte {
 	ctx, cancel := context.WithTimeout(d.opts.Context, d.opts.StatsWait)
 	defer cancel()
+	d.rounds++
 	// The distinct channels, asked of the gateways (wire.Query) while the
-	// figures come in.
-	channels := map[string]int{}
+	// figures come in. Every gateway answers with the names of its
+	// channels, which is much for a big app: every fifth round is often
+	// enough for a figure that moves slowly; the rounds between show the
+	// last count.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	if d.opts.Channels != nil {
 		for app := range apps {
+			if _, ok := d.channels[app]; ok && d.rounds%channelRounds != 0 {
+				continue
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if n, err := d.opts.Channels(ctx, app); err == nil {
-					mu.Lock()
-					channels[app] = n
-					mu.Unlock()
+				n, err := d.opts.Channels(ctx, app)
+				mu.Lock()
+				defer mu.Unlock()
+				if err == nil {
+					d.channels[app] = n
+				} else {
+					delete(d.channels, app)
 				}
 			}()
 		}
 	}
 	cur := d.ask(ctx, len(apps) == 1, apps, prev)
 	wg.Wait()
+	for app := range d.channels {
+		if !apps[app] {
+			delete(d.channels, app)
+		}
+	}
 	now := d.opts.Now()
 	out := make(map[string][]byte, len(apps))
 	for app := range apps {
@@ -213,7 +227,7 @@ func (d *Dashboard) round(apps map[string]bool, prev map[string]sample) map[stri
 			s.ErrorsPerS += rate(st.Errors, ps.Errors, dt)
 			s.Webhooks.SentPerS += rate(st.WebhooksSent, ps.WebhooksSent, dt)
 		}
-		if n, ok := channels[app]; ok {
+		if n, ok := d.channels[app]; ok {
 			s.Channels = n
 		} else {
 			s.Channels = localChannels // may count a channel once per gateway
@@ -233,6 +247,10 @@ func (d *Dashboard) round(apps map[string]bool, prev map[string]sample) map[stri
 	}
 	return out
 }
+
+// channelRounds is how often, in rounds, the distinct channels are
+// counted anew.
+const channelRounds = 5
 
 // rate is a counter's growth per second, rounded to hundredths.
 func rate(cur, before int64, dt float64) float64 {
@@ -273,7 +291,6 @@ func (d *Dashboard) ask(ctx context.Context, one bool, apps map[string]bool, pre
 			waiting[key] = true
 		}
 	}
-	d.rounds++
 	wholeBound := len(waiting) == 0 || d.rounds%10 == 0
 	graced := false
 	for {
