@@ -1,7 +1,6 @@
 package dashboard
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/resoundhq/resound/internal/config"
 	"github.com/resoundhq/resound/internal/console"
+	"github.com/resoundhq/resound/internal/dashboard/dashboardtest"
 	"github.com/resoundhq/resound/internal/natsembed/natstest"
 	"github.com/resoundhq/resound/internal/wire"
 )
@@ -279,75 +279,17 @@ func TestPage(t *testing.T) {
 	}
 }
 
-// event is one Server-Sent Event.
-type event struct{ name, data string }
-
-// stream opens an event stream and reads it on a goroutine until the
-// test ends.
-func stream(t *testing.T, c *http.Client, url string) <-chan event {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	sc := *c
-	sc.Timeout = 0
-	resp, err := sc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
-		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("%s: %d %s", url, resp.StatusCode, b)
-	}
-	out := make(chan event, 1024)
-	go func() {
-		defer resp.Body.Close()
-		defer close(out)
-		sc := bufio.NewScanner(resp.Body)
-		var ev event
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case strings.HasPrefix(line, "event: "):
-				ev.name = line[len("event: "):]
-			case strings.HasPrefix(line, "data: "):
-				ev.data = line[len("data: "):]
-			case line == "" && ev.name != "":
-				out <- ev
-				ev = event{}
-			}
-		}
-	}()
-	return out
-}
-
-// waitFor reads events until match says done, or fails at the deadline.
-func waitFor(t *testing.T, events <-chan event, what string, match func(event) bool) {
-	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				t.Fatalf("stream ended waiting for %s", what)
-			}
-			if match(ev) {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("no %s within 10 s", what)
-		}
-	}
-}
-
 func login(t *testing.T, f *fixture) *http.Client {
 	t.Helper()
-	c := client(t)
-	if resp, body := post(t, c, f.url+"/api/login", `{"token":"the-token"}`); resp.StatusCode != 200 {
-		t.Fatalf("login: %d %s", resp.StatusCode, body)
-	}
-	return c
+	return dashboardtest.Login(t, f.url, `{"token":"the-token"}`)
 }
+
+type event = dashboardtest.Event
+
+var (
+	stream  = dashboardtest.Events
+	waitFor = dashboardtest.Await
+)
 
 // The console stream renews the app's lease while it is open, and passes
 // on what the processes publish, with what their rate caps dropped.
@@ -373,9 +315,9 @@ func TestConsoleStream(t *testing.T) {
 	var got []event
 	waitFor(t, events, "the entries", func(ev event) bool {
 		got = append(got, ev)
-		return strings.Contains(ev.data, "after-drops")
+		return strings.Contains(ev.Data, "after-drops")
 	})
-	if len(got) != 3 || !strings.Contains(got[0].data, `"first"`) || got[1] != (event{"dropped", `{"count":4}`}) {
+	if len(got) != 3 || !strings.Contains(got[0].Data, `"first"`) || got[1] != (event{Name: "dropped", Data: `{"count":4}`}) {
 		t.Fatalf("events: %+v", got)
 	}
 }
@@ -454,17 +396,17 @@ func TestSlowReaderDoesNotBlockTheConsole(t *testing.T) {
 	// own buffer could not hold, while the slow one is still stuck.
 	seen, fastDropped, last := 0, 0, -1
 	waitFor(t, fast, "every entry on the fast stream, shown or counted", func(ev event) bool {
-		if ev.name == "dropped" {
+		if ev.Name == "dropped" {
 			var d struct{ Count int }
-			_ = json.Unmarshal([]byte(ev.data), &d)
+			_ = json.Unmarshal([]byte(ev.Data), &d)
 			fastDropped += d.Count
 			return seen+fastDropped == total
 		}
 		var e wire.ConsoleEntry
-		_ = json.Unmarshal([]byte(ev.data), &e)
+		_ = json.Unmarshal([]byte(ev.Data), &e)
 		var i int
 		fmt.Sscan(e.SocketID, &i)
-		if ev.name != "entry" || i <= last {
+		if ev.Name != "entry" || i <= last {
 			t.Fatalf("fast stream after entry %d: %+v", last, ev)
 		}
 		seen, last = seen+1, i
@@ -552,7 +494,7 @@ func TestStatsSummed(t *testing.T) {
 	events := stream(t, login(t, f), f.url+"/api/stats?app=100")
 	waitFor(t, events, "the summed figures with rates", func(ev event) bool {
 		var s Stats
-		if ev.name != "stats" || json.Unmarshal([]byte(ev.data), &s) != nil {
+		if ev.Name != "stats" || json.Unmarshal([]byte(ev.Data), &s) != nil {
 			t.Fatalf("event %+v", ev)
 		}
 		if s.App != "100" || s.Gateways != 2 || s.Workers != 1 || s.Connections != 7 || s.Subscriptions != 14 ||
@@ -584,14 +526,7 @@ func TestStreamOutlivesReadTimeout(t *testing.T) {
 	srv.Start()
 	t.Cleanup(srv.Close) // after the stream's end, which is registered later
 	base := srv.URL + "/reverb/dashboard"
-	jar, _ := cookiejar.New(nil)
-	c := &http.Client{Jar: jar}
-	resp, err := c.Post(base+"/api/login", "application/json", strings.NewReader(`{"token":"the-token"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	events := stream(t, c, base+"/api/stats?app=100")
+	events := stream(t, dashboardtest.Login(t, base, `{"token":"the-token"}`), base+"/api/stats?app=100")
 	start := time.Now()
 	waitFor(t, events, "stats for five times the ReadTimeout", func(ev event) bool {
 		return time.Since(start) > 5*srv.Config.ReadTimeout

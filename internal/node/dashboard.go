@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -16,15 +15,6 @@ import (
 	"github.com/resoundhq/resound/internal/dashboard"
 	"github.com/resoundhq/resound/internal/wire"
 )
-
-// dashServer serves the dashboard on RESOUND_DASHBOARD_ADDR, a plain
-// net/http server on a listener of its own, as the operations endpoints
-// are on RESOUND_OPS_ADDR.
-type dashServer struct {
-	ln   net.Listener
-	srv  *http.Server
-	done chan struct{}
-}
 
 // newDashboard builds the dashboard (RESOUND_DASHBOARD) and, with
 // RESOUND_DASHBOARD_ADDR, serves it on its own listener. It returns the
@@ -74,7 +64,9 @@ func (n *Node) newDashboard(ctx context.Context, nc *nats.Conn, cons *console.Co
 	if err != nil {
 		return nil, fmt.Errorf("RESOUND_DASHBOARD_ADDR=%s: %w", cfg.DashboardAddr, err)
 	}
-	srv := &dashServer{ln: ln, done: make(chan struct{}), srv: &http.Server{
+	// A plain net/http server on a listener of its own, as the operations
+	// endpoints are on RESOUND_OPS_ADDR.
+	srv := &opsServer{ln: ln, done: make(chan struct{}), srv: &http.Server{
 		Handler: dash,
 		// The streams move their own deadlines (internal/dashboard's
 		// stream.go); these bound everything else.
@@ -84,17 +76,7 @@ func (n *Node) newDashboard(ctx context.Context, nc *nats.Conn, cons *console.Co
 		MaxHeaderBytes:    cfg.MaxRequestHead,
 	}}
 	n.dash = srv
-	go func() {
-		defer close(srv.done)
-		if err := srv.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			n.log.Error().Err(err).Str("addr", ln.Addr().String()).Msg("dashboard server stopped")
-			n.errMu.Lock()
-			if n.err == nil {
-				n.err = fmt.Errorf("RESOUND_DASHBOARD_ADDR: %w", err)
-			}
-			n.errMu.Unlock()
-		}
-	}()
+	n.serveAside(srv, "RESOUND_DASHBOARD_ADDR", "dashboard server")
 	n.log.Info().Str("addr", ln.Addr().String()).Str("path", dash.Path()+"/").Msg("dashboard served")
 	return api, nil
 }

@@ -1,18 +1,16 @@
 package node
 
 import (
-	"bufio"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/cookiejar"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/resoundhq/resound/internal/config"
 	"github.com/resoundhq/resound/internal/dashboard"
+	"github.com/resoundhq/resound/internal/dashboard/dashboardtest"
 	"github.com/resoundhq/resound/internal/wire"
 	"github.com/resoundhq/resound/pkg/pushertest"
 )
@@ -26,75 +24,13 @@ func dashboardOn(s *config.Settings) {
 // dashLogin logs a browser in to a gateway's dashboard with body.
 func dashLogin(t *testing.T, base, body string) *http.Client {
 	t.Helper()
-	jar, _ := cookiejar.New(nil)
-	c := &http.Client{Jar: jar}
-	resp, err := c.Post(base+"/dashboard/api/login", "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("login: %d %s", resp.StatusCode, b)
-	}
-	return c
+	return dashboardtest.Login(t, base+"/dashboard", body)
 }
 
-type sseEvent struct{ name, data string }
-
-// openEvents reads a dashboard stream until the test ends.
-func openEvents(t *testing.T, c *http.Client, url string) <-chan sseEvent {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != 200 {
-		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("%s: %d %s", url, resp.StatusCode, b)
-	}
-	out := make(chan sseEvent, 1024)
-	go func() {
-		defer resp.Body.Close()
-		defer close(out)
-		sc := bufio.NewScanner(resp.Body)
-		var ev sseEvent
-		for sc.Scan() {
-			switch line := sc.Text(); {
-			case strings.HasPrefix(line, "event: "):
-				ev.name = line[7:]
-			case strings.HasPrefix(line, "data: "):
-				ev.data = line[6:]
-			case line == "" && ev.name != "":
-				out <- ev
-				ev = sseEvent{}
-			}
-		}
-	}()
-	return out
-}
-
-// awaitEvent reads events until match is true, or fails at the deadline.
-func awaitEvent(t *testing.T, events <-chan sseEvent, what string, match func(sseEvent) bool) {
-	t.Helper()
-	deadline := time.After(15 * time.Second)
-	for {
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				t.Fatalf("the stream ended before %s", what)
-			}
-			if match(ev) {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("no %s within 15 s", what)
-		}
-	}
-}
+var (
+	openEvents = dashboardtest.Events
+	awaitEvent = dashboardtest.Await
+)
 
 // The figures a dashboard shows are the whole cluster's: both gateways'
 // connections and subscriptions, and each channel once however many
@@ -117,8 +53,8 @@ func TestDashboardStatsAcrossGateways(t *testing.T) {
 	events := openEvents(t, c, "http://"+a+"/dashboard/api/stats?app=333")
 	want := dashboard.Stats{App: "333", Gateways: 2, Connections: 3, Channels: 3, Subscriptions: 5, PresenceMembers: 1}
 	var last dashboard.Stats
-	awaitEvent(t, events, "the cluster's figures", func(ev sseEvent) bool {
-		if ev.name != "stats" || json.Unmarshal([]byte(ev.data), &last) != nil {
+	awaitEvent(t, events, "the cluster's figures", func(ev dashboardtest.Event) bool {
+		if ev.Name != "stats" || json.Unmarshal([]byte(ev.Data), &last) != nil {
 			t.Fatalf("event %+v", ev)
 		}
 		got := last
@@ -127,12 +63,12 @@ func TestDashboardStatsAcrossGateways(t *testing.T) {
 	})
 	// Events through either gateway's API show up as messages in and,
 	// written to the subscribers, deliveries out.
-	awaitEvent(t, events, "messages and deliveries per second", func(ev sseEvent) bool {
+	awaitEvent(t, events, "messages and deliveries per second", func(ev dashboardtest.Event) bool {
 		if r := tc.apiB.Trigger([]string{"chat"}, "tick", `{}`, ""); r.Status != 200 {
 			t.Fatalf("trigger: %d %s", r.Status, r.Body)
 		}
 		var s dashboard.Stats
-		_ = json.Unmarshal([]byte(ev.data), &s)
+		_ = json.Unmarshal([]byte(ev.Data), &s)
 		return s.MessagesInPerS > 0 && s.DeliveriesPerS > 0
 	})
 }
@@ -162,9 +98,9 @@ func TestDashboardConsole(t *testing.T) {
 	sender.SendJSON(map[string]any{"event": "client-typing", "channel": "private-chat", "data": map[string]any{"who": "ann"}})
 	listener.Expect("client-typing")
 	seen := map[string]wire.ConsoleEntry{}
-	awaitEvent(t, events, "the API message and the client event", func(ev sseEvent) bool {
+	awaitEvent(t, events, "the API message and the client event", func(ev dashboardtest.Event) bool {
 		var e wire.ConsoleEntry
-		if ev.name != "entry" || json.Unmarshal([]byte(ev.data), &e) != nil {
+		if ev.Name != "entry" || json.Unmarshal([]byte(ev.Data), &e) != nil {
 			return false
 		}
 		seen[e.Kind] = e

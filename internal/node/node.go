@@ -45,7 +45,7 @@ type Node struct {
 	conns    []*nats.Conn
 	gw       *gateway.Server
 	ops      *opsServer
-	dash     *dashServer
+	dash     *opsServer // the dashboard's own listener, if any
 	console  *console.Console
 	pool     *worker.Pool
 	cancel   context.CancelFunc
