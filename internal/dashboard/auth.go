@@ -133,7 +133,7 @@ func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	}
 	s, ok := d.authenticate(c)
 	if !ok {
-		d.opts.Log.Warn().Str("client", addr.String()).Msg("dashboard: failed login")
+		d.failLog.Warn().Str("client", addr.String()).Msg("dashboard: failed login (logged at most every 10 s)")
 		writeError(w, http.StatusUnauthorized, "Wrong token, or wrong app key and secret.")
 		return
 	}

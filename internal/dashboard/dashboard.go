@@ -153,6 +153,9 @@ type Dashboard struct {
 	key     []byte
 	logins  *limiter
 	streams atomic.Int64
+	// failLog says a login failed, once per 10 s at most: guesses from
+	// many addresses must not fill the disk.
+	failLog zerolog.Logger
 
 	mu       sync.Mutex
 	watches  map[string]*watch // open console streams, by app
@@ -177,6 +180,7 @@ func New(opts Options) (*Dashboard, error) {
 	d := &Dashboard{
 		opts: opts, path: p, key: sessionKey(opts.Token, opts.Apps),
 		logins:  newLimiter(opts.LoginBurst, opts.LoginEvery, opts.Now),
+		failLog: opts.Log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second}),
 		watches: map[string]*watch{}, stats: map[*statsStream]struct{}{}, channels: map[string]int{},
 	}
 	return d, nil
