@@ -19,8 +19,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/resoundhq/resound/internal/config"
+	"github.com/resoundhq/resound/internal/console"
 	"github.com/resoundhq/resound/internal/history"
 	"github.com/resoundhq/resound/internal/logging"
 	"github.com/resoundhq/resound/internal/metrics"
@@ -102,10 +104,6 @@ func main() {
 			return err
 		},
 	})
-	hooks = webhook.NewSender(webhook.SenderOptions{
-		JetStream: js, Conn: nc, Apps: cfg.Apps, ID: pool.ID(), Lanes: cfg.Partitions, Timing: webhook.TimingOf(&cfg.Settings),
-		Log: log.With().Str("component", "webhooks").Logger(), Registerer: reg,
-	})
 	// The worker's operations endpoints, on RESOUND_METRICS_PORT: /metrics,
 	// and /up (503 while it drains or NATS is away) and /livez. No
 	// profiler: RESOUND_PPROF is the gateway's.
@@ -124,6 +122,25 @@ func main() {
 		defer msrv.Close()
 	}
 	go func() { <-ctx.Done(); draining.Store(true) }()
+	// The dashboard's side in this process: the debug console (the
+	// webhook sender's entries) and the answer to its stats requests.
+	appIDs := make([]string, 0, cfg.Apps.Len())
+	for _, app := range cfg.Apps.All() {
+		appIDs = append(appIDs, app.ID)
+	}
+	processID := nuid.Next()
+	cons := console.New(console.Options{Conn: nc, Process: processID, Apps: appIDs, Rate: cfg.ConsoleRate, Registry: reg,
+		Log: log.With().Str("component", "console").Logger()})
+	hooks = webhook.NewSender(webhook.SenderOptions{
+		JetStream: js, Conn: nc, Apps: cfg.Apps, ID: pool.ID(), Lanes: cfg.Partitions, Timing: webhook.TimingOf(&cfg.Settings),
+		Log: log.With().Str("component", "webhooks").Logger(), Registerer: reg, Observe: cons.Record,
+	})
+	go func() {
+		err := cons.Run(ctx, console.StatsSource{Kind: console.KindWorker, Process: processID, Stats: console.WorkerStats(appIDs, hooks.AppStats)})
+		if err != nil {
+			log.Error().Err(err).Msg("debug console")
+		}
+	}()
 	log.Info().Int("workers", cfg.Workers).Str("nats", cfg.NATSURL).Int("metrics_port", cfg.MetricsPort).Msg("worker started")
 	// The sender stops with the pool, on the same signal, and hands its
 	// lanes back as the pool does its partitions.

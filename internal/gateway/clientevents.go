@@ -69,7 +69,9 @@ func (s *Server) clientEvent(c *conn, m protocol.ClientMessage) {
 	}) {
 		s.limitHit(metrics.LimitPendingOps, c)
 		s.sendError(c, protocol.CodeClientRateLimit, "Client event rejected: the server is busy, try again")
+		return
 	}
+	s.noteClientEvent(c, m, userID)
 }
 
 // takeClientEventToken is a token bucket of client_event_rate_limit tokens

@@ -271,7 +271,7 @@ func (c *conn) closeWith(code int, errMsg string) {
 	if !c.OpenLocked() {
 		return
 	}
-	c.srv().prom.Error(code, c.app.ID)
+	c.srv().noteClosing(c, code, errMsg, false)
 	var msg []byte
 	if errMsg != "" && code >= 4000 {
 		msg = protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, errMsg))
@@ -287,5 +287,6 @@ func (c *conn) echoClose(code int) {
 	if !c.OpenLocked() {
 		return
 	}
+	c.srv().noteClosing(c, code, "", true)
 	c.CloseLocked(protocol.AppendCloseFrame(nil, uint16(code), ""))
 }

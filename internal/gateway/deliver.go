@@ -227,7 +227,13 @@ func (s *Server) dispatchBatch(d *dispatcher) {
 	n := 0
 	for gi := range groups {
 		g := &groups[gi]
-		n += s.fanOutChannel(g.ch, g.deliveries, &d.scratch)
+		written := s.fanOutChannel(g.ch, g.deliveries, &d.scratch)
+		if st := s.stats[g.ch.app.ID]; st != nil && written > 0 {
+			// One add per channel and batch, for the dashboard's rate:
+			// nothing per socket.
+			st.deliveries.Add(int64(written))
+		}
+		n += written
 		g.ch = nil
 	}
 	s.prom.Deliveries.Add(float64(n))

@@ -79,7 +79,7 @@ func (s *Server) handleMessage(c *conn, msg []byte) {
 }
 
 func (s *Server) sendError(c *conn, code int, message string) {
-	s.prom.Error(code, c.app.ID)
+	s.errorSent(c.app, c, code, message, "")
 	s.prom.MessagesOut.Inc()
 	c.Write(protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, message)))
 }
@@ -96,7 +96,7 @@ func (s *Server) subscriptionError(c *conn, channel, errType, message string, st
 func (s *Server) subscriptionRefused(c *conn, channel, errType, message string, status, code int) {
 	out := protocol.AppendTextFrame(nil, protocol.AppendSubscriptionError(nil, channel, errType, message, status))
 	out = protocol.AppendTextFrame(out, protocol.AppendError(nil, code, message))
-	s.prom.Error(code, c.app.ID)
+	s.errorSent(c.app, c, code, message, channel)
 	s.prom.MessagesOut.Add(2)
 	c.Write(out)
 }

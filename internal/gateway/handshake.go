@@ -240,7 +240,7 @@ func (h *handshake) establish() {
 	}
 	if len(app.AllowedOrigins) > 0 && !protocol.OriginAllowed(string(h.origin), app.AllowedOrigins) {
 		// Reverb sends 4009 but leaves the socket open; Resound closes it.
-		s.prom.Error(protocol.CodeUnauthorized, app.ID)
+		s.errorSent(app, nil, protocol.CodeUnauthorized, "Origin not allowed", "")
 		refuse(nc, protocol.CodeUnauthorized, "Origin not allowed")
 		return
 	}
@@ -251,7 +251,7 @@ func (h *handshake) establish() {
 		cancel()
 		switch {
 		case errors.Is(err, counts.ErrOverQuota):
-			s.prom.Error(protocol.CodeOverQuota, app.ID)
+			s.errorSent(app, nil, protocol.CodeOverQuota, "Application is over connection quota", "")
 			refuse(nc, protocol.CodeOverQuota, "Application is over connection quota")
 			return
 		case err != nil:
@@ -260,14 +260,15 @@ func (h *handshake) establish() {
 			// tells pusher-js never to retry. 4100 tells it to back off
 			// and come back.
 			s.log.Warn().Err(err).Msg("counting connections")
-			s.prom.Error(protocol.CodeOverCapacity, app.ID)
+			s.errorSent(app, nil, protocol.CodeOverCapacity, "Server is busy, try again", "")
 			refuse(nc, protocol.CodeOverCapacity, "Server is busy, try again")
 			return
 		}
 		counted = true
 	}
 	_ = nc.SetDeadline(time.Time{})
-	if err := s.attach(nc, app, h.slot); err != nil {
+	c, err := s.attach(nc, app, h.slot)
+	if err != nil {
 		if counted {
 			s.releaseConnectionSlot(app)
 		}
@@ -275,5 +276,6 @@ func (h *handshake) establish() {
 		_ = nc.Close()
 		return
 	}
+	s.noteConnected(c, h)
 	h.slot = nil // the connection holds it now
 }

@@ -117,7 +117,9 @@ type Options struct {
 	// Webhooks takes the webhook records of the transitions this gateway
 	// makes (webhooks.go); nil records none.
 	Webhooks WebhookRecorder
-	Log      zerolog.Logger
+	// Console, when set, gets the debug console's entries (console.go).
+	Console Console
+	Log     zerolog.Logger
 }
 
 func (o *Options) defaults() {
@@ -227,6 +229,8 @@ type Server struct {
 	handshakePool sync.Pool
 	// writers take chunks of large channels' fan-out, one queue each.
 	writers []chan fanoutTask
+	// closes keep watched connections' close codes for the console.
+	closes closeNotes
 }
 
 // New builds a gateway; Serve runs it.
@@ -548,11 +552,11 @@ func (s *Server) handshakeFailed(nc net.Conn, err error) {
 // attach hands an upgraded connection to a poller, whose backend takes
 // the socket (an fd backend moves it out of the Go runtime: from then on
 // the connection is a few hundred bytes of state).
-func (s *Server) attach(nc net.Conn, app *config.App, slot *ipSlot) error {
+func (s *Server) attach(nc net.Conn, app *config.App, slot *ipSlot) (*conn, error) {
 	p := s.rx.Next()
 	c := &conn{app: app, lastSeen: s.ticks(time.Now()), ipSlot: slot}
 	if err := p.Open(&c.Conn, nc); err != nil {
-		return err
+		return nil, err
 	}
 	c.sidA, c.sidB = newSocketID()
 	established := protocol.AppendTextFrame(nil,
@@ -561,13 +565,16 @@ func (s *Server) attach(nc net.Conn, app *config.App, slot *ipSlot) error {
 	// poller can deliver anything else.
 	c.Write(established)
 	s.metrics.connections.Add(1)
-	s.appStats(app).conns.Inc()
+	st := s.appStats(app)
+	st.conns.Inc()
+	st.connections.Add(1)
 	if err := p.Add(&c.Conn); err != nil {
 		s.metrics.connections.Add(-1)
-		s.appStats(app).conns.Dec()
-		return err
+		st.conns.Dec()
+		st.connections.Add(-1)
+		return nil, err
 	}
-	return nil
+	return c, nil
 }
 
 // newSocketID draws the two numbers of a socket id. Random, like Reverb's,

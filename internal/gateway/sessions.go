@@ -64,6 +64,7 @@ func (h *sessions) Destroyed(rc *reactor.Conn) {
 	c.ipSlot = nil
 	s.metrics.connections.Add(-1)
 	s.appStats(c.app).conns.Dec()
+	s.noteDestroyed(c)
 }
 
 // Overflow counts a client cut off for not reading.

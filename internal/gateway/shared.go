@@ -23,6 +23,8 @@ type appStat struct {
 	// /connections.
 	subscribed atomic.Int64
 	conns      prometheus.Gauge
+	// The dashboard's figures (console.go).
+	appCounters
 }
 
 func (s *Server) appStats(app *config.App) *appStat { return s.stats[app.ID] }

@@ -344,6 +344,7 @@ func (s *Server) afterJoin(c *conn, ch *channel, member *protocol.PresenceMember
 		s.appStats(c.app).subscribed.Add(1)
 	}
 	c.addSub(chanSub{ch: ch, member: member})
+	s.noteJoined(c, ch, member)
 	if announce {
 		app, sid, m, rev := c.app, c.socketID(), *member, presenceRev
 		s.lanes.must(c.sidA, c, func(context.Context) {
@@ -392,6 +393,7 @@ func (s *Server) leave(c *conn, subs []chanSub) {
 		cs.ch.leave(c)
 	}
 	s.metrics.subscriptions.Add(-int64(len(subs)))
+	s.noteLeft(c, subs)
 	var presence []chanSub
 	for _, cs := range subs {
 		// A joined channel's subscription is in place and never failed:

@@ -55,7 +55,11 @@ type Options struct {
 	Now func() time.Time
 	// Triggered counts events accepted through the API; may be nil.
 	Triggered prometheus.Counter
-	Log       zerolog.Logger
+	// Accepted, when set, hears of every trigger JetStream stored, before
+	// it is answered (the dashboard's figures and debug console). It must
+	// not block.
+	Accepted func(app *config.App, events []protocol.Trigger)
+	Log      zerolog.Logger
 }
 
 // apiError is a message for the client, worded for people, which is why it
@@ -278,6 +282,9 @@ func (a *API) trigger(w http.ResponseWriter, r *http.Request, req *request, batc
 	}
 	if a.opts.Triggered != nil {
 		a.opts.Triggered.Add(float64(len(events)))
+	}
+	if a.opts.Accepted != nil {
+		a.opts.Accepted(req.app, events)
 	}
 	a.respondEvents(w, r, req.app, batch, events)
 }

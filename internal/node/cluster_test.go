@@ -45,10 +45,19 @@ func baseSettings(t *testing.T) config.Settings {
 
 func startCluster(t *testing.T, apps ...config.App) *testCluster {
 	t.Helper()
+	return startClusterWith(t, nil, apps...)
+}
+
+// startClusterWith is startCluster with settings of the test's own.
+func startClusterWith(t *testing.T, tweak func(*config.Settings), apps ...config.App) *testCluster {
+	t.Helper()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	srv := natstest.Server(t, true)
 	s := baseSettings(t)
 	s.NATSURL = srv.ClientURL()
+	if tweak != nil {
+		tweak(&s)
+	}
 	filled := make([]config.App, len(apps))
 	tc := &testCluster{secret: map[string]string{}}
 	for i, app := range apps {

@@ -22,6 +22,7 @@ import (
 	"github.com/resoundhq/resound/internal/cache"
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/config"
+	"github.com/resoundhq/resound/internal/console"
 	"github.com/resoundhq/resound/internal/ensure"
 	"github.com/resoundhq/resound/internal/gateway"
 	"github.com/resoundhq/resound/internal/httpapi"
@@ -45,6 +46,8 @@ type Node struct {
 	conns    []*nats.Conn
 	gw       *gateway.Server
 	ops      *opsServer
+	dash     *opsServer // the dashboard's own listener, if any
+	console  *console.Console
 	pool     *worker.Pool
 	recorder *webhook.Recorder
 	hooks    *webhook.Sender
@@ -169,8 +172,17 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	}
 	n.recorder = recorder
 	// Start-up in three steps, each using only what the ones before it
-	// built: construct the gateway; build what depends on it (the
-	// registry's sweeps, the API with its readiness); then run.
+	// built: construct the debug console, then the gateway, which records
+	// into it; build what depends on the gateway (the registry's sweeps,
+	// the API with its readiness, the dashboard); then run.
+	appIDs := make([]string, 0, cfg.Apps.Len())
+	for _, app := range cfg.Apps.All() {
+		appIDs = append(appIDs, app.ID)
+	}
+	n.console = console.New(console.Options{
+		Conn: gwConn, Process: gatewayID, Apps: appIDs, Rate: cfg.ConsoleRate, Registry: n.Registry,
+		Log: n.log.With().Str("component", "console").Logger(),
+	})
 	gwOpts := gateway.Options{
 		Apps: cfg.Apps, Conn: gwConn, PathPrefix: cfg.Path, Stores: stores, GatewayID: gatewayID, Registry: n.Registry,
 		PongTimeout: cfg.PongTimeout.Duration(), DrainWindow: cfg.DrainWindow.Duration(), Log: n.log,
@@ -179,7 +191,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		MaxHTTPConnections: cfg.MaxHTTPConnections, MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 		TrustedProxies: cfg.TrustedProxies, ProxyProtocol: cfg.ProxyProtocol,
 		History: hist, HistoryTTL: cfg.HistoryTTL.Duration(), Local: allInOne, GatewayTTL: cfg.GatewayTTL.Duration(),
-		Reactor: cfg.Reactor, TLS: tlsConfig, Webhooks: recorder,
+		Reactor: cfg.Reactor, TLS: tlsConfig, Webhooks: recorder, Console: n.console,
 	}
 	if opts.Gateway != nil {
 		opts.Gateway(&gwOpts)
@@ -196,23 +208,31 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		return nil, fmt.Errorf("registering the gateway: %w", err)
 	}
 	ready := func() bool { return gw.Ready() && gwConn.IsConnected() && apiConn.IsConnected() }
+	querier := cluster.NewQuerier(gwConn, registry.Live, 2*time.Second)
 	api := httpapi.New(httpapi.Options{
 		Apps: cfg.Apps, Publisher: queue.NewPublisher(apiJS), Limits: cfg.Limits(),
 		// The cluster's answers, each from the type that owns it.
-		Channels: cluster.NewQuerier(gwConn, registry.Live, 2*time.Second),
+		Channels: querier,
 		Presence: presence.New(stores.Presence),
 		Cache:    cache.New(stores.Cache, stores.CacheTTL()),
 		Terminator: httpapi.TerminatorFunc(func(_ context.Context, appID, userID string) error {
 			return gateway.Terminate(gwConn, appID, userID)
 		}),
 		Triggered:    gw.Metrics().MessagesIn.WithLabelValues("api"),
+		Accepted:     gw.APITriggered,
 		MaxBodyBytes: int64(cfg.MaxRequestSize), PathPrefix: cfg.Path,
 		Log: n.log.With().Str("component", "httpapi").Logger(),
 	})
+	// The dashboard (RESOUND_DASHBOARD): in front of the API on the
+	// public port, or on its own listener.
+	withDash, err := n.newDashboard(runCtx, gwConn, n.console, querier, api)
+	if err != nil {
+		return nil, err
+	}
 	// The public port: the API, and the probes in front of it, as Reverb
 	// serves /up (load balancers probe the port they balance). /metrics
 	// and the profiler are not there: see startOps.
-	public := ops.WithProbes(cfg.Path, ops.Health{Ready: ready}, api)
+	public := ops.WithProbes(cfg.Path, ops.Health{Ready: ready}, withDash)
 	if err := n.startOps(ready); err != nil {
 		return nil, err
 	}
@@ -255,11 +275,19 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		})
 		n.hooks = webhook.NewSender(webhook.SenderOptions{
 			JetStream: wjs, Conn: wConn, Apps: cfg.Apps, ID: n.pool.ID(), Lanes: cfg.Partitions, Timing: webhook.TimingOf(&cfg.Settings),
-			Log: n.log.With().Str("component", "webhooks").Logger(), Registerer: n.Registry,
+			Log: n.log.With().Str("component", "webhooks").Logger(), Registerer: n.Registry, Observe: n.console.Record,
 		})
 		n.goRun(func() error { return n.pool.Run(runCtx) })
 		n.goRun(func() error { return n.hooks.Run(runCtx) })
 	}
+	// The console answers the dashboards' stats requests for the gateway
+	// and, all-in-one, for its workers.
+	stats := []console.StatsSource{{Kind: console.KindGateway, Process: gatewayID, Stats: gw.Stats}}
+	if allInOne {
+		stats = append(stats, console.StatsSource{Kind: console.KindWorker, Process: gatewayID + "-workers",
+			Stats: console.WorkerStats(appIDs, n.hooks.AppStats)})
+	}
+	n.goRun(func() error { return n.console.Run(runCtx, stats...) })
 
 	n.goRun(func() error { registry.Run(runCtx); return nil })
 	for !gw.Ready() {
@@ -343,6 +371,7 @@ func (n *Node) Close() error {
 		n.cancel()
 	}
 	n.wg.Wait()
+	n.closeDashboard()
 	n.closeOps()
 	for _, nc := range n.conns {
 		nc.Close()

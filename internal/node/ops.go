@@ -15,7 +15,8 @@ import (
 // listener of its own, apart from the gateway's reactor: the few requests
 // it gets (scrapes, probes, a profile now and then) need nothing faster,
 // and keeping them off the public port means the world never sees the app
-// ids in the metrics' labels or the process's profile.
+// ids in the metrics' labels or the process's profile. The dashboard's
+// own listener (RESOUND_DASHBOARD_ADDR) is one too.
 type opsServer struct {
 	ln   net.Listener
 	srv  *http.Server
@@ -46,19 +47,26 @@ func (n *Node) startOps(ready func() bool) error {
 		IdleTimeout:       2 * time.Minute,
 	}}
 	n.ops = srv
+	n.serveAside(srv, "RESOUND_OPS_ADDR", "operations server")
+	n.log.Info().Str("addr", ln.Addr().String()).Bool("pprof", cfg.Pprof).Msg("operations endpoints (/metrics, /up, /livez) served")
+	return nil
+}
+
+// serveAside serves s until it is closed; a failure other than that is
+// the node's error, naming the setting of its address. The dashboard's own
+// listener (RESOUND_DASHBOARD_ADDR) is served so too.
+func (n *Node) serveAside(s *opsServer, setting, what string) {
 	go func() {
-		defer close(srv.done)
-		if err := srv.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			n.log.Error().Err(err).Str("addr", ln.Addr().String()).Msg("operations server stopped")
+		defer close(s.done)
+		if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error().Err(err).Str("addr", s.ln.Addr().String()).Msg(what + " stopped")
 			n.errMu.Lock()
 			if n.err == nil {
-				n.err = fmt.Errorf("RESOUND_OPS_ADDR: %w", err)
+				n.err = fmt.Errorf("%s: %w", setting, err)
 			}
 			n.errMu.Unlock()
 		}
 	}()
-	n.log.Info().Str("addr", ln.Addr().String()).Bool("pprof", cfg.Pprof).Msg("operations endpoints (/metrics, /up, /livez) served")
-	return nil
 }
 
 // closeOps stops the operations server. Close calls it after the other

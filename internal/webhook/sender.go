@@ -322,3 +322,13 @@ func (s *Sender) observe(app string, e wire.ConsoleEntry) {
 		s.opts.Observe(app, e)
 	}
 }
+
+// AppStats is one app's webhook counters as the dashboard's stats answer
+// carries them.
+func (s *Sender) AppStats(app string) wire.AppStats {
+	c := s.counters[app]
+	if c == nil {
+		return wire.AppStats{}
+	}
+	return wire.AppStats{WebhooksSent: c.sent.Load(), WebhooksFailed: c.failed.Load(), WebhooksDropped: c.dropped.Load()}
+}

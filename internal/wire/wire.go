@@ -94,6 +94,18 @@ type ConsoleEntry struct {
 	Dropped int `json:"dropped,omitempty"`
 }
 
+// The kinds of ConsoleEntry.
+const (
+	ConsoleConnection    = "connection"
+	ConsoleDisconnection = "disconnection"
+	ConsoleSubscribed    = "subscribed"
+	ConsoleUnsubscribed  = "unsubscribed"
+	ConsoleAPIMessage    = "api_message"
+	ConsoleClientEvent   = "client_event"
+	ConsoleWebhook       = "webhook"
+	ConsoleError         = "error"
+)
+
 // ConsoleWatchRequest is the message on ConsoleWatch.
 type ConsoleWatchRequest struct {
 	App string `json:"app"`

@@ -43,6 +43,8 @@ var metricNames = []string{
 	"resound_catchups_total",
 	"resound_catchup_replayed_total",
 	"resound_resumes_total",
+	// gateway and worker
+	"resound_console_entries_total",
 	// worker
 	"resound_jobs_total",
 	"resound_job_latency_seconds",
