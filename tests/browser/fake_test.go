@@ -312,8 +312,13 @@ func (f *fakeDashboard) send(app string, m sseMessage) {
 	}
 }
 
-// entry sends a console entry to the app's watchers.
+// entry sends a console entry to the app's watchers. As the real handler
+// does, what a process dropped before it (e.Dropped) goes first as a
+// "dropped" event.
 func (f *fakeDashboard) entry(app string, e wire.ConsoleEntry) {
+	if e.Dropped > 0 {
+		f.dropped(app, e.Dropped)
+	}
 	b, _ := json.Marshal(e)
 	f.send(app, sseMessage{"entry", b})
 }

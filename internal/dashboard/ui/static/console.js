@@ -67,7 +67,8 @@ export class DebugConsole {
   /** One entry from the server. */
   add(entry) {
     if (!entry || typeof entry !== 'object') return;
-    if (entry.dropped > 0) this.dropped(entry.dropped);
+    // entry.dropped is not counted here: the server sends it on as a
+    // "dropped" event before the entry, with what it dropped itself.
     if (this.paused) {
       this.held.push(entry);
       if (this.held.length > CAP) {
@@ -82,7 +83,7 @@ export class DebugConsole {
     if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
   }
 
-  /** The server (or a process) left n entries out. */
+  /** Entries were left out: by a process over its rate, or by the server for a browser that fell behind. */
   dropped(n) {
     if (!(n > 0)) return;
     this.droppedTotal += n;
