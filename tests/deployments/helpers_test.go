@@ -21,7 +21,7 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// The metrics the binaries export (internal/metrics), which the dashboard may
+// The metrics the binaries export (internal/metrics, internal/webhook), which the dashboard may
 // query and deployments/README.md lists. TestMetricNames keeps the four in
 // step.
 var metricNames = []string{
@@ -43,17 +43,22 @@ var metricNames = []string{
 	"resound_catchups_total",
 	"resound_catchup_replayed_total",
 	"resound_resumes_total",
+	"resound_memory_trims_total",
+	"resound_webhook_records_total",
+	"resound_webhook_records_queued",
 	// gateway and worker
 	"resound_console_entries_total",
 	// worker
 	"resound_jobs_total",
 	"resound_job_latency_seconds",
+	"resound_webhooks_total",
+	"resound_webhook_latency_seconds",
 	"resound_worker_deliveries_total",
 	"resound_queue_lag",
 }
 
 // Histograms: Prometheus exposes them as _bucket, _sum and _count series.
-var histogramNames = map[string]bool{"resound_job_latency_seconds": true}
+var histogramNames = map[string]bool{"resound_job_latency_seconds": true, "resound_webhook_latency_seconds": true}
 
 // Settings announced for the scaling work before `--help` listed them: the
 // deployment files were written against this contract. `--help` now lists
