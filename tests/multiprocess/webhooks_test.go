@@ -39,6 +39,9 @@ func TestWebhooksWorkerKilledMidDelivery(t *testing.T) {
 		batchMax = 5
 	)
 	rx := newHookReceiver(t, appKey, secret, slow)
+	rx.mu.Lock()
+	rx.holdAt = (perEvent + 2) * channels / 3 // a third of the events expected
+	rx.mu.Unlock()
 	env := []string{
 		"RESOUND_WEBHOOK_URL=" + rx.srv.URL + "/hooks",
 		"RESOUND_WEBHOOK_EVENTS=channel_occupied,channel_vacated,client_event",
@@ -121,6 +124,7 @@ func TestWebhooksWorkerKilledMidDelivery(t *testing.T) {
 		t.Fatalf("everything (%d events) had arrived before the kill", killedAt)
 	}
 	killed.kill(t)
+	close(rx.release)
 	survivor := workers[0]
 	if survivor == killed {
 		survivor = workers[1]
@@ -176,11 +180,17 @@ type hookReceiver struct {
 	sizes    []int // events per valid request
 	events   []hookKey
 	flight   map[string]int // remote address → requests in flight from it
+	// Once holdAt events have arrived, requests wait for release before
+	// they are answered: the kill then finds a request in flight for
+	// certain, however the machine schedules the test (running beside the
+	// others, the load could finish between two polls).
+	holdAt  int
+	release chan struct{}
 }
 
 func newHookReceiver(t *testing.T, key, secret string, slow time.Duration) *hookReceiver {
 	t.Helper()
-	rx := &hookReceiver{key: key, secret: secret, slow: slow, flight: map[string]int{}}
+	rx := &hookReceiver{key: key, secret: secret, slow: slow, flight: map[string]int{}, release: make(chan struct{})}
 	rx.srv = httptest.NewServer(http.HandlerFunc(rx.serve))
 	t.Cleanup(rx.srv.Close)
 	rx.port = rx.srv.Listener.Addr().(*net.TCPAddr).Port
@@ -227,7 +237,15 @@ func (rx *hookReceiver) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		rx.events = append(rx.events, k)
 	}
+	hold := rx.holdAt > 0 && len(rx.events) >= rx.holdAt
 	rx.mu.Unlock()
+	if hold {
+		select {
+		case <-rx.release:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	// A slow receiver: the events count as received (an app would act on
 	// them) even if the sender is killed before the answer.
 	select {
