@@ -161,15 +161,33 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 // worker stopped pulling is handed to another after PinnedTTL. PinnedTTL is
 // well past AckWait, so by the time another worker takes a partition, the
 // jobs the dead one held are due again, and JetStream hands out
-// redeliveries before new jobs: the partition stays in order. (A margin
-// of one second was not enough on a loaded machine: the new owner was
-// handed later jobs first, and the dead one's, delivered again as
-// repeats, were dropped by the gateways.) Workers that stop cleanly unpin
-// their partitions, so only a worker's death waits this long.
+// redeliveries before new jobs. (A margin of one second was not enough on
+// a loaded machine: the new owner was handed later jobs first, and the
+// dead one's, delivered again as repeats, were dropped by the gateways.)
+// Workers that stop cleanly unpin their partitions, so only a worker's
+// death waits this long.
+//
+// The pin lapses PinnedTTL after the pinned worker's last pull request,
+// not after the last job it received, and a pull request lasts until it
+// is half served or expires (after 30 s by default): a worker that died
+// after a quiet spell lost its pin before its jobs were due again, and
+// the next owner got later jobs first. So workers pull at least every
+// PullExpiry: a live worker keeps its pin, and a dead one's lapses at
+// least PinnedTTL-PullExpiry after its death, past AckWait.
+//
+// The pin does not keep the redeliveries in order among themselves: while
+// it names a worker that no longer pulls, JetStream rotates its queue of
+// redeliveries each time something wakes the consumer (see the worker's
+// Pool.receive), so the worker sorts them again.
 const (
-	AckWait   = 5 * time.Second
-	PinnedTTL = 10 * time.Second
+	AckWait    = 5 * time.Second
+	PinnedTTL  = 10 * time.Second
+	PullExpiry = 2 * time.Second
 )
+
+// MaxAckPending bounds the jobs of a partition delivered and not yet
+// acked: JetStream delivers nothing more of it until some are.
+const MaxAckPending = 10000
 
 // EnsureConsumers creates or updates one durable consumer per partition,
 // each in the pinned priority group, and removes the legacy shared one.
@@ -188,7 +206,7 @@ func EnsureConsumers(ctx context.Context, js jetstream.JetStream, partitions int
 			FilterSubject:  PartitionFilter(k),
 			AckPolicy:      jetstream.AckExplicitPolicy,
 			AckWait:        AckWait,
-			MaxAckPending:  10000,
+			MaxAckPending:  MaxAckPending,
 			DeliverPolicy:  jetstream.DeliverAllPolicy,
 			PriorityPolicy: jetstream.PriorityPolicyPinned,
 			PriorityGroups: []string{PriorityGroup},

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -322,10 +323,31 @@ type lanes struct {
 type lane struct {
 	partition int
 	cc        jetstream.ConsumeContext
-	// inflight counts the jobs received and not yet settled; the
-	// partition is unpinned only once they are.
+	// inflight counts the jobs received (held back or not) and not yet
+	// settled; the partition is unpinned only once they are.
 	inflight atomic.Int64
+
+	// Redeliveries held back to be put in order (see hold). holding is
+	// set, under mu, while any are held or being dispatched: a first
+	// delivery takes mu only then.
+	holding atomic.Bool
+	mu      sync.Mutex
+	held    []heldJob // by stream sequence
+	quiet   *time.Timer
 }
+
+// heldJob is a redelivered job held back by its lane.
+type heldJob struct {
+	msg  jetstream.Msg
+	meta *jetstream.MsgMetadata
+}
+
+// redeliveryQuiet is how long a lane holds redelivered jobs after the
+// last one came, when no first delivery comes to say that there are no
+// more. JetStream sends its redeliveries in one burst, gaps of a pull
+// request's round trip apart; and they are late already (an ack wait at
+// least, a pin's lapse after a worker died), so this adds little.
+const redeliveryQuiet = 250 * time.Millisecond
 
 // assign consumes the partitions this worker owns in live, and hands back
 // those it no longer owns: it drains them (in-flight jobs finish and are
@@ -344,9 +366,11 @@ func (l *lanes) assign(live map[string]bool) {
 		switch {
 		case mine && !have:
 			ln := &lane{partition: k}
-			cc, err := cons.Consume(func(msg jetstream.Msg) { p.dispatch(ln, msg) },
+			cc, err := cons.Consume(func(msg jetstream.Msg) { p.receive(ln, msg) },
 				jetstream.PullPriorityGroup(queue.PriorityGroup),
 				jetstream.PullMaxMessages(512),
+				// Pulling again often keeps the pin (see queue.PullExpiry).
+				jetstream.PullExpiry(queue.PullExpiry),
 				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 					if !errors.Is(err, nats.ErrConnectionClosed) {
 						p.opts.Log.Debug().Err(err).Int("partition", k).Msg("job consumer")
@@ -373,14 +397,11 @@ func (l *lanes) assign(live map[string]bool) {
 //
 // While a job is being retried, one of the partition's may be, or wait
 // behind it in a shard; so the worker first keeps the partition, pulling
-// and all. JetStream's pin is what keeps the next owner from taking the
-// partition's later jobs, and it lapses PinnedTTL after the worker stops
-// pulling; handing the jobs back would not do either: a Nak'd job is
-// queued for redelivery, but while the pin is held by a worker that no
-// longer pulls, JetStream rotates that queue each time it finds no one to
-// deliver to, and the order is lost. Retries end within their attempts
-// (retryBudget), and the jobs that come meanwhile queue behind them, in
-// order.
+// and all, until the retries end (within their attempts, retryBudget).
+// JetStream's pin is what keeps the next owner from taking the
+// partition's later jobs meanwhile: the worker's pulls renew it
+// (queue.PullExpiry), and it lapses PinnedTTL after they stop. The jobs
+// that come meanwhile queue behind the retried ones, in order.
 func (l *lanes) release(ln *lane) {
 	p := l.pool
 	hold := time.Now().Add(p.retryBudget())
@@ -394,6 +415,8 @@ func (l *lanes) release(ln *lane) {
 	case <-time.After(drainTimeout):
 		ln.cc.Stop()
 	}
+	// Nothing more comes: no need to wait out the quiet.
+	p.dispatchHeld(ln)
 	for ln.inflight.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -432,6 +455,7 @@ func (l *lanes) stopAll() {
 		case <-deadline:
 			ln.cc.Stop()
 		}
+		l.pool.dispatchHeld(ln)
 	}
 	// Unpin the lanes whose jobs all finished, so that the next owner
 	// starts at once instead of waiting out the pin. A lane with a job
@@ -460,15 +484,87 @@ func (l *lanes) stopAll() {
 // registry to say which gateways to wait for, the pool holds this long.
 const DefaultReconnectHold = 3 * time.Second
 
-func (p *Pool) dispatch(ln *lane, msg jetstream.Msg) {
-	p.awaitHold()
-	r := &run{msg: msg, lane: ln}
+// receive is a partition's consumer callback: it gets the partition's
+// jobs in the order JetStream sends them, one at a time.
+//
+// JetStream sends a partition's redeliveries before anything new, but not
+// in stream order. While the pin names a worker that no longer pulls (one
+// that died, or stopped leaving a job unfinished), the jobs it held fall
+// due, and each time something wakes the consumer (their expiry, a job
+// published, the next owner's pull request) nats-server 2.15 takes the
+// first of its redelivery queue, finds no pull request it may serve it
+// to, and appends it back at the end (consumer.go, loopAndGatherMsgs,
+// when nextWaiting returns nil). The next owner then gets them rotated,
+// [4 5 1 2 3], and a channel's events would go out of order (and a
+// gateway drops as a repeat an event at or before a position it has
+// delivered). So redeliveries are held back, sorted (hold), and
+// dispatched when a job delivered for the first time comes: every job
+// delivered again is older than any not delivered yet, and JetStream
+// sends nothing new while it has redeliveries queued, so by then all
+// those queued are here. First deliveries, the usual case, go straight
+// on.
+func (p *Pool) receive(ln *lane, msg jetstream.Msg) {
 	ln.inflight.Add(1)
 	meta, err := msg.Metadata()
 	if err != nil {
-		p.reject(r, "no JetStream metadata: "+err.Error())
+		p.reject(&run{msg: msg, lane: ln}, "no JetStream metadata: "+err.Error())
 		return
 	}
+	if meta.NumDelivered > 1 {
+		p.hold(ln, msg, meta)
+		return
+	}
+	if ln.holding.Load() {
+		// Only this goroutine holds jobs back, so when holding is clear
+		// nothing is held, nor being dispatched by the quiet timer.
+		p.dispatchHeld(ln)
+	}
+	p.dispatch(ln, msg, meta)
+}
+
+// hold keeps a redelivered job back, in stream order, until a first
+// delivery comes, or nothing more for redeliveryQuiet, or the lane holds
+// as many as JetStream lets be unacked (nothing more can come then).
+func (p *Pool) hold(ln *lane, msg jetstream.Msg, meta *jetstream.MsgMetadata) {
+	ln.mu.Lock()
+	ln.holding.Store(true)
+	seq := meta.Sequence.Stream
+	i := len(ln.held)
+	for i > 0 && ln.held[i-1].meta.Sequence.Stream > seq {
+		i--
+	}
+	ln.held = slices.Insert(ln.held, i, heldJob{msg, meta})
+	switch {
+	case len(ln.held) >= queue.MaxAckPending:
+		p.dispatchHeldLocked(ln)
+	case ln.quiet == nil:
+		ln.quiet = time.AfterFunc(redeliveryQuiet, func() { p.dispatchHeld(ln) })
+	default:
+		ln.quiet.Reset(redeliveryQuiet)
+	}
+	ln.mu.Unlock()
+}
+
+// dispatchHeld dispatches the jobs ln holds back, in stream order.
+func (p *Pool) dispatchHeld(ln *lane) {
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	p.dispatchHeldLocked(ln)
+}
+
+// dispatchHeldLocked is dispatchHeld with ln.mu held: kept meanwhile, so
+// that a first delivery waits behind them.
+func (p *Pool) dispatchHeldLocked(ln *lane) {
+	for _, h := range ln.held {
+		p.dispatch(ln, h.msg, h.meta)
+	}
+	ln.held = nil
+	ln.holding.Store(false)
+}
+
+func (p *Pool) dispatch(ln *lane, msg jetstream.Msg, meta *jetstream.MsgMetadata) {
+	p.awaitHold()
+	r := &run{msg: msg, lane: ln}
 	r.seq, r.stored, r.deliveries = meta.Sequence.Stream, meta.Timestamp, meta.NumDelivered
 	p.stats.Pending.Store(meta.NumPending)
 	if meta.NumDelivered > uint64(p.opts.MaxAttempts) {
