@@ -197,6 +197,8 @@ func (s *Sender) startLane(ctx context.Context, k int, cons jetstream.Consumer) 
 	},
 		jetstream.PullPriorityGroup(PriorityGroup),
 		jetstream.PullMaxMessages(256),
+		// Pulling again often keeps the pin while alive (see PullExpiry).
+		jetstream.PullExpiry(PullExpiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if !errors.Is(err, nats.ErrConnectionClosed) {
 				s.opts.Log.Debug().Err(err).Int("lane", k).Msg("webhook consumer")
@@ -217,7 +219,8 @@ func (s *Sender) startLane(ctx context.Context, k int, cons jetstream.Consumer) 
 //
 // Otherwise the pin stays, and lapses PinnedTTL after the last pull: what
 // is left is due again AckWait after it was last told InProgress (no
-// later than the pull stopped, and AckWait < PinnedTTL), so the next
+// later than the pull stopped, which was at most PullExpiry after the
+// last pull request, and AckWait < PinnedTTL-PullExpiry), so the next
 // owner gets it first, before the lane's later records. Nak'ing it instead
 // would not do: while the pin is held by a sender that no longer pulls,
 // JetStream rotates its redelivery queue each time it finds no one to

@@ -23,13 +23,18 @@ type StreamOptions struct {
 	Lanes int
 }
 
-// Consumer timing, as the job stream's (queue.AckWait, queue.PinnedTTL):
-// a lane whose worker died is handed on once what it held is due again,
-// so the lane stays in order. A worker keeps a record it is still
-// retrying with InProgress.
+// Consumer timing, as the job stream's (queue.AckWait, queue.PinnedTTL,
+// queue.PullExpiry): a lane whose worker died is handed on once what it
+// held is due again, so the lane stays in order. A worker keeps a record
+// it is still retrying with InProgress. The pin lapses PinnedTTL after
+// the pinned worker's last pull request, and a pull request lasts until it
+// expires, so senders pull at least every PullExpiry: a dead sender's pin
+// then lapses at least PinnedTTL-PullExpiry after its death, past
+// AckWait.
 const (
 	AckWait       = 30 * time.Second
 	PinnedTTL     = 40 * time.Second
+	PullExpiry    = 5 * time.Second
 	PriorityGroup = "resound-webhooks"
 )
 
