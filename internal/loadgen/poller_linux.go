@@ -3,6 +3,7 @@ package loadgen
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"strconv"
@@ -984,7 +985,21 @@ func (p *poller) settle(c *conn, sent int64) {
 	p.st.extra += extra
 	got := int64(c.recv) - extra
 	p.st.delivered += got
-	p.st.missing += max(0, sent-gap-got)
+	if miss := max(0, sent-gap-got); miss > 0 {
+		p.st.missing += miss
+		// Which numbers, so that a fault test's logs can be searched for
+		// the event that went missing: the holes below the last one
+		// received, and what never came after it.
+		var spans []string
+		for _, h := range c.holes {
+			spans = append(spans, fmt.Sprintf("%d-%d", h.lo, min(h.hi, sent)))
+		}
+		if c.next < sent && back {
+			spans = append(spans, fmt.Sprintf("%d-%d", c.next+1, sent))
+		}
+		p.r.log.Warn().Str("channel", p.r.names[c.ch]).Int32("conn", c.idx).Int64("missing", miss).
+			Strs("spans", spans).Msg("missing deliveries")
+	}
 }
 
 // overlap is how many numbers of s lie in lo..hi.

@@ -210,9 +210,38 @@ func startProcOut(t *testing.T, name, bin string, env []string, stdout string, a
 		}
 		if t.Failed() {
 			t.Logf("--- last lines of %s (%s) ---\n%s", name, logPath, p.tail(40))
+			keepLog(t, logPath, stdout)
 		}
 	})
 	return p
+}
+
+// keepLog copies a failed test's process logs (and the stdout file, when
+// there is one) into $RESOUND_TEST_KEEP/<test>/, since t.TempDir is
+// removed after the test: a rare failure (one run in many, under load)
+// is understood from the logs of the run that failed.
+func keepLog(t *testing.T, paths ...string) {
+	dir := os.Getenv("RESOUND_TEST_KEEP")
+	if dir == "" {
+		return
+	}
+	dir = filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("keeping logs: %v", err)
+		return
+	}
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		b, err := os.ReadFile(p)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, filepath.Base(p)), b, 0o644)
+		}
+		if err != nil {
+			t.Logf("keeping %s: %v", p, err)
+		}
+	}
 }
 
 // raceWarning starts every report of the race detector.
