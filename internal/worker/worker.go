@@ -415,17 +415,57 @@ func (l *lanes) release(ln *lane) {
 	case <-time.After(drainTimeout):
 		ln.cc.Stop()
 	}
+	drained := time.Now()
 	// Nothing more comes: no need to wait out the quiet.
 	p.dispatchHeld(ln)
 	for ln.inflight.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second+queue.PullExpiry)
 	defer cancel()
+	if !l.settledOnServer(ctx, ln.partition, drained) {
+		p.opts.Log.Info().Int("partition", ln.partition).
+			Msg("partition handed over with jobs delivered and not acked: its pin lapses instead, after they are due again")
+		return
+	}
 	if s, err := p.opts.JetStream.Stream(ctx, queue.StreamName); err == nil {
 		_ = s.UnpinConsumer(ctx, queue.ConsumerName(ln.partition), queue.PriorityGroup)
 	}
 	p.opts.Log.Debug().Int("partition", ln.partition).Msg("partition handed over")
+}
+
+// settledOnServer reports whether JetStream has no job of the partition
+// delivered and not acked, once the last pull request made before drained
+// has expired. Only then may the partition be unpinned.
+//
+// The lane's own count (inflight) is not enough: it counts the jobs that
+// reached the callback. A pull request still open when the lane drained
+// (it lasts up to queue.PullExpiry) may be served after the subscription
+// is gone, and the jobs JetStream sent for it are lost on the way, yet
+// counted as delivered. Unpinned at once, the next owner got the
+// partition's later jobs first; the lost ones came back AckWait later,
+// delivered again, so marked as repeats, and the gateways, having written
+// later positions on their channels, dropped them: an event answered 200
+// reached none of its subscribers (TestNATSNodeKilledUnderLoad, under
+// load: partitions change hands when the workers start together, and when
+// the registry loses a worker while a NATS node dies). Kept pinned, the
+// partition goes to its next owner PinnedTTL after the last pull, when
+// those jobs are due again and JetStream sends them before anything new.
+func (l *lanes) settledOnServer(ctx context.Context, partition int, drained time.Time) bool {
+	if d := time.Until(drained.Add(queue.PullExpiry)); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return false
+		}
+	}
+	info, err := l.consumers[partition].Info(ctx)
+	if err != nil {
+		// Unknown: keeping the pin costs a delay, unpinning may cost an
+		// event.
+		return false
+	}
+	return info.NumAckPending == 0
 }
 
 // stopAll drains every partition: messages already delivered to the handler
@@ -461,8 +501,9 @@ func (l *lanes) stopAll() {
 	// starts at once instead of waiting out the pin. A lane with a job
 	// left unacked keeps its pin: the next owner must not take later
 	// jobs before that one is due again.
-	until := time.Now().Add(drainTimeout)
-	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	drained := time.Now()
+	until := drained.Add(drainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout+queue.PullExpiry)
 	defer cancel()
 	s, err := l.pool.opts.JetStream.Stream(ctx, queue.StreamName)
 	if err != nil {
@@ -472,7 +513,8 @@ func (l *lanes) stopAll() {
 		for ln.inflight.Load() > 0 && time.Now().Before(until) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if ln.inflight.Load() == 0 && !l.pool.leaving.Load() {
+		// And nothing lost on the way to the lane (see settledOnServer).
+		if ln.inflight.Load() == 0 && !l.pool.leaving.Load() && l.settledOnServer(ctx, part, drained) {
 			_ = s.UnpinConsumer(ctx, queue.ConsumerName(part), queue.PriorityGroup)
 		}
 	}
