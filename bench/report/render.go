@@ -268,19 +268,7 @@ const resound = "resound"
 func (b *builder) idle(ws []Workload) section {
 	ws = slices.Clone(ws)
 	slices.SortFunc(ws, func(a, c Workload) int { return a.Conns - c.Conns })
-	mib := func(kib int64) float64 { return float64(kib) / 1024 }
-	before := func(s *loadgen.Summary) (float64, bool) {
-		if s.Idle == nil || s.Idle.TargetRSSBeforeKiB == 0 {
-			return 0, false
-		}
-		return mib(s.Idle.TargetRSSBeforeKiB), true
-	}
-	after := func(s *loadgen.Summary) (float64, bool) {
-		if s.Idle == nil || s.Idle.TargetRSSAfterKiB == 0 {
-			return 0, false
-		}
-		return mib(s.Idle.TargetRSSAfterKiB), true
-	}
+	before, after := rssBeforeMiB, rssAfterMiB
 	perConn := func(s *loadgen.Summary) (float64, bool) {
 		if s.Idle == nil || s.Idle.TargetRSSAfterKiB == 0 {
 			return 0, false
@@ -363,6 +351,22 @@ func (b *builder) idle(ws []Workload) section {
 	return sec
 }
 
+// rssBeforeMiB is the server's RSS before loadgen's first connection.
+func rssBeforeMiB(s *loadgen.Summary) (float64, bool) {
+	if s.Idle == nil || s.Idle.TargetRSSBeforeKiB == 0 {
+		return 0, false
+	}
+	return float64(s.Idle.TargetRSSBeforeKiB) / 1024, true
+}
+
+// rssAfterMiB is the server's RSS at the end of the hold.
+func rssAfterMiB(s *loadgen.Summary) (float64, bool) {
+	if s.Idle == nil || s.Idle.TargetRSSAfterKiB == 0 {
+		return 0, false
+	}
+	return float64(s.Idle.TargetRSSAfterKiB) / 1024, true
+}
+
 // bytesPerSocket is the server's RSS growth per established connection,
 // in bytes, from the RSS samples themselves: loadgen's own per-connection
 // figure is rounded to a thousandth of a KiB.
@@ -381,16 +385,7 @@ const stormBudget = 1024
 // after a steady ramp and after a connect storm, per target, in bytes per
 // socket against issue 13's 1 KiB.
 func (b *builder) storm(ws []Workload) section {
-	mib := func(get func(*loadgen.IdleStats) int64) func(*loadgen.Summary) (float64, bool) {
-		return func(s *loadgen.Summary) (float64, bool) {
-			if s.Idle == nil || get(s.Idle) == 0 {
-				return 0, false
-			}
-			return float64(get(s.Idle)) / 1024, true
-		}
-	}
-	before := mib(func(i *loadgen.IdleStats) int64 { return i.TargetRSSBeforeKiB })
-	after := mib(func(i *loadgen.IdleStats) int64 { return i.TargetRSSAfterKiB })
+	before, after := rssBeforeMiB, rssAfterMiB
 	subscribed := func(s *loadgen.Summary) (float64, bool) { return float64(s.Conns.Subscribed), true }
 	c99 := func(s *loadgen.Summary) (float64, bool) { return s.ConnectMs.P99, s.ConnectMs.Count > 0 }
 	bytes := func(v float64) string { return thousands(v) }
