@@ -171,11 +171,13 @@ func (b *builder) page() page {
 		}
 		p.TargetRows = append(p.TargetRows, targetRow{Title: t.Title, About: t.About, Script: "bench/targets/" + t.Name + ".sh", Status: st})
 	}
-	var idle []Workload
+	var idle, storm []Workload
 	for _, w := range b.idx.Workloads {
 		switch w.Kind {
 		case KindIdle:
 			idle = append(idle, w)
+		case KindStorm:
+			storm = append(storm, w)
 		case KindFanout:
 			p.Sections = append(p.Sections, b.fanout(w))
 		case KindLatency:
@@ -187,6 +189,9 @@ func (b *builder) page() page {
 	if len(idle) > 0 {
 		s := b.idle(idle)
 		p.Idle = &s
+	}
+	if len(storm) > 0 {
+		p.Sections = append(p.Sections, b.storm(storm))
 	}
 	for _, t := range b.idx.Targets {
 		for _, w := range b.idx.Workloads {
@@ -263,19 +268,7 @@ const resound = "resound"
 func (b *builder) idle(ws []Workload) section {
 	ws = slices.Clone(ws)
 	slices.SortFunc(ws, func(a, c Workload) int { return a.Conns - c.Conns })
-	mib := func(kib int64) float64 { return float64(kib) / 1024 }
-	before := func(s *loadgen.Summary) (float64, bool) {
-		if s.Idle == nil || s.Idle.TargetRSSBeforeKiB == 0 {
-			return 0, false
-		}
-		return mib(s.Idle.TargetRSSBeforeKiB), true
-	}
-	after := func(s *loadgen.Summary) (float64, bool) {
-		if s.Idle == nil || s.Idle.TargetRSSAfterKiB == 0 {
-			return 0, false
-		}
-		return mib(s.Idle.TargetRSSAfterKiB), true
-	}
+	before, after := rssBeforeMiB, rssAfterMiB
 	perConn := func(s *loadgen.Summary) (float64, bool) {
 		if s.Idle == nil || s.Idle.TargetRSSAfterKiB == 0 {
 			return 0, false
@@ -355,6 +348,103 @@ func (b *builder) idle(ws []Workload) section {
 		Series: series,
 	}.SVG()
 	sec.Images = append(sec.Images, image{Alt: "Server RSS against connections", Path: b.imgRel + "/" + name})
+	return sec
+}
+
+// rssBeforeMiB is the server's RSS before loadgen's first connection.
+func rssBeforeMiB(s *loadgen.Summary) (float64, bool) {
+	if s.Idle == nil || s.Idle.TargetRSSBeforeKiB == 0 {
+		return 0, false
+	}
+	return float64(s.Idle.TargetRSSBeforeKiB) / 1024, true
+}
+
+// rssAfterMiB is the server's RSS at the end of the hold.
+func rssAfterMiB(s *loadgen.Summary) (float64, bool) {
+	if s.Idle == nil || s.Idle.TargetRSSAfterKiB == 0 {
+		return 0, false
+	}
+	return float64(s.Idle.TargetRSSAfterKiB) / 1024, true
+}
+
+// bytesPerSocket is the server's RSS growth per established connection,
+// in bytes, from the RSS samples themselves: loadgen's own per-connection
+// figure is rounded to a thousandth of a KiB.
+func bytesPerSocket(s *loadgen.Summary) (float64, bool) {
+	if s.Idle == nil || s.Idle.TargetRSSAfterKiB == 0 || s.Conns.Established == 0 {
+		return 0, false
+	}
+	return float64(s.Idle.TargetRSSAfterKiB-s.Idle.TargetRSSBeforeKiB) * 1024 / float64(s.Conns.Established), true
+}
+
+// stormBudget is issue 13's bound on a gateway's RSS per idle subscribed
+// socket, whatever the connect pattern.
+const stormBudget = 1024
+
+// storm shows idle memory by connect pattern: the same connections held
+// after a steady ramp and after a connect storm, per target, in bytes per
+// socket against issue 13's 1 KiB.
+func (b *builder) storm(ws []Workload) section {
+	before, after := rssBeforeMiB, rssAfterMiB
+	subscribed := func(s *loadgen.Summary) (float64, bool) { return float64(s.Conns.Subscribed), true }
+	c99 := func(s *loadgen.Summary) (float64, bool) { return s.ConnectMs.P99, s.ConnectMs.Count > 0 }
+	bytes := func(v float64) string { return thousands(v) }
+
+	sec := section{Title: "Idle memory after a connect storm: RSS per socket by connect pattern"}
+	var rows [][]string
+	for _, w := range ws {
+		sec.Commands = append(sec.Commands, w.Command())
+		base := b.runs[resound][w.ID].stat(bytesPerSocket)
+		for _, t := range b.ran {
+			rs := b.runs[t.Name][w.ID]
+			rows = append(rows, []string{
+				w.Pattern(), t.Title + b.runsNote(rs),
+				cell(rs.stat(subscribed), thousands),
+				cell(rs.stat(c99), sig),
+				cell(rs.stat(before), f1),
+				cell(rs.stat(after), f1),
+				cell(rs.stat(bytesPerSocket), bytes),
+				ratio(Ratio(rs.stat(bytesPerSocket), base)),
+			})
+		}
+	}
+	sec.Table = table([]string{"connect pattern", "target", "subscribed", "connect p99 (ms)", "RSS before (MiB)", "RSS holding them (MiB)", "bytes per socket", "÷ Resound's"}, rows)
+
+	// Each target's storm against its steady state: what the storm left
+	// behind. The first workload is the steady one, the others storms.
+	if len(ws) >= 2 {
+		var parts []string
+		for _, t := range b.ran {
+			steady := b.runs[t.Name][ws[0].ID].stat(bytesPerSocket)
+			for _, w := range ws[1:] {
+				if r := Ratio(b.runs[t.Name][w.ID].stat(bytesPerSocket), steady); !math.IsNaN(r) {
+					parts = append(parts, fmt.Sprintf("%s %s", t.Title, ratio(r)))
+				}
+			}
+		}
+		if len(parts) > 0 {
+			sec.Notes = append(sec.Notes, "Bytes per socket after the storm ÷ after the steady ramp (medians): "+strings.Join(parts, "; ")+".")
+		}
+	}
+	var verdict []string
+	for _, w := range ws {
+		if st := b.runs[resound][w.ID].stat(bytesPerSocket); st.N > 0 {
+			mark := "within"
+			if st.Max > stormBudget {
+				mark = "**over**"
+			}
+			verdict = append(verdict, fmt.Sprintf("%s, worst run %s B: %s", strings.SplitN(w.Pattern(), ":", 2)[0], thousands(st.Max), mark))
+		}
+	}
+	if len(verdict) > 0 {
+		sec.Notes = append(sec.Notes, fmt.Sprintf("Resound against issue 13's bound of %s B per idle subscribed socket: %s.", thousands(stormBudget), strings.Join(verdict, "; ")))
+	}
+	sec.Notes = append(sec.Notes,
+		"Bytes per socket is (RSS holding them − RSS before) × 1,024 ÷ connections established. "+
+			"loadgen reads the server's VmRSS from /proc/<pid>/status twice: before its first connection, and once at the end of the hold, "+
+			"which starts when every connection has subscribed (or failed). Nothing forces a collection from outside: "+
+			"whatever a server gives back by itself in the hold is counted (Resound trims once a storm is over, internal/gateway/trim.go). "+
+			"Connect p99 is TCP connect to the server's first message; the storm's shows the handshakes queueing.")
 	return sec
 }
 

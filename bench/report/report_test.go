@@ -146,7 +146,25 @@ func TestWorkloadArgs(t *testing.T) {
 	if got := fan.Args("u", 7, "centrifugo"); !slices.Equal(got[:3], []string{"fanout", "-protocol", "centrifugo"}) {
 		t.Errorf("centrifugo args %q", got)
 	}
-	churn := ws[len(ws)-1]
+	var churn, steady, storm Workload
+	for _, w := range ws {
+		switch w.ID {
+		case "churn":
+			churn = w
+		case "steady-15k":
+			steady = w
+		case "storm-15k":
+			storm = w
+		}
+	}
+	// Issue 13's pair: the same 15,000 connections, 64 handshakes in
+	// flight at loadgen's default pace, or 1,000 with no pace.
+	if got, want := steady.Command(), "loadgen idle -url $URL -conns 15000 -channels 100 -duration 15s -max-pending 64 -pid $SERVER_PID -sources 127.0.0.2-127.0.0.9"; got != want {
+		t.Errorf("steady command\n%s\nwant\n%s", got, want)
+	}
+	if got, want := storm.Command(), "loadgen idle -url $URL -conns 15000 -channels 100 -duration 15s -max-pending 1000 -ramp 1000000 -pid $SERVER_PID -sources 127.0.0.2-127.0.0.9"; got != want {
+		t.Errorf("storm command\n%s\nwant\n%s", got, want)
+	}
 	if got := churn.Command(); strings.Contains(got, "-conns") || !strings.Contains(got, "-rate 8000") {
 		t.Errorf("churn command %q", got)
 	}
@@ -178,6 +196,9 @@ func TestPick(t *testing.T) {
 	if want := []string{"latency-1ch", "latency-many", "churn"}; !slices.Equal(ids, want) {
 		t.Errorf("picked %q, want %q", ids, want)
 	}
+	if got, _ := pick(all, "storm", names); len(got) != 2 || got[0].ID != "steady-15k" || got[1].ID != "storm-15k" {
+		t.Errorf("kind storm picked %v", got)
+	}
 	if _, err := pick(all, "idel", names); err == nil {
 		t.Error("a name that matches nothing was accepted")
 	}
@@ -208,6 +229,8 @@ func TestRender(t *testing.T) {
 		{ID: "idle-1k", Kind: KindIdle, Conns: 1000, Channels: 100, Duration: "3s"},
 		{ID: "idle-2k", Kind: KindIdle, Conns: 2000, Channels: 100, Duration: "3s"},
 		{ID: "lat", Kind: KindLatency, Conns: 100, Channels: 1, Rate: 20, Duration: "3s"},
+		{ID: "steady-2k", Kind: KindStorm, Conns: 2000, Channels: 100, Duration: "3s", MaxPending: 64},
+		{ID: "storm-2k", Kind: KindStorm, Conns: 2000, Channels: 100, Duration: "3s", MaxPending: 1000, Ramp: 1000000},
 	}
 	ts := Targets()
 	idx := &Index{Started: "2026-01-02T03:04:05Z", Repeats: 2, Machine: machine.Info{CPUs: 2, CPUModel: "Test CPU", Go: "go1.26"}, Workloads: ws,
@@ -221,11 +244,20 @@ func TestRender(t *testing.T) {
 				s := &loadgen.Summary{Mode: w.Mode()}
 				s.Conns.Subscribed = int64(w.Conns)
 				s.Conns.Established = int64(w.Conns)
-				if w.Kind == KindIdle {
+				switch {
+				case w.Kind == KindStorm:
+					// 512 B a socket steady, 1,280 B after the storm, times scale.
+					grow := int64(1000 * tg.scale)
+					if w.Ramp > 0 {
+						grow = int64(2500 * tg.scale)
+					}
+					before := int64(20 * 1024 * tg.scale)
+					s.Idle = &loadgen.IdleStats{TargetRSSBeforeKiB: before, TargetRSSAfterKiB: before + grow}
+				case w.Kind == KindIdle:
 					before := int64(20 * 1024 * tg.scale)
 					after := before + int64(float64(w.Conns)*tg.scale)
 					s.Idle = &loadgen.IdleStats{TargetRSSBeforeKiB: before, TargetRSSAfterKiB: after, KiBPerConn: tg.scale}
-				} else {
+				default:
 					h := &loadgen.Hist{}
 					for i := range 1000 {
 						h.Record(int64(float64(1e6+i*1e4) * tg.scale)) // 1 to 11 ms, times scale
@@ -263,6 +295,12 @@ func TestRender(t *testing.T) {
 		"120 of 120",
 		"Baseline, `lat`, run 3: server exited before it was ready",
 		"Marginal memory per connection",
+		"### Idle memory after a connect storm",
+		"loadgen idle -url $URL -conns 2000 -channels 100 -duration 3s -max-pending 1000 -ramp 1000000 -pid $SERVER_PID",
+		"| steady: 2,000/s, at most 64 in flight | Resound | **2,000** | — | **20.0** | **21.0** | **512** | ×1 |",
+		"| storm: unpaced, 1,000 handshakes in flight | Baseline | **2,000** | — | **40.0** | **44.9** | **2,560** | ×2 |",
+		"after the steady ramp (medians): Resound ×2.5; Baseline ×2.5.",
+		"steady, worst run 512 B: within; storm, worst run 1,280 B: **over**",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)

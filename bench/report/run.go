@@ -290,7 +290,7 @@ func (r *runner) loadgenRun(ctx context.Context, w Workload, rec RunRecord) (int
 func (w Workload) budget() time.Duration {
 	d, _ := time.ParseDuration(w.Duration)
 	drain, _ := time.ParseDuration(w.Drain)
-	if w.Drain == "" && w.Kind != KindIdle && w.Kind != KindChurn {
+	if w.Drain == "" && !w.idle() && w.Kind != KindChurn {
 		drain = 5 * time.Second // loadgen's default
 	}
 	ramp := time.Duration(float64(w.Conns) / 2000 * float64(time.Second))
