@@ -156,6 +156,9 @@ type Stats struct {
 	// Partitions is how many partitions this worker is assigned (some may
 	// still be finishing their hand-over to another).
 	Partitions atomic.Int64
+	// Gaps counts gaps in a partition's delivery sequence: deliveries lost
+	// on the way, held for (see Pool.openGap).
+	Gaps atomic.Uint64
 }
 
 // run is one delivery of a job, shared by the shards that work its parts.
@@ -334,6 +337,18 @@ type lane struct {
 	mu      sync.Mutex
 	held    []heldJob // by stream sequence
 	quiet   *time.Timer
+
+	// A gap in the consumer's delivery sequence: deliveries JetStream made
+	// to this worker that never arrived (lost with a NATS node or link).
+	// They come back as redeliveries once their ack wait passes, and the
+	// lane holds every job meanwhile, so that none of the channel's later
+	// jobs overtakes them (see receive). lastDelivery is the consumer
+	// goroutine's; missing and gapUntil are under mu, gapOpen mirrors
+	// missing > 0.
+	lastDelivery uint64
+	missing      uint64
+	gapUntil     time.Time
+	gapOpen      atomic.Bool
 }
 
 // heldJob is a redelivered job held back by its lane.
@@ -552,7 +567,20 @@ func (p *Pool) receive(ln *lane, msg jetstream.Msg) {
 		p.reject(&run{msg: msg, lane: ln}, "no JetStream metadata: "+err.Error())
 		return
 	}
-	if meta.NumDelivered > 1 {
+	// Deliveries lost on the way leave a gap in the consumer's sequence
+	// (which counts redeliveries too). When a NATS node dies, one can be
+	// lost while the lane goes on: the job is redelivered an ack wait
+	// later, after the channel's later jobs went out, and, delivered
+	// again, it is a repeat, which gateways drop when the channel is past
+	// it. So the lane holds its jobs from the gap until the lost ones are
+	// due again (gapWait), then sends them in stream order.
+	if d := meta.Sequence.Consumer; d > ln.lastDelivery {
+		if ln.lastDelivery != 0 && d > ln.lastDelivery+1 {
+			p.openGap(ln, d-ln.lastDelivery-1)
+		}
+		ln.lastDelivery = d
+	}
+	if meta.NumDelivered > 1 || ln.gapOpen.Load() {
 		p.hold(ln, msg, meta)
 		return
 	}
@@ -564,9 +592,10 @@ func (p *Pool) receive(ln *lane, msg jetstream.Msg) {
 	p.dispatch(ln, msg, meta)
 }
 
-// hold keeps a redelivered job back, in stream order, until a first
+// hold keeps a job back, in stream order: a redelivered one until a first
 // delivery comes, or nothing more for redeliveryQuiet, or the lane holds
-// as many as JetStream lets be unacked (nothing more can come then).
+// as many as JetStream lets be unacked (nothing more can come then); any
+// job while a gap is open, until it closes (see openGap).
 func (p *Pool) hold(ln *lane, msg jetstream.Msg, meta *jetstream.MsgMetadata) {
 	ln.mu.Lock()
 	ln.holding.Store(true)
@@ -575,17 +604,72 @@ func (p *Pool) hold(ln *lane, msg jetstream.Msg, meta *jetstream.MsgMetadata) {
 	for i > 0 && ln.held[i-1].meta.Sequence.Stream > seq {
 		i--
 	}
-	ln.held = slices.Insert(ln.held, i, heldJob{msg, meta})
+	if i > 0 && ln.held[i-1].meta.Sequence.Stream == seq {
+		// Delivered again while held: keep the newer delivery, the one
+		// JetStream now waits an ack for.
+		ln.inflight.Add(-1)
+		ln.held[i-1] = heldJob{msg, meta}
+	} else {
+		ln.held = slices.Insert(ln.held, i, heldJob{msg, meta})
+	}
+	wait := redeliveryQuiet
+	if ln.missing > 0 {
+		// Held past the ack wait, the jobs would be delivered again:
+		// quietPassed tells JetStream they are in progress meanwhile.
+		wait = min(time.Until(ln.gapUntil), gapProgress)
+	}
 	switch {
 	case len(ln.held) >= queue.MaxAckPending:
 		p.dispatchHeldLocked(ln)
 	case ln.quiet == nil:
-		ln.quiet = time.AfterFunc(redeliveryQuiet, func() { p.dispatchHeld(ln) })
+		ln.quiet = time.AfterFunc(wait, func() { p.quietPassed(ln) })
 	default:
-		ln.quiet.Reset(redeliveryQuiet)
+		ln.quiet.Reset(wait)
 	}
 	ln.mu.Unlock()
 }
+
+// gapWait is how long a lane holds its jobs after a gap: the lost
+// deliveries were made before the gap was seen, so they are due again
+// within an ack wait, and JetStream sends redeliveries first. Counting
+// redeliveries instead would not do: when a node dies, acks are lost too,
+// and the jobs they acked come back as well, sooner than the lost one.
+const gapWait = queue.AckWait + time.Second
+
+// openGap notes lost deliveries: the lane holds its jobs until gapWait has
+// passed.
+func (p *Pool) openGap(ln *lane, lost uint64) {
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	ln.missing += lost
+	ln.gapUntil = time.Now().Add(gapWait)
+	ln.gapOpen.Store(true)
+	ln.holding.Store(true)
+	p.stats.Gaps.Add(1)
+	p.opts.Log.Warn().Int("partition", ln.partition).Uint64("lost", lost).
+		Msg("job deliveries lost on the way (a NATS node or link went away): holding the partition's jobs until they are delivered again")
+}
+
+// quietPassed is the hold timer's: it sends what the lane holds, unless
+// a gap is still open and within gapWait.
+func (p *Pool) quietPassed(ln *lane) {
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	if ln.missing > 0 {
+		if d := time.Until(ln.gapUntil); d > 0 {
+			for _, h := range ln.held {
+				_ = h.msg.InProgress()
+			}
+			ln.quiet.Reset(min(d, gapProgress))
+			return
+		}
+	}
+	p.dispatchHeldLocked(ln)
+}
+
+// gapProgress is how often a lane holding jobs for a gap tells JetStream
+// they are in progress: well within the ack wait.
+const gapProgress = time.Second
 
 // dispatchHeld dispatches the jobs ln holds back, in stream order.
 func (p *Pool) dispatchHeld(ln *lane) {
@@ -596,11 +680,16 @@ func (p *Pool) dispatchHeld(ln *lane) {
 
 // dispatchHeldLocked is dispatchHeld with ln.mu held: kept meanwhile, so
 // that a first delivery waits behind them.
+//
+// It also closes a gap: whatever has not come by now is left to come when
+// it comes.
 func (p *Pool) dispatchHeldLocked(ln *lane) {
 	for _, h := range ln.held {
 		p.dispatch(ln, h.msg, h.meta)
 	}
 	ln.held = nil
+	ln.missing = 0
+	ln.gapOpen.Store(false)
 	ln.holding.Store(false)
 }
 

@@ -27,7 +27,11 @@ import (
 
 const (
 	appID = "app.1" // a dot, to exercise subject escaping
-	wait  = 10 * time.Second
+	// wait bounds every wait for a delivery. A delivery lost with the
+	// link comes back an ack wait (5 s) later, and the lane then holds
+	// what it has for the ack wait and a second more (gapWait), so a
+	// recovery takes up to about 11 s.
+	wait = 20 * time.Second
 )
 
 type env struct {
