@@ -275,6 +275,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg.ConnectTimeout = 10 * time.Second
 	fs.Var(durationValue{&cfg.ConnectTimeout}, "connect-timeout", "time from connect to subscribed before a connection counts as failed")
 	fs.Var(durationValue{&cfg.ChurnHold}, "hold", "churn: how long each connection stays subscribed before closing")
+	cfg.CloseGrace = 3 * time.Second
+	fs.Var(durationValue{&cfg.CloseGrace}, "close-grace", "at the end, how long a connection waits for the server's answer to its close before it is let go (counted as close_timeout)")
 	fs.IntVar(&cfg.MaxPending, "max-pending", 1000, "connections being set up at once, at most")
 	fs.IntVar(&cfg.Pollers, "pollers", 2, "epoll loops (goroutines)")
 	sources := fs.String("sources", "", "local source addresses: 127.0.0.2,127.0.0.3 or 127.0.0.2-127.0.0.40 (spread connections past the ephemeral-port limit)")
