@@ -212,7 +212,7 @@ func TestOutputs(t *testing.T) {
 func TestChild(t *testing.T) {
 	dir := t.TempDir()
 	c, err := start(childSpec{name: "echo", kind: kindLoadgen, bin: "/bin/sh", dir: dir, stdin: true, progress: true,
-		args: []string{"-c", `echo '{"message":"progress","subscribed":7}' >&2; read line; echo "got $line" >&2; trap '' TERM; sleep 60`}}, dir)
+		args: []string{"-c", `trap '' TERM; echo '{"message":"progress","subscribed":7}' >&2; read line; echo "got $line" >&2; sleep 60`}}, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,11 @@ type Result struct {
 	// ConnectSeries is the sockets subscribed, every second of the
 	// connect phase: [seconds, sockets].
 	ConnectSeries [][2]float64 `json:"connect_series"`
-	Problems      []string     `json:"problems,omitempty"`
+	// Failures are the load generators' connection failures over the
+	// whole run, by kind: a drained gateway's clients are told 4200
+	// (pusher_error_4200, server_close_4200) and reconnect.
+	Failures map[string]int64 `json:"failures,omitempty"`
+	Problems []string         `json:"problems,omitempty"`
 
 	samples []Sample
 }
@@ -72,7 +76,6 @@ type ConnectResult struct {
 	Seconds     float64              `json:"seconds"`
 	Subscribed  int64                `json:"subscribed"`
 	Failed      int64                `json:"failed"`
-	Failures    map[string]int64     `json:"failures,omitempty"`
 	MeanRate    float64              `json:"mean_per_s"`
 	PeakRate    float64              `json:"peak_per_s"`
 	ConnectMs   *loadgen.Percentiles `json:"connect_ms,omitempty"`
@@ -203,7 +206,8 @@ func (r *millionRun) result(ob *observed) *Result {
 			c.MeanRate = round1(float64(c.Subscribed) / c.Seconds)
 		}
 		if lg != nil {
-			c.Failed, c.Failures = lg.Conns.Failed, lg.Conns.Failures
+			c.Failed = lg.Conns.Failed
+			res.Failures = lg.Conns.Failures
 			c.ConnectMs, c.SubscribeMs = &lg.ConnectMs, &lg.SubscribeMs
 		}
 		res.Connect = c
@@ -236,6 +240,7 @@ func (r *millionRun) result(ob *observed) *Result {
 	}
 	if len(ob.drain.Gateways) > 0 {
 		d := &DrainResult{drainRecord: ob.drain}
+		d.BackS, d.ExitS = round1(d.BackS), round1(d.ExitS)
 		if lg != nil {
 			d.Reconnects = lg.Conns.Reconnects
 			for k, v := range lg.Conns.Failures {
@@ -335,13 +340,28 @@ func phaseStats(sp PhaseSpan, samples []Sample, cpus int, l layout) PhaseStats {
 
 var kindWords = map[string]string{kindGateway: "gateways", kindLoadgen: "load generators", kindNATS: "nats-server", kindWorker: "workers", kindHarness: "this harness"}
 
-// peakRate is the most sockets subscribed in one second.
+// rates are the sockets subscribed per second, each over a second or
+// more: the load generators report once a second, so a shorter window
+// would catch two reports in one.
+func rates(samples []Sample) []plot.Point {
+	var out []plot.Point
+	j := 0
+	for i := 1; i < len(samples); i++ {
+		for j+1 < i && samples[i].T-samples[j+1].T >= 0.95 {
+			j++
+		}
+		if dt := samples[i].T - samples[j].T; dt >= 0.95 {
+			out = append(out, plot.Point{X: samples[i].T, Y: float64(samples[i].Subscribed-samples[j].Subscribed) / dt})
+		}
+	}
+	return out
+}
+
+// peakRate is the most sockets subscribed per second.
 func peakRate(samples []Sample) float64 {
 	var peak float64
-	for i := 1; i < len(samples); i++ {
-		if dt := samples[i].T - samples[i-1].T; dt > 0 {
-			peak = max(peak, float64(samples[i].Subscribed-samples[i-1].Subscribed)/dt)
-		}
+	for _, p := range rates(samples) {
+		peak = max(peak, p.Y)
 	}
 	return round1(peak)
 }
@@ -476,12 +496,7 @@ func (r *millionRun) write(res *Result) error {
 func (res *Result) charts() map[string][]byte {
 	out := map[string][]byte{}
 	conn := inSpan(res.samples, res.spans(), phaseConnect)
-	var rate []plot.Point
-	for i := 1; i < len(conn); i++ {
-		if dt := conn[i].T - conn[i-1].T; dt > 0 {
-			rate = append(rate, plot.Point{X: conn[i].T, Y: float64(conn[i].Subscribed-conn[i-1].Subscribed) / dt})
-		}
-	}
+	rate := rates(conn)
 	out["connect"] = plot.Chart{Title: "Connect rate", XLabel: "seconds since the load generators started", YLabel: "sockets subscribed per second",
 		XFrom0: true, YFrom0: true, Note: fmt.Sprintf("%d sockets, %d gateways, %d load generators; sampled every second", res.Layout.Sockets, res.Layout.Gateways, res.Layout.Loadgens),
 		Series: []plot.Series{{Name: "subscribed/s", Color: "#1f77b4", Points: rate}}}.SVG()
