@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"strconv"
 
 	"github.com/resoundhq/resound/internal/loadgen"
 )
@@ -79,6 +80,26 @@ func planLayout(o options) (layout, error) {
 	l.InflightPer = max(1, o.inflight/l.Loadgens)
 	return l, nil
 }
+
+// presenceChannels are the presence channels, by index, with their
+// subscribers: every PresenceEvery-th channel of each load generator
+// (loadgen's -presence-every), channel c holding the connections k < Sockets
+// with k mod Channels = c.
+func (l layout) presenceChannels() map[int]int {
+	out := map[int]int{}
+	if l.PresenceEvery <= 0 {
+		return out
+	}
+	for c := 0; c < l.Channels; c++ {
+		if (c/l.Loadgens)%l.PresenceEvery == 0 {
+			out[c] = (l.Sockets - c + l.Channels - 1) / l.Channels
+		}
+	}
+	return out
+}
+
+// loadgenChannel is the name the load generators give channel c.
+func loadgenChannel(c int) string { return "lg-" + runName + "-" + strconv.Itoa(c) }
 
 // maxShare is the most connections one load generator holds.
 func (l layout) maxShare() int {

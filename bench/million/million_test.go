@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -77,6 +78,20 @@ func TestDefaultLayout(t *testing.T) {
 		if err := cfg.Validate(); err != nil {
 			t.Fatalf("load generator %d: %v", i, err)
 		}
+	}
+}
+
+// The presence channels the check expects are those the load generators
+// make presence channels (every n-th of each shard's), with the
+// subscribers the plan puts on each.
+func TestPresenceChannels(t *testing.T) {
+	l := layout{Sockets: 75, Channels: 8, Loadgens: 2, PresenceEvery: 2}
+	got := l.presenceChannels()
+	if want := map[int]int{0: 10, 1: 10, 4: 9, 5: 9}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("%v, want %v", got, want)
+	}
+	if loadgenChannel(4) != "lg-m-4" || len((layout{PresenceEvery: 0, Channels: 9}).presenceChannels()) != 0 {
+		t.Fatal("names or none")
 	}
 }
 

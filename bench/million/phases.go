@@ -13,6 +13,7 @@ import (
 
 	"github.com/resoundhq/resound/internal/attack"
 	"github.com/resoundhq/resound/internal/loadgen"
+	"github.com/resoundhq/resound/internal/presence"
 )
 
 // Phase names, as samples, the load generators' latency phases and the
@@ -54,6 +55,20 @@ type observed struct {
 	drain       drainRecord
 	loadgen     *loadgen.Summary
 	loadgenErrs []string
+	presence    []PresenceCheck
+}
+
+// PresenceCheck compares the shared state's presence members with the
+// connections: every presence channel must list each of its subscribers,
+// no more, no fewer.
+type PresenceCheck struct {
+	When     string   `json:"when"`
+	Channels int      `json:"channels"`
+	Members  int      `json:"members"`
+	Expected int      `json:"expected"`
+	Wrong    int      `json:"wrong_channels"`
+	Examples []string `json:"examples,omitempty"`
+	Error    string   `json:"error,omitempty"`
 }
 
 type drainRecord struct {
@@ -120,6 +135,7 @@ func (r *millionRun) run(ctx context.Context) (*Result, error) {
 		return finish(ctx.Err())
 	}
 	ob.gatewayMem = r.gatewayMemory(ctx)
+	ob.presence = append(ob.presence, r.checkPresence(ctx, "end of the hold"))
 	// Where the first gateway's memory is, for a reader who wants to know
 	// (the live heap as of its last collection; no collection is forced).
 	if code, b, err := get("http://" + r.gateways[0].ops + "/debug/pprof/heap"); err == nil && code == 200 {
@@ -168,6 +184,8 @@ func (r *millionRun) run(ctx context.Context) (*Result, error) {
 			return finish(ctx.Err())
 		}
 	}
+
+	ob.presence = append(ob.presence, r.checkPresence(ctx, "end of the run"))
 
 	// 6. Stop: the load generators account for everything and report.
 	r.setPhase(phaseStop)
@@ -281,6 +299,44 @@ func (r *millionRun) gatewayMemory(ctx context.Context) *GatewayMemory {
 		m.Connections += mx.Sum("resound_connections")
 	}
 	return m
+}
+
+// checkPresence reads every presence channel's members from the shared
+// state and compares them with the subscribers the plan put there.
+func (r *millionRun) checkPresence(ctx context.Context, when string) PresenceCheck {
+	pc := PresenceCheck{When: when}
+	if r.l.PresenceEvery <= 0 {
+		return pc
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	got, err := presence.New(r.stores.Presence).Channels(ctx, appID)
+	if err != nil {
+		pc.Error = err.Error()
+		r.problem("presence check at the %s: %v", when, err)
+		return pc
+	}
+	for c, want := range r.l.presenceChannels() {
+		name := "presence-" + loadgenChannel(c)
+		n := got[name]
+		pc.Channels++
+		pc.Members += n
+		pc.Expected += want
+		if n != want {
+			pc.Wrong++
+			if len(pc.Examples) < 5 {
+				pc.Examples = append(pc.Examples, fmt.Sprintf("%s: %d members, %d subscribers", name, n, want))
+			}
+		}
+	}
+	sort.Strings(pc.Examples)
+	if pc.Wrong > 0 {
+		r.problem("presence at the %s: %d of %d channels list the wrong members (%d listed, %d subscribed), e.g. %v",
+			when, pc.Wrong, pc.Channels, pc.Members, pc.Expected, pc.Examples)
+	} else {
+		r.logf("presence at the %s: all %d channels list their %d members", when, pc.Channels, pc.Members)
+	}
+	return pc
 }
 
 // collect reads and merges the load generators' summaries.

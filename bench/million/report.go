@@ -42,7 +42,10 @@ type Result struct {
 	// whole run, by kind: a drained gateway's clients are told 4200
 	// (pusher_error_4200, server_close_4200) and reconnect.
 	Failures map[string]int64 `json:"failures,omitempty"`
-	Problems []string         `json:"problems,omitempty"`
+	// Presence is the shared state's presence members against the
+	// connections, at the end of the hold and at the end of the run.
+	Presence []PresenceCheck `json:"presence_checks,omitempty"`
+	Problems []string        `json:"problems,omitempty"`
 
 	samples []Sample
 }
@@ -254,6 +257,7 @@ func (r *millionRun) result(ob *observed) *Result {
 		}
 		res.Drain = d
 	}
+	res.Presence = ob.presence
 	res.Problems = problems
 	return res
 }
@@ -624,6 +628,10 @@ func (res *Result) markdown() string {
 	if d := res.Drain; d != nil {
 		fmt.Fprintf(&b, "\n**Drain** of gateways %v: %d clients moved, all back within %.1f s, drained gateways gone after %.1f s; %d reconnections, failed attempts %v.\n",
 			d.Gateways, d.Moved, d.BackS, d.ExitS, d.Reconnects, d.ReconnectFailures)
+	}
+	for _, p := range res.Presence {
+		fmt.Fprintf(&b, "\n**Presence members** at the %s: %d channels list %d members for %d subscribers; %d channels wrong %v %s\n",
+			p.When, p.Channels, p.Members, p.Expected, p.Wrong, p.Examples, p.Error)
 	}
 	if len(res.KV) > 0 {
 		b.WriteString("\n**Shared-state writes** (attempts seen on the bucket subjects, stored, and the difference: compare-and-sets that lost):\n\n| phase | bucket | attempts | stored | conflicts |\n|---|---|---|---|---|\n")

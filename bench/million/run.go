@@ -67,6 +67,7 @@ type millionRun struct {
 	loadgens []*child
 	nc       *nats.Conn
 	js       jetstream.JetStream
+	stores   *cluster.Stores           // the gateways' shared state, read by the checks
 	attempts map[string]*atomic.Uint64 // KV publishes seen, by bucket
 	// apiRequests and kvReads count the JetStream API requests seen, and
 	// of them the reads of a bucket's key (direct or not).
@@ -231,6 +232,13 @@ func (r *millionRun) startCluster(ctx context.Context, bin string) error {
 		return err
 	}
 	if r.js, err = jetstream.New(r.nc); err != nil {
+		return err
+	}
+	// The buckets exist (the gateways made them); this only opens them.
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	r.stores, err = cluster.Ensure(sctx, r.js, cluster.Options{})
+	cancel()
+	if err != nil {
 		return err
 	}
 	// Every write to a bucket, the compare-and-sets that lose included,

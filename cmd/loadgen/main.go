@@ -169,6 +169,12 @@
 //   - idle: held_s, target RSS before and after, target_kib_per_conn.
 //   - churn: handshakes_per_s (connections established / window),
 //     completed_per_s (also subscribed and closed by us).
+//   - all (-all): subscribed (connections on the all channel), deliveries
+//     (each event counted once per connection), duplicates, out_of_order,
+//     unexpected, and per event (events[n-1] is event n) its deliveries,
+//     first and last receipt, and last_latency_ms (trigger to the last
+//     delivery); all_latency_ms digests every delivery's latency.
+//   - phase_latency_ms (-control): latency_ms by phase.
 //   - hist: the histograms (nanoseconds, log-linear buckets, 128 per power
 //     of two, so under 1% error) that `loadgen merge` combines.
 package main
