@@ -95,6 +95,10 @@ type MemoryResult struct {
 	Pings      int64             `json:"pusher_pings_answered"`
 	TCPMemPeak int64             `json:"tcp_mem_peak_pages"`
 	Note       string            `json:"note"`
+	// GatewaysAfterConnect is the gateways' RSS per socket (above the
+	// baseline) at the start of the hold, just after the last connect:
+	// against the figure at its end, how much the idle sockets grew.
+	GatewaysAfterConnect float64 `json:"gateways_per_socket_after_connect_bytes"`
 	// Gateways is what the gateways' Go runtimes say of their memory at
 	// the same moment, summed, and their RSS one by one.
 	Gateways *GatewayMemory `json:"gateways,omitempty"`
@@ -219,6 +223,9 @@ func (r *millionRun) result(ob *observed) *Result {
 	// Memory at the end of the hold.
 	if hold := inPhase(samples, phaseHold); len(hold) > 0 {
 		res.Memory = memory(ob.baseline, hold[len(hold)-1], samples)
+		if first := hold[0]; first.Subscribed > 0 {
+			res.Memory.GatewaysAfterConnect = round1(float64(first.Procs[kindGateway].RSS-ob.baseline.Procs[kindGateway].RSS) / float64(first.Subscribed))
+		}
 		res.Memory.Gateways = ob.gatewayMem
 		if lg != nil {
 			res.Memory.Pings = lg.Conns.PingsAnswered
@@ -586,6 +593,7 @@ func (res *Result) markdown() string {
 			fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", c.Name, mib(c.Baseline), mib(c.Held), c.PerSocket)
 		}
 		fmt.Fprintf(&b, "| total (without the unreclaimable slab, part of the slab) | | | %.0f |\n\nPeak TCP buffer memory: %d pages.\n", m.PerSocket, m.TCPMemPeak)
+		fmt.Fprintf(&b, "Gateways just after the last connect: %.0f bytes per socket.\n", m.GatewaysAfterConnect)
 		if g := m.Gateways; g != nil {
 			fmt.Fprintf(&b, "Gateways' Go runtime, summed: heap in use %.0f MiB, heap idle %.0f MiB (%.0f MiB of it released), stacks %.0f MiB, %0.f goroutines, %0.f connections; RSS %.1f–%.1f MiB a gateway.\n",
 				g.HeapInuse/(1<<20), g.HeapIdle/(1<<20), g.HeapReleased/(1<<20), g.StackInuse/(1<<20), g.Goroutines, g.Connections, mib(g.RSSMin), mib(g.RSSMax))
