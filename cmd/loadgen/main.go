@@ -114,8 +114,11 @@
 // each. A gateway killed or drained among them then takes no request
 // (and no acknowledgement) with it, and -url can be any healthy one.
 // -reconnect makes a subscribed connection that the server closes (4200
-// on a drain, a killed gateway, …) connect again to the next URL and
-// subscribe again, within 100 ms and then backing off to 2 s. Counting
+// on a drain, a killed gateway, …) connect again to another URL (the
+// k-th connection 1 + k mod (n-1) URLs further on, so that a dead
+// server's clients spread evenly over the others; the next URL on each
+// further attempt) and subscribe again, within 100 ms and then backing
+// off to 2 s. Counting
 // stays exact: events sent while a connection was away are its gap, not
 // missing; everything sent after it subscribed again is expected (the
 // exact rules are at conn in internal/loadgen/poller_linux.go). -progress 200ms
@@ -124,6 +127,22 @@
 //
 //	loadgen fanout -url http://127.0.0.1:8081 -ws-urls http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083 \
 //	  -conns 300 -channels 10 -rate 200 -duration 20s -reconnect -progress 200ms -json
+//
+// # Driven by a harness: two channels a connection, presence, phases
+//
+// bench/million drives many load generators through one long run. -all
+// puts every connection on lg-<run>-all too, besides its own channel; the
+// harness triggers that channel itself (loadgen.Broadcaster) and each
+// process counts every event once per connection ("all" in the summary:
+// deliveries per event and the time to its last one). -presence-every n
+// makes every n-th channel of each shard a presence channel, joined with a
+// signed channel auth. -control reads commands from stdin: the fan-out
+// waits for "send", "phase NAME" labels the latencies that follow
+// (phase_latency_ms), and "stop" (or the end of stdin) ends the sending,
+// after which the run drains and ends as usual:
+//
+//	(echo send; sleep 60; echo phase busy; sleep 60; echo stop) | loadgen fanout -control -all -presence-every 20 \
+//	  -conns 10000 -channels 1000 -rate 100 -duration 1h -json
 //
 // # Reading the summary
 //
@@ -150,6 +169,12 @@
 //   - idle: held_s, target RSS before and after, target_kib_per_conn.
 //   - churn: handshakes_per_s (connections established / window),
 //     completed_per_s (also subscribed and closed by us).
+//   - all (-all): subscribed (connections on the all channel), deliveries
+//     (each event counted once per connection), duplicates, out_of_order,
+//     unexpected, and per event (events[n-1] is event n) its deliveries,
+//     first and last receipt, and last_latency_ms (trigger to the last
+//     delivery); all_latency_ms digests every delivery's latency.
+//   - phase_latency_ms (-control): latency_ms by phase.
 //   - hist: the histograms (nanoseconds, log-linear buckets, 128 per power
 //     of two, so under 1% error) that `loadgen merge` combines.
 package main
@@ -256,6 +281,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg.ConnectTimeout = 10 * time.Second
 	fs.Var(durationValue{&cfg.ConnectTimeout}, "connect-timeout", "time from connect to subscribed before a connection counts as failed")
 	fs.Var(durationValue{&cfg.ChurnHold}, "hold", "churn: how long each connection stays subscribed before closing")
+	cfg.CloseGrace = 3 * time.Second
+	fs.Var(durationValue{&cfg.CloseGrace}, "close-grace", "at the end, how long a connection waits for the server's answer to its close before it is let go (counted as close_timeout)")
 	fs.IntVar(&cfg.MaxPending, "max-pending", 1000, "connections being set up at once, at most")
 	fs.IntVar(&cfg.Pollers, "pollers", 2, "epoll loops (goroutines)")
 	sources := fs.String("sources", "", "local source addresses: 127.0.0.2,127.0.0.3 or 127.0.0.2-127.0.0.40 (spread connections past the ephemeral-port limit)")
@@ -265,6 +292,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.ShardBy, "shard-by", loadgen.ShardChannels, "channels: shard i/n owns channels c with c mod n = i, their connections and their events; "+
 		"conns: shard i/n holds connections k with k mod n = i of every channel, and only shard 0 triggers (fanout to channels with more subscribers than one process holds)")
 	fs.IntVar(&cfg.PID, "pid", 0, "idle: target process whose VmRSS to sample before and after")
+	fs.BoolVar(&cfg.All, "all", false, "idle, fanout: every connection also subscribes to lg-<run>-all, which another process triggers (events numbered 1 to 64 in loadgen's format); each event is counted once per connection, with the time to its last delivery")
+	fs.IntVar(&cfg.PresenceEvery, "presence-every", 0, "idle, fanout: every n-th channel of each shard is a presence channel (presence-lg-<run>-<c>), joined with an auth signed by -secret, each connection a user of its own")
+	control := fs.Bool("control", false, "idle, fanout: read commands from stdin, one a line: send (start sending; until then the fan-out waits), phase NAME (latencies from now on are also reported under NAME), stop (end the hold or the sending; so does the end of stdin)")
 	fs.Var(durationValue{&cfg.ProgressInterval}, "progress", "interval of the progress lines on stderr (default 2s)")
 	jsonLogs := fs.Bool("json", false, "log to stderr as JSON lines (the summary on stdout is JSON either way)")
 	level := fs.String("log-level", "info", "stderr log level: debug, info, warn, error")
@@ -281,6 +311,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "loadgen: unexpected argument %q\n", fs.Arg(0))
 		return 2
+	}
+	if *control {
+		cfg.Control = os.Stdin
 	}
 	if mode == loadgen.ModeChurn {
 		set := false
@@ -409,6 +442,16 @@ func report(w io.Writer, s *loadgen.Summary) {
 		if l := s.LatencyMs; l != nil {
 			fmt.Fprintf(&b, "  latency ms: p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f max %.2f\n", l.P50, l.P90, l.P99, l.P999, l.Max)
 		}
+	}
+	if a := s.All; a != nil {
+		fmt.Fprintf(&b, "  all channel %s: %d subscribed, %d events, %d deliveries, dup %d, out-of-order %d, unexpected %d\n",
+			a.Channel, a.Subscribed, len(a.Events), a.Deliveries, a.Duplicates, a.OutOfOrder, a.Unexpected)
+		for _, e := range a.Events {
+			fmt.Fprintf(&b, "    event %d: %d deliveries, last after %.1f ms\n", e.Seq, e.Deliveries, e.LastLatencyMs)
+		}
+	}
+	for name, l := range s.PhaseLatencyMs {
+		fmt.Fprintf(&b, "  latency ms in phase %s: p50 %.2f p99 %.2f max %.2f (%d)\n", name, l.P50, l.P99, l.Max, l.Count)
 	}
 	if ch := s.Churn; ch != nil {
 		fmt.Fprintf(&b, "  churn: %.0f handshakes/s, %.0f completed/s over %.0f s\n", ch.HandshakesPerSec, ch.CompletedPerSec, ch.WindowSec)

@@ -56,6 +56,8 @@ type Stores struct {
 	Counts   *Bucket
 	Cache    jetstream.KeyValue
 	opts     Options
+	// js reads the heartbeat buckets' streams (liveIn).
+	js jetstream.JetStream
 }
 
 // DefaultGatewayTTL bounds how long a dead gateway's members linger: it
@@ -80,7 +82,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, opts Options) (*Stores,
 	}
 	// Nats-TTL is whole seconds; the server refuses less than one.
 	opts.MarkerTTL = max(opts.MarkerTTL.Truncate(time.Second), time.Second)
-	s := &Stores{opts: opts}
+	s := &Stores{opts: opts, js: js}
 	var presenceKV, usersKV, countsKV jetstream.KeyValue
 	// The buckets whose keys come and go with no TTL of their own let
 	// their removal markers expire (see Bucket). Setting LimitMarkerTTL is

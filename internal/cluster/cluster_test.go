@@ -482,6 +482,72 @@ func TestRegistryCallsOnGoneAtStartAndWhenAGatewayIsDeleted(t *testing.T) {
 	}
 }
 
+// Sixty gateways heartbeating at once, as a run of that many does: every
+// listing has every one of them. The bucket's key listing alone lacked
+// some in about a quarter of the listings (a key rewritten while the
+// listing read it), and a gateway missing from one looks gone: the
+// others' sweep then removed all its presence members.
+func TestLiveListsEveryGatewayWhileAllHeartbeat(t *testing.T) {
+	_, js := startJetStream(t)
+	s := ensure(t, js, cluster.Options{GatewayTTL: 15 * time.Second})
+	ctx := testCtx(t)
+	const n = 60
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = "gw-" + strconv.Itoa(i)
+		if _, err := s.Gateways.Put(ctx, ids[i], []byte("now")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A gateway that said goodbye: its key's marker is still in the stream.
+	if _, err := s.Gateways.Put(ctx, "gone", []byte("now")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Gateways.Delete(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+				}
+				_, _ = s.Gateways.Put(ctx, id, []byte("now"))
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	r := cluster.NewRegistry(s, "observer", zerolog.Nop(), nil)
+	for i := range 100 {
+		live, err := r.Live(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 1 {
+			live, err = s.LiveGateways(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			live["observer"] = true
+		}
+		if len(live) != n+1 || live["gone"] {
+			var missing []string
+			for _, id := range ids {
+				if !live[id] {
+					missing = append(missing, id)
+				}
+			}
+			t.Fatalf("listing %d: %d live, missing %v, gone listed: %v", i, len(live), missing, live["gone"])
+		}
+	}
+}
+
 func TestRegistryCallsOnGoneWhenAHeartbeatExpires(t *testing.T) {
 	_, js := startJetStream(t)
 	s := ensure(t, js, cluster.Options{GatewayTTL: 3 * time.Second})

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,6 +15,7 @@ import (
 // workers) and tells when others appear and disappear.
 type Registry struct {
 	kv       jetstream.KeyValue
+	js       jetstream.JetStream // to check kv's key listing (liveIn)
 	ttl      time.Duration
 	id       string
 	interval time.Duration
@@ -41,14 +43,14 @@ func NewGatewayID() string { return nuid.Next() }
 // NewRegistry returns a registry for the gateway id.
 func NewRegistry(stores *Stores, id string, log zerolog.Logger, onGone func(ctx context.Context, live map[string]bool)) *Registry {
 	ttl := stores.opts.GatewayTTL
-	return &Registry{kv: stores.Gateways, ttl: ttl, id: id, interval: ttl / 3, log: log, onGone: onGone}
+	return &Registry{kv: stores.Gateways, js: stores.js, ttl: ttl, id: id, interval: ttl / 3, log: log, onGone: onGone}
 }
 
 // NewWorkerRegistry returns a registry of worker processes; onLive hears
 // the live set after every look, to share out the partitions.
 func NewWorkerRegistry(stores *Stores, id string, log zerolog.Logger, onLive func(live map[string]bool)) *Registry {
 	ttl := min(stores.opts.GatewayTTL, WorkerTTL)
-	return &Registry{kv: stores.Workers, ttl: ttl, id: id, interval: ttl / 3, log: log, onLive: onLive}
+	return &Registry{kv: stores.Workers, js: stores.js, ttl: ttl, id: id, interval: ttl / 3, log: log, onLive: onLive}
 }
 
 // WorkerTTL caps how long a dead worker keeps its partitions: heartbeats
@@ -60,7 +62,7 @@ func (r *Registry) ID() string { return r.id }
 
 // Live lists the ids of the gateways whose heartbeat has not expired.
 func (r *Registry) Live(ctx context.Context) (map[string]bool, error) {
-	live, err := liveIn(ctx, r.kv)
+	live, err := liveIn(ctx, r.js, r.kv)
 	if err != nil {
 		return nil, err
 	}
@@ -70,10 +72,27 @@ func (r *Registry) Live(ctx context.Context) (map[string]bool, error) {
 
 // LiveGateways lists the gateways whose heartbeat has not expired.
 func (s *Stores) LiveGateways(ctx context.Context) (map[string]bool, error) {
-	return liveIn(ctx, s.Gateways)
+	return liveIn(ctx, s.js, s.Gateways)
 }
 
-func liveIn(ctx context.Context, kv jetstream.KeyValue) (map[string]bool, error) {
+// liveIn lists the keys of a heartbeat bucket whose values are there.
+//
+// Every key must be in the list: one missing makes its process look gone,
+// and a sweep then removes everything it holds (its presence members
+// leave, announced to everyone, while their connections stay open). The
+// key listing (Keys) alone cannot promise that. It reads the bucket
+// through a watcher, whose first pass ends when the server says nothing
+// is left to send; a key rewritten while the pass reads it can be counted
+// as sent before its new value comes, and is left out. A heartbeat is
+// rewritten every third of the TTL, so with tens of processes a listing
+// regularly overlaps one: 60 keys rewritten in a loop, a quarter of the
+// listings lacked some (nats.py's watcher had the same; its PR 995
+// describes it). So the list is checked against the stream's subjects, a
+// snapshot the server takes at once, and a key the listing missed is read
+// on its own, which also tells a removed key (its marker is still a
+// message of the stream) from a live one. Normally the listing is complete
+// and that costs one request.
+func liveIn(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (map[string]bool, error) {
 	keys, err := kv.Keys(ctx)
 	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
 		return nil, err
@@ -81,6 +100,31 @@ func liveIn(ctx context.Context, kv jetstream.KeyValue) (map[string]bool, error)
 	live := make(map[string]bool, len(keys)+1)
 	for _, k := range keys {
 		live[k] = true
+	}
+	if js == nil {
+		return live, nil
+	}
+	prefix := "$KV." + kv.Bucket() + "."
+	st, err := js.Stream(ctx, "KV_"+kv.Bucket())
+	if err != nil {
+		return nil, err
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return nil, err
+	}
+	for subject := range info.State.Subjects {
+		k := strings.TrimPrefix(subject, prefix)
+		if live[k] {
+			continue
+		}
+		switch _, err := kv.Get(ctx, k); {
+		case err == nil:
+			live[k] = true
+		case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
+		default:
+			return nil, err
+		}
 	}
 	return live, nil
 }

@@ -40,7 +40,7 @@ func (p *poller) onCentrifugoReply(c *conn, m []byte, delivered *int64) bool {
 		p.tmp = appendCentrifugoSubscribe(p.tmp[:0], p.r.names[c.ch])
 		return p.send(c, protocol.OpText, p.tmp)
 	case cfSubscribe:
-		return p.onSubscribed(c)
+		return p.onSubscribed(c, subPrimary)
 	case cfPub:
 		if c.state == stSubscribed {
 			p.onLoad(c, m, delivered)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"net/url"
@@ -88,6 +89,39 @@ type Config struct {
 	// CAFile is a PEM file of CAs to trust for https:// and wss:// URLs,
 	// besides the system's (a test CA, say).
 	CAFile string
+	// All puts every connection on a second channel besides its own:
+	// AllChannel(Run), which every connection of every process shares.
+	// The load generator sends nothing there; another process (a harness,
+	// with a Broadcaster) numbers the events it sends 1, 2, 3…, up to
+	// MaxAllEvents, and each process counts, per event, the connections
+	// that got it (once each) and the last one's latency (AllStats).
+	All bool
+	// PresenceEvery makes every n-th channel of each shard a presence
+	// channel (presence-lg-<run>-<c>): its connections subscribe with a
+	// channel auth signed with Secret, each as a user of its own. 0: none.
+	PresenceEvery int
+	// Control, when set, is where the run's commands come from, one a
+	// line (the -control flag reads stdin): "send" starts the fan-out's
+	// sending (which otherwise starts once the connections are set up),
+	// "phase NAME" starts a new latency phase (each phase's latencies are
+	// reported apart, under its name), "stop" ends the hold or the sending
+	// (Duration still bounds both), as does the end of the input. The
+	// connect phase then waits for every connection however long it takes.
+	Control io.Reader
+}
+
+// MaxAllEvents bounds the events counted on the all channel: each
+// connection keeps one bit per event.
+const MaxAllEvents = 64
+
+// AllChannel is the channel every connection of a run with All is on.
+func AllChannel(run string) string { return "lg-" + run + "-all" }
+
+// isPresence reports whether channel c is a presence channel: every n-th
+// of each shard's channels (shard i owns c = i, i+shards, …), so that every
+// process gets its share.
+func (c *Config) isPresence(ch int) bool {
+	return c.PresenceEvery > 0 && (ch/max(1, c.Shards))%c.PresenceEvery == 0
 }
 
 // target is the parsed URL.
@@ -258,6 +292,9 @@ func makePlan(c *Config) plan {
 	byConns := c.ShardBy == ShardConns
 	for ch := 0; ch < c.Channels; ch++ {
 		p.names[ch] = channelName(c.Run, ch)
+		if c.isPresence(ch) {
+			p.names[ch] = "presence-" + p.names[ch]
+		}
 		if (byConns && c.Shard == 0) || (!byConns && ch%c.Shards == c.Shard) {
 			p.channels = append(p.channels, ch)
 		}
@@ -334,6 +371,22 @@ func (c *Config) Validate() error {
 	if c.Reconnect && c.Mode == ModeChurn {
 		return errors.New("-reconnect: churn closes its connections itself; use it with idle or fanout")
 	}
+	if c.All || c.PresenceEvery != 0 || c.Control != nil {
+		switch {
+		case c.Mode == ModeChurn:
+			return errors.New("-all, -presence-every and -control work with idle and fanout")
+		case c.Protocol == ProtocolCentrifugo:
+			return errors.New("-all, -presence-every and -control speak the Pusher protocol only")
+		case c.ShardBy == ShardConns:
+			// A receiving shard's counts come from the end events, and the
+			// server's subscription counts leave presence channels out.
+			return errors.New("-all, -presence-every and -control work with -shard-by channels only")
+		case c.PresenceEvery < 0:
+			return errors.New("-presence-every cannot be negative")
+		case c.PresenceEvery > 0 && c.Secret == "":
+			return errors.New("-presence-every needs -secret to sign the presence subscriptions")
+		}
+	}
 	if c.Payload < 0 || c.Payload > maxPayload {
 		return fmt.Errorf("-payload: 0 to %d bytes", maxPayload)
 	}
@@ -397,7 +450,9 @@ func (c *Config) Validate() error {
 			return errors.New("fanout needs -duration or -events")
 		}
 	}
-	if c.Run == "" || !protocol.ValidChannelName(channelName(c.Run, c.Channels-1)) {
+	if c.Run == "" || !protocol.ValidChannelName(channelName(c.Run, c.Channels-1)) ||
+		(c.PresenceEvery > 0 && !protocol.ValidChannelName("presence-"+channelName(c.Run, c.Channels-1))) ||
+		(c.All && !protocol.ValidChannelName(AllChannel(c.Run))) {
 		return fmt.Errorf("-run %q: not usable in a channel name (letters, digits, _-=@,.;)", c.Run)
 	}
 	for _, s := range c.Sources {

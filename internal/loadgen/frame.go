@@ -132,7 +132,39 @@ var (
 	keySentEsc   = []byte(`sent\":`)
 	keySentPlain = []byte(`"sent":`)
 	keyCode      = []byte(`code`)
+	keyChannel   = []byte(`"channel":"`)
+	keySocketID  = []byte(`socket_id`)
 )
+
+// onChannel reports whether the message's top-level "channel" is name
+// (the first "channel" key: one inside the data string is escaped). The
+// names the load generator compares need no escapes.
+func onChannel(p []byte, name string) bool {
+	i := bytes.Index(p, keyChannel)
+	if i < 0 {
+		return false
+	}
+	p = p[i+len(keyChannel):]
+	return len(p) > len(name) && string(p[:len(name)]) == name && p[len(name)] == '"'
+}
+
+// socketIDOf returns the socket id of a pusher:connection_established
+// (inside its data string, or in a data object), or "".
+func socketIDOf(p []byte) string {
+	i := bytes.Index(p, keySocketID)
+	if i < 0 {
+		return ""
+	}
+	p = p[i+len(keySocketID):]
+	for len(p) > 0 && (p[0] == '"' || p[0] == '\\' || p[0] == ':' || p[0] == ' ') {
+		p = p[1:]
+	}
+	j := 0
+	for j < len(p) && (p[j] == '.' || (p[j] >= '0' && p[j] <= '9')) {
+		j++
+	}
+	return string(p[:j])
+}
 
 // eventName returns the value of the message's "event" field. Event names
 // the load generator cares about contain no escapes.

@@ -102,7 +102,19 @@ type conn struct {
 	// subscribed; gapRecv counts arrivals among them.
 	gaps    []span
 	gapRecv uint32
+	// subs are the subscriptions of this connection's current socket
+	// the server confirmed (subPrimary, subAll): with -all it is
+	// subscribed (state) once both are.
+	subs uint8
+	// allMask has bit n-1 set once event n of the all channel arrived.
+	allMask uint64
 }
+
+// The bits of conn.subs.
+const (
+	subPrimary = 1 << iota // the connection's own channel
+	subAll                 // the all channel (-all)
+)
 
 // pollStats are a poller's results, read by the runner after it exits.
 type pollStats struct {
@@ -115,6 +127,21 @@ type pollStats struct {
 	malformed, subscribersAtEnd    int64
 	holesOverflow, subscribedTotal int64
 	gap, gapReceived, reconnects   int64
+	// The all channel (-all): per event (by sequence number - 1), its
+	// deliveries and their times; latencies of all of them.
+	all                                   [MaxAllEvents]allEvent
+	allLatency                            Hist
+	allSubscribed, allDup, allOOO, allOdd int64
+	// phaseLatency are the latencies of each -control phase, by phase
+	// number - 1.
+	phaseLatency []Hist
+}
+
+// allEvent is one event of the all channel as one poller saw it.
+type allEvent struct {
+	deliveries          int64
+	firstRecv, lastRecv int64 // unix nanos
+	maxLatency          int64 // nanos from its trigger to its last receipt
 }
 
 type poller struct {
@@ -152,6 +179,7 @@ type poller struct {
 	// Live counters the runner reads while the poller runs.
 	attempted, established, subscribed, failed, dropped atomic.Int64
 	setup, delivered, lastRecv, firstRecv, reconnects   atomic.Int64
+	allDelivered                                        atomic.Int64
 	// caughtUp: once the runner has published the final counts (sentFinal),
 	// every connection of this poller is subscribed and has every
 	// sequence number up to its channel's count, with no hole.
@@ -371,14 +399,27 @@ func (p *poller) watchNew(c *conn, fd int, start int64) string {
 	return ""
 }
 
-// redial opens a lost connection again, on the next WebSocket target.
+// redial opens a lost connection again, on another WebSocket target. The
+// first attempt after a loss moves connection k on by 1 + k mod (n-1)
+// targets, so that the clients of a server that went away spread evenly
+// over all the others (as a load balancer spreads them) instead of all
+// landing on the next one; later attempts try the next target each.
 func (p *poller) redial(c *conn) {
-	c.tgt = (c.tgt + 1) % int32(len(p.sas))
+	c.tgt = nextTarget(c, int32(len(p.sas)))
 	c.retries++
 	if kind := p.connect(c); kind != "" {
 		p.st.failures["reconnect_"+kind]++
 		p.schedule(c)
 	}
+}
+
+// nextTarget is the target c tries next out of n (see redial).
+func nextTarget(c *conn, n int32) int32 {
+	step := int32(1)
+	if c.retries == 0 && n > 2 {
+		step += c.idx % (n - 1)
+	}
+	return (c.tgt + step) % n
 }
 
 // detach closes a lost connection's socket but keeps its account, to
@@ -390,6 +431,7 @@ func (p *poller) detach(c *conn) {
 	c.fd = -1
 	c.in, c.out, c.frag = nil, nil, nil
 	c.sentClose, c.peerClose = false, false
+	c.subs = 0
 	p.schedule(c)
 }
 
@@ -645,7 +687,15 @@ func (p *poller) onMessage(c *conn, m []byte, delivered *int64) bool {
 	ev := eventName(m)
 	switch string(ev) {
 	case "lg":
-		if c.state == stSubscribed {
+		if p.r.allName != "" && onChannel(m, p.r.allName) {
+			if c.subs&subAll != 0 {
+				p.onAll(c, m)
+			}
+			return true
+		}
+		// With -all, the connection's own channel may be confirmed before
+		// the all channel: its events count from then on.
+		if c.subs&subPrimary != 0 && (c.state == stSubscribed || c.state == stSubscribing) {
 			p.onLoad(c, m, delivered)
 		}
 		return true
@@ -661,12 +711,12 @@ func (p *poller) onMessage(c *conn, m []byte, delivered *int64) bool {
 		if !p.onEstablished(c) {
 			return true
 		}
-		p.tmp = append(p.tmp[:0], `{"event":"pusher:subscribe","data":{"channel":`...)
-		p.tmp = protocol.AppendString(p.tmp, p.r.names[c.ch])
-		p.tmp = append(p.tmp, "}}"...)
-		return p.send(c, protocol.OpText, p.tmp)
+		return p.subscribe(c, m)
 	case protocol.EventSubscriptionSucceeded:
-		return p.onSubscribed(c)
+		if p.r.allName != "" && onChannel(m, p.r.allName) {
+			return p.onSubscribed(c, subAll)
+		}
+		return p.onSubscribed(c, subPrimary)
 	case protocol.EventError:
 		code := errorCode(m)
 		if c.state < stSubscribed {
@@ -702,10 +752,61 @@ func (p *poller) onEstablished(c *conn) bool {
 	return true
 }
 
-// onSubscribed handles the server's confirmation of c's subscription; false
-// if c is gone.
-func (p *poller) onSubscribed(c *conn) bool {
-	if c.state != stSubscribing {
+// subscribe sends c's subscriptions, established being the server's
+// pusher:connection_established (whose socket id a presence channel's
+// auth signs): its own channel, and the all channel with -all, in one
+// write.
+func (p *poller) subscribe(c *conn, established []byte) bool {
+	name := p.r.names[c.ch]
+	p.tmp = append(p.tmp[:0], `{"event":"pusher:subscribe","data":{"channel":`...)
+	p.tmp = protocol.AppendString(p.tmp, name)
+	if strings.HasPrefix(name, "presence-") {
+		socketID := socketIDOf(established)
+		if socketID == "" {
+			p.lose(c, "no_socket_id")
+			return false
+		}
+		// Each connection is a user of its own: members = subscribers.
+		data := `{"user_id":"` + strconv.Itoa(int(c.idx)) + `"}`
+		sig := protocol.Sign(p.r.cfg.Secret, protocol.ChannelAuthMessage(socketID, name, data, true))
+		p.tmp = append(p.tmp, `,"auth":`...)
+		p.tmp = protocol.AppendString(p.tmp, p.r.cfg.Key+":"+sig)
+		p.tmp = append(p.tmp, `,"channel_data":`...)
+		p.tmp = protocol.AppendString(p.tmp, data)
+	}
+	p.tmp = append(p.tmp, "}}"...)
+	m := p.rng.Uint32()
+	p.wbuf = appendClientFrame(p.wbuf[:0], protocol.OpText, p.tmp, [4]byte{byte(m), byte(m >> 8), byte(m >> 16), byte(m >> 24)})
+	if p.r.allName != "" {
+		p.tmp = append(p.tmp[:0], `{"event":"pusher:subscribe","data":{"channel":`...)
+		p.tmp = protocol.AppendString(p.tmp, p.r.allName)
+		p.tmp = append(p.tmp, "}}"...)
+		m = p.rng.Uint32()
+		p.wbuf = appendClientFrame(p.wbuf, protocol.OpText, p.tmp, [4]byte{byte(m), byte(m >> 8), byte(m >> 16), byte(m >> 24)})
+	}
+	return p.write(c, p.wbuf)
+}
+
+// onSubscribed handles the server's confirmation of one of c's
+// subscriptions (sub: subPrimary or subAll); false if c is gone. c is
+// subscribed once all of its subscriptions are confirmed.
+func (p *poller) onSubscribed(c *conn, sub uint8) bool {
+	if c.state != stSubscribing || c.subs&sub != 0 {
+		return true
+	}
+	c.subs |= sub
+	switch sub {
+	case subPrimary:
+		// What was sent on its channel before now is its gap, from this
+		// moment: its events count from here, even before the all channel
+		// is confirmed.
+		openGap(c, p.r.issued[c.ch].Load())
+	case subAll:
+		if c.epochs == 0 {
+			p.st.allSubscribed++
+		}
+	}
+	if c.subs&subPrimary == 0 || (p.r.allName != "" && c.subs&subAll == 0) {
 		return true
 	}
 	c.state = stSubscribed
@@ -717,7 +818,8 @@ func (p *poller) onSubscribed(c *conn) bool {
 		p.st.reconnects++
 		p.reconnects.Add(1)
 	}
-	startEpoch(c, p.r.issued[c.ch].Load())
+	c.epochs++
+	c.retries = 0
 	p.st.subscribedTotal++
 	if p.r.cfg.Mode == ModeChurn {
 		if p.r.cfg.ChurnHold <= 0 {
@@ -735,10 +837,45 @@ func (p *poller) onSubscribed(c *conn) bool {
 func startEpoch(c *conn, base int64) {
 	c.epochs++
 	c.retries = 0
+	openGap(c, base)
+}
+
+// openGap records as c's gap what was sent on its channel from the last
+// number it received up to base, when its subscription starts.
+func openGap(c *conn, base int64) {
 	if base > c.next {
 		c.gaps = append(c.gaps, span{c.next + 1, base})
 		c.next = base
 	}
+}
+
+// onAll accounts for one event of the all channel: once per connection,
+// with its latency.
+func (p *poller) onAll(c *conn, m []byte) {
+	seq, ts, ok := loadEvent(m)
+	if !ok || seq < 1 || seq > MaxAllEvents {
+		p.st.allOdd++
+		return
+	}
+	bit := uint64(1) << (seq - 1)
+	if c.allMask&bit != 0 {
+		p.st.allDup++
+		return
+	}
+	if c.allMask>>(seq-1) != 0 {
+		p.st.allOOO++ // a later event came first
+	}
+	c.allMask |= bit
+	lat := p.now - ts
+	e := &p.st.all[seq-1]
+	e.deliveries++
+	if e.firstRecv == 0 {
+		e.firstRecv = p.now
+	}
+	e.lastRecv = max(e.lastRecv, p.now)
+	e.maxLatency = max(e.maxLatency, lat)
+	p.st.allLatency.Record(lat)
+	p.allDelivered.Add(1)
 }
 
 // onLoad accounts for one load event: its latency and its place in the
@@ -771,6 +908,14 @@ func (p *poller) onLoad(c *conn, m []byte, delivered *int64) {
 	c.recv++
 	*delivered++
 	p.st.latency.Record(p.now - ts)
+	if p.r != nil && p.r.ctl != nil {
+		if i := int(p.r.ctl.phase.Load()); i > 0 {
+			for len(p.st.phaseLatency) < i {
+				p.st.phaseLatency = append(p.st.phaseLatency, Hist{})
+			}
+			p.st.phaseLatency[i-1].Record(p.now - ts)
+		}
+	}
 }
 
 func inSpans(spans []span, seq int64) bool {

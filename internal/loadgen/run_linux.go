@@ -38,6 +38,11 @@ type runner struct {
 	// tlsConfig verifies https:// and wss:// targets (tls_linux.go).
 	tlsConfig *tls.Config
 
+	// allName is the all channel with -all, else "".
+	allName string
+	// ctl is the run's commands (Config.Control), or nil.
+	ctl *control
+
 	errMu  sync.Mutex
 	errors []string
 }
@@ -89,6 +94,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 	r.names = r.plan.names
 	if len(r.plan.channels) == 0 && !r.plan.receiveOnly {
 		return nil, fmt.Errorf("shard %d/%d owns none of the %d channels", cfg.Shard, cfg.Shards, cfg.Channels)
+	}
+	if cfg.All {
+		r.allName = AllChannel(cfg.Run)
+	}
+	if cfg.Control != nil {
+		r.ctl = newControl(cfg.Control, log)
 	}
 	r.issued = make([]atomic.Int64, len(r.names))
 	r.endSent = make([]atomic.Int64, len(r.names))
@@ -194,6 +205,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 			Int64("dropped", r.sum(func(p *poller) int64 { return p.dropped.Load() })).
 			Int64("reconnects", r.sum(func(p *poller) int64 { return p.reconnects.Load() })).
 			Int64("deliveries", r.sum(func(p *poller) int64 { return p.delivered.Load() }))
+		if r.allName != "" {
+			e = e.Int64("all_deliveries", r.sum(func(p *poller) int64 { return p.allDelivered.Load() }))
+		}
 		if trig != nil {
 			e = e.Int64("events_sent", trig.acked.Load()).Int64("request_failures", trig.failed.Load())
 		}
@@ -227,6 +241,15 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 			r.sum(func(p *poller) int64 { return p.setup.Load() }) == 0
 	}
 	rampBound := time.Duration(float64(len(r.plan.conns))/cfg.Ramp*float64(time.Second)) + cfg.ConnectTimeout + time.Second
+	stopped := func() bool { return false }
+	if r.ctl != nil {
+		// Commanded: the connections may take as long as the whole
+		// machine needs for every process's (Duration bounds it all).
+		rampBound = max(rampBound, cfg.Duration)
+		stopped = r.ctl.stopped
+		ready := setupDone
+		setupDone = func() bool { return ready() || stopped() }
+	}
 
 	var loadgenRSS int64
 	var fanout *FanoutStats
@@ -239,7 +262,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 		logProgress("connected")
 		held := time.Now()
 		if ok {
-			wait("hold", cfg.Duration, nil)
+			wait("hold", cfg.Duration, stopped)
 		}
 		s.Idle = &IdleStats{HeldSec: round3(time.Since(held).Seconds())}
 		if cfg.PID > 0 {
@@ -291,6 +314,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 			wait("drain", cfg.Drain, caughtUp)
 			logProgress("drained")
 		}
+		if ok && r.ctl != nil {
+			// The sending starts on "send" (or not at all on "stop").
+			wait("ready", cfg.Duration, func() bool { return r.ctl.sending() || stopped() })
+			ok = !stopped() && ctx.Err() == nil
+		}
 		if ok && !r.plan.receiveOnly {
 			if cfg.ShardBy == ShardConns && cfg.Shards > 1 {
 				r.awaitSubscribers(ctx, trig, rampBound, wait)
@@ -329,6 +357,15 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 				end = time.Now().Add(24 * time.Hour)
 			}
 			sctx, cancel := context.WithCancel(ctx)
+			if r.ctl != nil {
+				go func() {
+					select {
+					case <-r.ctl.stop:
+						cancel()
+					case <-sctx.Done():
+					}
+				}()
+			}
 			var lw sync.WaitGroup
 			sendStart = time.Now()
 			for _, l := range lanes {
@@ -417,6 +454,26 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 		s.Hist.Connect.Merge(&p.st.connect)
 		s.Hist.Subscribe.Merge(&p.st.subscribe)
 		lastRecv = max(lastRecv, p.lastRecv.Load())
+	}
+	if r.allName != "" {
+		s.All, s.Hist.All = &AllStats{Channel: r.allName}, &Hist{}
+		for _, p := range r.pollers {
+			s.All.add(&p.st)
+			s.Hist.All.Merge(&p.st.allLatency)
+		}
+	}
+	if r.ctl != nil {
+		names := r.ctl.phaseNames()
+		for _, p := range r.pollers {
+			for i := range p.st.phaseLatency {
+				if s.Hist.Phases == nil {
+					s.Hist.Phases = map[string]*Hist{}
+				}
+				h := s.Hist.Phases[names[i]]
+				mergeHist(&h, &p.st.phaseLatency[i])
+				s.Hist.Phases[names[i]] = h
+			}
+		}
 	}
 	if cfg.Mode == ModeIdle && s.Idle.TargetPID != 0 && s.Conns.Established > 0 {
 		s.Idle.KiBPerConn = round3(float64(s.Idle.TargetRSSAfterKiB-s.Idle.TargetRSSBeforeKiB) / float64(s.Conns.Established))

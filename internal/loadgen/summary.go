@@ -35,6 +35,10 @@ type Summary struct {
 	LatencyMs *Percentiles `json:"latency_ms,omitempty"`
 	TriggerMs *Percentiles `json:"trigger_ms,omitempty"`
 	Churn     *ChurnStats  `json:"churn,omitempty"`
+	// PhaseLatencyMs is LatencyMs by -control phase.
+	PhaseLatencyMs map[string]Percentiles `json:"phase_latency_ms,omitempty"`
+	All            *AllStats              `json:"all,omitempty"`
+	AllLatencyMs   *Percentiles           `json:"all_latency_ms,omitempty"`
 
 	LoadgenRSSKiB int64 `json:"loadgen_rss_kib"`
 	Hist          Hists `json:"hist"`
@@ -135,6 +139,75 @@ type Hists struct {
 	Subscribe *Hist `json:"subscribe"`
 	Latency   *Hist `json:"latency,omitempty"`
 	Trigger   *Hist `json:"trigger,omitempty"`
+	// Phases are Latency by -control phase; All is the all channel's.
+	Phases map[string]*Hist `json:"phases,omitempty"`
+	All    *Hist            `json:"all,omitempty"`
+}
+
+// AllStats is what -all adds: the all channel's events, each counted once
+// per connection. A connection subscribed to it before an event was sent
+// and never lost should get it exactly once: then an event's Deliveries
+// equal Subscribed, and Duplicates stay 0.
+type AllStats struct {
+	Channel string `json:"channel"`
+	// Subscribed counts the connections whose first subscription to the
+	// channel succeeded.
+	Subscribed int64 `json:"subscribed"`
+	// Deliveries counts (connection, event) pairs received, each once.
+	Deliveries int64 `json:"deliveries"`
+	Duplicates int64 `json:"duplicates"`
+	// OutOfOrder counts events received after a later one.
+	OutOfOrder int64 `json:"out_of_order"`
+	// Unexpected counts events that were not numbered 1 to MaxAllEvents.
+	Unexpected int64 `json:"unexpected"`
+	// Events are by sequence number (Events[n-1] is event n), up to the
+	// highest one received.
+	Events []AllEvent `json:"events"`
+}
+
+// AllEvent is one event of the all channel.
+type AllEvent struct {
+	Seq        int   `json:"seq"`
+	Deliveries int64 `json:"deliveries"`
+	// FirstRecvMs and LastRecvMs are the unix times (ms) of its first and
+	// last receipt; LastLatencyMs is the longest time from its trigger to a
+	// receipt: the time to its last delivery.
+	FirstRecvMs   int64   `json:"first_recv_unix_ms"`
+	LastRecvMs    int64   `json:"last_recv_unix_ms"`
+	LastLatencyMs float64 `json:"last_latency_ms"`
+}
+
+func (e *AllEvent) merge(o AllEvent) {
+	e.Seq = o.Seq
+	if o.Deliveries == 0 {
+		return
+	}
+	if e.Deliveries == 0 || o.FirstRecvMs < e.FirstRecvMs {
+		e.FirstRecvMs = o.FirstRecvMs
+	}
+	e.Deliveries += o.Deliveries
+	e.LastRecvMs = max(e.LastRecvMs, o.LastRecvMs)
+	e.LastLatencyMs = max(e.LastLatencyMs, o.LastLatencyMs)
+}
+
+// event returns Events grown to hold sequence number seq.
+func (a *AllStats) event(seq int) []AllEvent {
+	for len(a.Events) < seq {
+		a.Events = append(a.Events, AllEvent{Seq: len(a.Events) + 1})
+	}
+	return a.Events
+}
+
+func (a *AllStats) merge(o *AllStats) {
+	a.Subscribed += o.Subscribed
+	a.Deliveries += o.Deliveries
+	a.Duplicates += o.Duplicates
+	a.OutOfOrder += o.OutOfOrder
+	a.Unexpected += o.Unexpected
+	for i, e := range o.Events {
+		a.Events = a.event(i + 1)
+		a.Events[i].merge(e)
+	}
 }
 
 func addMap(dst *map[string]int64, src map[string]int64) {
@@ -181,6 +254,17 @@ func (s *Summary) finish() {
 	if s.Hist.Trigger != nil {
 		d := s.Hist.Trigger.Digest()
 		s.TriggerMs = &d
+	}
+	if s.Hist.All != nil {
+		d := s.Hist.All.Digest()
+		s.AllLatencyMs = &d
+	}
+	s.PhaseLatencyMs = nil
+	for name, h := range s.Hist.Phases {
+		if s.PhaseLatencyMs == nil {
+			s.PhaseLatencyMs = map[string]Percentiles{}
+		}
+		s.PhaseLatencyMs[name] = h.Digest()
 	}
 	if f := s.Fanout; f != nil {
 		if f.RequestFailures == nil {
@@ -242,6 +326,21 @@ func Merge(all []*Summary) (*Summary, error) {
 		mergeHist(&out.Hist.Subscribe, s.Hist.Subscribe)
 		mergeHist(&out.Hist.Latency, s.Hist.Latency)
 		mergeHist(&out.Hist.Trigger, s.Hist.Trigger)
+		mergeHist(&out.Hist.All, s.Hist.All)
+		for name, h := range s.Hist.Phases {
+			if out.Hist.Phases == nil {
+				out.Hist.Phases = map[string]*Hist{}
+			}
+			d := out.Hist.Phases[name]
+			mergeHist(&d, h)
+			out.Hist.Phases[name] = d
+		}
+		if a := s.All; a != nil {
+			if out.All == nil {
+				out.All = &AllStats{Channel: a.Channel}
+			}
+			out.All.merge(a)
+		}
 		if i := s.Idle; i != nil {
 			if out.Idle == nil {
 				cp := *i

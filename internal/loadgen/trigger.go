@@ -349,3 +349,36 @@ func (t *trigger) subscriptionCounts(ctx context.Context, prefix string) (map[st
 	}
 	return out, nil
 }
+
+// Broadcaster sends the events of a channel that a harness triggers
+// rather than a load generator (the all channel of Config.All), numbered
+// 1, 2, 3… in the format the load generator counts, one request each.
+type Broadcaster struct {
+	t   *trigger
+	seq int64
+}
+
+// NewBroadcaster triggers on channel through the HTTP API at url
+// (http://host:port[/prefix]).
+func NewBroadcaster(url, appID, key, secret, channel string) (*Broadcaster, error) {
+	tg, err := parseTarget(url, key, ProtocolPusher)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &Config{AppID: appID, Key: key, Secret: secret, Inflight: 1, Batch: 1}
+	return &Broadcaster{t: newTrigger(tg, cfg, []string{channel}, make([]atomic.Int64, 1), nil)}, nil
+}
+
+// Send triggers the next event and returns its number. It does not retry:
+// a request that failed may still have been stored, and sending the number
+// again would be a duplicate to every subscriber, so a failure is the
+// caller's to report. The event's latency counts from the call.
+func (b *Broadcaster) Send(ctx context.Context) (int64, error) {
+	seq := b.seq + 1
+	path, body := b.t.body(nil, []pendingEvent{{ch: 0, seq: seq}}, time.Now().UnixNano())
+	b.seq = seq // taken, whatever the answer
+	if err := b.t.post(ctx, path, body); err != nil {
+		return seq, err
+	}
+	return seq, nil
+}

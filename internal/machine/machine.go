@@ -63,3 +63,32 @@ func LoadAvg() string {
 	}
 	return strings.Join(f[:3], " ")
 }
+
+// Busy is the machine's non-idle CPU seconds since boot, summed over
+// cores: the "cpu" line of /proc/stat less idle, iowait and guest time
+// (already counted in user). On a shared machine, what it grows by beyond
+// a run's own processes is what else ran. 0 if /proc/stat cannot be read.
+func Busy() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0
+	}
+	var busy float64
+	for i, v := range f[1:] {
+		// user nice system idle iowait irq softirq steal guest guest_nice
+		if i == 3 || i == 4 || i >= 8 {
+			continue
+		}
+		n, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return 0
+		}
+		busy += n
+	}
+	return busy / 100 // USER_HZ: 100 wherever Go runs on Linux
+}
