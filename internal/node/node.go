@@ -269,7 +269,10 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			// history to keep (nothing else subscribes to them): there is
 			// no other gateway to catch up, but clients resume.
 			Deliver: gw.DeliverLocal,
-			Record:  wConn.Publish,
+			// No other worker shares the embedded server: a stop hands
+			// nothing over.
+			Alone:  true,
+			Record: wConn.Publish,
 			// The webhook lanes are shared out with the partitions.
 			OnLive: func(live map[string]bool) { n.hooks.Assign(live) },
 		})

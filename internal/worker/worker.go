@@ -79,6 +79,11 @@ type Options struct {
 	// copy envelope before returning. An error fails the attempt: the job
 	// is tried again (see MaxAttempts).
 	Deliver func(subject string, envelope []byte) error
+	// Alone says this pool is the only one on its NATS (the all-in-one
+	// gateway's in-process workers): a stop hands nothing over, so it
+	// does not wait for its last pull to expire to unpin its partitions
+	// (about 2 s, see settledOnServer).
+	Alone bool
 	// Record, when set, also takes the deliveries of apps with recovery
 	// (Recovers): all-in-one, Deliver hands them to the gateway in
 	// process, and Record publishes them for the history to keep. It
@@ -529,7 +534,7 @@ func (l *lanes) stopAll() {
 			time.Sleep(10 * time.Millisecond)
 		}
 		// And nothing lost on the way to the lane (see settledOnServer).
-		if ln.inflight.Load() == 0 && !l.pool.leaving.Load() && l.settledOnServer(ctx, part, drained) {
+		if ln.inflight.Load() == 0 && !l.pool.leaving.Load() && !l.pool.opts.Alone && l.settledOnServer(ctx, part, drained) {
 			_ = s.UnpinConsumer(ctx, queue.ConsumerName(part), queue.PriorityGroup)
 		}
 	}
