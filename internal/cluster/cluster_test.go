@@ -836,3 +836,46 @@ func TestMutateRevsOrder(t *testing.T) {
 		t.Fatalf("nothing: %+v, %v", r, err)
 	}
 }
+
+// When a gateway goes, only the two live gateways with the lowest ids
+// sweep after it: a sweep reads every key of the shared state, and every
+// gateway doing it at once made a departure cost the cluster's size in
+// full reads.
+func TestOnlyTheLowestTwoSweepAfterADeparture(t *testing.T) {
+	_, js := startJetStream(t)
+	s := ensure(t, js, cluster.Options{GatewayTTL: 3 * time.Second})
+	ctx := testCtx(t)
+	if _, err := s.Gateways.Put(ctx, "gw-0", []byte("now")); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"gw-1", "gw-2", "gw-3"}
+	calls := map[string]*goneCalls{}
+	for _, id := range ids {
+		calls[id] = newGoneCalls()
+		runRegistry(t, cluster.NewRegistry(s, id, zerolog.Nop(), calls[id].onGone))
+	}
+	for _, id := range ids {
+		calls[id].waitFor(t, 10*time.Second, id+" at start-up", func(l map[string]bool) bool { return l["gw-0"] })
+	}
+	// gw-0 stands for a gateway that stopped: its key is deleted.
+	if err := s.Gateways.Delete(ctx, "gw-0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids[:2] {
+		live := calls[id].waitFor(t, 15*time.Second, id+" after gw-0 went", func(l map[string]bool) bool { return !l["gw-0"] })
+		if !live["gw-1"] || !live["gw-2"] || !live["gw-3"] {
+			t.Fatalf("%s swept with live %v", id, live)
+		}
+	}
+	// gw-3 lists the gateways every second (a third of the TTL): three
+	// looks later it has still not swept.
+	time.Sleep(3 * time.Second)
+	g := calls["gw-3"]
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, l := range g.calls {
+		if !l["gw-0"] {
+			t.Fatalf("gw-3, third lowest, swept after gw-0: %v", g.calls)
+		}
+	}
+}

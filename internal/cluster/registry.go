@@ -23,8 +23,10 @@ type Registry struct {
 	// onLive, when set, is called with the live set after every look.
 	onLive func(live map[string]bool)
 	// onGone is called with the set of live gateway ids whenever a gateway
-	// that was seen alive is gone, and once at start-up, so that state left
-	// by gateways that died before this one started is cleaned up too.
+	// that was seen alive is gone and this one is among the
+	// departureSweepers lowest live ids, and once at start-up, so that
+	// state left by gateways that died before this one started is cleaned
+	// up too.
 	onGone func(ctx context.Context, live map[string]bool)
 	// onLapse, when set, is called when this process's heartbeat is back
 	// after it lapsed (it could not heartbeat for a TTL, or its key was
@@ -130,14 +132,28 @@ func liveIn(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) 
 }
 
 // leads reports whether this gateway has the lowest id among the live.
-func (r *Registry) leads(live map[string]bool) bool {
+func (r *Registry) leads(live map[string]bool) bool { return r.rank(live) == 0 }
+
+// rank is the number of live gateways whose id is lower than this one's.
+func (r *Registry) rank(live map[string]bool) int {
+	n := 0
 	for id := range live {
 		if id < r.id {
-			return false
+			n++
 		}
 	}
-	return true
+	return n
 }
+
+// departureSweepers is how many live gateways sweep when they see one go:
+// the lowest ids. Every gateway swept before, and a sweep reads every key
+// of the presence, users and counts buckets, so a gateway leaving a
+// cluster of G cost G full reads of the shared state, all contending for
+// the same keys (60 gateways × 5,000 presence channels: 300,000 reads per
+// departure, the million-socket run's drain). Two rather than one, so that
+// a sweeper dying with the gateway it sweeps after still leaves one; if
+// both die, the next lowest sees them gone and sweeps.
+const departureSweepers = 2
 
 // Register writes this gateway's first heartbeat. Call it before the
 // gateway takes connections: a sweep by another gateway must never see
@@ -183,8 +199,9 @@ func (r *Registry) Run(ctx context.Context) {
 		cancel()
 		if err == nil {
 			gone := first
+			sweeper := r.rank(live) < departureSweepers
 			for id := range seen {
-				if !live[id] {
+				if !live[id] && sweeper {
 					gone = true
 					r.log.Info().Str("gateway", id).Msg("gateway gone; cleaning up after it")
 				}
