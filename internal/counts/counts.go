@@ -1,6 +1,7 @@
 // Package counts keeps the counts every gateway must see the same way, in
 // the RESOUND_COUNTS bucket: each app's connection slots, against its
-// max_connections across the cluster (key cluster.Key("conns", app)), and
+// max_connections across the cluster (key cluster.Key("conns", app); each
+// gateway's entry is a lease, see LeaseSlots), and
 // each channel's subscriptions, for subscription_count events (key
 // cluster.Key("subs", app, channel)). Each key holds one count per
 // gateway, so that a gateway that dies can be subtracted by the others,

@@ -84,13 +84,14 @@ func (b *slotBatcher) acquire(ctx context.Context) error {
 // that it gives the surplus back (down to held plus a new headroom), so
 // that a gateway whose connections leave does not keep the slots from the
 // others. Near the cap the last write got no headroom, and every close is
-// written, as every connect is. It never fails: the batcher retries until
+// written, as every connect is; so is the last close, which gives the
+// whole lease back. It never fails: the batcher retries until
 // the lease is written or the gateway stops (then the other gateways'
 // sweep removes this gateway's entry, lease and all).
 func (b *slotBatcher) giveBack() {
 	b.mu.Lock()
 	b.held--
-	if b.lease-b.held > 2*b.slack {
+	if b.lease-b.held > 2*b.slack || b.held == 0 {
 		b.dirty = true
 		b.kick()
 	}
@@ -137,7 +138,12 @@ func (b *slotBatcher) run() {
 		}
 		held := b.held
 		b.dirty = false
-		if b.lease-held > 2*b.slack {
+		// With no connection left, give it all back: an app nobody is
+		// connected to leaves no entry behind (a gateway whose app sees
+		// one client come and go writes twice per visit, as it did
+		// before leases).
+		none := held == 0 && len(waiting) == 0
+		if b.lease-held > 2*b.slack || none {
 			// Give the surplus back. The entry may shrink to held:
 			// until the write says, no connect takes a slot locally.
 			b.lease = held
@@ -145,10 +151,14 @@ func (b *slotBatcher) run() {
 		// The write keeps the lease's slots, held or not: connects
 		// take them meanwhile without waiting for it.
 		keep := b.lease
+		headroom := counts.Headroom(keep, len(waiting))
+		if none {
+			headroom = 0
+		}
 		b.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(b.srv.baseCtx, asyncTimeout)
-		l, err := b.srv.counts.LeaseSlots(ctx, b.app.ID, b.srv.opts.GatewayID, keep, len(waiting), counts.Headroom(keep, len(waiting)), b.app.MaxConnections)
+		l, err := b.srv.counts.LeaseSlots(ctx, b.app.ID, b.srv.opts.GatewayID, keep, len(waiting), headroom, b.app.MaxConnections)
 		cancel()
 		b.countWrites(l, err)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/resoundhq/resound/internal/cluster"
@@ -216,6 +217,15 @@ func TestSlotLeaseShrinksAfterCloses(t *testing.T) {
 		return n >= 100 && n <= 100+2*counts.Headroom(100, 0)
 	})
 	t.Logf("after 1900 closes: lease %v, %d writes", leases(t, b), g.writes(t, "stored"))
+
+	// The last close gives the whole lease back: no entry is left.
+	for range 100 {
+		g.b.giveBack()
+	}
+	waitUntil(t, "the entry removed", func() bool {
+		_, err := b.Get(clustertest.Context(t), cluster.Key("conns", "1"))
+		return errors.Is(err, jetstream.ErrKeyNotFound)
+	})
 }
 
 // A gateway's connects contend for the key with the others' only when
