@@ -41,6 +41,18 @@ type slotBatcher struct {
 	// running: a goroutine is writing the lease; dirty: write it even
 	// with no connect waiting (a refill, a give-back, a Reassert).
 	running, dirty bool
+	// swept: a sweep may have removed the entry (Reassert), so the next
+	// write keeps only the slots held: the unused ones may be another
+	// gateway's by now.
+	swept bool
+}
+
+// reassert writes the lease again after a sweep removed it.
+func (b *slotBatcher) reassert() {
+	b.mu.Lock()
+	b.swept, b.dirty = true, true
+	b.kick()
+	b.mu.Unlock()
 }
 
 // acquire waits for a slot: nil, counts.ErrOverQuota, or the error that
@@ -143,10 +155,10 @@ func (b *slotBatcher) run() {
 		// one client come and go writes twice per visit, as it did
 		// before leases).
 		none := held == 0 && len(waiting) == 0
-		if b.lease-held > 2*b.slack || none {
+		if b.lease-held > 2*b.slack || none || b.swept {
 			// Give the surplus back. The entry may shrink to held:
 			// until the write says, no connect takes a slot locally.
-			b.lease = held
+			b.lease, b.swept = held, false
 		}
 		// The write keeps the lease's slots, held or not: connects
 		// take them meanwhile without waiting for it.

@@ -260,3 +260,28 @@ func TestSlotLeaseWritesPerConnect(t *testing.T) {
 		t.Fatalf("%.3f write attempts per connect", perConnect)
 	}
 }
+
+// A sweep that took a live gateway for dead removed its lease with its
+// entry; Reassert writes back the slots it holds, and no more: the unused
+// ones may be another gateway's by now.
+func TestSlotLeaseReassertedAfterASweep(t *testing.T) {
+	const limit = 100
+	gws, b := slotGateways(t, 2, limit)
+	a, other := gws[0], gws[1]
+	if n := a.connect(t, 30); n != 30 {
+		t.Fatalf("%d of 30 connects", n)
+	}
+	waitUntil(t, "the batcher idle", func() bool { a.b.mu.Lock(); defer a.b.mu.Unlock(); return !a.b.running })
+	if _, err := counts.New(b).RemoveGatewaysExcept(clustertest.Context(t), map[string]bool{"gw-1": true}); err != nil {
+		t.Fatal(err)
+	}
+	// Meanwhile the other gateway takes all the room there is.
+	if n := other.connect(t, 100); n != limit {
+		t.Fatalf("%d of 100 connects on the only gateway left", n)
+	}
+	a.b.reassert()
+	waitUntil(t, "the slots held written back", func() bool { return leases(t, b)["gw-0"] == 30 })
+	if m := leases(t, b); m["gw-0"] != 30 || m["gw-1"] != limit {
+		t.Fatalf("leases %v", m)
+	}
+}
