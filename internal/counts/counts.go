@@ -114,15 +114,21 @@ type Lease struct {
 // Headroom is the slots a gateway holding held connections, with waiting
 // more waiting for a slot, leases beyond them, so that its next connects
 // take a slot without writing the app's key, which every gateway's
-// connects contend for. An eighth of what it holds, so that a growing
-// gateway writes once per 12.5% of growth (about 50 writes to reach
-// 19,000 connections, rather than one per batch of connects); at least as
-// many as are waiting, so that in a connect storm, whose connects arrive
-// a batch per write, the next batch finds its slots leased; at least 16,
-// so that a small gateway does not write every few connects; and at most
-// 1,024, so that the slots one gateway keeps from the others stay
-// bounded. LeaseSlots shrinks it further near the app's cap.
-func Headroom(held, waiting int) int { return min(max(held/8, waiting, 16), 1024) }
+// connects contend for:
+//   - a quarter of what it holds, so that a growing gateway writes about
+//     once per 25% of growth (about 30 writes to reach 19,000
+//     connections, rather than one per batch of connects). An eighth
+//     took half as many writes again in the 20-gateway run
+//     (docs/scaling.md), and the headroom costs nothing far from the cap,
+//     while near it LeaseSlots shrinks it anyway;
+//   - twice the connects waiting, so that in a connect storm, whose
+//     connects arrive a batch per write, the next batches find their
+//     slots leased;
+//   - at least 32, so that a small gateway does not write every few
+//     connects;
+//   - at most 1,024, so that the slots one gateway can keep from the
+//     others stay bounded.
+func Headroom(held, waiting int) int { return min(max(held/4, 2*waiting, 32), 1024) }
 
 // LeaseSlots sets a gateway's lease on an app's connection slots, in one
 // compare-and-set of the app's key: held, the slots of its connections

@@ -362,7 +362,7 @@ func TestLeaseSlots(t *testing.T) {
 
 func TestHeadroom(t *testing.T) {
 	for _, c := range []struct{ held, waiting, want int }{
-		{0, 0, 16}, {100, 0, 16}, {800, 0, 100}, {800, 300, 300}, {8192, 0, 1024}, {1 << 20, 0, 1024}, {0, 5000, 1024},
+		{0, 0, 32}, {100, 0, 32}, {800, 0, 200}, {800, 300, 600}, {4096, 0, 1024}, {1 << 20, 0, 1024}, {0, 5000, 1024},
 	} {
 		if got := counts.Headroom(c.held, c.waiting); got != c.want {
 			t.Errorf("Headroom(%d, %d) = %d, want %d", c.held, c.waiting, got, c.want)

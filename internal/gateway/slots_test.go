@@ -191,7 +191,7 @@ func TestSlotLeaseShrinksAfterCloses(t *testing.T) {
 	}
 	idle()
 	stored := g.writes(t, "stored")
-	// Far fewer writes than connects: the leases grow by an eighth.
+	// Far fewer writes than connects: the leases grow by a quarter.
 	if stored > 60 {
 		t.Fatalf("%d writes for 2000 connects", stored)
 	}
