@@ -118,9 +118,9 @@ type Lease struct {
 //   - a quarter of what it holds, so that a growing gateway writes about
 //     once per 25% of growth (about 30 writes to reach 19,000
 //     connections, rather than one per batch of connects). An eighth
-//     took half as many writes again in the 20-gateway run
-//     (docs/scaling.md), and the headroom costs nothing far from the cap,
-//     while near it LeaseSlots shrinks it anyway;
+//     took twice the writes in the 20-gateway run (docs/scaling.md);
+//     and the headroom costs nothing far from the cap, while near it
+//     LeaseSlots shrinks it anyway;
 //   - twice the connects waiting, so that in a connect storm, whose
 //     connects arrive a batch per write, the next batches find their
 //     slots leased;
