@@ -1,6 +1,7 @@
 // Package counts keeps the counts every gateway must see the same way, in
 // the RESOUND_COUNTS bucket: each app's connection slots, against its
-// max_connections across the cluster (key cluster.Key("conns", app)), and
+// max_connections across the cluster (key cluster.Key("conns", app); each
+// gateway's entry is a lease, see LeaseSlots), and
 // each channel's subscriptions, for subscription_count events (key
 // cluster.Key("subs", app, channel)). Each key holds one count per
 // gateway, so that a gateway that dies can be subtracted by the others,
@@ -95,35 +96,89 @@ func (s *Store) ReleaseSlot(ctx context.Context, app, gatewayID string) error {
 	})
 }
 
-// ClaimSlots sets a gateway's connection slots to held, the slots of its
-// connections still open, then takes up to want more within limit across
-// the cluster (0: no cap), in one compare-and-set, and returns how many it
-// took. A gateway batches its connects and closes through it, so that a
-// storm of them costs one write per batch rather than one per connection,
-// all contending for the app's one key. The value written is absolute, so
-// a write whose answer was lost (a timeout, a reconnect) is set right by
-// the next one instead of counted twice.
-func (s *Store) ClaimSlots(ctx context.Context, app, gatewayID string, held, want, limit int) (taken int, err error) {
-	err = cluster.Mutate(ctx, s.kv, slotsKey(app), func(old []byte) ([]byte, error) {
+// Lease is what LeaseSlots did.
+type Lease struct {
+	// Granted is how many of the waiting connects got a slot.
+	Granted int
+	// Leased is the gateway's entry now: the slots it holds open plus
+	// the ones it may hand out without writing (its headroom).
+	Leased int
+	// Attempts is how many compare-and-sets it took (each after a read of
+	// the key): 1, plus one for each lost to another gateway's write.
+	// Wrote says whether the last one wrote the key; false when the
+	// entry was already what it had to be.
+	Attempts int
+	Wrote    bool
+}
+
+// Headroom is the slots a gateway holding held connections, with waiting
+// more waiting for a slot, leases beyond them, so that its next connects
+// take a slot without writing the app's key, which every gateway's
+// connects contend for:
+//   - a quarter of what it holds, so that a growing gateway writes about
+//     once per 25% of growth (about 30 writes to reach 19,000
+//     connections, rather than one per batch of connects). An eighth
+//     took twice the writes in the 20-gateway run (docs/scaling.md);
+//     and the headroom costs nothing far from the cap, while near it
+//     LeaseSlots shrinks it anyway;
+//   - twice the connects waiting, so that in a connect storm, whose
+//     connects arrive a batch per write, the next batches find their
+//     slots leased;
+//   - at least 32, so that a small gateway does not write every few
+//     connects;
+//   - at most 1,024, so that the slots one gateway can keep from the
+//     others stay bounded.
+func Headroom(held, waiting int) int { return min(max(held/4, 2*waiting, 32), 1024) }
+
+// LeaseSlots sets a gateway's lease on an app's connection slots, in one
+// compare-and-set of the app's key: held, the slots of its connections
+// still open, plus up to waiting for the connects waiting for one, plus up
+// to headroom more, all within limit across the cluster (0: no cap). The
+// waiting connects are served first; the headroom is what is left of the
+// room, and at most half of it shared among the gateways in the key, so
+// that as the app nears its cap the leases shrink to the connections held
+// and the count is exact again. The sum of the entries never passes limit
+// but for held itself: a gateway's open connections are always counted,
+// even when the cap was lowered or a sweep's slots came back (Reassert).
+//
+// The value written is absolute, so a write whose answer was lost (a
+// timeout, a reconnect) is set right by the next one instead of counted
+// twice; an entry that is already right is not written.
+//
+// Pusher's own limit is approximate; this one is exact at one gateway and,
+// with several, may refuse a connect while another gateway holds unused
+// leased slots: at most that gateway's headroom, or twice it once its
+// connections close (the gateway gives surplus back past that, see
+// internal/gateway/slots.go).
+func (s *Store) LeaseSlots(ctx context.Context, app, gatewayID string, held, waiting, headroom, limit int) (Lease, error) {
+	var l Lease
+	err := cluster.Mutate(ctx, s.kv, slotsKey(app), func(old []byte) ([]byte, error) {
+		l.Attempts++
+		l.Wrote = false
 		c := decode(old)
-		c[gatewayID] = held
-		taken = want
+		delete(c, gatewayID)
+		lease := held + waiting + headroom
 		if limit > 0 {
-			taken = max(min(want, limit-c.total()), 0)
+			room := limit - c.total() // for this gateway
+			free := max(room-held-waiting, 0)
+			h := min(headroom, free/(2*(len(c)+1)))
+			lease = max(min(held+waiting+h, room), held)
 		}
-		c[gatewayID] += taken
-		if c[gatewayID] == 0 {
-			delete(c, gatewayID)
+		l.Granted, l.Leased = min(waiting, lease-held), lease
+		if lease > 0 {
+			c[gatewayID] = lease
 		}
-		if len(old) > 0 && bytes.Equal(c.encode(), old) {
+		next := c.encode()
+		if bytes.Equal(next, old) {
 			return old, nil // unchanged: write nothing
 		}
-		return c.encode(), nil
+		l.Wrote = true
+		return next, nil
 	})
 	if err != nil {
-		taken = 0
+		return Lease{Attempts: l.Attempts}, err
 	}
-	return taken, err
+	return l, nil
 }
 
 // SetSubscriptions sets a gateway's count of subscriptions to a channel

@@ -310,39 +310,115 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 	clustertest.AwaitSettled(t, ctx, b, 3)
 }
 
-func TestClaimSlots(t *testing.T) {
+func TestLeaseSlots(t *testing.T) {
 	b := clustertest.Gateways(t, 1)[0].Counts
 	s, ctx := counts.New(b), clustertest.Context(t)
 	key := cluster.Key("conns", "app")
-	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 0, 3, 5); err != nil || n != 3 {
-		t.Fatalf("took %d, %v; want 3", n, err)
+	lease := func(gw string, held, waiting, headroom, limit, granted, leased int) {
+		t.Helper()
+		l, err := s.LeaseSlots(ctx, "app", gw, held, waiting, headroom, limit)
+		if err != nil || l.Granted != granted || l.Leased != leased {
+			t.Fatalf("%s: %+v, %v; want %d granted of a lease of %d", gw, l, err, granted, leased)
+		}
 	}
-	if n, err := s.ClaimSlots(ctx, "app", "gw-b", 0, 4, 5); err != nil || n != 2 {
-		t.Fatalf("took %d, %v; want the 2 left", n, err)
+	// Far from the cap: the waiting connects and the headroom.
+	lease("gw-a", 0, 3, 16, 1000, 3, 19)
+	// Nearer: the headroom is at most half the room left, shared among
+	// the gateways (2 here): (100-19-10)/4 = 17.
+	lease("gw-b", 0, 10, 100, 100, 10, 27)
+	// Near the cap: the waiting connects first, then (73-3-60)/4 = 2.
+	lease("gw-a", 3, 60, 16, 100, 60, 65)
+	// At it: what is left of the waiting connects' claim, no headroom.
+	lease("gw-b", 10, 30, 16, 100, 25, 35)
+	if got := value(t, b, key); !reflect.DeepEqual(got, map[string]int{"gw-a": 65, "gw-b": 35}) {
+		t.Fatalf("leases %v", got)
 	}
-	// gw-a now holds 2 (one closed) and wants 2 more: 1 room.
-	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 2, 2, 5); err != nil || n != 1 {
-		t.Fatalf("took %d, %v; want 1", n, err)
-	}
-	if got := value(t, b, key); !reflect.DeepEqual(got, map[string]int{"gw-a": 3, "gw-b": 2}) {
-		t.Fatalf("slots %v", got)
-	}
-	// The same claim again (its answer was lost, say) changes nothing.
+	lease("gw-c", 0, 1, 16, 100, 0, 0)
+	// gw-a's connections close, and it gives its surplus back, keeping a
+	// headroom of (65-40)/4 = 6.
+	lease("gw-a", 40, 0, 16, 100, 0, 46)
+	lease("gw-c", 0, 1, 16, 100, 1, 4) // 1 + (100-81-1)/6
+	// The held connections are counted even past the cap (a sweep's
+	// slots reasserted, a lowered cap).
+	lease("gw-d", 20, 0, 16, 100, 0, 20)
+	// The same lease again (its answer was lost, say) writes nothing.
 	e, _ := b.Get(ctx, key)
-	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 3, 0, 5); err != nil || n != 0 {
-		t.Fatalf("took %d, %v", n, err)
+	if l, err := s.LeaseSlots(ctx, "app", "gw-d", 20, 0, 16, 100); err != nil || l.Wrote || l.Attempts != 1 {
+		t.Fatalf("%+v, %v", l, err)
 	}
 	if again, _ := b.Get(ctx, key); again.Revision() != e.Revision() {
-		t.Fatal("a claim that changes nothing wrote the key")
+		t.Fatal("a lease that changes nothing wrote the key")
 	}
-	// Holding none forgets the gateway; no cap takes all.
-	if n, err := s.ClaimSlots(ctx, "app", "gw-a", 0, 0, 0); err != nil || n != 0 {
-		t.Fatalf("took %d, %v", n, err)
-	}
-	if n, err := s.ClaimSlots(ctx, "app", "gw-b", 0, 0, 0); err != nil || n != 0 {
-		t.Fatalf("took %d, %v", n, err)
+	// Holding none without headroom forgets the gateway; no cap takes
+	// the whole headroom.
+	for _, gw := range []string{"gw-a", "gw-b", "gw-c", "gw-d"} {
+		lease(gw, 0, 0, 0, 0, 0, 0)
 	}
 	if got := value(t, b, key); got != nil {
 		t.Fatalf("every slot given back, but %v", got)
 	}
+	lease("gw-a", 0, 2, 1024, 0, 2, 1026)
+}
+
+func TestHeadroom(t *testing.T) {
+	for _, c := range []struct{ held, waiting, want int }{
+		{0, 0, 32}, {100, 0, 32}, {800, 0, 200}, {800, 300, 600}, {4096, 0, 1024}, {1 << 20, 0, 1024}, {0, 5000, 1024},
+	} {
+		if got := counts.Headroom(c.held, c.waiting); got != c.want {
+			t.Errorf("Headroom(%d, %d) = %d, want %d", c.held, c.waiting, got, c.want)
+		}
+	}
+}
+
+// TestLeasesNeverPassTheCap: gateways leasing at once, as their connects
+// come and go, never lease more than the cap between them, nor less than
+// the connections they hold.
+func TestLeasesNeverPassTheCap(t *testing.T) {
+	const (
+		gateways = 4
+		limit    = 200
+		steps    = 60
+	)
+	gws := clustertest.Gateways(t, gateways)
+	ctx := clustertest.Context(t)
+	key := cluster.Key("conns", "app")
+	var inUse atomic.Int32
+	clustertest.Concurrently(t, gateways, func(g int) error {
+		s, gw := counts.New(gws[g].Counts), "gw-"+strconv.Itoa(g)
+		rng := rand.New(rand.NewPCG(uint64(g), 7))
+		held := 0
+		for range steps {
+			closes := min(held, rng.IntN(8))
+			held -= closes
+			inUse.Add(-int32(closes))
+			waiting := rng.IntN(20)
+			l, err := s.LeaseSlots(ctx, "app", gw, held, waiting, counts.Headroom(held, waiting), limit)
+			if err != nil {
+				return err
+			}
+			held += l.Granted
+			if l.Leased < held {
+				return errors.New("a lease below the connections held")
+			}
+			if inUse.Add(int32(l.Granted)) > limit {
+				return errors.New("the connection cap was passed")
+			}
+			e, err := gws[g].Counts.Get(ctx, key)
+			if err != nil {
+				return err
+			}
+			var m map[string]int
+			if err := json.Unmarshal(e.Value(), &m); err != nil {
+				return err
+			}
+			total := 0
+			for _, n := range m {
+				total += n
+			}
+			if total > limit {
+				return errors.New("the leases passed the cap: " + string(e.Value()))
+			}
+		}
+		return nil
+	})
 }

@@ -60,10 +60,7 @@ func (s *Server) reassert() {
 		})
 	}
 	for _, b := range s.slots {
-		b.mu.Lock()
-		b.dirty = true // write this gateway's slots again
-		b.kick()
-		b.mu.Unlock()
+		b.reassert()
 	}
 	for i := range s.hub.shards {
 		sh := &s.hub.shards[i]

@@ -54,6 +54,11 @@ type Gateway struct {
 	// sign-outs, connection-slot releases, the stores' sweeps after
 	// gateways that are gone) that failed and were retried.
 	StateRetries prometheus.Counter
+	// CountWrites counts the compare-and-sets of the connection-slot
+	// leases (apps with max_connections), by result: stored, unchanged
+	// (the entry was already right), conflict (lost to another gateway's
+	// write, tried again), failed.
+	CountWrites *prometheus.CounterVec
 	// Catchups counts catch-ups from the history, by result: ok,
 	// expired (past the window: subscribers reconnect), overflow (too
 	// much held meanwhile), failed.
@@ -123,6 +128,8 @@ func NewGateway(r *Registry, subscriptions, channels func() float64) *Gateway {
 		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_panics_total", Help: panicsHelp}, []string{"where"}),
 		StateRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_state_retries_total",
 			Help: "Shared-state clean-ups (presence leaves, sign-outs, connection-slot releases, sweeps after gone gateways) that failed and were retried."}),
+		CountWrites: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_count_writes_total",
+			Help: "Compare-and-sets of the connection-slot leases of apps with max_connections, by result: stored, unchanged, conflict (lost to another gateway's write), failed."}, []string{"result"}),
 		Catchups: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "resound_catchups_total",
 			Help: "Catch-ups with deliveries missed (link down, stalled, dropped as a slow consumer), read back from the history, by result."}, []string{"result"}),
 		CatchupReplayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "resound_catchup_replayed_total",
@@ -133,6 +140,9 @@ func NewGateway(r *Registry, subscriptions, channels func() float64) *Gateway {
 	for _, r := range []string{"ok", "expired", "overflow", "failed"} {
 		g.Catchups.WithLabelValues(r)
 	}
+	for _, r := range []string{"stored", "unchanged", "conflict", "failed"} {
+		g.CountWrites.WithLabelValues(r)
+	}
 	for _, r := range []string{"ok", "expired"} {
 		g.Resumes.WithLabelValues(r)
 	}
@@ -140,7 +150,7 @@ func NewGateway(r *Registry, subscriptions, channels func() float64) *Gateway {
 		g.LimitHits.WithLabelValues(string(l))
 	}
 	r.MustRegister(g.Connections, g.MessagesIn, g.MessagesOut, g.Deliveries, g.SlowConsumers, g.Duplicates, g.Errors, g.Handshakes, g.AcceptBackoff, g.MemoryTrims,
-		g.LimitHits, g.Panics, g.StateRetries, g.Catchups, g.CatchupReplayed, g.Resumes,
+		g.LimitHits, g.Panics, g.StateRetries, g.CountWrites, g.Catchups, g.CatchupReplayed, g.Resumes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_subscriptions", Help: "Channel subscriptions of local connections."}, subscriptions),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "resound_channels", Help: "Channels with local subscribers."}, channels),
 	)

@@ -40,6 +40,7 @@ var metricNames = []string{
 	"resound_limit_hits_total",
 	"resound_panics_total",
 	"resound_state_retries_total",
+	"resound_count_writes_total",
 	"resound_catchups_total",
 	"resound_catchup_replayed_total",
 	"resound_resumes_total",
