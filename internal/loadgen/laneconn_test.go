@@ -1,0 +1,63 @@
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// A lane's own connection carries request after request, reads answers
+// of either framing (length or chunked), and opens a new connection when
+// the server closes the old one, without losing a request.
+func TestLaneConnKeepsAliveAndReconnects(t *testing.T) {
+	var requests atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		n := requests.Add(1)
+		switch {
+		case n%3 == 0:
+			w.Header().Set("Connection", "close") // the next request needs a new connection
+		case n%2 == 0:
+			w.(http.Flusher).Flush() // chunked
+		}
+		_, _ = w.Write(b)
+	}))
+	srv.Start()
+	defer srv.Close()
+	lc := newLaneConn(srv.URL, 5*time.Second)
+	if lc == nil {
+		t.Fatalf("no lane connection for %s", srv.URL)
+	}
+	defer lc.close()
+	for i := 0; i < 12; i++ {
+		body := []byte{byte('a' + i)}
+		req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, srv.URL+"/x", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := lc.do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		lc.drain(resp)
+		if !bytes.Equal(got, body) {
+			t.Fatalf("request %d: answer %q, want %q", i, got, body)
+		}
+	}
+	if n := requests.Load(); n != 12 {
+		t.Fatalf("server saw %d requests, want 12", n)
+	}
+}
+
+// An https:// target keeps net/http's client.
+func TestLaneConnOnlyForPlainHTTP(t *testing.T) {
+	if newLaneConn("https://127.0.0.1:1", time.Second) != nil {
+		t.Fatal("a lane connection for https")
+	}
+}
