@@ -58,7 +58,10 @@ func (l *laneConn) close() {
 // server's idle timeout, so that is rare.
 func (l *laneConn) do(req *http.Request) (*http.Response, error) {
 	resp, written, err := l.try(req)
-	if err != nil && !written && l.usedBefore() {
+	if err != nil && !written && l.usedBefore() && req.GetBody != nil {
+		if req.Body, err = req.GetBody(); err != nil {
+			return nil, err
+		}
 		resp, _, err = l.try(req)
 	}
 	return resp, err

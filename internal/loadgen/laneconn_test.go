@@ -1,9 +1,12 @@
 package loadgen
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -59,5 +62,60 @@ func TestLaneConnKeepsAliveAndReconnects(t *testing.T) {
 func TestLaneConnOnlyForPlainHTTP(t *testing.T) {
 	if newLaneConn("https://127.0.0.1:1", time.Second) != nil {
 		t.Fatal("a lane connection for https")
+	}
+}
+
+// A server that closes the connection after each answer without saying
+// so: a request on the dead connection may fail (as with net/http's client
+// for a POST), and the next one goes out on a new connection.
+func TestLaneConnRecoversFromSilentClose(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				b, _ := io.ReadAll(req.Body)
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(b), b)
+			}()
+		}
+	}()
+	base := "http://" + ln.Addr().String()
+	lc := newLaneConn(base, 5*time.Second)
+	defer lc.close()
+	failedLast := false
+	ok := 0
+	for i := 0; i < 6; i++ {
+		body := []byte{byte('a' + i)}
+		req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, base+"/x", bytes.NewReader(body))
+		resp, err := lc.do(req)
+		if err != nil {
+			if failedLast {
+				t.Fatalf("request %d failed twice in a row: %v", i, err)
+			}
+			failedLast = true
+			continue
+		}
+		failedLast = false
+		got, _ := io.ReadAll(resp.Body)
+		lc.drain(resp)
+		if !bytes.Equal(got, body) {
+			t.Fatalf("request %d: answer %q, want %q", i, got, body)
+		}
+		ok++
+	}
+	if ok < 3 {
+		t.Fatalf("%d of 6 requests answered", ok)
 	}
 }
