@@ -142,8 +142,9 @@ type pendingEvent struct {
 var errFatalStatus = errors.New("request refused")
 
 // post sends one request (Pusher-signed, or with Centrifugo's API key)
-// and reads the whole answer.
-func (t *trigger) post(ctx context.Context, path string, body []byte) error {
+// and reads the whole answer: on lc when it is not nil (a sending lane's
+// own connection), else with the shared client.
+func (t *trigger) post(ctx context.Context, lc *laneConn, path string, body []byte) error {
 	var req *http.Request
 	var err error
 	if t.centrifugo {
@@ -156,13 +157,17 @@ func (t *trigger) post(ctx context.Context, path string, body []byte) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := t.client.Do(req)
+	var resp *http.Response
+	if lc != nil {
+		resp, err = lc.do(req)
+	} else {
+		resp, err = t.client.Do(req)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		if isTimeout(err) {
 			t.fail("timeout")
 		} else {
 			t.fail("network")
@@ -170,7 +175,11 @@ func (t *trigger) post(ctx context.Context, path string, body []byte) error {
 		return err
 	}
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	_ = resp.Body.Close()
+	if lc != nil {
+		lc.drain(resp)
+	} else {
+		_ = resp.Body.Close()
+	}
 	if resp.StatusCode == http.StatusOK {
 		if t.centrifugo {
 			return t.centrifugoResult(msg)
@@ -208,6 +217,10 @@ func (l *lane) run(ctx context.Context, t *trigger, end time.Time, stop func()) 
 	start := time.Now()
 	rr := 0
 	var buf []byte
+	lc := newLaneConn(t.base, t.client.Timeout)
+	if lc != nil {
+		defer lc.close()
+	}
 	evs := make([]pendingEvent, 0, t.batch)
 	count := make([]int64, len(l.chans))
 	for ctx.Err() == nil {
@@ -245,7 +258,7 @@ func (l *lane) run(ctx context.Context, t *trigger, end time.Time, stop func()) 
 			ts := time.Now()
 			path, body := t.body(buf[:0], evs, ts.UnixNano())
 			buf = body
-			err := t.post(ctx, path, body)
+			err := t.post(ctx, lc, path, body)
 			l.hist.Record(int64(time.Since(ts)))
 			if err == nil {
 				break
@@ -299,7 +312,7 @@ func (t *trigger) sendEnd(ctx context.Context, chans []int, sent []int64, end ti
 		buf = strconv.AppendInt(buf, sent[ch], 10)
 		buf = append(buf, `}"}`...)
 		for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, time.Second) {
-			err := t.post(ctx, "/apps/"+t.appID+"/events", buf)
+			err := t.post(ctx, nil, "/apps/"+t.appID+"/events", buf)
 			if err == nil {
 				break
 			}
@@ -377,7 +390,7 @@ func (b *Broadcaster) Send(ctx context.Context) (int64, error) {
 	seq := b.seq + 1
 	path, body := b.t.body(nil, []pendingEvent{{ch: 0, seq: seq}}, time.Now().UnixNano())
 	b.seq = seq // taken, whatever the answer
-	if err := b.t.post(ctx, path, body); err != nil {
+	if err := b.t.post(ctx, nil, path, body); err != nil {
 		return seq, err
 	}
 	return seq, nil
