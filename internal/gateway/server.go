@@ -686,23 +686,13 @@ func isWebSocketPath(line []byte, prefix string) bool {
 
 // refuse finishes an upgraded connection that may not stay: a pusher:error
 // with the code, then a close frame with the same code. The linger after
-// them runs on one of the goroutines that finish refused sockets, not on
-// the handshake worker: a refused client that keeps its socket open must
-// not hold a worker.
+// them waits as a refused socket's does (admission.go), not on the
+// handshake worker: a refused client that keeps its socket open must not
+// hold a worker.
 func (s *Server) refuse(nc net.Conn, code int, message string) {
 	msg := protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, message))
 	msg = protocol.AppendCloseFrame(msg, uint16(code), message)
-	_ = nc.SetDeadline(time.Now().Add(2 * time.Second))
-	_, _ = nc.Write(msg)
-	select {
-	case s.rejecting <- struct{}{}:
-		go func() {
-			defer func() { <-s.rejecting }()
-			lingerClose(nc)
-		}()
-	default:
-		_ = nc.Close()
-	}
+	s.finishRefused(nc, msg, false)
 }
 
 // lingerClose half-closes and waits briefly for the peer to close, so that
