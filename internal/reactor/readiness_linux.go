@@ -73,7 +73,13 @@ func (e *epollReads) read(nc net.Conn, p []byte, deadline time.Time, cb ReadCall
 		cb.ReadDone(0, err)
 		return true
 	}
-	e.arm(&pendingRead{rc: rc, p: p, deadline: deadline, cb: cb})
+	w := &pendingRead{rc: rc, p: p, deadline: deadline, cb: cb}
+	// The bytes are often there already (a client sends its request as
+	// soon as it is connected, and a busy server accepts late): then they
+	// are read at once, without the round trip through the set.
+	if !e.readNow(w) {
+		e.arm(w)
+	}
 	return true
 }
 
@@ -170,17 +176,25 @@ func (e *epollReads) run() {
 
 // finish reads a socket the set said is readable.
 func (e *epollReads) finish(w *pendingRead) {
+	if !e.readNow(w) {
+		e.arm(w) // readable no longer: wait again
+	}
+}
+
+// readNow reads w's socket without waiting, and reports whether it called
+// back; false is nothing to read yet.
+func (e *epollReads) readNow(w *pendingRead) bool {
 	var n int
 	var rerr error
 	err := w.rc.Read(func(fd uintptr) bool {
 		n, rerr = unix.Read(int(fd), w.p)
-		return true // never wait in the runtime's poller: this goroutine serves every socket
+		return true // never wait in the runtime's poller: the caller serves other sockets
 	})
 	switch {
 	case err != nil: // closed, or its deadline passed
 		w.cb.ReadDone(0, err)
 	case errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EINTR):
-		e.arm(w) // readable no longer: wait again
+		return false
 	case rerr != nil:
 		w.cb.ReadDone(0, os.NewSyscallError("read", rerr))
 	case n == 0 && len(w.p) > 0:
@@ -188,6 +202,7 @@ func (e *epollReads) finish(w *pendingRead) {
 	default:
 		w.cb.ReadDone(max(n, 0), nil)
 	}
+	return true
 }
 
 func (e *epollReads) close() {
