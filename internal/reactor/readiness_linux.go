@@ -41,19 +41,8 @@ type pendingRead struct {
 const expireEvery = 100 * time.Millisecond
 
 func newEpollReads() (*epollReads, error) {
-	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	fd, wake, err := newEpollWithWake()
 	if err != nil {
-		return nil, err
-	}
-	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
-	if err != nil {
-		_ = unix.Close(fd)
-		return nil, err
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}
-	if err := unix.EpollCtl(fd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
-		_ = unix.Close(fd)
-		_ = unix.Close(wake)
 		return nil, err
 	}
 	e := &epollReads{epfd: fd, wakefd: wake, waits: map[int32]*pendingRead{}, done: make(chan struct{})}
