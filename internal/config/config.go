@@ -79,7 +79,8 @@ type Settings struct {
 	// docs/security.md lists each with the attack it stops.
 	HandshakeTimeout         Seconds `envconfig:"RESOUND_HANDSHAKE_TIMEOUT" default:"10" desc:"seconds from accept to a complete request head (WebSocket upgrade or first HTTP request); then the socket is closed"`
 	MaxRequestHead           int     `envconfig:"RESOUND_MAX_REQUEST_HEAD" default:"16384" desc:"bytes of request line and headers, WebSocket upgrades and HTTP API alike; over it 431, then close"`
-	MaxHandshakes            int     `envconfig:"RESOUND_MAX_HANDSHAKES" default:"2048" desc:"handshakes in progress at once; past it a new socket gets 503 and is closed"`
+	MaxHandshakes            int     `envconfig:"RESOUND_MAX_HANDSHAKES" default:"2048" desc:"handshakes in progress at once (waiting for their request head, for a handshake worker, or on one); past it a new socket gets 503 and is closed"`
+	HandshakeWorkers         int     `envconfig:"RESOUND_HANDSHAKE_WORKERS" default:"0" desc:"goroutines that run handshakes once a socket's request head is in; 0 is four per core (GOMAXPROCS)"`
 	MaxHTTPConnections       int     `envconfig:"RESOUND_MAX_HTTP_CONNECTIONS" default:"1024" desc:"plain HTTP (API) connections open at once; past it 503 and close"`
 	MaxConnectionsPerIP      int     `envconfig:"RESOUND_MAX_CONNECTIONS_PER_IP" default:"0" desc:"open connections (WebSocket and HTTP) per client IP; past it 429 and close; 0 is no cap"`
 	TrustedProxies           CIDRs   `envconfig:"RESOUND_TRUSTED_PROXIES" desc:"comma-separated CIDRs of load balancers whose X-Forwarded-For or PROXY header names the client"`
@@ -294,6 +295,8 @@ func (s *Settings) validate() error {
 		return fmt.Errorf("invalid setting RESOUND_MAX_REQUEST_HEAD=%d: must be at least 1024", s.MaxRequestHead)
 	case s.MaxHandshakes < 1:
 		return fmt.Errorf("invalid setting RESOUND_MAX_HANDSHAKES=%d: must be at least 1", s.MaxHandshakes)
+	case s.HandshakeWorkers < 0:
+		return fmt.Errorf("invalid setting RESOUND_HANDSHAKE_WORKERS=%d: must not be negative", s.HandshakeWorkers)
 	case s.MaxHTTPConnections < 1:
 		return fmt.Errorf("invalid setting RESOUND_MAX_HTTP_CONNECTIONS=%d: must be at least 1", s.MaxHTTPConnections)
 	case s.MaxConnectionsPerIP < 0:

@@ -54,9 +54,9 @@ var (
 	response400 = []byte("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
 )
 
-// maxRejecting bounds the goroutines that finish refused sockets politely.
-// Past it a refused socket is simply closed: under a flood, politeness is
-// the first thing to go.
+// maxRejecting bounds the refused sockets being finished politely at
+// once. Past it a refused socket is simply closed: under a flood,
+// politeness is the first thing to go.
 const maxRejecting = 256
 
 // rejectLinger is how long a refused socket is read and discarded for, so
@@ -68,7 +68,7 @@ const rejectLinger = time.Second
 // response is not lost to a reset. unread is true when nothing of the
 // request has been read yet (refused at accept): the answer then waits a
 // moment for it, so that a client that writes before it reads gets the
-// response. Under a flood there is no goroutine to spare: the socket is
+// response. Under a flood there is no room to spare: the socket is
 // answered and closed at once.
 func (s *Server) reject(nc net.Conn, response []byte, unread bool) {
 	if s.opts.TLS != nil && !isTLS(nc) {
@@ -77,6 +77,28 @@ func (s *Server) reject(nc net.Conn, response []byte, unread bool) {
 		_ = nc.Close()
 		return
 	}
+	s.finishRefused(nc, response, unread)
+}
+
+// refusal is a refused socket being finished: wait for the request (when
+// unread), answer, half-close, and read until the client closes, up to
+// rejectLinger and 64 KiB. It waits in the reactor's Readiness, like a
+// handshake's head, so that a storm's refused sockets (a reconnect storm
+// past RESOUND_MAX_HANDSHAKES refuses hundreds) run no goroutine each: the
+// runtime keeps every goroutine it ever ran.
+type refusal struct {
+	s        *Server
+	nc       net.Conn
+	response []byte
+	answered bool
+	left     int
+	deadline time.Time
+	buf      [512]byte
+}
+
+// finishRefused answers a refused socket with response (nil: it has been
+// answered already) and closes it, politely within maxRejecting.
+func (s *Server) finishRefused(nc net.Conn, response []byte, unread bool) {
 	select {
 	case s.rejecting <- struct{}{}:
 	default:
@@ -85,17 +107,49 @@ func (s *Server) reject(nc net.Conn, response []byte, unread bool) {
 		_ = nc.Close()
 		return
 	}
-	go func() {
-		defer func() { <-s.rejecting }()
-		if unread {
-			var buf [1024]byte
-			_ = nc.SetReadDeadline(time.Now().Add(rejectLinger))
-			_, _ = nc.Read(buf[:])
+	r := &refusal{s: s, nc: nc, response: response, left: 64 << 10, deadline: time.Now().Add(rejectLinger)}
+	if !unread && !r.answer() {
+		return
+	}
+	s.heads.Read(nc, r.buf[:], r.deadline, r)
+}
+
+// answer writes the response and half-closes. It reports whether the
+// socket is still open to linger on.
+func (r *refusal) answer() bool {
+	r.answered = true
+	_ = r.nc.SetWriteDeadline(r.deadline)
+	_, _ = r.nc.Write(r.response)
+	// *net.TCPConn, and *tls.Conn, which sends its close_notify first.
+	if cw, ok := r.nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		return true
+	}
+	r.close()
+	return false
+}
+
+func (r *refusal) close() {
+	_ = r.nc.Close()
+	<-r.s.rejecting
+}
+
+// ReadDone takes the request a refusal waited for, or what the client
+// sent after the answer. It runs on the Readiness's goroutine: nothing
+// here waits (a write of a few hundred bytes to a socket nothing else was
+// written to does not).
+func (r *refusal) ReadDone(n int, err error) {
+	r.left -= n
+	if !r.answered {
+		if !r.answer() {
+			return
 		}
-		_ = nc.SetDeadline(time.Now().Add(rejectLinger))
-		_, _ = nc.Write(response)
-		lingerClose(nc)
-	}()
+		r.left = 64 << 10
+	}
+	if err != nil || r.left <= 0 {
+		r.close()
+		return
+	}
+	r.s.heads.Read(r.nc, r.buf[:], r.deadline, r)
 }
 
 // ipLimiter counts open connections per client address, for

@@ -27,6 +27,13 @@ import (
 // with one app.
 func realServer(t *testing.T, app config.App) (*Server, string) {
 	t.Helper()
+	return realServerWith(t, app, nil)
+}
+
+// realServerWith is realServer with options of the test's own (set makes
+// them).
+func realServerWith(t *testing.T, app config.App, set func(*Options)) (*Server, string) {
+	t.Helper()
 	nc, js := natstest.JetStream(t, "review")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -49,8 +56,12 @@ func realServer(t *testing.T, app config.App) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Options{Apps: apps, Conn: nc, Stores: stores, GatewayID: "gw-review",
-		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)})
+	opts := Options{Apps: apps, Conn: nc, Stores: stores, GatewayID: "gw-review",
+		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)}
+	if set != nil {
+		set(&opts)
+	}
+	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

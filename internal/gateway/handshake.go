@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -29,12 +30,35 @@ import (
 // Handshakes are pooled, reader, upgrader and buffers included, so that a
 // connect storm, which a drained or restarted gateway causes, leaves next
 // to no garbage behind: what it allocates is what the connections keep.
+//
+// A handshake has no goroutine of its own: the head's bytes are read as
+// they come, in the reactor's Readiness (no goroutine per socket on
+// epoll), into pending, and only once the whole head is in does the
+// socket wait for one of the RESOUND_HANDSHAKE_WORKERS goroutines, which
+// parse and answer it without waiting for the client. A connect storm's
+// peak of goroutines is then the workers, not the sockets in handshake
+// (the runtime keeps every goroutine it ever ran, stack and all: about
+// 270 B per stormed socket before, issue 13), and a slowloris holds
+// a few KiB of buffer per socket, not a worker. A TLS handshake, which
+// takes round trips, still runs on a goroutine of its own (tls.go).
 type handshake struct {
 	srv  *Server
 	nc   net.Conn
 	head headLimiter
-	br   *bufio.Reader
-	up   ws.Upgrader
+	// br parses the head; it is the server's (readers) while the
+	// handshake runs, so that a socket still waiting for its head holds
+	// pending only.
+	br *bufio.Reader
+	up ws.Upgrader
+	// pending is the bytes read so far; the head is parsed from them
+	// (through in, head and br) once it is all there.
+	pending []byte
+	in      pendingReader
+	// deadline is the handshake's end, from accept: time spent waiting
+	// for bytes or for a worker counts.
+	deadline time.Time
+	// readErr is how the last read into pending ended.
+	readErr error
 
 	// trusted: the peer is a trusted proxy, whose PROXY header or
 	// X-Forwarded-For names the client.
@@ -52,20 +76,144 @@ type handshake struct {
 	key, origin, forwarded []byte
 }
 
+// headBufferSize is the reader's buffer: a request line longer is 414.
+// pendingSize is where pending starts; it grows for longer heads (browsers
+// with cookies), up to RESOUND_MAX_REQUEST_HEAD, and a pooled handshake
+// keeps at most pendingKeep of it.
+const (
+	headBufferSize = 2048
+	pendingSize    = 1024
+	pendingKeep    = 4096
+)
+
 func (s *Server) newHandshake() *handshake {
-	h := &handshake{srv: s}
-	h.br = bufio.NewReaderSize(&h.head, 2048)
+	h := &handshake{srv: s, pending: make([]byte, 0, pendingSize)}
 	h.up = ws.Upgrader{OnRequest: h.onRequest, OnHeader: h.onHeader, OnBeforeUpgrade: h.onBeforeUpgrade}
 	return h
 }
 
-// run takes the socket through its handshake, on a goroutine of its own.
+// start begins a new socket's handshake; admit has counted it.
+func (h *handshake) start(nc net.Conn, trusted bool, slot *ipSlot) {
+	s := h.srv
+	h.nc, h.trusted, h.slot = nc, trusted, slot
+	h.counted, h.pooled = true, true
+	h.deadline = time.Now().Add(s.opts.HandshakeTimeout)
+	h.readErr = nil
+	_ = nc.SetDeadline(h.deadline)
+	if s.opts.TLS != nil {
+		// The TLS handshake needs round trips: it reads and writes the
+		// socket as a net.Conn, on a goroutine of its own.
+		h.in = pendingReader{nc: nc, socket: true}
+		go h.run()
+		return
+	}
+	h.readMore()
+}
+
+// readMore waits, without a goroutine on epoll, for the next bytes of the
+// head; ReadDone gets them.
+func (h *handshake) readMore() {
+	s := h.srv
+	if len(h.pending) == cap(h.pending) {
+		h.pending = append(h.pending, 0)[:len(h.pending)]
+	}
+	p := h.pending[len(h.pending):cap(h.pending)]
+	if room := s.opts.MaxRequestHead - len(h.pending); len(p) > room {
+		p = p[:room]
+	}
+	s.heads.Read(h.nc, p, h.deadline, h)
+}
+
+// ReadDone is the reactor's Readiness handing over the head's next bytes
+// (or the end of the wait): the handshake goes to the queue, in which
+// there is room, since every handshake in it is counted under
+// RESOUND_MAX_HANDSHAKES, the queue's size.
+func (h *handshake) ReadDone(n int, err error) {
+	h.pending = h.pending[:len(h.pending)+n]
+	h.readErr = err
+	h.srv.handshakeQueue <- h
+}
+
+// step is a handshake worker's turn with the socket: wait for more bytes
+// if the head is not all in, else the handshake.
+func (h *handshake) step() {
+	if h.readErr == nil && time.Now().Before(h.deadline) && !h.headIn() {
+		h.readMore()
+		return
+	}
+	h.in = pendingReader{b: h.pending, nc: h.nc}
+	h.run()
+}
+
+// headIn reports whether pending holds what the handshake needs, without
+// reading: the PROXY header if one is due, then the request head, up to
+// its blank line. A head that is already too large (431), or a request
+// line longer than the reader's buffer (414), counts as in: the handshake
+// refuses it without waiting for the rest.
+func (h *handshake) headIn() bool {
+	b := h.pending
+	if len(b) >= h.srv.opts.MaxRequestHead {
+		return true
+	}
+	if h.trusted && h.srv.opts.ProxyProtocol {
+		var ok bool
+		if b, ok = skipProxyHeader(b); !ok {
+			return false
+		}
+	}
+	if bytes.Contains(b, []byte("\n\r\n")) || bytes.Contains(b, []byte("\n\n")) {
+		return true
+	}
+	return len(b) >= headBufferSize && bytes.IndexByte(b[:headBufferSize], '\n') < 0
+}
+
+// proxyV2Signature starts a PROXY protocol v2 header; it has "\r\n\r\n"
+// in it, so the head's end is looked for only after the header.
+var proxyV2Signature = []byte("\r\n\r\n\x00\r\nQUIT\n")
+
+// skipProxyHeader returns what follows a whole PROXY header (v1 or v2) at
+// the start of b, or ok false if the header is not all there yet. Bytes
+// that cannot start one are returned as they are: proxyproto says what
+// is wrong with them.
+func skipProxyHeader(b []byte) (rest []byte, ok bool) {
+	switch {
+	case bytes.HasPrefix(b, proxyV2Signature):
+		if len(b) < 16 {
+			return nil, false
+		}
+		n := 16 + (int(b[14])<<8 | int(b[15]))
+		if len(b) < n {
+			return nil, false
+		}
+		return b[n:], true
+	case bytes.HasPrefix(b, []byte("PROXY ")):
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return nil, len(b) >= 108 // v1's longest line: past it proxyproto refuses it
+		}
+		return b[i+1:], true
+	case len(b) < len(proxyV2Signature) && (bytes.HasPrefix(proxyV2Signature, b) || bytes.HasPrefix([]byte("PROXY "), b)):
+		return nil, false
+	}
+	return b, true
+}
+
+// run takes the socket through its handshake: on a handshake worker with
+// the head in pending, or on a goroutine of its own for TLS.
 func (h *handshake) run() {
 	s := h.srv
-	h.counted, h.pooled = true, true
 	defer h.finish()
-	_ = h.nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
-	h.head = headLimiter{r: h.nc, left: s.opts.MaxRequestHead}
+	switch {
+	case h.readErr != nil:
+		s.handshakeFailed(h.nc, h.readErr)
+		return
+	case !time.Now().Before(h.deadline):
+		// Its time ran out waiting for a worker.
+		s.handshakeFailed(h.nc, os.ErrDeadlineExceeded)
+		return
+	}
+	h.head = headLimiter{r: &h.in, left: s.opts.MaxRequestHead}
+	h.br = s.headReaders.Get().(*bufio.Reader)
 	h.br.Reset(&h.head)
 	if h.trusted && s.opts.ProxyProtocol && !h.readProxyHeader() {
 		return
@@ -91,8 +239,8 @@ func (h *handshake) run() {
 		return
 	}
 	s.prom.Handshakes.Inc()
-	// Still counted as a handshake: a refused upgrade (an unknown key, a
-	// bad origin, a full quota) lingers up to 2 s on this goroutine.
+	// Still counted as a handshake while establish checks the app (an
+	// app with max_connections asks NATS for a slot, on this worker).
 	h.establish()
 }
 
@@ -112,7 +260,16 @@ func (h *handshake) finish() {
 	if h.pooled {
 		h.nc = nil
 		h.head.r = nil
-		h.br.Reset(&h.head)
+		h.in = pendingReader{}
+		if h.br != nil {
+			h.br.Reset(nil)
+			s.headReaders.Put(h.br)
+			h.br = nil
+		}
+		if cap(h.pending) > pendingKeep {
+			h.pending = make([]byte, 0, pendingSize)
+		}
+		h.pending = h.pending[:0]
 		s.handshakePool.Put(h)
 	}
 }
@@ -169,6 +326,7 @@ func (h *handshake) toHTTP() {
 		return
 	}
 	h.head.left = -1
+	h.in.socket = true // the body, and the requests after
 	_ = h.nc.SetDeadline(time.Time{})
 	h.done()
 	// net/http keeps reading through the handshake's reader, and may
@@ -235,13 +393,13 @@ func (h *handshake) establish() {
 	if !ok {
 		// pusher-js reads the code from the pusher:error, or from the
 		// close frame: both say 4001, so it does not retry.
-		refuse(nc, protocol.CodeAppNotFound, "Application does not exist")
+		s.refuse(nc, protocol.CodeAppNotFound, "Application does not exist")
 		return
 	}
 	if len(app.AllowedOrigins) > 0 && !protocol.OriginAllowed(string(h.origin), app.AllowedOrigins) {
 		// Reverb sends 4009 but leaves the socket open; Resound closes it.
 		s.errorSent(app, nil, protocol.CodeUnauthorized, "Origin not allowed", "")
-		refuse(nc, protocol.CodeUnauthorized, "Origin not allowed")
+		s.refuse(nc, protocol.CodeUnauthorized, "Origin not allowed")
 		return
 	}
 	counted := false
@@ -252,7 +410,7 @@ func (h *handshake) establish() {
 		switch {
 		case errors.Is(err, counts.ErrOverQuota):
 			s.errorSent(app, nil, protocol.CodeOverQuota, "Application is over connection quota", "")
-			refuse(nc, protocol.CodeOverQuota, "Application is over connection quota")
+			s.refuse(nc, protocol.CodeOverQuota, "Application is over connection quota")
 			return
 		case err != nil:
 			// The count could not be read or written (NATS away, a key
@@ -261,7 +419,7 @@ func (h *handshake) establish() {
 			// and come back.
 			s.log.Warn().Err(err).Msg("counting connections")
 			s.errorSent(app, nil, protocol.CodeOverCapacity, "Server is busy, try again", "")
-			refuse(nc, protocol.CodeOverCapacity, "Server is busy, try again")
+			s.refuse(nc, protocol.CodeOverCapacity, "Server is busy, try again")
 			return
 		}
 		counted = true
@@ -278,4 +436,26 @@ func (h *handshake) establish() {
 	}
 	s.noteConnected(c, h)
 	h.slot = nil // the connection holds it now
+}
+
+// pendingReader reads a handshake's pending bytes, then, for a plain HTTP
+// connection (or a TLS one, whose head is read as it comes), the socket.
+// An upgrade's head is all in pending: past it there is nothing to wait
+// for, so a request that wants more is broken, not slow.
+type pendingReader struct {
+	b      []byte
+	nc     net.Conn
+	socket bool
+}
+
+func (r *pendingReader) Read(p []byte) (int, error) {
+	if len(r.b) > 0 {
+		n := copy(p, r.b)
+		r.b = r.b[n:]
+		return n, nil
+	}
+	if r.socket {
+		return r.nc.Read(p)
+	}
+	return 0, io.ErrUnexpectedEOF
 }

@@ -67,8 +67,14 @@ type Options struct {
 	HandshakeTimeout time.Duration
 	// MaxRequestHead bounds the request line and headers, in bytes.
 	MaxRequestHead int
-	// MaxHandshakes bounds the handshakes in progress at once.
+	// MaxHandshakes bounds the handshakes in progress at once: the
+	// sockets waiting for their request head, waiting for a handshake
+	// worker, or on one. It is the bound of the handshake queue.
 	MaxHandshakes int
+	// HandshakeWorkers is how many goroutines run handshakes (0: four per
+	// GOMAXPROCS). A socket gets one only once its whole request head has
+	// come (handshake.go), so a slow client does not hold one.
+	HandshakeWorkers int
 	// MaxHTTPConnections bounds the plain HTTP connections open at once.
 	MaxHTTPConnections int
 	// MaxConnectionsPerIP bounds the open connections of one client
@@ -143,6 +149,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxHandshakes <= 0 {
 		o.MaxHandshakes = 2048
+	}
+	if o.HandshakeWorkers <= 0 {
+		o.HandshakeWorkers = 4 * runtime.GOMAXPROCS(0)
 	}
 	if o.MaxHTTPConnections <= 0 {
 		o.MaxHTTPConnections = 1024
@@ -227,6 +236,15 @@ type Server struct {
 	// handshakePool recycles handshakes, reader and all: a connect storm
 	// makes next to no garbage.
 	handshakePool sync.Pool
+	// headReaders are the handshakes' head parsers, one per handshake
+	// running (on a worker, or a TLS one's goroutine).
+	headReaders sync.Pool
+	// heads reads new sockets' request heads as their bytes come, without
+	// a goroutine per socket (on epoll); handshakeQueue takes the sockets
+	// whose head is in to the handshake workers. It holds at most
+	// MaxHandshakes, since every handshake in it is counted in handshakes.
+	heads          *reactor.Readiness
+	handshakeQueue chan *handshake
 	// writers take chunks of large channels' fan-out, one queue each.
 	writers []chan fanoutTask
 	// closes keep watched connections' close codes for the console.
@@ -254,6 +272,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.lanes = newAsyncLanes(s.recoveredAsync)
 	s.handshakePool.New = func() any { return s.newHandshake() }
+	s.headReaders.New = func() any { return bufio.NewReaderSize(nil, headBufferSize) }
 	s.retryLog = s.log.Sample(&zerolog.BurstSampler{Burst: 1, Period: limitLogPeriod})
 	s.watchers.byKey = map[string]map[*conn]struct{}{}
 	s.control = newControlPlane(opts.Conn, opts.GatewayID, s, s.recoverNATS, s.log)
@@ -310,6 +329,7 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	s.handshakeQueue = make(chan *handshake, opts.MaxHandshakes)
 	return s, nil
 }
 
@@ -347,6 +367,14 @@ func (s *Server) Channels() int { return s.hub.channelCount() }
 // after the gateway, with the gateway's readiness and metrics, and start-up
 // has no forward reference.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, api http.Handler) error {
+	// The heads wait where the connections will: in epoll with the epoll
+	// reactor, on goroutines with the portable one (whose connections
+	// each have a reader goroutine anyway).
+	heads, err := reactor.NewReadiness(s.rx.Kind())
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	s.heads = heads
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	s.lanes.run(s.baseCtx, &wg)
@@ -358,6 +386,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, api http.Handler) e
 	for _, w := range s.writers {
 		wg.Add(1)
 		go func() { defer wg.Done(); runWriter(w, done) }()
+	}
+	for range s.opts.HandshakeWorkers {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.runHandshakes(done) }()
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); s.control.run(done) }()
@@ -386,6 +418,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, api http.Handler) e
 		}
 	}()
 	if err := s.control.start(); err != nil {
+		s.heads.Close()
 		close(done)
 		wg.Wait()
 		return fmt.Errorf("gateway: control subscriptions: %w", err)
@@ -411,6 +444,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, api http.Handler) e
 	s.ready.Store(false)
 	_ = ln.Close()
 	<-acceptDone
+	// The sockets still waiting for their head are closed by the workers,
+	// which run until done.
+	s.heads.Close()
 
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -496,8 +532,10 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
 }
 
 // admit starts a new socket's handshake, unless too many are in progress
-// or its address is at its cap. It runs on the accept goroutine, so it
-// never waits.
+// (the handshake queue is full) or its address is at its cap. It runs on
+// the accept goroutine, so it never waits: the handshake deadline starts
+// here, and the socket's request head is read as its bytes come
+// (handshake.go) before a handshake worker takes it.
 func (s *Server) admit(nc net.Conn) {
 	if s.handshakes.Add(1) > int64(s.opts.MaxHandshakes) {
 		s.handshakes.Add(-1)
@@ -521,8 +559,20 @@ func (s *Server) admit(nc net.Conn) {
 		}
 	}
 	h := s.handshakePool.Get().(*handshake)
-	h.nc, h.trusted, h.slot = nc, trusted, slot
-	go h.run()
+	h.start(nc, trusted, slot)
+}
+
+// runHandshakes is a handshake worker: it takes the sockets whose request
+// head is in (or whose wait for it ended) off the queue, until done.
+func (s *Server) runHandshakes(done <-chan struct{}) {
+	for {
+		select {
+		case h := <-s.handshakeQueue:
+			h.step()
+		case <-done:
+			return
+		}
+	}
 }
 
 // handshakeFailed closes a socket whose handshake went wrong, answering
@@ -635,13 +685,14 @@ func isWebSocketPath(line []byte, prefix string) bool {
 }
 
 // refuse finishes an upgraded connection that may not stay: a pusher:error
-// with the code, then a close frame with the same code.
-func refuse(nc net.Conn, code int, message string) {
+// with the code, then a close frame with the same code. The linger after
+// them waits as a refused socket's does (admission.go), not on the
+// handshake worker: a refused client that keeps its socket open must not
+// hold a worker.
+func (s *Server) refuse(nc net.Conn, code int, message string) {
 	msg := protocol.AppendTextFrame(nil, protocol.AppendError(nil, code, message))
 	msg = protocol.AppendCloseFrame(msg, uint16(code), message)
-	_ = nc.SetDeadline(time.Now().Add(2 * time.Second))
-	_, _ = nc.Write(msg)
-	lingerClose(nc)
+	s.finishRefused(nc, msg, false)
 }
 
 // lingerClose half-closes and waits briefly for the peer to close, so that

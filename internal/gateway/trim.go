@@ -61,7 +61,7 @@ func (t *stormTrim) due(now time.Time, inProgress int64) bool {
 func (s *Server) trimMemory() {
 	start := time.Now()
 	// Two collections: the first moves the handshake pool's objects
-	// (a reader buffer each, as many as were in flight) to sync.Pool's
+	// (a buffer for the request head each, as many as were in flight) to sync.Pool's
 	// victim cache, the second frees them; FreeOSMemory's own collection
 	// is the second, and it then returns what is free.
 	runtime.GC()

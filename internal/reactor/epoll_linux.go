@@ -21,22 +21,32 @@ type epoll struct {
 }
 
 func newNativeBackend() (backend, error) {
-	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	fd, wake, err := newEpollWithWake()
 	if err != nil {
 		return nil, err
+	}
+	return &epoll{fdLoop: newFDLoop(), epfd: fd, wakefd: wake}, nil
+}
+
+// newEpollWithWake makes an epoll instance with an eventfd in it, whose
+// write interrupts epoll_wait.
+func newEpollWithWake() (epfd, wakefd int, err error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return -1, -1, err
 	}
 	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
 		_ = unix.Close(fd)
-		return nil, err
+		return -1, -1, err
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}
 	if err := unix.EpollCtl(fd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
 		_ = unix.Close(fd)
 		_ = unix.Close(wake)
-		return nil, err
+		return -1, -1, err
 	}
-	return &epoll{fdLoop: newFDLoop(), epfd: fd, wakefd: wake}, nil
+	return fd, wake, nil
 }
 
 func (e *epoll) open(c *Conn, nc net.Conn) error { return openFD(c, nc) }
