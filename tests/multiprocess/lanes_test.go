@@ -32,6 +32,7 @@ func partitionsLogged(p *proc, msg string) map[int]bool {
 // subscriber exactly once, in order per channel. (The SIGKILL case is
 // TestWorkerKilledUnderLoad.)
 func TestWorkersJoinAndStopUnderLoad(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	const partitions = 8
 	workerEnv := []string{"RESOUND_GATEWAY_TTL=3", "RESOUND_LOG_LEVEL=debug", "RESOUND_PARTITIONS=" + strconv.Itoa(partitions)}
 	c := startCluster(t, clusterSpec{gateways: 2, workers: 1, workerEnv: workerEnv,
