@@ -52,10 +52,11 @@ const (
 // arrived twice (6, with 56 requests answered 503, beside three other
 // tests; 15 also alone, on a machine loaded by other work); and in
 // TestWebhooksWorkerKilledMidDelivery the killed worker's records came
-// after later ones of the same channels once (beside three other tests,
-// on a machine loaded by other work too). Those run with no other test
-// of this package beside them (the other packages still run beside this
-// one, as always).
+// after later ones of the same channels (beside three other tests, and
+// also alone, on a machine loaded by other work). Those run with no
+// other test of this package beside them (the other packages still run
+// beside this one, as always): what they show under load is the
+// product's to fix, not this package's to add to.
 const parallel = 3
 
 // sharing lets the tests run side by side (read-locked by each test that
