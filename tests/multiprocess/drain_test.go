@@ -18,7 +18,7 @@ import (
 // closed with 4200, spread over RESOUND_DRAIN_WINDOW; the public port
 // takes no new connection; and it exits 0 once they are gone.
 func TestUpAnswers503WhileDraining(t *testing.T) {
-	t.Parallel() // mostly waiting (see "Running side by side" in procs_test.go)
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	opsPort := freePort(t)
 	ops := "http://127.0.0.1:" + strconv.Itoa(opsPort) + "/up"
 	// All-in-one (no NATS_URL); 20 clients over a 2 s window are closed one

@@ -41,6 +41,7 @@ func joinPresence(t *testing.T, c *pushertest.Client, channel, userID string) {
 // and the dead worker's unacked jobs come first), and every event reaches
 // every subscriber exactly once, in order per channel.
 func TestWorkerKilledUnderLoad(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	c := startCluster(t, clusterSpec{gateways: 3, workers: 2, workerEnv: []string{"RESOUND_GATEWAY_TTL=3"}})
 	const conns, channels, events = 24, 8, 1200
 	lg := startLoadgen(t, c, c.gateways[0], "wkill", "-conns", strconv.Itoa(conns), "-channels", strconv.Itoa(channels),
@@ -67,6 +68,7 @@ func TestWorkerKilledUnderLoad(t *testing.T) {
 // the dead gateway's presence members cluster-wide with member_removed,
 // within twice the gateway TTL; and the connection quota it held heals.
 func TestGatewayKilledUnderLoad(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	// The quota is tested on an app of its own, capped at 2 connections,
 	// so that loadgen's reconnections are not refused by it.
 	apps := filepath.Join(t.TempDir(), "apps.json")
@@ -186,6 +188,7 @@ func (n *natsProc) start(t *testing.T) {
 // no client connection is lost, and every event the API acknowledged
 // reaches every subscriber exactly once, in order.
 func TestNATSRestartedUnderLoad(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	n := startRestartableNATS(t)
 	c := startCluster(t, clusterSpec{gateways: 3, workers: 2, natsURL: n.url()})
 	const conns, channels, events = 24, 8, 800
@@ -223,6 +226,7 @@ func TestNATSRestartedUnderLoad(t *testing.T) {
 // events from the first, with no gap: a gateway never drops frames for a
 // client it keeps.
 func TestSlowConsumerIsCutOff(t *testing.T) {
+	alone(t) // 30 MB/s through race-built gateways: CPU, not waiting (see "Running side by side" in procs_test.go)
 	c := startCluster(t, clusterSpec{gateways: 3, workers: 2,
 		gatewayEnv: func(int) []string { return []string{"RESOUND_MAX_OUTBOUND=4194304"} }})
 	const run = "slow"
@@ -302,6 +306,7 @@ func TestSlowConsumerIsCutOff(t *testing.T) {
 // event sent after each is back reaches it exactly once, as it does the
 // clients that never moved.
 func TestReconnectStormAfterDrain(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	c := startCluster(t, clusterSpec{gateways: 3, workers: 2, gatewayEnv: func(i int) []string {
 		if i == 0 {
 			return []string{"RESOUND_DRAIN_WINDOW=2"}

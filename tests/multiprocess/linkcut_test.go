@@ -179,6 +179,7 @@ func startLinkCutCluster(t *testing.T, env ...string) *linkCutCluster {
 // gateway catches up: its clients stay connected and get every event
 // published meanwhile, in order, exactly once, before newer ones.
 func TestGatewayLinkCut(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	lc := startLinkCutCluster(t)
 	g2 := lc.gateways[1]
 	// 64 subscribers a channel, 32 on each gateway; 56 events a channel,
@@ -218,6 +219,7 @@ func TestGatewayLinkCut(t *testing.T) {
 // they were away is their gap, counted apart; nothing sent after they
 // resubscribed is missing.
 func TestGatewayLinkCutPastHistory(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	// The gateway TTL is longer than the cut, so that only the history
 	// window decides: nobody sweeps gateway 2 meanwhile.
 	lc := startLinkCutCluster(t, "RESOUND_HISTORY_TTL=10", "RESOUND_GATEWAY_TTL=60")
@@ -272,6 +274,7 @@ func TestGatewayLinkCutPastHistory(t *testing.T) {
 // whatever the worker had fetched, published or acknowledged when its
 // connection was reset.
 func TestWorkerLinkCut(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	natsURL, _ := startNATS(t)
 	proxy, viaProxy := startProxy(t, natsURL)
 	c := startCluster(t, clusterSpec{gateways: 2, workers: 1, natsURL: natsURL, workerEnv: []string{"NATS_URL=" + viaProxy}})

@@ -20,6 +20,7 @@ import (
 // An event triggered through one gateway's HTTP API reaches subscribers on
 // every gateway, and a channel's events keep their order across processes.
 func TestEventCrossesGateways(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	nurl, _ := startNATS(t)
 	a := startGateway(t, "gateway-a", nurl, 0)
 	b := startGateway(t, "gateway-b", nurl, 0)
@@ -50,6 +51,7 @@ func TestEventCrossesGateways(t *testing.T) {
 // socket_id excludes the sender's connection even when it sits on another
 // gateway than the one the API call went to.
 func TestSocketIDExcludedAcrossGateways(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	nurl, _ := startNATS(t)
 	a := startGateway(t, "gateway-a", nurl, 0)
 	b := startGateway(t, "gateway-b", nurl, 0)
@@ -70,7 +72,7 @@ func TestSocketIDExcludedAcrossGateways(t *testing.T) {
 // JetStream (the API still answers 200) and a worker started later, or
 // after another was killed, delivers them all in order.
 func TestJobsWaitForAWorker(t *testing.T) {
-	t.Parallel() // mostly waiting (see "Running side by side" in procs_test.go)
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	nurl, mon := startNATS(t)
 	g := startGateway(t, "gateway", nurl, 0)
 	c := pushertest.Connect(t, g.addr, appKey)
@@ -100,7 +102,7 @@ func TestJobsWaitForAWorker(t *testing.T) {
 // that is stopped and started again on the same port picks up where it
 // left off: nothing is lost, duplicated or left in the stream.
 func TestTwoWorkersAndGatewayRestart(t *testing.T) {
-	t.Parallel() // mostly waiting (see "Running side by side" in procs_test.go)
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	nurl, mon := startNATS(t)
 	g := startGateway(t, "gateway", nurl, 0)
 	w1 := launchWorker(t, "worker-1", nurl)
@@ -158,7 +160,7 @@ func TestTwoWorkersAndGatewayRestart(t *testing.T) {
 }
 
 func TestCommandLineAndBadSettings(t *testing.T) {
-	t.Parallel() // mostly waiting (see "Running side by side" in procs_test.go)
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	out, _, code := runOnce(t, "gateway", nil, "--help")
 	if code != 0 {
 		t.Fatalf("gateway --help exited %d", code)
@@ -185,6 +187,7 @@ func TestCommandLineAndBadSettings(t *testing.T) {
 // and makes a development app, kept in its data directory. Two such
 // processes run side by side without sharing anything.
 func TestAllInOneProcesses(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	one := startAllInOne(t, "all-in-one-1", 0, t.TempDir())
 	two := startAllInOne(t, "all-in-one-2", 0, t.TempDir())
 	if one.app == two.app {

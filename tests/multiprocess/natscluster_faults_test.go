@@ -202,7 +202,7 @@ func expectReplicated(t *testing.T, nc *natsCluster) {
 // 3-node cluster all come up and deliver; stopped and started again, all
 // at once, on the cluster they made, they come up again.
 func TestFreshNATSClusterStart(t *testing.T) {
-	t.Parallel() // mostly waiting (see "Running side by side" in procs_test.go)
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	nc := startNATSCluster(t)
 	set := startResoundAtOnce(t, nc.urls(), 2, 2, replicasEnv)
 	expectReplicated(t, nc)
@@ -224,6 +224,7 @@ func TestFreshNATSClusterStart(t *testing.T) {
 // RESOUND_HISTORY. The API may answer 503 while the job stream has no
 // leader; loadgen then sends the event again.
 func TestNATSNodeKilledUnderLoad(t *testing.T) {
+	alone(t) // its election is slower on a busier machine (see "Running side by side" in procs_test.go)
 	nc := startNATSCluster(t)
 	set := startResoundAtOnce(t, nc.urls(), 2, 2, replicasEnv)
 	c := set.cluster(nc.urls())

@@ -49,6 +49,7 @@ const (
 // fallen past the history window, they are told to reconnect with 4200
 // and come back), exactly once, in order.
 func TestGatewayPausedHeals(t *testing.T) {
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	apps := filepath.Join(t.TempDir(), "apps.json")
 	appsJSON := fmt.Sprintf(`{"apps":[{"app_id":%q,"key":%q,"secret":%q,"max_connections":%d,"subscription_count":true}]}`,
 		pauseID, pauseKey, pauseSecret, pauseConns)

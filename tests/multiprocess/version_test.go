@@ -13,7 +13,7 @@ import (
 // the VCS stamp the toolchain put in them, read back here independently
 // with debug/buildinfo, and exit 0 without reading any setting.
 func TestVersionFlag(t *testing.T) {
-	t.Parallel() // mostly waiting (see "Running side by side" in procs_test.go)
+	sideBySide(t) // see "Running side by side" in procs_test.go
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)

@@ -31,7 +31,7 @@ import (
 // notices within the TTL; JetStream's pin lapses after webhook.PinnedTTL),
 // so this test spends most of its time waiting for that.
 func TestWebhooksWorkerKilledMidDelivery(t *testing.T) {
-	t.Parallel() // mostly waits for the pin to lapse (see "Running side by side")
+	alone(t) // its order after the kill is load-sensitive (see "Running side by side" in procs_test.go)
 	const (
 		channels = 200
 		perEvent = 2                     // client events per channel
