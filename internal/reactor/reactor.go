@@ -377,7 +377,8 @@ func (p *Poller) received(c *Conn, data []byte) bool {
 }
 
 // destroy closes a connection for good, forgets it, and tells the
-// session. Only the poller goroutine calls it.
+// session. The poller goroutine calls it, and on the portable backend a
+// connection's own reader goroutine too. Lock order: c.mu, then p.mu.
 func (p *Poller) destroy(c *Conn) {
 	c.mu.Lock()
 	if c.state == stateDead {
@@ -400,16 +401,24 @@ func (p *Poller) destroy(c *Conn) {
 
 // shutdown closes every connection left once the loop has stopped, then
 // the backend.
+//
+// Lock order is a connection's mu before the poller's (destroy), so the
+// connections are taken from the map first and closed after p.mu is let
+// go: on the portable backend a connection's reader goroutine can be in
+// destroy at the same moment, holding its c.mu and waiting for p.mu.
 func (p *Poller) shutdown() {
 	p.mu.Lock()
-	for _, c := range p.conns {
-		c.mu.Lock()
-		c.state = stateDead
-		c.closeSocketLocked()
-		c.mu.Unlock()
-	}
+	conns := p.conns
 	p.conns = map[int]*Conn{}
 	p.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		if c.state != stateDead { // destroy may have closed it meanwhile
+			c.state = stateDead
+			c.closeSocketLocked()
+		}
+		c.mu.Unlock()
+	}
 	p.be.close()
 }
 
