@@ -10,8 +10,8 @@
 //     own) and to the one channel everybody is on. Sampled every second:
 //     the connect rate over time.
 //
-//  2. hold: nothing is sent for -hold (pings only: keep it past the
-//     60 s ping interval). At its end: memory per socket of the gateways,
+//  2. hold: nothing is sent for -hold (pings only: every socket silent
+//     for -ping-interval is pinged). At its end: memory per socket of the gateways,
 //     the load generators, nats-server and the kernel; CPU over the hold.
 //
 //  3. steady: the fan-out on the small channels starts (-fanout-rate
@@ -77,6 +77,7 @@ type options struct {
 	connectRate, fanoutRate          float64
 	drainFraction                    float64
 	hold, steady, drainWindow        time.Duration
+	pingInterval                     time.Duration
 	connectTimeout, phaseTimeout     time.Duration
 	countConnections                 bool
 	sysctl                           string
@@ -142,6 +143,13 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.hold, "hold", envDuration("HOLD", 2*time.Minute), "idle hold once all are connected (env MILLION_HOLD)")
 	fs.DurationVar(&o.steady, "steady", envDuration("STEADY", 30*time.Second), "fan-out alone before the broadcasts (env MILLION_STEADY)")
 	fs.Float64Var(&o.drainFraction, "drain-fraction", envFloat("DRAIN_FRACTION", 0.1), "share of the gateways drained (env MILLION_DRAIN_FRACTION)")
+	// 300 s, not Reverb's 60: measured here, one ping and its pong cost
+	// about 110 µs of CPU over both ends (gateway, load generator,
+	// kernel), so a million sockets pinged every 60 s take 90% of this
+	// machine's two cores. The first full run with 60 s slowed its
+	// connects to 250/s by 780,000 sockets and could not finish; a
+	// deployment that size has the cores for it.
+	fs.DurationVar(&o.pingInterval, "ping-interval", envDuration("PING_INTERVAL", 300*time.Second), "the gateways' RESOUND_PING_INTERVAL: how long a socket is silent before the server pings it (env MILLION_PING_INTERVAL; Reverb's default is 60 s, which at a million sockets takes 90% of this machine's CPU)")
 	fs.DurationVar(&o.drainWindow, "drain-window", envDuration("DRAIN_WINDOW", 10*time.Second), "the gateways' RESOUND_DRAIN_WINDOW (env MILLION_DRAIN_WINDOW)")
 	fs.DurationVar(&o.connectTimeout, "connect-timeout", envDuration("CONNECT_TIMEOUT", 30*time.Minute), "how long the connect phase may take (env MILLION_CONNECT_TIMEOUT)")
 	fs.DurationVar(&o.phaseTimeout, "phase-timeout", envDuration("PHASE_TIMEOUT", 5*time.Minute), "how long one broadcast, or the drain, may take (env MILLION_PHASE_TIMEOUT)")

@@ -57,6 +57,7 @@ type Settings struct {
 	HoldS            float64 `json:"hold_s"`
 	SteadyS          float64 `json:"steady_s"`
 	DrainWindowS     float64 `json:"drain_window_s"`
+	PingIntervalS    float64 `json:"ping_interval_s"`
 	Inflight         int     `json:"inflight"`
 	ConnectRate      float64 `json:"connect_rate,omitempty"`
 	CountConnections bool    `json:"count_connections"`
@@ -191,7 +192,7 @@ func (r *millionRun) result(ob *observed) *Result {
 		Command: "go run ./bench/million " + strings.Join(os.Args[1:], " "),
 		Started: r.start.UTC().Format(time.RFC3339), Machine: r.machine, Layout: r.l, Sysctls: r.sysctls,
 		Settings: Settings{FanoutRate: r.o.fanoutRate, Broadcasts: r.o.broadcasts, HoldS: r.o.hold.Seconds(), SteadyS: r.o.steady.Seconds(),
-			DrainWindowS: r.o.drainWindow.Seconds(), Inflight: r.o.inflight, ConnectRate: r.o.connectRate, CountConnections: r.o.countConnections},
+			DrainWindowS: r.o.drainWindow.Seconds(), PingIntervalS: r.o.pingInterval.Seconds(), Inflight: r.o.inflight, ConnectRate: r.o.connectRate, CountConnections: r.o.countConnections},
 		samples: samples,
 	}
 	res.Machine.LoadEnd = machine.LoadAvg()

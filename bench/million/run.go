@@ -201,6 +201,7 @@ func (r *millionRun) startCluster(ctx context.Context, bin string) error {
 		port, ops := ports[2+2*i], ports[3+2*i]
 		env := append(append([]string{}, common...), "REVERB_SERVER_HOST=127.0.0.1", "REVERB_SERVER_PORT="+itoa(port),
 			"RESOUND_OPS_ADDR=127.0.0.1:"+itoa(ops), fmt.Sprintf("RESOUND_DRAIN_WINDOW=%g", r.o.drainWindow.Seconds()),
+			fmt.Sprintf("RESOUND_PING_INTERVAL=%d", int(r.o.pingInterval.Seconds())),
 			"RESOUND_PPROF=true")
 		c, err := start(childSpec{name: fmt.Sprintf("gateway-%d", i+1), kind: kindGateway, bin: filepath.Join(bin, "gateway"), dir: r.tmp, env: env}, r.logDir())
 		if err != nil {
