@@ -127,26 +127,28 @@ func TestLayoutRefusals(t *testing.T) {
 // Settings are raised only when short, and only with a working write;
 // what was raised is put back.
 func TestEnsureSysctls(t *testing.T) {
-	sys := []Sysctl{{Name: "fs.file-max", Value: "2466290"}, {Name: "net.ipv4.tcp_mem", Value: "287913 383885 575826"}}
+	sys := []Sysctl{{Name: "fs.file-max", Value: "2466290"}, {Name: "net.ipv4.tcp_mem", Value: "287913 383885 575826"}, {Name: "net.core.netdev_max_backlog", Value: "1000"}}
 	l := layout{Sockets: 1_000_000}
 	written := map[string]string{}
 	write := func(name, v string) error { written[name] = v; return nil }
 	restore, unmet := ensure(l.needs(), sys, write)
-	if len(unmet) != 0 || len(restore) != 1 || restore[0].name != "net.ipv4.tcp_mem" || restore[0].old != "287913 383885 575826" {
+	if len(unmet) != 0 || len(restore) != 2 || restore[0].name != "net.ipv4.tcp_mem" || restore[0].old != "287913 383885 575826" ||
+		restore[1].name != "net.core.netdev_max_backlog" || restore[1].old != "1000" {
 		t.Fatalf("restore %v unmet %v", restore, unmet)
 	}
-	if written["net.ipv4.tcp_mem"] != "500000 1000000 1500000" || sys[1].Set != written["net.ipv4.tcp_mem"] || len(written) != 1 {
+	if written["net.ipv4.tcp_mem"] != "500000 1000000 1500000" || sys[1].Set != written["net.ipv4.tcp_mem"] ||
+		written["net.core.netdev_max_backlog"] != "1000000" || len(written) != 2 {
 		t.Fatalf("wrote %v; %+v", written, sys)
 	}
 	// A run this small needs nothing.
-	sys = []Sysctl{{Name: "fs.file-max", Value: "2466290"}, {Name: "net.ipv4.tcp_mem", Value: "287913 383885 575826"}}
+	sys = []Sysctl{{Name: "fs.file-max", Value: "2466290"}, {Name: "net.ipv4.tcp_mem", Value: "287913 383885 575826"}, {Name: "net.core.netdev_max_backlog", Value: "100000"}}
 	if restore, unmet := ensure(layout{Sockets: 90_000}.needs(), sys, func(string, string) error { t.Fatal("wrote"); return nil }); len(restore)+len(unmet) != 0 {
 		t.Fatal(restore, unmet)
 	}
 	// Not writable: reported, nothing to restore.
-	sys = []Sysctl{{Name: "fs.file-max", Value: "100"}, {Name: "net.ipv4.tcp_mem", Value: "1 2 3"}}
+	sys = []Sysctl{{Name: "fs.file-max", Value: "100"}, {Name: "net.ipv4.tcp_mem", Value: "1 2 3"}, {Name: "net.core.netdev_max_backlog", Value: "1000"}}
 	restore, unmet = ensure(l.needs(), sys, func(string, string) error { return errors.New("read-only") })
-	if len(restore) != 0 || len(unmet) != 2 || !strings.Contains(sys[0].Note, "read-only") {
+	if len(restore) != 0 || len(unmet) != 3 || !strings.Contains(sys[0].Note, "read-only") {
 		t.Fatalf("restore %v unmet %v notes %+v", restore, unmet, sys)
 	}
 }
