@@ -345,7 +345,7 @@ func (l *lane) loop() {
 		}
 	}
 	l.cancel()
-	l.left = len(l.held) + len(l.in) + l.ackFailed
+	l.left = len(l.held) + len(l.in) + l.order.Held() + l.ackFailed
 	l.reqs.Wait()
 }
 

@@ -309,6 +309,7 @@ func names(evs []protocol.WebhookEvent) []string {
 // X-Pusher-Signature (checked by the receiver) and Content-Type, then the
 // webhook's own headers; the metrics and counters count it.
 func TestSenderBodyAndHeaders(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	h := hook(rc)
 	h.URL += "?token=secret"
@@ -410,6 +411,7 @@ func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 
 // Events that come together go in one request, at most BatchMax each, in
 // order.
 func TestSenderBatches(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
 	timing := fast
@@ -438,6 +440,7 @@ func TestSenderBatches(t *testing.T) {
 // channel_vacated and member_removed wait for the delay, and are dropped
 // with the occupied or added (same user) that comes back meanwhile.
 func TestSenderDelayAndCancel(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
 	r.start("w1", fast, nil)
@@ -481,6 +484,7 @@ func TestSenderDelayAndCancel(t *testing.T) {
 // compare-and-sets happened: within the batch window the sender puts
 // them back in revision order.
 func TestSenderOrdersByRevision(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
 	timing := fast
@@ -509,6 +513,7 @@ func TestSenderOrdersByRevision(t *testing.T) {
 // Each webhook gets the events its event_types and filter take, and the
 // records no webhook wants are acked all the same.
 func TestSenderFilters(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	a, b := newReceiver(t, nil), newReceiver(t, nil)
 	ha := config.Webhook{URL: a.srv.URL, EventTypes: []string{protocol.WebhookChannelOccupied},
 		Filter: config.WebhookFilter{ChannelNameStartsWith: "private-"}}
@@ -539,6 +544,7 @@ func TestSenderFilters(t *testing.T) {
 // A receiver that fails for a while, then recovers, gets every webhook
 // once, in order.
 func TestSenderReceiverRecovers(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, func(n int) int {
 		if n <= 4 {
 			return http.StatusServiceUnavailable
@@ -567,6 +573,7 @@ func TestSenderReceiverRecovers(t *testing.T) {
 
 // A receiver that is down holds back nothing of another receiver's.
 func TestSenderDownReceiverHoldsBackNoOther(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	down := newReceiver(t, func(int) int { return http.StatusInternalServerError })
 	up := newReceiver(t, nil)
 	r := newRig(t, hook(down), hook(up))
@@ -587,6 +594,7 @@ func TestSenderDownReceiverHoldsBackNoOther(t *testing.T) {
 // A receiver that fails for longer than RetryFor has its webhooks
 // dropped, counted, and their records acked.
 func TestSenderGivesUp(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	down := newReceiver(t, func(int) int { return http.StatusBadGateway })
 	r := newRig(t, hook(down))
 	timing := fast
@@ -612,6 +620,7 @@ func TestSenderGivesUp(t *testing.T) {
 // second joins and then the first leaves, no channel's webhooks go out
 // of order or twice.
 func TestSenderTwoWorkersInOrder(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
 	timing := fast
@@ -651,6 +660,7 @@ func TestSenderTwoWorkersInOrder(t *testing.T) {
 // A sender stopped while it retries a receiver hands its lanes over:
 // the next one delivers everything, in order, once the receiver is back.
 func TestSenderStoppedMidRetryHandsOver(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	var failing atomic.Bool
 	failing.Store(true)
 	rc := newReceiver(t, func(int) int {
@@ -686,6 +696,7 @@ func TestSenderStoppedMidRetryHandsOver(t *testing.T) {
 // Records that cannot be sent (not JSON, an unknown app) are dropped
 // without holding back the lane.
 func TestSenderSkipsBadRecords(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
 	r.start("w1", fast, nil)
@@ -713,6 +724,7 @@ func TestSenderSkipsBadRecords(t *testing.T) {
 // before the records published after them. Without a batch window, the
 // sender used to send them as they came: [2 3 … 8 1 9 10 11].
 func TestSenderDeadSendersRecordsInOrder(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	const ackWait, pinnedTTL = time.Second, 3 * time.Second
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
