@@ -280,6 +280,7 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 		n.hooks = webhook.NewSender(webhook.SenderOptions{
 			JetStream: wjs, Conn: wConn, Apps: cfg.Apps, ID: n.pool.ID(), Lanes: cfg.Partitions, Timing: webhook.TimingOf(&cfg.Settings),
 			Log: n.log.With().Str("component", "webhooks").Logger(), Registerer: n.Registry, Observe: n.console.Record,
+			Alone: true, // as the pool
 		})
 		n.goRun(func() error { return n.pool.Run(runCtx) })
 		n.goRun(func() error { return n.hooks.Run(runCtx) })

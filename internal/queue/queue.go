@@ -177,8 +177,8 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 //
 // The pin does not keep the redeliveries in order among themselves: while
 // it names a worker that no longer pulls, JetStream rotates its queue of
-// redeliveries each time something wakes the consumer (see the worker's
-// Pool.receive), so the worker sorts them again.
+// redeliveries each time something wakes the consumer (see
+// internal/ordered), so the worker sorts them again.
 const (
 	AckWait    = 5 * time.Second
 	PinnedTTL  = 10 * time.Second

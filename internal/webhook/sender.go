@@ -73,6 +73,11 @@ type SenderOptions struct {
 	Observe func(app string, e wire.ConsoleEntry)
 	// Client, when set, makes the requests instead of NewHTTPClient's.
 	Client *http.Client
+	// Alone says this sender is the only one on its NATS (the all-in-one
+	// gateway's): a stop hands nothing over, so it does not wait for its
+	// last pull to expire (up to PullExpiry) before unpinning its lanes,
+	// as worker.Options.Alone.
+	Alone bool
 }
 
 // Sender delivers the webhook stream's records to the apps' receivers.

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/resoundhq/resound/internal/config"
+	"github.com/resoundhq/resound/internal/ordered"
 	"github.com/resoundhq/resound/internal/wire"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -42,7 +43,11 @@ type lane struct {
 	cons    jetstream.Consumer
 	cc      jetstream.ConsumeContext
 	ackWait time.Duration
-	in      chan jetstream.Msg
+	// order puts the records in stream order after faults (a dead
+	// sender's redeliveries come rotated, a delivery lost with a NATS
+	// node comes back an ack wait late) before they reach in.
+	order   *ordered.Lane
+	in      chan delivery
 	results chan result
 	// drain is closed once the consumer stopped pulling: the loop then
 	// finishes what it holds, within the hand-over budget.
@@ -66,6 +71,12 @@ type lane struct {
 	ackFailed int
 }
 
+// delivery is one record's delivery, as the lane's order hands it on.
+type delivery struct {
+	msg  jetstream.Msg
+	meta *jetstream.MsgMetadata
+}
+
 // record is one stream record in hand, until it is acked.
 type record struct {
 	msg    jetstream.Msg
@@ -74,9 +85,6 @@ type record struct {
 	rec    Record
 	key    string // app and channel
 	family int8
-	// again: JetStream delivered it before (its last holder did not ack
-	// it in time, or was handed over the lane).
-	again bool
 	// due is when it may leave its channel's queue: after the batch
 	// window if it has a revision (for an earlier one to come), after
 	// the delay if it is a vacated or removed.
@@ -181,18 +189,42 @@ func (s *Sender) startLane(ctx context.Context, k int, cons jetstream.Consumer) 
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	l := &lane{
 		s: s, k: k, cons: cons, ackWait: ackWait, ctx: lctx, cancel: cancel,
-		in: make(chan jetstream.Msg, 256),
+		in: make(chan delivery, 256),
 		// One request in flight per receiver at most: a result never
 		// waits for the loop.
 		results: make(chan result, receivers+1),
 		drain:   make(chan struct{}), done: make(chan struct{}),
 		held: map[uint64]*record{}, channels: map[string]*channelQueue{}, receivers: map[receiverKey]*receiver{},
 	}
+	maxAckPending := 10000 // as EnsureConsumers makes it
+	if info := cons.CachedInfo(); info != nil && info.Config.MaxAckPending > 0 {
+		maxAckPending = info.Config.MaxAckPending
+	}
+	// The same ordering as the job worker's partitions (internal/ordered).
+	// Before, the lane sorted a channel's redelivered records only within
+	// the batch window: a dead sender's records, which come back rotated,
+	// went out of order whenever the rest of the rotation came later than
+	// that (TestWebhooksWorkerKilledMidDelivery, on a loaded machine), and
+	// at once with no window; and a record lost with a NATS node was
+	// overtaken by its channel's later ones.
+	l.order = ordered.New(ordered.Options{
+		AckWait: ackWait, MaxAckPending: maxAckPending,
+		Dispatch: func(msg jetstream.Msg, meta *jetstream.MsgMetadata) {
+			select {
+			case l.in <- delivery{msg, meta}:
+			case <-l.done: // unacked: delivered again
+			}
+		},
+		Gap: func(lost uint64) {
+			s.opts.Log.Warn().Int("lane", k).Uint64("lost", lost).
+				Msg("webhook record deliveries lost on the way (a NATS node or link went away): holding the lane's records until they are delivered again")
+		},
+	})
 	go l.loop()
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		select {
-		case l.in <- msg:
-		case <-l.done: // unacked: delivered again
+		if err := l.order.Receive(msg); err != nil {
+			s.opts.Log.Warn().Err(err).Msg("webhook record without JetStream metadata: dropped")
+			_ = msg.Term()
 		}
 	},
 		jetstream.PullPriorityGroup(PriorityGroup),
@@ -233,6 +265,9 @@ func (l *lane) handOver() {
 	case <-time.After(drainTimeout):
 		l.cc.Stop()
 	}
+	drained := time.Now()
+	// Nothing more comes: no need to wait out the quiet.
+	l.order.Flush()
 	close(l.drain)
 	<-l.done
 	log := s.opts.Log.With().Int("lane", l.k).Logger()
@@ -240,24 +275,21 @@ func (l *lane) handOver() {
 		log.Info().Int("unacked", l.left).Msg("webhook lane handed over with records unfinished: the next owner gets them once they are due again")
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout+PullExpiry)
 	defer cancel()
-	// The acks are published, not awaited: make sure JetStream has them
-	// all before letting another sender take the lane's later records.
-	for {
-		info, err := l.cons.Info(ctx)
-		if err != nil {
-			return
-		}
-		if info.NumAckPending == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			log.Info().Int("ack_pending", info.NumAckPending).Msg("webhook lane handed over with records unacked")
-			return
-		case <-time.After(20 * time.Millisecond):
-		}
+	// The acks are published, not awaited: JetStream must have them all
+	// before another sender takes the lane's later records. And the last
+	// pull request must have expired: served after the subscription was
+	// gone, its records would be lost on the way, counted delivered, and
+	// come back an ack wait later, after the next owner sent the lane's
+	// later ones (the job worker's hand-over hole, worker.lanes.release).
+	pullExpiry := PullExpiry
+	if s.opts.Alone {
+		pullExpiry = 0
+	}
+	if !ordered.SettledOnServer(ctx, l.cons, drained, pullExpiry, drainTimeout) {
+		log.Info().Msg("webhook lane handed over with records unacked: its pin lapses instead, after they are due again")
+		return
 	}
 	if stream, err := s.opts.JetStream.Stream(ctx, StreamName); err == nil {
 		_ = stream.UnpinConsumer(ctx, ConsumerName(l.k), PriorityGroup)
@@ -286,8 +318,8 @@ func (l *lane) loop() {
 	drain := l.drain
 	for {
 		select {
-		case msg := <-l.in:
-			l.receive(msg, time.Now())
+		case d := <-l.in:
+			l.receive(d.msg, d.meta, time.Now())
 		case res := <-l.results:
 			l.finished(res, time.Now())
 		case <-timer.C:
@@ -313,19 +345,13 @@ func (l *lane) loop() {
 		}
 	}
 	l.cancel()
-	l.left = len(l.held) + len(l.in) + l.ackFailed
+	l.left = len(l.held) + len(l.in) + l.order.Held() + l.ackFailed
 	l.reqs.Wait()
 }
 
-// receive takes a record from the stream.
-func (l *lane) receive(msg jetstream.Msg, now time.Time) {
+// receive takes a record from the stream, in stream order.
+func (l *lane) receive(msg jetstream.Msg, meta *jetstream.MsgMetadata, now time.Time) {
 	log := l.s.opts.Log
-	meta, err := msg.Metadata()
-	if err != nil {
-		log.Warn().Err(err).Msg("webhook record without JetStream metadata: dropped")
-		_ = msg.Term()
-		return
-	}
 	seq := meta.Sequence.Stream
 	if r, ok := l.held[seq]; ok {
 		// Delivered again while still in hand (an InProgress that did
@@ -354,7 +380,7 @@ func (l *lane) receive(msg jetstream.Msg, now time.Time) {
 	}
 	r := &record{
 		msg: msg, seq: seq, app: app, rec: rec, key: app.ID + "\x00" + rec.Event.Channel,
-		family: familyOf(rec.Event.Name), again: meta.NumDelivered > 1, touched: now,
+		family: familyOf(rec.Event.Name), touched: now,
 	}
 	l.held[seq] = r
 	l.enqueue(r, now)
@@ -366,13 +392,10 @@ func (l *lane) receive(msg jetstream.Msg, now time.Time) {
 func (l *lane) enqueue(r *record, now time.Time) {
 	t := &l.s.opts.Timing
 	r.due = now
-	if (r.rec.Rev > 0 || r.again) && t.BatchWindow > 0 {
+	if r.rec.Rev > 0 && t.BatchWindow > 0 {
 		// Another gateway's earlier transition may be published just
-		// after this one. And records delivered again may come out of
-		// stream order: JetStream's redelivery queue is rotated each
-		// time it finds no one to deliver to (while the lane is still
-		// pinned to the sender that left them), but it is served whole
-		// before anything new, so the rest of it comes right after.
+		// after this one. (Records delivered again reach the lane in
+		// stream order already: see startLane.)
 		r.due = now.Add(t.BatchWindow)
 	}
 	if undoable(r.rec.Event.Name) && t.Delay > 0 {

@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/resoundhq/resound/internal/config"
+	"github.com/resoundhq/resound/internal/natsembed"
 	"github.com/resoundhq/resound/internal/natsembed/natstest"
 	"github.com/resoundhq/resound/internal/webhook"
 	"github.com/resoundhq/resound/internal/wire"
@@ -134,6 +135,7 @@ func on(channel string, evs []protocol.WebhookEvent) []protocol.WebhookEvent {
 
 type rig struct {
 	t    *testing.T
+	ns   *natsembed.Server
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	apps *config.Apps
@@ -141,7 +143,12 @@ type rig struct {
 
 func newRig(t *testing.T, hooks ...config.Webhook) *rig {
 	t.Helper()
-	nc, js := natstest.JetStream(t, "webhook-test")
+	ns := natstest.Server(t, false)
+	nc := natstest.Conn(t, ns, "webhook-test")
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := webhook.EnsureStream(ctx, js, webhook.StreamOptions{MaxBytes: 64 << 20, RetryFor: time.Minute, Lanes: testLanes}); err != nil {
@@ -151,7 +158,7 @@ func newRig(t *testing.T, hooks ...config.Webhook) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &rig{t: t, nc: nc, js: js, apps: apps}
+	return &rig{t: t, ns: ns, nc: nc, js: js, apps: apps}
 }
 
 // hook is a webhook to rc taking every event.
@@ -302,6 +309,7 @@ func names(evs []protocol.WebhookEvent) []string {
 // X-Pusher-Signature (checked by the receiver) and Content-Type, then the
 // webhook's own headers; the metrics and counters count it.
 func TestSenderBodyAndHeaders(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	h := hook(rc)
 	h.URL += "?token=secret"
@@ -403,6 +411,7 @@ func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 
 // Events that come together go in one request, at most BatchMax each, in
 // order.
 func TestSenderBatches(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
 	timing := fast
@@ -431,6 +440,7 @@ func TestSenderBatches(t *testing.T) {
 // channel_vacated and member_removed wait for the delay, and are dropped
 // with the occupied or added (same user) that comes back meanwhile.
 func TestSenderDelayAndCancel(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
 	r.start("w1", fast, nil)
@@ -474,6 +484,7 @@ func TestSenderDelayAndCancel(t *testing.T) {
 // compare-and-sets happened: within the batch window the sender puts
 // them back in revision order.
 func TestSenderOrdersByRevision(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
 	timing := fast
@@ -502,6 +513,7 @@ func TestSenderOrdersByRevision(t *testing.T) {
 // Each webhook gets the events its event_types and filter take, and the
 // records no webhook wants are acked all the same.
 func TestSenderFilters(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	a, b := newReceiver(t, nil), newReceiver(t, nil)
 	ha := config.Webhook{URL: a.srv.URL, EventTypes: []string{protocol.WebhookChannelOccupied},
 		Filter: config.WebhookFilter{ChannelNameStartsWith: "private-"}}
@@ -532,6 +544,7 @@ func TestSenderFilters(t *testing.T) {
 // A receiver that fails for a while, then recovers, gets every webhook
 // once, in order.
 func TestSenderReceiverRecovers(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, func(n int) int {
 		if n <= 4 {
 			return http.StatusServiceUnavailable
@@ -560,6 +573,7 @@ func TestSenderReceiverRecovers(t *testing.T) {
 
 // A receiver that is down holds back nothing of another receiver's.
 func TestSenderDownReceiverHoldsBackNoOther(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	down := newReceiver(t, func(int) int { return http.StatusInternalServerError })
 	up := newReceiver(t, nil)
 	r := newRig(t, hook(down), hook(up))
@@ -580,6 +594,7 @@ func TestSenderDownReceiverHoldsBackNoOther(t *testing.T) {
 // A receiver that fails for longer than RetryFor has its webhooks
 // dropped, counted, and their records acked.
 func TestSenderGivesUp(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	down := newReceiver(t, func(int) int { return http.StatusBadGateway })
 	r := newRig(t, hook(down))
 	timing := fast
@@ -605,6 +620,7 @@ func TestSenderGivesUp(t *testing.T) {
 // second joins and then the first leaves, no channel's webhooks go out
 // of order or twice.
 func TestSenderTwoWorkersInOrder(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
 	timing := fast
@@ -644,6 +660,7 @@ func TestSenderTwoWorkersInOrder(t *testing.T) {
 // A sender stopped while it retries a receiver hands its lanes over:
 // the next one delivers everything, in order, once the receiver is back.
 func TestSenderStoppedMidRetryHandsOver(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	var failing atomic.Bool
 	failing.Store(true)
 	rc := newReceiver(t, func(int) int {
@@ -679,6 +696,7 @@ func TestSenderStoppedMidRetryHandsOver(t *testing.T) {
 // Records that cannot be sent (not JSON, an unknown app) are dropped
 // without holding back the lane.
 func TestSenderSkipsBadRecords(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
 	rc := newReceiver(t, nil)
 	r := newRig(t, hook(rc))
 	r.start("w1", fast, nil)
@@ -695,5 +713,71 @@ func TestSenderSkipsBadRecords(t *testing.T) {
 	r.drained()
 	if got := numbers(rc.events()); !slices.Equal(got, []int{1}) {
 		t.Errorf("events %v", got)
+	}
+}
+
+// A sender dies holding a channel's records unacked; another, already
+// pulling the lane, takes it once the pin lapses. JetStream gives it the
+// dead one's records rotated (nats-server re-appends the head of its
+// redelivery queue each time it finds no one to send it to, see
+// internal/ordered): they must still reach the receiver in stream order,
+// before the records published after them. Without a batch window, the
+// sender used to send them as they came: [2 3 … 8 1 9 10 11].
+func TestSenderDeadSendersRecordsInOrder(t *testing.T) {
+	t.Parallel() // mostly waits: a stopping sender waits out its last pull (PullExpiry)
+	const ackWait, pinnedTTL = time.Second, 3 * time.Second
+	rc := newReceiver(t, nil)
+	r := newRig(t, hook(rc))
+	r.shortConsumers(ackWait, pinnedTTL)
+	const channel, held, later = "private-chat", 8, 3
+	k := webhook.Lane(testApp, channel, testLanes)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	// The sender that dies: it takes the lane's records and acks none.
+	dc := natstest.Conn(t, r.ns, "dead-sender")
+	djs, err := jetstream.New(dc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dcons, err := djs.Consumer(ctx, webhook.StreamName, webhook.ConsumerName(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var taken atomic.Int32
+	if _, err := dcons.Consume(func(jetstream.Msg) { taken.Add(1) },
+		jetstream.PullPriorityGroup(webhook.PriorityGroup), jetstream.PullExpiry(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= held; i++ {
+		r.publish(clientEvent(channel, i))
+	}
+	eventually(t, "the records held by the dying sender", func() bool { return taken.Load() == held })
+
+	// The next owner pulls the lane beside it, as it does once the
+	// registry says the first is gone; no batch window to hide behind.
+	timing := fast
+	timing.BatchWindow = 0
+	r.start("worker-next", timing, nil)
+	eventually(t, "the next owner pulling", func() bool {
+		info, err := dcons.Info(ctx)
+		return err == nil && info.NumWaiting >= 2
+	})
+	dc.Close()
+	// Published once the dead one's records are due again and the pin
+	// not yet lapsed: each wakes the consumer. This wait proves nothing;
+	// no assertion depends on its length.
+	time.Sleep(ackWait + 500*time.Millisecond)
+	for i := held + 1; i <= held+later; i++ {
+		r.publish(clientEvent(channel, i))
+	}
+	eventually(t, "every event", func() bool { return len(rc.events()) >= held+later })
+	r.drained()
+	want := make([]int, held+later)
+	for i := range want {
+		want[i] = i + 1
+	}
+	if got := numbers(on(channel, rc.events())); !slices.Equal(got, want) {
+		t.Errorf("the next owner sent %v, want %v", got, want)
 	}
 }

@@ -28,7 +28,7 @@ import (
 // request it may serve, and appends it back at the end (nats-server
 // consumer.go, loopAndGatherMsgs after nextWaiting returns nil). So the
 // new owner receives them rotated, [4 5 … 8 1 2 3], then the later jobs;
-// the pool puts them back in order (lane.hold).
+// the pool puts them back in order (internal/ordered).
 //
 // The pin must also outlast the dead worker's jobs' ack wait however long
 // the worker had been idle: JetStream's pin lapses PinnedTTL after the

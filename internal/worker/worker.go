@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"runtime/debug"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/resoundhq/resound/internal/cache"
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/metrics"
+	"github.com/resoundhq/resound/internal/ordered"
 	"github.com/resoundhq/resound/internal/queue"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -335,39 +335,11 @@ type lane struct {
 	// settled; the partition is unpinned only once they are.
 	inflight atomic.Int64
 
-	// Redeliveries held back to be put in order (see hold). holding is
-	// set, under mu, while any are held or being dispatched: a first
-	// delivery takes mu only then.
-	holding atomic.Bool
-	mu      sync.Mutex
-	held    []heldJob // by stream sequence
-	quiet   *time.Timer
-
-	// A gap in the consumer's delivery sequence: deliveries JetStream made
-	// to this worker that never arrived (lost with a NATS node or link).
-	// They come back as redeliveries once their ack wait passes, and the
-	// lane holds every job meanwhile, so that none of the channel's later
-	// jobs overtakes them (see receive). lastDelivery is the consumer
-	// goroutine's; missing and gapUntil are under mu, gapOpen mirrors
-	// missing > 0.
-	lastDelivery uint64
-	missing      uint64
-	gapUntil     time.Time
-	gapOpen      atomic.Bool
+	// order puts the partition's jobs in stream order after faults (a
+	// dead worker's redeliveries, a delivery lost on the way): receive
+	// feeds it, and it hands them on to dispatch.
+	order *ordered.Lane
 }
-
-// heldJob is a redelivered job held back by its lane.
-type heldJob struct {
-	msg  jetstream.Msg
-	meta *jetstream.MsgMetadata
-}
-
-// redeliveryQuiet is how long a lane holds redelivered jobs after the
-// last one came, when no first delivery comes to say that there are no
-// more. JetStream sends its redeliveries in one burst, gaps of a pull
-// request's round trip apart; and they are late already (an ack wait at
-// least, a pin's lapse after a worker died), so this adds little.
-const redeliveryQuiet = 250 * time.Millisecond
 
 // assign consumes the partitions this worker owns in live, and hands back
 // those it no longer owns: it drains them (in-flight jobs finish and are
@@ -385,7 +357,7 @@ func (l *lanes) assign(live map[string]bool) {
 		ln, have := l.owned[k]
 		switch {
 		case mine && !have:
-			ln := &lane{partition: k}
+			ln := p.newLane(k)
 			cc, err := cons.Consume(func(msg jetstream.Msg) { p.receive(ln, msg) },
 				jetstream.PullPriorityGroup(queue.PriorityGroup),
 				jetstream.PullMaxMessages(512),
@@ -437,7 +409,7 @@ func (l *lanes) release(ln *lane) {
 	}
 	drained := time.Now()
 	// Nothing more comes: no need to wait out the quiet.
-	p.dispatchHeld(ln)
+	ln.order.Flush()
 	for ln.inflight.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -472,20 +444,7 @@ func (l *lanes) release(ln *lane) {
 // partition goes to its next owner PinnedTTL after the last pull, when
 // those jobs are due again and JetStream sends them before anything new.
 func (l *lanes) settledOnServer(ctx context.Context, partition int, drained time.Time) bool {
-	if d := time.Until(drained.Add(queue.PullExpiry)); d > 0 {
-		select {
-		case <-time.After(d):
-		case <-ctx.Done():
-			return false
-		}
-	}
-	info, err := l.consumers[partition].Info(ctx)
-	if err != nil {
-		// Unknown: keeping the pin costs a delay, unpinning may cost an
-		// event.
-		return false
-	}
-	return info.NumAckPending == 0
+	return ordered.SettledOnServer(ctx, l.consumers[partition], drained, queue.PullExpiry, 0)
 }
 
 // stopAll drains every partition: messages already delivered to the handler
@@ -515,7 +474,7 @@ func (l *lanes) stopAll() {
 		case <-deadline:
 			ln.cc.Stop()
 		}
-		l.pool.dispatchHeld(ln)
+		ln.order.Flush()
 	}
 	// Unpin the lanes whose jobs all finished, so that the next owner
 	// starts at once instead of waiting out the pin. A lane with a job
@@ -546,156 +505,37 @@ func (l *lanes) stopAll() {
 // registry to say which gateways to wait for, the pool holds this long.
 const DefaultReconnectHold = 3 * time.Second
 
+// newLane starts a spell of consuming partition k.
+func (p *Pool) newLane(k int) *lane {
+	ln := &lane{partition: k}
+	ln.order = ordered.New(ordered.Options{
+		AckWait:       queue.AckWait,
+		MaxAckPending: queue.MaxAckPending,
+		Dispatch:      func(msg jetstream.Msg, meta *jetstream.MsgMetadata) { p.dispatch(ln, msg, meta) },
+		// Delivered again while held: the newer delivery is kept, the
+		// older is not a job in flight any more.
+		Superseded: func(jetstream.Msg) { ln.inflight.Add(-1) },
+		Gap: func(lost uint64) {
+			p.stats.Gaps.Add(1)
+			p.opts.Log.Warn().Int("partition", k).Uint64("lost", lost).
+				Msg("job deliveries lost on the way (a NATS node or link went away): holding the partition's jobs until they are delivered again")
+		},
+	})
+	return ln
+}
+
 // receive is a partition's consumer callback: it gets the partition's
-// jobs in the order JetStream sends them, one at a time.
-//
-// JetStream sends a partition's redeliveries before anything new, but not
-// in stream order. While the pin names a worker that no longer pulls (one
-// that died, or stopped leaving a job unfinished), the jobs it held fall
-// due, and each time something wakes the consumer (their expiry, a job
-// published, the next owner's pull request) nats-server 2.15 takes the
-// first of its redelivery queue, finds no pull request it may serve it
-// to, and appends it back at the end (consumer.go, loopAndGatherMsgs,
-// when nextWaiting returns nil). The next owner then gets them rotated,
-// [4 5 1 2 3], and a channel's events would go out of order (and a
-// gateway drops as a repeat an event at or before a position it has
-// delivered). So redeliveries are held back, sorted (hold), and
-// dispatched when a job delivered for the first time comes: every job
-// delivered again is older than any not delivered yet, and JetStream
-// sends nothing new while it has redeliveries queued, so by then all
-// those queued are here. First deliveries, the usual case, go straight
-// on.
+// jobs in the order JetStream sends them, one at a time, and hands them to
+// the lane's order, which dispatches them in stream order (a dead
+// worker's jobs come back rotated; a delivery lost with a NATS node comes
+// back an ack wait late: see internal/ordered). Before this, a job lost
+// that way came back as a repeat after the channel's later jobs, and the
+// gateways, past it, dropped it.
 func (p *Pool) receive(ln *lane, msg jetstream.Msg) {
 	ln.inflight.Add(1)
-	meta, err := msg.Metadata()
-	if err != nil {
-		p.reject(&run{msg: msg, lane: ln}, "no JetStream metadata: "+err.Error())
-		return
+	if err := ln.order.Receive(msg); err != nil {
+		p.reject(&run{msg: msg, lane: ln}, err.Error())
 	}
-	// Deliveries lost on the way leave a gap in the consumer's sequence
-	// (which counts redeliveries too). When a NATS node dies, one can be
-	// lost while the lane goes on: the job is redelivered an ack wait
-	// later, after the channel's later jobs went out, and, delivered
-	// again, it is a repeat, which gateways drop when the channel is past
-	// it. So the lane holds its jobs from the gap until the lost ones are
-	// due again (gapWait), then sends them in stream order.
-	if d := meta.Sequence.Consumer; d > ln.lastDelivery {
-		if ln.lastDelivery != 0 && d > ln.lastDelivery+1 {
-			p.openGap(ln, d-ln.lastDelivery-1)
-		}
-		ln.lastDelivery = d
-	}
-	if meta.NumDelivered > 1 || ln.gapOpen.Load() {
-		p.hold(ln, msg, meta)
-		return
-	}
-	if ln.holding.Load() {
-		// Only this goroutine holds jobs back, so when holding is clear
-		// nothing is held, nor being dispatched by the quiet timer.
-		p.dispatchHeld(ln)
-	}
-	p.dispatch(ln, msg, meta)
-}
-
-// hold keeps a job back, in stream order: a redelivered one until a first
-// delivery comes, or nothing more for redeliveryQuiet, or the lane holds
-// as many as JetStream lets be unacked (nothing more can come then); any
-// job while a gap is open, until it closes (see openGap).
-func (p *Pool) hold(ln *lane, msg jetstream.Msg, meta *jetstream.MsgMetadata) {
-	ln.mu.Lock()
-	ln.holding.Store(true)
-	seq := meta.Sequence.Stream
-	i := len(ln.held)
-	for i > 0 && ln.held[i-1].meta.Sequence.Stream > seq {
-		i--
-	}
-	if i > 0 && ln.held[i-1].meta.Sequence.Stream == seq {
-		// Delivered again while held: keep the newer delivery, the one
-		// JetStream now waits an ack for.
-		ln.inflight.Add(-1)
-		ln.held[i-1] = heldJob{msg, meta}
-	} else {
-		ln.held = slices.Insert(ln.held, i, heldJob{msg, meta})
-	}
-	wait := redeliveryQuiet
-	if ln.missing > 0 {
-		// Held past the ack wait, the jobs would be delivered again:
-		// quietPassed tells JetStream they are in progress meanwhile.
-		wait = min(time.Until(ln.gapUntil), gapProgress)
-	}
-	switch {
-	case len(ln.held) >= queue.MaxAckPending:
-		p.dispatchHeldLocked(ln)
-	case ln.quiet == nil:
-		ln.quiet = time.AfterFunc(wait, func() { p.quietPassed(ln) })
-	default:
-		ln.quiet.Reset(wait)
-	}
-	ln.mu.Unlock()
-}
-
-// gapWait is how long a lane holds its jobs after a gap: the lost
-// deliveries were made before the gap was seen, so they are due again
-// within an ack wait, and JetStream sends redeliveries first. Counting
-// redeliveries instead would not do: when a node dies, acks are lost too,
-// and the jobs they acked come back as well, sooner than the lost one.
-const gapWait = queue.AckWait + time.Second
-
-// openGap notes lost deliveries: the lane holds its jobs until gapWait has
-// passed.
-func (p *Pool) openGap(ln *lane, lost uint64) {
-	ln.mu.Lock()
-	defer ln.mu.Unlock()
-	ln.missing += lost
-	ln.gapUntil = time.Now().Add(gapWait)
-	ln.gapOpen.Store(true)
-	ln.holding.Store(true)
-	p.stats.Gaps.Add(1)
-	p.opts.Log.Warn().Int("partition", ln.partition).Uint64("lost", lost).
-		Msg("job deliveries lost on the way (a NATS node or link went away): holding the partition's jobs until they are delivered again")
-}
-
-// quietPassed is the hold timer's: it sends what the lane holds, unless
-// a gap is still open and within gapWait.
-func (p *Pool) quietPassed(ln *lane) {
-	ln.mu.Lock()
-	defer ln.mu.Unlock()
-	if ln.missing > 0 {
-		if d := time.Until(ln.gapUntil); d > 0 {
-			for _, h := range ln.held {
-				_ = h.msg.InProgress()
-			}
-			ln.quiet.Reset(min(d, gapProgress))
-			return
-		}
-	}
-	p.dispatchHeldLocked(ln)
-}
-
-// gapProgress is how often a lane holding jobs for a gap tells JetStream
-// they are in progress: well within the ack wait.
-const gapProgress = time.Second
-
-// dispatchHeld dispatches the jobs ln holds back, in stream order.
-func (p *Pool) dispatchHeld(ln *lane) {
-	ln.mu.Lock()
-	defer ln.mu.Unlock()
-	p.dispatchHeldLocked(ln)
-}
-
-// dispatchHeldLocked is dispatchHeld with ln.mu held: kept meanwhile, so
-// that a first delivery waits behind them.
-//
-// It also closes a gap: whatever has not come by now is left to come when
-// it comes.
-func (p *Pool) dispatchHeldLocked(ln *lane) {
-	for _, h := range ln.held {
-		p.dispatch(ln, h.msg, h.meta)
-	}
-	ln.held = nil
-	ln.missing = 0
-	ln.gapOpen.Store(false)
-	ln.holding.Store(false)
 }
 
 func (p *Pool) dispatch(ln *lane, msg jetstream.Msg, meta *jetstream.MsgMetadata) {

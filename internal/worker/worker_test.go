@@ -29,7 +29,7 @@ const (
 	appID = "app.1" // a dot, to exercise subject escaping
 	// wait bounds every wait for a delivery. A delivery lost with the
 	// link comes back an ack wait (5 s) later, and the lane then holds
-	// what it has for the ack wait and a second more (gapWait), so a
+	// what it has for the ack wait and a second more (internal/ordered), so a
 	// recovery takes up to about 11 s.
 	wait = 20 * time.Second
 )
