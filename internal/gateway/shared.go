@@ -211,8 +211,9 @@ func (s *Server) newSweeper() *cluster.Sweeper {
 			}
 			return live, err
 		},
-		// The registry sweeps between heartbeats (every third of the TTL):
-		// retrying longer would make this gateway's own heartbeat late.
+		// Retries stop after a third of the TTL: by then the registry has
+		// listed the gateways again and asks for a fresh sweep if any is
+		// still gone (sweeps run beside the heartbeat, one at a time).
 		Budget:  s.opts.GatewayTTL / 3,
 		Retried: s.prom.StateRetries.Inc,
 		Log:     s.log,
