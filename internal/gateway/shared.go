@@ -211,9 +211,11 @@ func (s *Server) newSweeper() *cluster.Sweeper {
 			}
 			return live, err
 		},
-		// Retries stop after a third of the TTL: by then the registry has
-		// listed the gateways again and asks for a fresh sweep if any is
-		// still gone (sweeps run beside the heartbeat, one at a time).
+		// Retries stop after a third of the TTL, so that a NATS that is
+		// away does not hold the registry's sweeps (one at a time, beside
+		// the heartbeat) behind this one: what is left waits for the next
+		// sweep, and the live gateway with the lowest id sweeps once per
+		// TTL.
 		Budget:  s.opts.GatewayTTL / 3,
 		Retried: s.prom.StateRetries.Inc,
 		Log:     s.log,
