@@ -96,6 +96,7 @@ type conn struct {
 	next  int64  // highest sequence number seen
 	recv  uint32 // distinct sequence numbers seen
 	dup   uint32
+	dupRe uint32 // duplicates of events sent again (resentSet)
 	ooo   uint32
 	holes []span // sequence numbers skipped so far (nil while in order)
 	// gaps are the sequence numbers sent while the connection was not
@@ -124,6 +125,7 @@ type pollStats struct {
 	completed                      int64 // churn: subscribed, then closed cleanly
 	expected, delivered, missing   int64
 	duplicates, outOfOrder, extra  int64
+	duplicatesResent               int64
 	malformed, subscribersAtEnd    int64
 	holesOverflow, subscribedTotal int64
 	gap, gapReceived, reconnects   int64
@@ -901,6 +903,9 @@ func (p *poller) onLoad(c *conn, m []byte, delivered *int64) {
 	case inSpans(c.gaps, seq):
 		c.gapRecv++
 		return
+	case p.r != nil && p.r.resent.has(int(c.ch), seq):
+		c.dupRe++
+		return
 	default:
 		c.dup++
 		return
@@ -1051,6 +1056,7 @@ func (p *poller) destroy(c *conn) {
 		return
 	}
 	p.st.duplicates += int64(c.dup)
+	p.st.duplicatesResent += int64(c.dupRe)
 	p.st.outOfOrder += int64(c.ooo)
 	if c.sentClose && p.r.cfg.Mode == ModeChurn {
 		p.st.completed++

@@ -27,6 +27,8 @@ type runner struct {
 	// issued is trigger.issued, by channel index; read by the pollers
 	// when a connection subscribes.
 	issued []atomic.Int64
+	// resent is trigger.resent (nil in a shard that only receives).
+	resent *resentSet
 	// endSent is, per channel, the count an endEvent carried (-1: none
 	// yet); a receive-only shard's counts.
 	endSent []atomic.Int64
@@ -102,6 +104,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 		r.ctl = newControl(cfg.Control, log)
 	}
 	r.issued = make([]atomic.Int64, len(r.names))
+	r.resent = newResentSet()
 	r.endSent = make([]atomic.Int64, len(r.names))
 	for i := range r.endSent {
 		r.endSent[i].Store(-1)
@@ -278,6 +281,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 		ok := wait("connect", rampBound, setupDone)
 		logProgress("connected")
 		trig = newTrigger(t, &cfg, r.names, r.issued, r.tlsConfig)
+		trig.resent = r.resent // the pollers' (set before they started)
 		fanout = &FanoutStats{Channels: int64(len(r.plan.channels))}
 		caughtUp := func() bool {
 			for _, p := range r.pollers {
@@ -488,6 +492,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 			f.Deliveries += p.st.delivered
 			f.Missing += p.st.missing
 			f.Duplicates += p.st.duplicates
+			f.DuplicatesResent += p.st.duplicatesResent
 			f.OutOfOrder += p.st.outOfOrder
 			f.Unexpected += p.st.extra
 			f.Malformed += p.st.malformed

@@ -105,24 +105,27 @@ type IdleStats struct {
 // has the exact rules). Subscribers counts the connections subscribed at
 // the end.
 type FanoutStats struct {
-	Channels         int64            `json:"channels"`
-	Subscribers      int64            `json:"subscribers"`
-	EventsSent       int64            `json:"events_sent"`
-	Requests         int64            `json:"requests"`
-	RequestFailures  map[string]int64 `json:"request_failures"`
-	SendSec          float64          `json:"send_s"`
-	EventsPerSec     float64          `json:"events_per_s"`
-	Expected         int64            `json:"expected"`
-	Deliveries       int64            `json:"deliveries"`
-	Missing          int64            `json:"missing"`
-	Duplicates       int64            `json:"duplicates"`
-	OutOfOrder       int64            `json:"out_of_order"`
-	Unexpected       int64            `json:"unexpected"`
-	Malformed        int64            `json:"malformed"`
-	Gap              int64            `json:"gap"`
-	GapReceived      int64            `json:"gap_received"`
-	ReceiveSec       float64          `json:"receive_s"`
-	DeliveriesPerSec float64          `json:"deliveries_per_s"`
+	Channels        int64            `json:"channels"`
+	Subscribers     int64            `json:"subscribers"`
+	EventsSent      int64            `json:"events_sent"`
+	Requests        int64            `json:"requests"`
+	RequestFailures map[string]int64 `json:"request_failures"`
+	SendSec         float64          `json:"send_s"`
+	EventsPerSec    float64          `json:"events_per_s"`
+	Expected        int64            `json:"expected"`
+	Deliveries      int64            `json:"deliveries"`
+	Missing         int64            `json:"missing"`
+	Duplicates      int64            `json:"duplicates"`
+	// DuplicatesResent are duplicates of events sent again after a failed
+	// request (resentSet): the producer's, not counted in Duplicates.
+	DuplicatesResent int64   `json:"duplicates_resent"`
+	OutOfOrder       int64   `json:"out_of_order"`
+	Unexpected       int64   `json:"unexpected"`
+	Malformed        int64   `json:"malformed"`
+	Gap              int64   `json:"gap"`
+	GapReceived      int64   `json:"gap_received"`
+	ReceiveSec       float64 `json:"receive_s"`
+	DeliveriesPerSec float64 `json:"deliveries_per_s"`
 }
 
 // ChurnStats is what churn adds.
@@ -379,6 +382,7 @@ func Merge(all []*Summary) (*Summary, error) {
 			d.Deliveries += f.Deliveries
 			d.Missing += f.Missing
 			d.Duplicates += f.Duplicates
+			d.DuplicatesResent += f.DuplicatesResent
 			d.OutOfOrder += f.OutOfOrder
 			d.Unexpected += f.Unexpected
 			d.Malformed += f.Malformed

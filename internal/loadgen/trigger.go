@@ -64,6 +64,45 @@ type trigger struct {
 	// acked and failed count acknowledged events and failed requests, for
 	// the progress lines.
 	acked, failed atomic.Int64
+	// resent are the events sent again after a failed request.
+	resent *resentSet
+}
+
+// resentSet is, per channel, the sequence numbers sent again after a
+// request that failed (a 5xx, a timeout, a broken connection). The failed
+// request may have been stored all the same (the API answers 503 when it
+// cannot tell), so a second delivery of such an event is the producer's
+// own duplicate: the server promises once for an event it answered 200,
+// and the first answer was not that. Receivers count those apart
+// (FanoutStats.DuplicatesResent); every other duplicate is the server's.
+type resentSet struct {
+	mu   sync.Mutex
+	seqs map[resentKey]struct{}
+}
+
+type resentKey struct {
+	ch  int
+	seq int64
+}
+
+func newResentSet() *resentSet { return &resentSet{seqs: map[resentKey]struct{}{}} }
+
+func (s *resentSet) add(ch int, seq int64) {
+	s.mu.Lock()
+	s.seqs[resentKey{ch, seq}] = struct{}{}
+	s.mu.Unlock()
+}
+
+// has reports whether event seq of channel ch was sent again; s may be
+// nil (a shard that only receives knows of no resends).
+func (s *resentSet) has(ch int, seq int64) bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.seqs[resentKey{ch, seq}]
+	return ok
 }
 
 func newTrigger(t target, cfg *Config, names []string, issued []atomic.Int64, tlsConfig *tls.Config) *trigger {
@@ -80,7 +119,7 @@ func newTrigger(t target, cfg *Config, names []string, issued []atomic.Int64, tl
 	return &trigger{
 		client: &http.Client{Transport: tr, Timeout: 30 * time.Second},
 		base:   t.httpBase, prefix: t.prefix, appID: cfg.AppID, key: cfg.Key, secret: cfg.Secret,
-		names: names, batch: cfg.Batch, fails: map[string]int64{}, issued: issued,
+		names: names, batch: cfg.Batch, fails: map[string]int64{}, issued: issued, resent: newResentSet(),
 		pad:        bytes.Repeat([]byte("x"), cfg.Payload),
 		centrifugo: cfg.Protocol == ProtocolCentrifugo,
 	}
@@ -269,6 +308,9 @@ func (l *lane) run(ctx context.Context, t *trigger, end time.Time, stop func()) 
 			}
 			if ctx.Err() != nil || !time.Now().Add(backoff).Before(end) {
 				return
+			}
+			for _, e := range evs {
+				t.resent.add(e.ch, e.seq)
 			}
 			sleep(ctx, backoff)
 			backoff = min(2*backoff, time.Second)
