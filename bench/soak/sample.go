@@ -13,6 +13,7 @@ import (
 
 	"github.com/resoundhq/resound/internal/attack"
 	"github.com/resoundhq/resound/internal/cluster"
+	"github.com/resoundhq/resound/internal/machine"
 	"github.com/resoundhq/resound/internal/queue"
 )
 
@@ -140,7 +141,7 @@ func (s *sampler) take(ctx context.Context, phase string) Sample {
 	for _, name := range streamNames {
 		out.Streams[name] = streamStats(ctx, s.js, streamOf(name))
 	}
-	out.MachineBusy = machineBusy()
+	out.MachineBusy = machine.Busy()
 	return out
 }
 
@@ -229,34 +230,6 @@ func procCPU(pid int) (float64, error) {
 		return 0, fmt.Errorf("bad times in /proc/%d/stat", pid)
 	}
 	return (u + st) / clockTick, nil
-}
-
-// machineBusy is the machine's non-idle CPU time so far, in seconds summed
-// over cores (the "cpu" line of /proc/stat, less idle and iowait).
-func machineBusy() float64 {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 6 || f[0] != "cpu" {
-		return 0
-	}
-	var busy float64
-	for i, v := range f[1:] {
-		n, err := strconv.ParseFloat(v, 64)
-		if err != nil {
-			return 0
-		}
-		// user nice system idle iowait irq softirq steal guest guest_nice;
-		// guest time is already counted in user.
-		if i == 3 || i == 4 || i >= 8 {
-			continue
-		}
-		busy += n
-	}
-	return busy / clockTick
 }
 
 func streamStats(ctx context.Context, js jetstream.JetStream, name string) StreamStats {

@@ -16,6 +16,8 @@ import (
 
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/loadgen"
+
+	"github.com/resoundhq/resound/internal/machine"
 )
 
 func TestWindows(t *testing.T) {
@@ -192,8 +194,8 @@ func TestProcReading(t *testing.T) {
 	if p.Err != "" || p.RSS <= 0 || p.FDs <= 0 || p.CPU < 0 {
 		t.Errorf("readProc(self) = %+v", p)
 	}
-	if machineBusy() <= 0 {
-		t.Error("machineBusy() is not positive")
+	if machine.Busy() <= 0 {
+		t.Error("machine.Busy() is not positive")
 	}
 }
 
