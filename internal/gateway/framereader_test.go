@@ -95,14 +95,22 @@ func TestFrameReaderTrickleAllocatesOnce(t *testing.T) {
 	frame := clientFrame(t, true, ws.OpText, bytes.Repeat([]byte("a"), 60000))
 	var r frameReader
 	rec := &recorder{}
-	allocs := testing.AllocsPerRun(3, func() {
+	trickle := func() {
 		rec.events = rec.events[:0]
 		for i := range frame {
 			if _, err := r.feed(frame[i:i+1], 100000, rec); err != nil {
 				t.Fatal(err)
 			}
 		}
-	})
+	}
+	// AllocsPerRun counts the whole process's allocations, and goroutines
+	// other tests left behind (the portable reactor's readers winding
+	// down) can allocate meanwhile: they only add, so the least of a few
+	// measurements is the frame reader's.
+	allocs := testing.AllocsPerRun(3, trickle)
+	for range 4 {
+		allocs = min(allocs, testing.AllocsPerRun(3, trickle))
+	}
 	if len(rec.events) != 1 {
 		t.Fatalf("events: %d", len(rec.events))
 	}

@@ -29,8 +29,11 @@ import (
 // least, a pin's lapse after a consumer died), so this adds little.
 const RedeliveryQuiet = 250 * time.Millisecond
 
-// GapProgress is how often a lane holding messages for a gap tells
-// JetStream they are in progress: well within any ack wait Resound uses.
+// GapProgress is how often, at most, a lane holding messages for a gap
+// tells JetStream they are in progress; with a short ack wait, four times
+// per ack wait, so that a report can come three quarters of an ack wait
+// late (a busy machine's timers) before JetStream delivers the held
+// messages again.
 const GapProgress = time.Second
 
 // Options configure a Lane.
@@ -81,6 +84,9 @@ type Lane struct {
 	// are lost too, and the messages they acked come back as well, sooner
 	// than the lost one.
 	gapWait time.Duration
+	// progress is how often held messages are reported in progress while
+	// a gap is open: GapProgress, or a quarter of the ack wait if less.
+	progress time.Duration
 
 	// holding is set, under mu, while any are held or being dispatched:
 	// a first delivery takes mu only then.
@@ -108,7 +114,11 @@ type heldMsg struct {
 // (after a hand-over) takes a new lane, since the delivery sequence it
 // watches for gaps starts again from wherever JetStream is.
 func New(opts Options) *Lane {
-	return &Lane{opts: opts, gapWait: opts.AckWait + time.Second}
+	progress := GapProgress
+	if q := opts.AckWait / 4; q > 0 && q < progress {
+		progress = q
+	}
+	return &Lane{opts: opts, gapWait: opts.AckWait + time.Second, progress: progress}
 }
 
 // ErrNoMetadata is Receive's error for a message that is not a JetStream
@@ -123,7 +133,7 @@ var ErrNoMetadata = errors.New("no JetStream metadata")
 // while the lane goes on: the message is redelivered an ack wait later,
 // after the later ones went out. So the lane holds its messages from the
 // gap until the lost ones are due again (gapWait), telling JetStream
-// every GapProgress that they are in progress, then dispatches them in
+// every progress period that they are in progress, then dispatches them in
 // stream order.
 func (l *Lane) Receive(msg jetstream.Msg) error {
 	meta, err := msg.Metadata()
@@ -176,7 +186,7 @@ func (l *Lane) hold(msg jetstream.Msg, meta *jetstream.MsgMetadata) {
 	if l.missing > 0 {
 		// Held past the ack wait, the messages would be delivered again:
 		// quietPassed tells JetStream they are in progress meanwhile.
-		wait = min(time.Until(l.gapUntil), GapProgress)
+		wait = min(time.Until(l.gapUntil), l.progress)
 	}
 	switch {
 	case l.opts.MaxAckPending > 0 && len(l.held) >= l.opts.MaxAckPending:
@@ -212,7 +222,7 @@ func (l *Lane) quietPassed() {
 			for _, h := range l.held {
 				_ = h.msg.InProgress()
 			}
-			l.quiet.Reset(min(d, GapProgress))
+			l.quiet.Reset(min(d, l.progress))
 			return
 		}
 	}
