@@ -83,6 +83,7 @@ type options struct {
 	sysctl                           string
 	results, docs                    string
 	keep                             bool
+	natsProfile                      int
 }
 
 func env(name string) string { return strings.TrimSpace(os.Getenv("MILLION_" + name)) }
@@ -157,6 +158,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.sysctl, "sysctl", envString("SYSCTL", "auto"), "auto: raise the kernel settings the run needs if they are short and writable (restored after); off: only read them (env MILLION_SYSCTL)")
 	fs.StringVar(&o.results, "results", envString("RESULTS", "bench/results"), "directory that gets million-<stamp>/ (env MILLION_RESULTS)")
 	fs.StringVar(&o.docs, "docs", env("DOCS"), "also write docs/scaling/NAME.json and docs/img/NAME-*.svg; default \"million\" for 900,000 sockets or more, none below; \"-\" for none (env MILLION_DOCS)")
+	fs.IntVar(&o.natsProfile, "nats-profile", envInt("NATS_PROFILE", 0), "serve nats-server's pprof on this port of 127.0.0.1, to profile it during the run; 0: not served (env MILLION_NATS_PROFILE)")
 	fs.BoolVar(&o.keep, "keep", envBool("KEEP", false), "keep the temporary directory: binaries, NATS store (env MILLION_KEEP)")
 	if err := fs.Parse(args); err != nil {
 		return o, err

@@ -174,8 +174,13 @@ func (r *millionRun) startCluster(ctx context.Context, bin string) error {
 	}
 	natsPort, natsMon := ports[0], ports[1]
 	r.natsURL = "nats://127.0.0.1:" + itoa(natsPort)
+	natsArgs := []string{"-js", "-sd", filepath.Join(r.tmp, "nats"), "-a", "127.0.0.1", "-p", itoa(natsPort), "-m", itoa(natsMon)}
+	if r.o.natsProfile > 0 {
+		natsArgs = append(natsArgs, "--profile", itoa(r.o.natsProfile))
+		r.logf("nats-server's pprof: http://127.0.0.1:%d/debug/pprof/", r.o.natsProfile)
+	}
 	r.nats, err = start(childSpec{name: "nats-server", kind: kindNATS, bin: filepath.Join(bin, "nats-server"), dir: r.tmp,
-		args: []string{"-js", "-sd", filepath.Join(r.tmp, "nats"), "-a", "127.0.0.1", "-p", itoa(natsPort), "-m", itoa(natsMon)}}, r.logDir())
+		args: natsArgs}, r.logDir())
 	if err != nil {
 		return err
 	}

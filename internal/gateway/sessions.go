@@ -21,19 +21,26 @@ func (h *sessions) Received(rc *reactor.Conn, data []byte) bool {
 }
 
 // Scan pings silent connections and closes those that never answered.
-func (h *sessions) Scan(rc *reactor.Conn) {
+func (h *sessions) Scan(rc *reactor.Conn) (next uint32) {
 	c, s := sessionOf(rc), h.s
 	now := rc.Poller().Tick()
+	pongTimeout := reactor.DurationTicks(s.opts.PongTimeout)
 	if c.pingSentAt != 0 {
-		if now-c.pingSentAt >= reactor.DurationTicks(s.opts.PongTimeout) {
+		if now-c.pingSentAt >= pongTimeout {
 			c.closeWith(protocol.CodePongTimeout, "Pong reply not received in time")
+			return 0 // closing: off the wheel
 		}
-		return
+		return c.pingSentAt + pongTimeout
 	}
-	if now-c.lastSeen >= reactor.DurationTicks(c.app.PingInterval.Duration()) {
+	interval := reactor.DurationTicks(c.app.PingInterval.Duration())
+	if now-c.lastSeen >= interval {
 		c.pingSentAt = now
 		c.Write(s.frames.ping)
+		return now + pongTimeout
 	}
+	// Frames received meanwhile only put the ping off: looked at then,
+	// the connection is scheduled again from its new lastSeen.
+	return c.lastSeen + interval
 }
 
 // DrainedLocked writes the pongs held while output waited.

@@ -243,6 +243,7 @@ func (c *Conn) CloseLocked(last []byte) {
 	}
 	c.state = stateClosing
 	c.closingAt = closingTick(Ticks(c.p.r.epoch, time.Now()))
+	c.p.noteClosing(c)
 	if c.IdleLocked() {
 		c.set(shutWrite)
 		c.shutdownWriteLocked()
@@ -289,6 +290,7 @@ func (c *Conn) abortLocked() {
 	if c.state == stateOpen {
 		c.state = stateClosing
 		c.closingAt = closingTick(Ticks(c.p.r.epoch, time.Now()))
+		c.p.noteClosing(c)
 	}
 	c.set(shutWrite)
 	if c.net != nil {

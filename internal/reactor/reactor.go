@@ -49,9 +49,14 @@ type Handler interface {
 	// Received hands the session bytes read from c; data is only valid
 	// during the call. It returns false when c must be destroyed at once.
 	Received(c *Conn, data []byte) bool
-	// Scan is the once-a-second look at each open connection: the
-	// session's timers (pings, pong timeouts).
-	Scan(c *Conn)
+	// Scan looks at an open connection when its session asked (the
+	// session's timers: pings, pong timeouts), and answers the tick at
+	// which to look again. The reactor looks then or sooner (at most
+	// scanHorizon ticks ahead, at least one), so the answer may come from
+	// state that later changes only to put the timer off (activity
+	// postpones a ping): the session checks again when it is looked at.
+	// A new connection is first looked at the tick after it is added.
+	Scan(c *Conn) (next uint32)
 	// DrainedLocked is called, with c locked, once c's waiting output is
 	// all written, if the session asked for it (WantDrainedLocked) while c
 	// is open: what it held back can go out now, in order.
@@ -230,6 +235,8 @@ func newBackend(kind string) (backend, error) {
 }
 
 const (
+	// scanInterval is the longest a poller sleeps: it runs its tick's
+	// slot of the wheel, and the closing list, at least this often.
 	scanInterval = time.Second
 	// closingGrace is how long a closing connection may take to answer our
 	// close frame before we drop it.
@@ -252,10 +259,21 @@ type Poller struct {
 	inboxMu sync.Mutex
 	inbox   []func()
 
+	// added are the connections Add took since the poller last looked,
+	// to go on the wheel (guarded by mu: Add runs on other goroutines).
+	added []*Conn
+
+	// closing lists the connections that started closing, each once
+	// (the transition happens once), for the grace check. closingMu is
+	// taken with a connection's mu held (CloseLocked, abortLocked, on any
+	// goroutine) and nothing is taken under it.
+	closingMu sync.Mutex
+	closing   []*Conn
+
 	// Touched only on the poller goroutine.
-	lastScan time.Time
-	now      int64  // unix nanos of this wake-up
-	tick     uint32 // the same, in ticks
+	wheel timerWheel
+	now   int64  // unix nanos of this wake-up
+	tick  uint32 // the same, in ticks
 }
 
 // Now is the time of the poller's current turn, in unix nanoseconds. Only
@@ -290,11 +308,12 @@ func (p *Poller) Open(c *Conn, nc net.Conn) error {
 func (p *Poller) Add(c *Conn) error {
 	p.mu.Lock()
 	p.conns[int(c.fd)] = c
+	p.added = append(p.added, c)
 	p.mu.Unlock()
 	if err := p.be.watch(p, c); err != nil {
 		p.mu.Lock()
 		delete(p.conns, int(c.fd))
-		p.mu.Unlock()
+		p.mu.Unlock() // left in added: discarded, it is dropped there
 		c.discard()
 		return err
 	}
@@ -329,12 +348,21 @@ func (p *Poller) setNow(now time.Time) {
 	p.tick = Ticks(p.r.epoch, now)
 }
 
-// scanDue runs the once-a-second scan when it is due.
-func (p *Poller) scanDue(now time.Time) {
-	if now.Sub(p.lastScan) >= scanInterval {
-		p.lastScan = now
-		p.scan()
+// scanDue looks at the connections due this tick (see timerWheel), and
+// at the closing ones, once a tick. now is the turn's time (setNow).
+func (p *Poller) scanDue(time.Time) {
+	if p.wheel.at == p.tick {
+		return
 	}
+	p.mu.Lock()
+	added := p.added
+	p.added = nil
+	p.mu.Unlock()
+	for _, c := range added {
+		p.wheel.schedule(c, p.tick+1, p.tick)
+	}
+	p.wheel.due(p.tick, p.scanOne)
+	p.scanClosing()
 }
 
 func (p *Poller) runInbox() {
@@ -424,31 +452,60 @@ func (p *Poller) shutdown() {
 
 // scan drops closing connections whose peer never finished the close, and
 // lets the session look at the open ones.
-func (p *Poller) scan() {
-	p.mu.RLock()
-	conns := make([]*Conn, 0, len(p.conns))
-	for _, c := range p.conns {
-		conns = append(conns, c)
-	}
-	p.mu.RUnlock()
-	for _, c := range conns {
-		p.scanOne(c)
-	}
-}
-
+// scanOne looks at a connection the wheel says is due: an open one's
+// session answers when to look again; a closing one is on the closing
+// list, a dead one is forgotten.
 func (p *Poller) scanOne(c *Conn) {
 	defer p.recoverConn(c)
 	c.mu.Lock()
-	state, closingAt := c.state, c.closingAt
+	open := c.state == stateOpen
 	c.mu.Unlock()
-	switch state {
-	case stateClosing:
-		if closingTick(p.tick)-closingAt >= uint16(DurationTicks(closingGrace)) {
-			p.destroy(c)
-		}
-	case stateOpen:
-		p.r.h.Scan(c)
+	if open {
+		p.wheel.schedule(c, p.r.h.Scan(c), p.tick)
 	}
+}
+
+// noteClosing puts c on the closing list; c is locked, and has just
+// started closing.
+func (p *Poller) noteClosing(c *Conn) {
+	p.closingMu.Lock()
+	p.closing = append(p.closing, c)
+	p.closingMu.Unlock()
+}
+
+// scanClosing destroys the closing connections whose peer has not closed
+// within closingGrace.
+func (p *Poller) scanClosing() {
+	p.closingMu.Lock()
+	closing := p.closing
+	p.closing = nil
+	p.closingMu.Unlock()
+	if len(closing) == 0 {
+		return
+	}
+	grace := uint16(DurationTicks(closingGrace))
+	kept := closing[:0]
+	for _, c := range closing {
+		c.mu.Lock()
+		state, closingAt := c.state, c.closingAt
+		c.mu.Unlock()
+		switch {
+		case state == stateDead:
+		case closingTick(p.tick)-closingAt >= grace:
+			p.destroySafely(c)
+		default:
+			kept = append(kept, c)
+		}
+	}
+	clear(closing[len(kept):])
+	p.closingMu.Lock()
+	p.closing = append(p.closing, kept...)
+	p.closingMu.Unlock()
+}
+
+func (p *Poller) destroySafely(c *Conn) {
+	defer p.recoverConn(c)
+	p.destroy(c)
 }
 
 // Handler is the session the poller's connections belong to.

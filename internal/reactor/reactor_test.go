@@ -24,7 +24,7 @@ func (e *echo) Received(c *Conn, data []byte) bool {
 	c.Write(append([]byte(nil), data...))
 	return true
 }
-func (e *echo) Scan(*Conn)          {}
+func (e *echo) Scan(*Conn) uint32   { return 0 }
 func (e *echo) DrainedLocked(*Conn) {}
 func (e *echo) Destroyed(*Conn)     { e.mu.Lock(); e.destroyed++; e.mu.Unlock() }
 func (e *echo) Overflow(_ *Conn, total bool) {
@@ -144,5 +144,55 @@ func TestConnSize(t *testing.T) {
 	}
 	if got := unsafe.Sizeof(Conn{}); got > 56 {
 		t.Fatalf("Conn is %d bytes, want at most 56", got)
+	}
+}
+
+// A connection the session closes, whose peer never closes its end, is
+// destroyed once closingGrace has passed (looked at from the poller's
+// closing list, not the wheel), on every backend.
+func TestClosingPeerThatNeverClosesIsDestroyedAfterTheGrace(t *testing.T) {
+	kinds := []string{Portable}
+	if Native() != "" {
+		kinds = append(kinds, Native())
+	}
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			r, h := start(t, kind, 1<<20, 1<<30)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			peer, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer peer.Close()
+			server, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := open(t, r, server)
+			c.Lock()
+			c.CloseLocked([]byte("bye"))
+			c.Unlock()
+			began := time.Now()
+			// The peer reads the last bytes and the end of the stream, and
+			// keeps its own end open.
+			_ = peer.SetReadDeadline(time.Now().Add(30 * time.Second))
+			got, err := io.ReadAll(peer)
+			if err != nil || string(got) != "bye" {
+				t.Fatalf("peer read %q, %v", got, err)
+			}
+			waitFor(t, "the closing connection was not destroyed", func() bool {
+				h.mu.Lock()
+				defer h.mu.Unlock()
+				return h.destroyed == 1
+			})
+			if waited := time.Since(began); waited < closingGrace-time.Second {
+				t.Fatalf("destroyed after %v, before the grace of %v", waited, closingGrace)
+			}
+		})
 	}
 }

@@ -85,11 +85,16 @@ func (e *epollReads) arm(w *pendingRead) {
 		return
 	}
 	// In the map before it is in the set, so the loop finds it.
+	first := len(e.waits) == 0
 	e.waits[int32(fd)] = w
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(fd)}
 	err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
 	if err != nil {
 		delete(e.waits, int32(fd))
+	} else if first {
+		// The loop may be waiting without a timeout (nothing was there
+		// to expire): it must come round to watch this deadline.
+		e.wakeLocked()
 	}
 	e.mu.Unlock()
 	if err != nil {
@@ -114,7 +119,20 @@ func (e *epollReads) run() {
 	var ready, expired []*pendingRead
 	lastExpire := time.Now()
 	for {
-		n, err := unix.EpollWait(e.epfd, events, int(expireEvery/time.Millisecond))
+		// With nothing waiting there is nothing to expire: the loop
+		// sleeps until a read is armed (arm wakes it). Waking every
+		// expireEvery regardless cost an idle gateway ten wake-ups a
+		// second, and a Go process's wake-up from idle costs about
+		// 100 µs here (the runtime's sysmon polls at 20 µs for a
+		// while after each), times a hundred processes at a million
+		// sockets.
+		e.mu.Lock()
+		timeout := int(expireEvery / time.Millisecond)
+		if len(e.waits) == 0 && !e.closed {
+			timeout = -1
+		}
+		e.mu.Unlock()
+		n, err := unix.EpollWait(e.epfd, events, timeout)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			n = 0
 			e.mu.Lock()
@@ -125,6 +143,8 @@ func (e *epollReads) run() {
 		e.mu.Lock()
 		for _, ev := range events[:max(n, 0)] {
 			if ev.Fd == int32(e.wakefd) {
+				var b [8]byte
+				_, _ = unix.Read(e.wakefd, b[:]) // level-triggered: drain it
 				continue
 			}
 			if w := e.takeLocked(ev.Fd); w != nil {
@@ -198,10 +218,16 @@ func (e *epollReads) close() {
 	e.mu.Lock()
 	already := e.closed
 	e.closed = true
-	e.mu.Unlock()
 	if !already {
-		var one = [8]byte{1}
-		_, _ = unix.Write(e.wakefd, one[:])
+		e.wakeLocked()
 	}
+	e.mu.Unlock()
 	<-e.done
+}
+
+// wakeLocked makes the loop's epoll_wait return; mu is held, so that the
+// loop cannot close wakefd meanwhile.
+func (e *epollReads) wakeLocked() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(e.wakefd, one[:])
 }
