@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -206,14 +207,25 @@ func freePorts(n int) ([]int, error) {
 			_ = ln.Close()
 		}
 	}()
+	// Below the kernel's ephemeral range (32768 and up by default): a
+	// port taken there and let go is free for anyone's outgoing
+	// connection, and with a hundred processes dialling NATS as they
+	// start, a worker's metrics port was taken before it could listen
+	// (twice in four runs).
+	const low, high = 20000, 32768
 	out := make([]int, 0, n)
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	start := low + rand.IntN(high-low)
+	for i := 0; i < high-low && len(out) < n; i++ {
+		port := low + (start-low+i)%(high-low)
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
-			return nil, err
+			continue // in use
 		}
 		lns = append(lns, ln)
-		out = append(out, ln.Addr().(*net.TCPAddr).Port)
+		out = append(out, port)
+	}
+	if len(out) < n {
+		return nil, fmt.Errorf("only %d of %d free ports between %d and %d", len(out), n, low, high)
 	}
 	return out, nil
 }
