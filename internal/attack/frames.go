@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -251,6 +252,20 @@ type PingFloodOptions struct {
 	// Payload bytes per ping, at most 125; default 125.
 	Payload int
 	Source  string
+	// OnStall, if set, is called (from the connection's goroutine) each
+	// time one connection's pings have not been taken for StallAfter
+	// (default 10 s) while it still waits: the moment to look at the
+	// stuck socket (ss, the gateway's goroutines) while it is stuck.
+	OnStall    func(s Stall)
+	StallAfter time.Duration
+}
+
+// Stall is a connection whose pings the server stopped taking.
+type Stall struct {
+	Local, Remote string // the client's socket, as ss shows it
+	SocketID      string
+	Sent          int           // pings written before the stalled batch
+	Waited        time.Duration // since the write began
 }
 
 // PingFloodResult is what the flooding connections saw.
@@ -269,7 +284,15 @@ type PingFloodResult struct {
 	// waiting when it finally read (the kernel's buffers hold some).
 	PongsBuffered int
 	DialErrors    int
+	// Failures says, for a few of the connections that were Blocked or
+	// not Alive, what their client saw: the error that ended the ping
+	// phase, or the send or read that ended the answer phase.
+	Failures []string
 }
+
+// maxFailures bounds PingFloodResult.Failures: a few examples say what
+// happened; all of them say nothing more.
+const maxFailures = 5
 
 // PingFlood opens connections that send WebSocket pings and never read
 // until the flood is over. A gateway that queues a pong per ping holds
@@ -310,7 +333,17 @@ func PingFlood(ctx context.Context, t Target, o PingFloodOptions) PingFloodResul
 	for range batch {
 		burst = append(burst, ping...)
 	}
+	if o.StallAfter <= 0 {
+		o.StallAfter = 10 * time.Second
+	}
 	var mu sync.Mutex
+	fail := func(c *Conn, format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(res.Failures) < maxFailures {
+			res.Failures = append(res.Failures, fmt.Sprintf("%s (%s, socket %s): ", c.nc.LocalAddr(), time.Now().UTC().Format("15:04:05.000"), c.SocketID)+fmt.Sprintf(format, args...))
+		}
+	}
 	var wg sync.WaitGroup
 	for _, c := range conns {
 		wg.Add(1)
@@ -319,7 +352,13 @@ func PingFlood(ctx context.Context, t Target, o PingFloodOptions) PingFloodResul
 			sent := 0
 			for sent < o.Pings && ctx.Err() == nil {
 				n := min(batch, o.Pings-sent)
-				if err := c.WriteRaw(burst[:n*len(ping)], patience); err != nil {
+				if err := c.writeWatched(burst[:n*len(ping)], o, sent); err != nil {
+					partial := ""
+					var pe *partialWriteError
+					if errors.As(err, &pe) {
+						partial = fmt.Sprintf(" (%d of its %d bytes taken, in %v)", pe.written, n*len(ping), pe.waited.Round(time.Millisecond))
+					}
+					fail(c, "ping phase: writing pings %d-%d%s: %v", sent+1, sent+n, partial, err)
 					mu.Lock()
 					res.Blocked++
 					mu.Unlock()
@@ -338,22 +377,27 @@ func PingFlood(ctx context.Context, t Target, o PingFloodOptions) PingFloodResul
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			pongs, code := 0, 0
+			pongs, frames, code := 0, 0, 0
 			alive := false
+			var texts []string // the last few text frames, for a failure
 			if err := c.SendJSON(map[string]any{"event": protocol.EventPing, "data": map[string]any{}}); err == nil {
 				deadline := time.Now().Add(patience)
 				for {
 					f, err := c.ReadFrame(time.Until(deadline))
 					if err != nil {
 						code = -1
+						fail(c, "answer phase: reading after %d frames (%d pongs, texts %q): %v", frames, pongs, texts, err)
 						break
 					}
+					frames++
 					if f.OpCode == ws.OpPong {
 						pongs++
 						continue
 					}
 					if f.OpCode == ws.OpClose {
-						code, _ = CloseCode(f.Payload)
+						var reason string
+						code, reason = CloseCode(f.Payload)
+						fail(c, "answer phase: closed with %d %q after %d frames (%d pongs, texts %q)", code, reason, frames, pongs, texts)
 						break
 					}
 					var m struct{ Event string }
@@ -361,9 +405,13 @@ func PingFlood(ctx context.Context, t Target, o PingFloodOptions) PingFloodResul
 						alive = true
 						break
 					}
+					if f.OpCode == ws.OpText {
+						texts = append(texts[max(len(texts)-2, 0):], string(f.Payload))
+					}
 				}
 			} else {
 				code = -1
+				fail(c, "answer phase: sending pusher:ping: %v", err)
 			}
 			mu.Lock()
 			res.PongsBuffered = max(res.PongsBuffered, pongs)
@@ -377,4 +425,43 @@ func PingFlood(ctx context.Context, t Target, o PingFloodOptions) PingFloodResul
 	}
 	wg.Wait()
 	return res
+}
+
+// partialWriteError is a write that failed after the socket took some of
+// its bytes.
+type partialWriteError struct {
+	written int
+	waited  time.Duration
+	err     error
+}
+
+func (e *partialWriteError) Error() string { return e.err.Error() }
+func (e *partialWriteError) Unwrap() error { return e.err }
+
+// writeWatched writes b within patience, calling o.OnStall each time the
+// socket has taken nothing more for o.StallAfter. sent is the pings
+// written before b, for the report.
+func (c *Conn) writeWatched(b []byte, o PingFloodOptions, sent int) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	start := time.Now()
+	written := 0
+	for {
+		wait := patience - time.Since(start)
+		if o.OnStall != nil {
+			wait = min(wait, o.StallAfter)
+		}
+		_ = c.nc.SetWriteDeadline(time.Now().Add(wait))
+		n, err := c.nc.Write(b[written:])
+		written += n
+		if err == nil {
+			return nil
+		}
+		waited := time.Since(start)
+		if !isTimeout(err) || waited >= patience || o.OnStall == nil {
+			return &partialWriteError{written: written, waited: waited, err: err}
+		}
+		o.OnStall(Stall{Local: c.nc.LocalAddr().String(), Remote: c.nc.RemoteAddr().String(),
+			SocketID: c.SocketID, Sent: sent, Waited: waited})
+	}
 }

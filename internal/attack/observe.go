@@ -242,3 +242,58 @@ func (w *RSSWatch) Stop() int64 {
 	defer w.mu.Unlock()
 	return w.peak
 }
+
+// TCPCounters reads the kernel's TCP counters (/proc/net/netstat and
+// /proc/net/snmp: "TcpExt:BeyondWindow", "TcpExt:TCPRcvQDrop", ...) of
+// the network namespace. They count for every socket of the machine, not
+// only an attack's, but a segment the kernel dropped shows there and
+// nowhere else: with them, a stalled connection says whether the server
+// stopped reading or the kernel stopped delivering.
+func TCPCounters() (map[string]int64, error) {
+	out := map[string]int64{}
+	for _, f := range []string{"/proc/net/netstat", "/proc/net/snmp"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		// Lines come in pairs: "TcpExt: Name1 Name2 ..." then
+		// "TcpExt: 1 2 ...".
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		for i := 0; i+1 < len(lines); i += 2 {
+			names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+			if len(names) != len(values) || len(names) == 0 || names[0] != values[0] {
+				return nil, fmt.Errorf("%s: unpaired lines %q", f, names[0])
+			}
+			for j := 1; j < len(names); j++ {
+				v, err := strconv.ParseInt(values[j], 10, 64)
+				if err == nil {
+					out[names[0]+names[j]] = v
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// TCPDrops is what grew, since before, of the counters that say the
+// kernel dropped or gave up on TCP segments, e.g. "TcpExt:TCPRcvQDrop +3";
+// "none" when nothing did.
+func TCPDrops(before map[string]int64) string {
+	now, err := TCPCounters()
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, k := range []string{"TcpExt:BeyondWindow", "TcpExt:TCPRcvQDrop", "TcpExt:RcvPruned", "TcpExt:OfoPruned",
+		"TcpExt:TCPZeroWindowDrop", "TcpExt:TCPBacklogDrop", "TcpExt:PAWSEstab", "TcpExt:TCPACKSkippedSeq",
+		"TcpExt:TCPTimeouts", "TcpExt:TCPAbortOnMemory", "TcpExt:TCPAbortOnTimeout", "TcpExt:TCPAbortOnData",
+		"TcpExt:TCPMemoryPressures", "TcpExt:ListenOverflows"} {
+		if d := now[k] - before[k]; d != 0 {
+			out = append(out, fmt.Sprintf("%s +%d", k, d))
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
+}

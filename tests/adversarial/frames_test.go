@@ -3,6 +3,7 @@ package adversarial
 import (
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,11 +74,29 @@ func TestPingFlood(t *testing.T) {
 	g, b, before := setup(t)
 	ctx := testContext(t, 2*time.Minute)
 	rss := attack.WatchRSS(g.pid(), 50*time.Millisecond)
-	res := attack.PingFlood(ctx, g.target, attack.PingFloodOptions{Conns: 200, Pings: 2000, Payload: 125, Source: attackerIP})
+	tcpBefore, _ := attack.TCPCounters()
+	var stalls atomic.Int32
+	res := attack.PingFlood(ctx, g.target, attack.PingFloodOptions{Conns: 200, Pings: 2000, Payload: 125, Source: attackerIP,
+		// A connection whose pings are not taken is what this test
+		// failed on now and then: say, while it is stuck, what its
+		// socket and the gateway's goroutines look like.
+		OnStall: func(s attack.Stall) {
+			if stalls.Add(1) > 2 {
+				return
+			}
+			t.Logf("stalled: %+v\nthe machine's TCP drops since the attack began: %s\n%s\n--- gateway goroutines ---\n%s",
+				s, attack.TCPDrops(tcpBefore), sockets(s.Local), g.goroutines())
+		},
+	})
 	rssGrowth(t, before, rss, 24*mib)
 	t.Logf("ping flood: %+v", res)
+	for _, f := range res.Failures {
+		t.Log(f)
+	}
 	if res.Conns != 200 || res.Alive != res.Conns {
 		t.Errorf("%d of 200 connected; %d still answered afterwards, the others were closed with %v", res.Conns, res.Alive, res.Closes)
+		t.Logf("the gateway's counters that grew: %s", g.grown(t, before, "resound_errors_total", "resound_limit_hits_total", "resound_panics_total"))
+		t.Logf("the machine's TCP drops during the attack: %s", attack.TCPDrops(tcpBefore))
 	}
 	g.expectHits(t, before, "outbound", 0)
 	g.expectHits(t, before, "outbound_total", 0)

@@ -2,8 +2,13 @@ package adversarial
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os/exec"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -205,4 +210,40 @@ func testContext(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// sockets is what ss says of the TCP connection whose client end is local
+// ("127.0.0.2:41234"), both ends: queues, windows, retransmissions. It is
+// for a failure message; without ss it says why not.
+func sockets(local string) string {
+	host, port, err := net.SplitHostPort(local)
+	if err != nil {
+		return err.Error()
+	}
+	out, err := exec.Command("ss", "-tnieomH", "( sport = :"+port+" or dport = :"+port+" ) and ( src "+host+" or dst "+host+" )").CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("ss: %v: %s", err, out)
+	}
+	return string(out)
+}
+
+// grown lists the series of the named counters that grew since l, with
+// how much, for a failure message.
+func (g *gateway) grown(t *testing.T, l level, names ...string) string {
+	t.Helper()
+	key := func(s attack.Sample) string { return fmt.Sprintf("%s%v", s.Name, s.Labels) }
+	was := map[string]float64{}
+	for _, s := range l.scrape {
+		was[key(s)] = s.Value
+	}
+	var out []string
+	for _, s := range g.metrics(t) {
+		if slices.Contains(names, s.Name) && s.Value != was[key(s)] {
+			out = append(out, fmt.Sprintf("%s +%v", key(s), s.Value-was[key(s)]))
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }
