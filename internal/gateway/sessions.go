@@ -33,7 +33,10 @@ func (h *sessions) Scan(rc *reactor.Conn) (next uint32) {
 		return c.pingSentAt + pongTimeout
 	}
 	interval := reactor.DurationTicks(c.app.PingInterval.Duration())
-	if now-c.lastSeen >= interval {
+	// Signed: a connection's lastSeen is set from the clock on the
+	// handshake worker, and can be a tick ahead of its poller's; unsigned,
+	// now-lastSeen wrapped and a new connection was pinged at once.
+	if int32(now-c.lastSeen) >= int32(interval) {
 		c.pingSentAt = now
 		c.Write(s.frames.ping)
 		return now + pongTimeout
