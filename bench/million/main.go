@@ -84,6 +84,7 @@ type options struct {
 	results, docs                    string
 	keep                             bool
 	natsProfile                      int
+	gomaxprocs                       int
 }
 
 func env(name string) string { return strings.TrimSpace(os.Getenv("MILLION_" + name)) }
@@ -158,6 +159,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.sysctl, "sysctl", envString("SYSCTL", "auto"), "auto: raise the kernel settings the run needs if they are short and writable (restored after); off: only read them (env MILLION_SYSCTL)")
 	fs.StringVar(&o.results, "results", envString("RESULTS", "bench/results"), "directory that gets million-<stamp>/ (env MILLION_RESULTS)")
 	fs.StringVar(&o.docs, "docs", env("DOCS"), "also write docs/scaling/NAME.json and docs/img/NAME-*.svg; default \"million\" for 900,000 sockets or more, none below; \"-\" for none (env MILLION_DOCS)")
+	fs.IntVar(&o.gomaxprocs, "gomaxprocs", envInt("GOMAXPROCS", 1), "GOMAXPROCS of each gateway and load generator; 0: Go's default, one per core (env MILLION_GOMAXPROCS). About 120 such processes share the machine's 2 cores: with two Ps each, ~300 threads were runnable at once (load average 270-290), and a NATS round trip took seconds in the run queue")
 	fs.IntVar(&o.natsProfile, "nats-profile", envInt("NATS_PROFILE", 0), "serve nats-server's pprof on this port of 127.0.0.1, to profile it during the run; 0: not served (env MILLION_NATS_PROFILE)")
 	fs.BoolVar(&o.keep, "keep", envBool("KEEP", false), "keep the temporary directory: binaries, NATS store (env MILLION_KEEP)")
 	if err := fs.Parse(args); err != nil {

@@ -61,6 +61,9 @@ type Settings struct {
 	Inflight         int     `json:"inflight"`
 	ConnectRate      float64 `json:"connect_rate,omitempty"`
 	CountConnections bool    `json:"count_connections"`
+	// GoMaxProcs is each gateway's and load generator's GOMAXPROCS; 0:
+	// Go's default.
+	GoMaxProcs int `json:"gomaxprocs"`
 }
 
 // PhaseStats is a phase's time and CPU, and what limited it.
@@ -192,7 +195,8 @@ func (r *millionRun) result(ob *observed) *Result {
 		Command: "go run ./bench/million " + strings.Join(os.Args[1:], " "),
 		Started: r.start.UTC().Format(time.RFC3339), Machine: r.machine, Layout: r.l, Sysctls: r.sysctls,
 		Settings: Settings{FanoutRate: r.o.fanoutRate, Broadcasts: r.o.broadcasts, HoldS: r.o.hold.Seconds(), SteadyS: r.o.steady.Seconds(),
-			DrainWindowS: r.o.drainWindow.Seconds(), PingIntervalS: r.o.pingInterval.Seconds(), Inflight: r.o.inflight, ConnectRate: r.o.connectRate, CountConnections: r.o.countConnections},
+			DrainWindowS: r.o.drainWindow.Seconds(), PingIntervalS: r.o.pingInterval.Seconds(), Inflight: r.o.inflight, ConnectRate: r.o.connectRate, CountConnections: r.o.countConnections,
+			GoMaxProcs: r.o.gomaxprocs},
 		samples: samples,
 	}
 	res.Machine.LoadEnd = machine.LoadAvg()

@@ -218,6 +218,7 @@ func (r *millionRun) startCluster(ctx context.Context, bin string) error {
 			"RESOUND_OPS_ADDR=127.0.0.1:"+itoa(ops), fmt.Sprintf("RESOUND_DRAIN_WINDOW=%g", r.o.drainWindow.Seconds()),
 			fmt.Sprintf("RESOUND_PING_INTERVAL=%d", int(r.o.pingInterval.Seconds())),
 			"RESOUND_PPROF=true")
+		env = append(env, r.goMaxProcs()...)
 		c, err := start(childSpec{name: fmt.Sprintf("gateway-%d", i+1), kind: kindGateway, bin: filepath.Join(bin, "gateway"), dir: r.tmp, env: env}, r.logDir())
 		if err != nil {
 			return err
@@ -334,7 +335,7 @@ func (r *millionRun) startLoadgens() error {
 			// counts are settled before.
 			"-close-grace", "30s"}
 		c, err := start(childSpec{name: name, kind: kindLoadgen, bin: filepath.Join(r.tmp, "bin", "loadgen"), dir: r.tmp,
-			args: args, env: []string{"REVERB_APP_ID=" + appID, "REVERB_APP_KEY=" + appKey, "REVERB_APP_SECRET=" + secret},
+			args: args, env: append([]string{"REVERB_APP_ID=" + appID, "REVERB_APP_KEY=" + appKey, "REVERB_APP_SECRET=" + secret}, r.goMaxProcs()...),
 			stdout: filepath.Join(r.dir, name+".json"), stdin: true, progress: true}, r.logDir())
 		if err != nil {
 			return err
@@ -529,6 +530,19 @@ func scrapeConnections(ctx context.Context, g *gatewayProc) (float64, error) {
 // broadcaster triggers the all channel through a gateway the drain keeps.
 func (r *millionRun) broadcaster() (*loadgen.Broadcaster, error) {
 	return loadgen.NewBroadcaster(r.gateways[r.liveGateways()[0]].url, appID, appKey, secret, loadgen.AllChannel(runName))
+}
+
+// goMaxProcs is the environment that sets a gateway's or load
+// generator's GOMAXPROCS, if the run sets it. The run has many more such
+// processes than cores; each needs one P to do its work, and a second
+// one only adds a thread that wakes, finds nothing and sleeps (Go's
+// scheduler starts a spinning thread when it has an idle P), to a run
+// queue already hundreds deep.
+func (r *millionRun) goMaxProcs() []string {
+	if r.o.gomaxprocs <= 0 {
+		return nil
+	}
+	return []string{"GOMAXPROCS=" + itoa(r.o.gomaxprocs)}
 }
 
 // natsNice is nats-server's nice value in the run (see where it starts).
