@@ -879,3 +879,40 @@ func TestOnlyTheLowestTwoSweepAfterADeparture(t *testing.T) {
 		}
 	}
 }
+
+// A gateway whose heartbeat key was removed while it heartbeats on time
+// (a sweep by another that thought it gone) says again what it holds: its
+// next heartbeat finds the key's revision changed. One whose key stays
+// does not, however long it runs.
+func TestRegistryLapsesWhenItsKeyIsGoneAndOnlyThen(t *testing.T) {
+	_, js := startJetStream(t)
+	s := ensure(t, js, cluster.Options{GatewayTTL: 3 * time.Second})
+	ctx := testCtx(t)
+	r := cluster.NewRegistry(s, "gw-1", zerolog.Nop(), nil)
+	lapses := make(chan struct{}, 8)
+	r.OnLapse(func(context.Context) { lapses <- struct{}{} })
+	if err := r.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runRegistry(t, r)
+	// Three heartbeats (one a second) with the key in place: no lapse.
+	deadline := time.Now().Add(3500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		select {
+		case <-lapses:
+			t.Fatal("a lapse while the key was there")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if err := s.Gateways.Delete(ctx, "gw-1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lapses:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no lapse after the key was removed")
+	}
+	if _, err := s.Gateways.Get(ctx, "gw-1"); err != nil {
+		t.Fatalf("the key was not written again: %v", err)
+	}
+}
