@@ -262,7 +262,7 @@ func TCPCounters() (map[string]int64, error) {
 		for i := 0; i+1 < len(lines); i += 2 {
 			names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
 			if len(names) != len(values) || len(names) == 0 || names[0] != values[0] {
-				return nil, fmt.Errorf("%s: unpaired lines %q", f, names[0])
+				return nil, fmt.Errorf("%s: unpaired lines %q", f, lines[i])
 			}
 			for j := 1; j < len(names); j++ {
 				v, err := strconv.ParseInt(values[j], 10, 64)

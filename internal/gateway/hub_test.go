@@ -20,26 +20,21 @@ func hubWithNATS(t *testing.T) (*hub, *nats.Conn) {
 	return newHub(nc, []chan *nats.Msg{make(chan *nats.Msg, 1)}, 5*time.Second), nc
 }
 
-func (h *hub) listedIdle() int {
+// sumShards adds up f over the hub's shards, each locked.
+func (h *hub) sumShards(f func(sh *hubShard) int) int {
 	n := 0
 	for i := range h.shards {
 		sh := &h.shards[i]
 		sh.mu.Lock()
-		n += len(sh.idle)
+		n += f(sh)
 		sh.mu.Unlock()
 	}
 	return n
 }
 
+func (h *hub) listedIdle() int { return h.sumShards(func(sh *hubShard) int { return len(sh.idle) }) }
 func (h *hub) channelsHeld() int {
-	n := 0
-	for i := range h.shards {
-		sh := &h.shards[i]
-		sh.mu.Lock()
-		n += len(sh.channels)
-		sh.mu.Unlock()
-	}
-	return n
+	return h.sumShards(func(sh *hubShard) int { return len(sh.channels) })
 }
 
 // A channel left by its last subscriber keeps its NATS subscription while

@@ -28,7 +28,7 @@ func (h *sessions) Scan(rc *reactor.Conn) (next uint32) {
 	if c.pingSentAt != 0 {
 		if now-c.pingSentAt >= pongTimeout {
 			c.closeWith(protocol.CodePongTimeout, "Pong reply not received in time")
-			return 0 // closing: off the wheel
+			return 0 // closing: dropped from the wheel at its next look
 		}
 		return c.pingSentAt + pongTimeout
 	}

@@ -102,6 +102,6 @@ func (e *epoll) run(p *Poller, done <-chan struct{}) {
 				e.readSafely(p, c)
 			}
 		}
-		p.scanDue(now)
+		p.scanDue()
 	}
 }

@@ -118,6 +118,6 @@ func (k *kqueue) run(p *Poller, done <-chan struct{}) {
 				k.readSafely(p, c)
 			}
 		}
-		p.scanDue(now)
+		p.scanDue()
 	}
 }

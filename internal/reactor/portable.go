@@ -86,7 +86,7 @@ func (b *portable) run(p *Poller, done <-chan struct{}) {
 		b.turn.Lock()
 		now := time.Now()
 		p.woke(now)
-		p.scanDue(now)
+		p.scanDue()
 		b.turn.Unlock()
 	}
 }

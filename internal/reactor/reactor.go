@@ -349,8 +349,8 @@ func (p *Poller) setNow(now time.Time) {
 }
 
 // scanDue looks at the connections due this tick (see timerWheel), and
-// at the closing ones, once a tick. now is the turn's time (setNow).
-func (p *Poller) scanDue(time.Time) {
+// at the closing ones, once a tick (the turn's, set by woke).
+func (p *Poller) scanDue() {
 	if p.wheel.at == p.tick {
 		return
 	}
@@ -450,8 +450,6 @@ func (p *Poller) shutdown() {
 	p.be.close()
 }
 
-// scan drops closing connections whose peer never finished the close, and
-// lets the session look at the open ones.
 // scanOne looks at a connection the wheel says is due: an open one's
 // session answers when to look again; a closing one is on the closing
 // list, a dead one is forgotten.

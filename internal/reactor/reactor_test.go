@@ -60,6 +60,35 @@ func open(t *testing.T, r *Reactor, nc net.Conn) *Conn {
 	return c
 }
 
+// backends are the reactor kinds this platform has.
+func backends() []string {
+	if Native() == "" {
+		return []string{Portable}
+	}
+	return []string{Portable, Native()}
+}
+
+// loopback is a connected pair of TCP sockets: the server's end to give
+// the reactor, and the peer's.
+func loopback(t *testing.T) (server, peer net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = peer.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return server, peer
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -74,27 +103,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // Bytes read go to the session, what it writes goes back, and the peer
 // closing destroys the connection, on every backend this platform has.
 func TestEchoAndClose(t *testing.T) {
-	kinds := []string{Portable}
-	if Native() != "" {
-		kinds = append(kinds, Native())
-	}
-	for _, kind := range kinds {
+	for _, kind := range backends() {
 		t.Run(kind, func(t *testing.T) {
 			r, h := start(t, kind, 1<<20, 1<<30)
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			peer, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer peer.Close()
-			server, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
+			server, peer := loopback(t)
 			open(t, r, server)
 			if _, err := peer.Write([]byte("hello")); err != nil {
 				t.Fatal(err)
@@ -151,28 +163,11 @@ func TestConnSize(t *testing.T) {
 // destroyed once closingGrace has passed (looked at from the poller's
 // closing list, not the wheel), on every backend.
 func TestClosingPeerThatNeverClosesIsDestroyedAfterTheGrace(t *testing.T) {
-	kinds := []string{Portable}
-	if Native() != "" {
-		kinds = append(kinds, Native())
-	}
-	for _, kind := range kinds {
+	for _, kind := range backends() {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
 			r, h := start(t, kind, 1<<20, 1<<30)
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			peer, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer peer.Close()
-			server, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
+			server, peer := loopback(t)
 			c := open(t, r, server)
 			c.Lock()
 			c.CloseLocked([]byte("bye"))
