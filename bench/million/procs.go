@@ -49,6 +49,10 @@ type childSpec struct {
 	stdout          string // file for stdout; "" logs it
 	stdin           bool   // keep a pipe to stdin
 	progress        bool   // parse stderr's JSON progress lines
+	// nice, when not 0, is the child's nice value from its first thread
+	// on (coreutils' nice execs it; if the kernel refuses, nice says so
+	// and runs it at the default).
+	nice int
 }
 
 // start starts a child with only PATH and spec.env in its environment.
@@ -60,6 +64,14 @@ func start(spec childSpec, logDir string) (*child, error) {
 		return nil, err
 	}
 	c.cmd = exec.Command(spec.bin, spec.args...)
+	if spec.nice != 0 {
+		// A nice value belongs to a thread and new threads inherit it
+		// from the one that makes them: set after the start, on the
+		// process's id, it reached only the main thread, and a Go
+		// process's other threads (the ones that do its work) stayed at
+		// 0. nice sets it before the binary's first instruction.
+		c.cmd = exec.Command("nice", append([]string{"-n", strconv.Itoa(spec.nice), spec.bin}, spec.args...)...)
+	}
 	c.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, spec.env...)
 	c.cmd.Dir = spec.dir
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
