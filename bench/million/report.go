@@ -643,8 +643,8 @@ func (res *Result) markdown() string {
 			d.Gateways, d.Moved, d.BackS, d.ExitS, d.Reconnects, d.ReconnectFailures)
 	}
 	for _, p := range res.Presence {
-		fmt.Fprintf(&b, "\n**Presence members** at the %s: %d channels list %d members for %d subscribers; %d channels wrong %v %s\n",
-			p.When, p.Channels, p.Members, p.Expected, p.Wrong, p.Examples, p.Error)
+		fmt.Fprintf(&b, "\n**Presence members** at the %s (last of %d reads over %.0f s): %d channels list %d members for %d subscribers; %d channels wrong %v %s\n",
+			p.When, p.Reads, p.SettledS, p.Channels, p.Members, p.Expected, p.Wrong, p.Examples, p.Error)
 	}
 	if len(res.KV) > 0 {
 		b.WriteString("\n**Shared-state writes** (attempts seen on the bucket subjects, stored, and the difference: compare-and-sets that lost):\n\n| phase | bucket | attempts | stored | conflicts |\n|---|---|---|---|---|\n")

@@ -155,27 +155,28 @@ const (
 	retryMax   = 5 * time.Second
 )
 
-// retry runs a clean-up (a presence leave, a sign-out, a connection-slot
-// release) until it succeeds or the gateway stops, holding its lane
-// meanwhile: a later join of the same connection must not overtake it.
-// If the gateway stops first, the other gateways' sweep removes what it
-// held once its heartbeat expires.
-func (s *Server) retry(what string, f func(ctx context.Context) error) {
+// retry runs a write the shared state must get (a presence leave, a
+// sign-out, a connection-slot release, a reassertion after a lapse) until
+// it succeeds or the gateway stops, holding its lane meanwhile: a later
+// join or leave of the same connection must not overtake it. It reports
+// whether the write was made. If the gateway stops first, the other
+// gateways' sweep removes what it held once its heartbeat expires.
+func (s *Server) retry(what string, f func(ctx context.Context) error) bool {
 	backoff := retryFirst
 	for {
 		ctx, cancel := context.WithTimeout(s.baseCtx, asyncTimeout)
 		err := f(ctx)
 		cancel()
 		if err == nil {
-			return
+			return true
 		}
 		if s.baseCtx.Err() != nil {
 			s.log.Warn().Err(err).Str("what", what).Msg("gateway stopping: clean-up left to the other gateways' sweep")
-			return
+			return false
 		}
 		s.prom.StateRetries.Inc()
 		if ev := s.retryLog.Warn(); ev != nil {
-			ev.Err(err).Str("what", what).Dur("backoff", backoff).Msg("shared-state clean-up failed; retrying (logged at most every 10 s)")
+			ev.Err(err).Str("what", what).Dur("backoff", backoff).Msg("shared-state write failed; retrying (logged at most every 10 s)")
 		}
 		select {
 		case <-time.After(backoff):
