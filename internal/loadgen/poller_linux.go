@@ -97,8 +97,15 @@ type conn struct {
 	recv  uint32 // distinct sequence numbers seen
 	dup   uint32
 	dupRe uint32 // duplicates of events sent again (resentSet)
-	ooo   uint32
-	holes []span // sequence numbers skipped so far (nil while in order)
+	// dupX counts numbers received again on a later subscription that
+	// were at or below resubAt, the highest number of the channel seen or
+	// skipped before it: Pusher's contract is per connection, and an
+	// event sent before a subscription was made may or may not reach it
+	// (see conn), so one the old connection had may come on the new one.
+	dupX    uint32
+	resubAt int64
+	ooo     uint32
+	holes   []span // sequence numbers skipped so far (nil while in order)
 	// gaps are the sequence numbers sent while the connection was not
 	// subscribed; gapRecv counts arrivals among them.
 	gaps    []span
@@ -126,6 +133,7 @@ type pollStats struct {
 	expected, delivered, missing   int64
 	duplicates, outOfOrder, extra  int64
 	duplicatesResent               int64
+	duplicatesAcross               int64
 	malformed, subscribersAtEnd    int64
 	holesOverflow, subscribedTotal int64
 	gap, gapReceived, reconnects   int64
@@ -809,6 +817,9 @@ func (p *poller) onSubscribed(c *conn, sub uint8) bool {
 		// What was sent on its channel before now is its gap, from this
 		// moment: its events count from here, even before the all channel
 		// is confirmed.
+		if c.epochs > 0 {
+			c.resubAt = c.next
+		}
 		openGap(c, p.r.issued[c.ch].Load())
 	case subAll:
 		if c.epochs == 0 {
@@ -844,6 +855,9 @@ func (p *poller) onSubscribed(c *conn, sub uint8) bool {
 // base from now on; what was sent since the last number it received is its
 // gap (see conn).
 func startEpoch(c *conn, base int64) {
+	if c.epochs > 0 {
+		c.resubAt = c.next
+	}
 	c.epochs++
 	c.retries = 0
 	openGap(c, base)
@@ -912,6 +926,9 @@ func (p *poller) onLoad(c *conn, m []byte, delivered *int64) {
 		return
 	case p.r != nil && p.r.resent.has(int(c.ch), seq):
 		c.dupRe++
+		return
+	case seq <= c.resubAt:
+		c.dupX++
 		return
 	default:
 		c.dup++
@@ -1064,6 +1081,7 @@ func (p *poller) destroy(c *conn) {
 	}
 	p.st.duplicates += int64(c.dup)
 	p.st.duplicatesResent += int64(c.dupRe)
+	p.st.duplicatesAcross += int64(c.dupX)
 	p.st.outOfOrder += int64(c.ooo)
 	if c.sentClose && p.r.cfg.Mode == ModeChurn {
 		p.st.completed++

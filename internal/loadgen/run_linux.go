@@ -512,6 +512,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 			f.Missing += p.st.missing
 			f.Duplicates += p.st.duplicates
 			f.DuplicatesResent += p.st.duplicatesResent
+			f.DuplicatesAcrossReconnect += p.st.duplicatesAcross
 			f.OutOfOrder += p.st.outOfOrder
 			f.Unexpected += p.st.extra
 			f.Malformed += p.st.malformed

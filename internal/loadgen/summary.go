@@ -118,14 +118,19 @@ type FanoutStats struct {
 	Duplicates      int64            `json:"duplicates"`
 	// DuplicatesResent are duplicates of events sent again after a failed
 	// request (resentSet): the producer's, not counted in Duplicates.
-	DuplicatesResent int64   `json:"duplicates_resent"`
-	OutOfOrder       int64   `json:"out_of_order"`
-	Unexpected       int64   `json:"unexpected"`
-	Malformed        int64   `json:"malformed"`
-	Gap              int64   `json:"gap"`
-	GapReceived      int64   `json:"gap_received"`
-	ReceiveSec       float64 `json:"receive_s"`
-	DeliveriesPerSec float64 `json:"deliveries_per_s"`
+	DuplicatesResent int64 `json:"duplicates_resent"`
+	// DuplicatesAcrossReconnect are events a connection that reconnected
+	// received on its new subscription and had had on an earlier one,
+	// sent before the new subscription was made (Pusher's contract is per
+	// connection): not counted in Duplicates.
+	DuplicatesAcrossReconnect int64   `json:"duplicates_across_reconnect"`
+	OutOfOrder                int64   `json:"out_of_order"`
+	Unexpected                int64   `json:"unexpected"`
+	Malformed                 int64   `json:"malformed"`
+	Gap                       int64   `json:"gap"`
+	GapReceived               int64   `json:"gap_received"`
+	ReceiveSec                float64 `json:"receive_s"`
+	DeliveriesPerSec          float64 `json:"deliveries_per_s"`
 }
 
 // ChurnStats is what churn adds.
@@ -383,6 +388,7 @@ func Merge(all []*Summary) (*Summary, error) {
 			d.Missing += f.Missing
 			d.Duplicates += f.Duplicates
 			d.DuplicatesResent += f.DuplicatesResent
+			d.DuplicatesAcrossReconnect += f.DuplicatesAcrossReconnect
 			d.OutOfOrder += f.OutOfOrder
 			d.Unexpected += f.Unexpected
 			d.Malformed += f.Malformed

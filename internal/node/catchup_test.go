@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -186,6 +187,91 @@ func TestGatewayReassertsWhatItHoldsAfterItsHeartbeatLapsed(t *testing.T) {
 	observer.ExpectSilence(4 * time.Second)
 	mustOK(t, api.Trigger([]string{"presence-room"}, "still", "here", ""))
 	m.Expect("still")
+}
+
+// A reassertion after a lapse is made however long the shared state
+// refuses it: here the presence bucket takes no writes from before B's
+// link comes back until after B's second pass (a TTL after the first).
+// Given up after one try, as it was, the member stayed missing while its
+// connection lived (the million-socket run's drain left 1,994 of 5,040
+// presence channels short).
+func TestGatewayReassertionRetriesUntilItsWritesAreMade(t *testing.T) {
+	const ttl = 3 * time.Second
+	app := config.App{ID: appID, Key: appKey, Secret: secret}
+	a, b, proxy, api, filled := twoGateways(t, func(s *config.Settings) { s.GatewayTTL = config.Seconds(ttl) }, app)
+	observer := pushertest.Connect(t, a.Addr().String(), appKey)
+	joinPresence(t, observer, filled, "presence-room", "observer")
+	m := pushertest.Connect(t, b.Addr().String(), appKey)
+	joinPresence(t, m, filled, "presence-room", "member")
+	observer.Expect(protocol.EventMemberAdded)
+
+	// The test's own link to NATS, not through B's proxy.
+	nc, err := nats.Connect("nats://"+proxy.target, nats.Name("test-fault"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := js.Stream(ctx, "KV_"+cluster.BucketPresence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := stream.CachedInfo().Config
+	subjects := cfg.Subjects
+	refuse := func(on bool) {
+		t.Helper()
+		cfg.Subjects = subjects
+		if on {
+			// No stream takes the bucket's subjects: every write is
+			// refused (no responders); reads by stream name still work.
+			cfg.Subjects = []string{"resound-test.nowhere.>"}
+		}
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	proxy.cut()
+	expectMemberRemoved(t, observer, "presence-room", "member", 20*time.Second)
+	refuse(true)
+	before := retries(t, b)
+	proxy.mend()
+	// Wait for B's reassertion to be refused, then for its second pass to
+	// have been due too.
+	for deadline := time.Now().Add(30 * time.Second); retries(t, b) == before; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("B never retried a refused write after its link came back")
+		}
+	}
+	time.Sleep(ttl + time.Second)
+	refuse(false)
+	added := observer.Expect(protocol.EventMemberAdded)
+	if !strings.Contains(added.DataString(), `"member"`) {
+		t.Fatalf("member_added %s", added.Raw)
+	}
+	if users := usersOf(t, api, "presence-room"); !strings.Contains(users, `"member"`) {
+		t.Fatalf("users after the lapse: %s", users)
+	}
+}
+
+// retries is a node's resound_state_retries_total.
+func retries(t *testing.T, n *Node) float64 {
+	t.Helper()
+	mfs, err := n.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "resound_state_retries_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
 }
 
 // Two gateways and a worker on one NATS server; gateway B reaches NATS
