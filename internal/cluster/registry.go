@@ -83,6 +83,19 @@ func (s *Stores) LiveGateways(ctx context.Context) (map[string]bool, error) {
 	return liveIn(ctx, s.js, s.Gateways)
 }
 
+// GatewayLive tells whether one gateway's heartbeat is there: one read of
+// its key, for a sweep that found it gone to ask again (SweeperOptions.Recheck).
+func (s *Stores) GatewayLive(ctx context.Context, id string) (bool, error) {
+	switch _, err := s.Gateways.Get(ctx, id); {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
+		return false, nil
+	default:
+		return false, err
+	}
+}
+
 // liveIn lists the keys of a heartbeat bucket whose values are there.
 //
 // Every key must be in the list: one missing makes its process look gone,

@@ -8,11 +8,65 @@ import (
 )
 
 // SweepStep is one store's clean-up after the gateways that are gone:
-// it removes what gateways not in live hold, and announces what that
-// changes (a member removed, a user offline).
+// it removes what gateways that are not live hold, and announces what
+// that changes (a member removed, a user offline).
 type SweepStep struct {
 	Name  string
-	Sweep func(ctx context.Context, live map[string]bool) error
+	Sweep func(ctx context.Context, live Liveness) error
+}
+
+// Liveness tells a sweep whether a gateway is live. A sweep asks it for
+// each key it changes, not once at its start.
+type Liveness interface {
+	Live(gateway string) bool
+}
+
+// LiveSet is a fixed set of live gateways.
+type LiveSet map[string]bool
+
+// Live reports whether gateway is in the set.
+func (s LiveSet) Live(gateway string) bool { return s[gateway] }
+
+// recheckInterval is how long a sweep trusts that a gateway is still gone
+// before it asks again (SweeperOptions.Recheck).
+const recheckInterval = time.Second
+
+// rechecked is the live set a sweep began with, where a gateway not in it
+// is asked about again (at most every recheckInterval) while the sweep
+// goes on. A sweep of every key can take longer than a TTL when NATS is
+// saturated, and a gateway whose heartbeat lapsed comes back meanwhile
+// and says again what it holds, twice, a TTL apart (gateway.Reassert):
+// judged by the set of the start alone, the keys the sweep reached after
+// that second pass lost the gateway's members for good while their
+// connections lived (the million-socket run's drain: 913 of 5,040
+// presence channels short after 67 lapses).
+type rechecked struct {
+	ctx     context.Context
+	set     map[string]bool
+	recheck func(ctx context.Context, gateway string) (bool, error)
+	asked   map[string]askedAt
+}
+
+type askedAt struct {
+	live bool
+	at   time.Time
+}
+
+func (r *rechecked) Live(gateway string) bool {
+	if r.set[gateway] {
+		return true
+	}
+	if r.recheck == nil {
+		return false
+	}
+	if a, ok := r.asked[gateway]; ok && time.Since(a.at) < recheckInterval {
+		return a.live
+	}
+	// An error counts as gone: the sweep would have removed it anyway.
+	live, err := r.recheck(r.ctx, gateway)
+	live = live && err == nil
+	r.asked[gateway] = askedAt{live: live, at: time.Now()}
+	return live
 }
 
 // Sweeper is the one driver of the stores' sweeps (presence, signed-in
@@ -38,6 +92,10 @@ type SweeperOptions struct {
 	Steps []SweepStep
 	// Live lists the live gateways, for retries.
 	Live func(ctx context.Context) (map[string]bool, error)
+	// Recheck, when set, tells whether one gateway is live now; a sweep
+	// asks it about a gateway it found gone, again every second while it
+	// goes on (see rechecked).
+	Recheck func(ctx context.Context, gateway string) (bool, error)
 	// Budget bounds the time spent retrying, from the start of a sweep:
 	// the registry calls Sweep between heartbeats, which must not wait
 	// for a NATS that is away. 0 retries until ctx ends.
@@ -69,8 +127,9 @@ func (d *Sweeper) Sweep(ctx context.Context, live map[string]bool) bool {
 	backoff := sweepRetryFirst
 	for {
 		var failed []SweepStep
+		view := &rechecked{ctx: ctx, set: live, recheck: d.opts.Recheck, asked: map[string]askedAt{}}
 		for _, st := range pending {
-			if err := st.Sweep(ctx, live); err != nil {
+			if err := st.Sweep(ctx, view); err != nil {
 				failed = append(failed, st)
 				if ctx.Err() == nil {
 					if ev := d.log.Warn(); ev != nil {

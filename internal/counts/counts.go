@@ -258,7 +258,7 @@ type Vacated struct {
 // a key sees it emptied. It follows cluster.Bucket.Sweep's rule for
 // errors: a key that fails does not stop the others, and the channels
 // returned are all those emptied, even when the error is not nil.
-func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) ([]Vacated, error) {
+func (s *Store) RemoveGatewaysExcept(ctx context.Context, live cluster.Liveness) ([]Vacated, error) {
 	var out []Vacated
 	err := s.kv.Sweep(ctx, func(ctx context.Context, key string) error {
 		var before, after int
@@ -268,7 +268,7 @@ func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) 
 			after = before
 			changed := false
 			for gw := range c {
-				if !live[gw] {
+				if !live.Live(gw) {
 					delete(c, gw)
 					changed = true
 				}

@@ -282,7 +282,7 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	vacated, err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true})
+	vacated, err := s.RemoveGatewaysExcept(ctx, cluster.LiveSet{"live": true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +304,7 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if vacated, err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true}); err != nil || len(vacated) != 0 {
+	if vacated, err := s.RemoveGatewaysExcept(ctx, cluster.LiveSet{"live": true}); err != nil || len(vacated) != 0 {
 		t.Fatalf("a second sweep: %+v, %v", vacated, err)
 	}
 	clustertest.AwaitSettled(t, ctx, b, 3)

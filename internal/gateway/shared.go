@@ -173,7 +173,7 @@ func (s *Server) Sweep(ctx context.Context, live map[string]bool) {
 func (s *Server) newSweeper() *cluster.Sweeper {
 	return cluster.NewSweeper(cluster.SweeperOptions{
 		Steps: []cluster.SweepStep{
-			{Name: "presence", Sweep: func(ctx context.Context, live map[string]bool) error {
+			{Name: "presence", Sweep: func(ctx context.Context, live cluster.Liveness) error {
 				removed, err := s.presence.RemoveGatewaysExcept(ctx, live)
 				for _, r := range removed {
 					if app, ok := s.opts.Apps.ByID(r.App); ok {
@@ -183,7 +183,7 @@ func (s *Server) newSweeper() *cluster.Sweeper {
 				}
 				return err
 			}},
-			{Name: "users", Sweep: func(ctx context.Context, live map[string]bool) error {
+			{Name: "users", Sweep: func(ctx context.Context, live cluster.Liveness) error {
 				offline, err := s.users.RemoveGatewaysExcept(ctx, live)
 				for _, u := range offline {
 					if app, ok := s.opts.Apps.ByID(u.App); ok {
@@ -192,7 +192,7 @@ func (s *Server) newSweeper() *cluster.Sweeper {
 				}
 				return err
 			}},
-			{Name: "counts", Sweep: func(ctx context.Context, live map[string]bool) error {
+			{Name: "counts", Sweep: func(ctx context.Context, live cluster.Liveness) error {
 				// Only the sweep whose write empties a channel's key sees
 				// it emptied: channel_vacated is recorded once.
 				vacated, err := s.counts.RemoveGatewaysExcept(ctx, live)
@@ -211,6 +211,7 @@ func (s *Server) newSweeper() *cluster.Sweeper {
 			}
 			return live, err
 		},
+		Recheck: s.opts.Stores.GatewayLive,
 		// Retries stop after a third of the TTL, so that a NATS that is
 		// away does not hold the registry's sweeps (one at a time, beside
 		// the heartbeat) behind this one: what is left waits for the next

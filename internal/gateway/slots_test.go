@@ -272,7 +272,7 @@ func TestSlotLeaseReassertedAfterASweep(t *testing.T) {
 		t.Fatalf("%d of 30 connects", n)
 	}
 	waitUntil(t, "the batcher idle", func() bool { a.b.mu.Lock(); defer a.b.mu.Unlock(); return !a.b.running })
-	if _, err := counts.New(b).RemoveGatewaysExcept(clustertest.Context(t), map[string]bool{"gw-1": true}); err != nil {
+	if _, err := counts.New(b).RemoveGatewaysExcept(clustertest.Context(t), cluster.LiveSet{"gw-1": true}); err != nil {
 		t.Fatal(err)
 	}
 	// Meanwhile the other gateway takes all the room there is.

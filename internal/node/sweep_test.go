@@ -199,9 +199,10 @@ func addMember(t *testing.T, stores *cluster.Stores, appID, channel, userID, soc
 
 // TestSweepRemovesADeadGatewaysMembers: a gateway that dies must not leave
 // its members behind. The sweep a live gateway runs removes them, tells
-// the channel, and the HTTP API stops listing them. dead-gw keeps
-// heartbeating so that no registry sweeps on its own: the test calls
-// Sweep with the live set as it is once dead-gw is gone.
+// the channel, and the HTTP API stops listing them. dead-gw heartbeats
+// until the test deletes its key and calls Sweep with the live set as it
+// is once dead-gw is gone (the registries may sweep too, after: only the
+// write that removes a member announces it).
 func TestSweepRemovesADeadGatewaysMembers(t *testing.T) {
 	sc := startSweepCluster(t, 15*time.Second, app1, "dead-gw")
 	live := sc.realGateways(t)
@@ -215,6 +216,9 @@ func TestSweepRemovesADeadGatewaysMembers(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	// Gone as the sweep sees it: a sweep asks again about a gateway
+	// whose key is still there (it may have come back).
+	sc.die(t, "dead-gw", true)
 	sc.a.Gateway().Sweep(ctx, live)
 
 	expectMemberRemoved(t, a1, "presence-room", "2", 10*time.Second)
@@ -246,6 +250,9 @@ func TestSweepKeepsASecondConnectionOnALiveGateway(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	// Gone as the sweep sees it: a sweep asks again about a gateway
+	// whose key is still there (it may have come back).
+	sc.die(t, "dead-gw", true)
 	sc.b.Gateway().Sweep(ctx, live)
 	expectMemberRemoved(t, a1, "presence-room", "4", 10*time.Second)
 	if got := usersOf(t, sc.apiA, "presence-room"); got != `{"users":[{"id":"1"},{"id":"3"}]}` {
@@ -286,6 +293,9 @@ func TestSweepFreesADeadGatewaysSlotsAndSignsOutItsUsers(t *testing.T) {
 	full.ExpectError(protocol.CodeOverQuota)
 	full.ExpectClose(protocol.CodeOverQuota)
 
+	// Gone as the sweep sees it: a sweep asks again about a gateway
+	// whose key is still there (it may have come back).
+	sc.die(t, "dead-gw", true)
 	sc.b.Gateway().Sweep(ctx, live)
 
 	if m := c.Expect(protocol.EventWatchlistEvents); m.DataString() != `{"events":[{"name":"offline","user_ids":["77"]}]}` {

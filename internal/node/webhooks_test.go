@@ -407,7 +407,7 @@ func TestWebhookSweepRecordsADeadGatewaysVacatedAndRemoved(t *testing.T) {
 	a1 := pushertest.Connect(t, sc.a.Addr().String(), hookApp.Key)
 	joinPresence(t, a1, hookApp, "presence-room", "1")
 	addMember(t, sc.stores, hookApp.ID, "presence-room", "2", "9.9", "dead-gw")
-	sc.die(t, "dead-gw", false)
+	sc.die(t, "dead-gw", true) // its key gone, as a sweep checks again
 
 	var wg sync.WaitGroup
 	for _, n := range []*Node{sc.a, sc.b} {

@@ -220,7 +220,7 @@ func TestABadChannelValueReadsAsEmpty(t *testing.T) {
 	if _, err := kv.Put(ctx, cluster.Key("app", "presence-b"), []byte("not json")); err != nil {
 		t.Fatal(err)
 	}
-	removed, err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true})
+	removed, err := s.RemoveGatewaysExcept(ctx, cluster.LiveSet{"live": true})
 	if err != nil {
 		t.Fatalf("sweep: %v", err)
 	}

@@ -267,7 +267,7 @@ type Removed struct {
 // the caller to announce. It follows cluster.Bucket.Sweep's rule for
 // errors: a channel that fails does not stop the others, and the users
 // returned are all those removed, even when the error is not nil.
-func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) ([]Removed, error) {
+func (s *Store) RemoveGatewaysExcept(ctx context.Context, live cluster.Liveness) ([]Removed, error) {
 	var out []Removed
 	err := s.kv.Sweep(ctx, func(ctx context.Context, k string) error {
 		appTok, chTok, ok := strings.Cut(k, ".")
@@ -292,7 +292,7 @@ func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) 
 			changed := false
 			for id, m := range st.Members {
 				for sid, gw := range m.Conns {
-					if !live[gw] {
+					if !live.Live(gw) {
 						delete(m.Conns, sid)
 						changed = true
 					}

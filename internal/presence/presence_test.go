@@ -253,7 +253,7 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 	// A channel untouched.
 	join("app", "presence-c", "6", "6.1", "live")
 
-	removed, err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true})
+	removed, err := s.RemoveGatewaysExcept(ctx, cluster.LiveSet{"live": true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,14 +291,14 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 		t.Fatalf("user 1's remaining socket: last=%v %v", last, err)
 	}
 	// A second sweep finds nothing more.
-	if removed, err = s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true}); err != nil || len(removed) != 0 {
+	if removed, err = s.RemoveGatewaysExcept(ctx, cluster.LiveSet{"live": true}); err != nil || len(removed) != 0 {
 		t.Fatalf("second sweep: %v %v", removed, err)
 	}
 }
 
 func TestRemoveGatewaysExceptOnEmptyBucket(t *testing.T) {
 	s, _, ctx := newStore(t)
-	removed, err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true})
+	removed, err := s.RemoveGatewaysExcept(ctx, cluster.LiveSet{"live": true})
 	if err != nil || len(removed) != 0 {
 		t.Fatalf("RemoveGatewaysExcept on an empty bucket = %v, %v", removed, err)
 	}
@@ -321,7 +321,7 @@ func TestConcurrentSweepsReportEachUserOnce(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			results[i], errs[i] = s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true})
+			results[i], errs[i] = s.RemoveGatewaysExcept(ctx, cluster.LiveSet{"live": true})
 		}(i)
 	}
 	wg.Wait()

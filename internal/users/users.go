@@ -125,7 +125,7 @@ type Offline struct {
 // cluster.Bucket.Sweep's rule for errors: a user that fails does not stop
 // the others, and the users returned are all those that went offline,
 // even when the error is not nil.
-func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) ([]Offline, error) {
+func (s *Store) RemoveGatewaysExcept(ctx context.Context, live cluster.Liveness) ([]Offline, error) {
 	var out []Offline
 	err := s.kv.Sweep(ctx, func(ctx context.Context, key string) error {
 		appTok, userTok, ok := strings.Cut(key, ".")
@@ -143,7 +143,7 @@ func (s *Store) RemoveGatewaysExcept(ctx context.Context, live map[string]bool) 
 			conns := decode(old)
 			changed := false
 			for sid, gw := range conns {
-				if !live[gw] {
+				if !live.Live(gw) {
 					delete(conns, sid)
 					changed = true
 				}

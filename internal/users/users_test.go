@@ -243,7 +243,7 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	offline, err := s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true})
+	offline, err := s.RemoveGatewaysExcept(ctx, cluster.LiveSet{"live": true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func TestRemoveGatewaysExcept(t *testing.T) {
 	}
 	// A value that does not parse names no gateway: the sweep leaves it as
 	// the gateway's did, and the next sign-in of the user rewrites it.
-	if offline, err = s.RemoveGatewaysExcept(ctx, map[string]bool{"live": true}); err != nil || len(offline) != 0 {
+	if offline, err = s.RemoveGatewaysExcept(ctx, cluster.LiveSet{"live": true}); err != nil || len(offline) != 0 {
 		t.Fatalf("second sweep: %v %v", offline, err)
 	}
 	clustertest.AwaitSettled(t, ctx, b, 2) // user 3 and the unreadable value
@@ -283,7 +283,7 @@ func TestConcurrentSweepsReportEachUserOnce(t *testing.T) {
 	}
 	results := make([][]users.Offline, len(gws))
 	clustertest.Concurrently(t, len(gws), func(i int) (err error) {
-		results[i], err = users.New(gws[i].Users).RemoveGatewaysExcept(ctx, map[string]bool{"live": true})
+		results[i], err = users.New(gws[i].Users).RemoveGatewaysExcept(ctx, cluster.LiveSet{"live": true})
 		return err
 	})
 	seen := map[string]int{}
