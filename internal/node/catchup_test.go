@@ -206,15 +206,7 @@ func TestGatewayReassertionRetriesUntilItsWritesAreMade(t *testing.T) {
 	observer.Expect(protocol.EventMemberAdded)
 
 	// The test's own link to NATS, not through B's proxy.
-	nc, err := nats.Connect("nats://"+proxy.target, nats.Name("test-fault"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStreamAt(t, "nats://"+proxy.target)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stream, err := js.Stream(ctx, "KV_"+cluster.BucketPresence)
@@ -412,4 +404,20 @@ func scrape(t *testing.T, n *Node) string {
 		}
 	}
 	return strings.Join(out, " ")
+}
+
+// jetStreamAt opens a connection to the NATS server at url, closed when
+// the test ends, and returns its JetStream context.
+func jetStreamAt(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }

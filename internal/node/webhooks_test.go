@@ -138,15 +138,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // sharedState opens the cluster's shared-state buckets.
 func sharedState(t *testing.T, n *Node) *cluster.Stores {
 	t.Helper()
-	nc, err := nats.Connect(n.Config().NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStreamAt(t, n.Config().NATSURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stores, err := cluster.Ensure(ctx, js, streams.Cluster(&n.Config().Settings))
