@@ -11,7 +11,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -247,5 +249,19 @@ func TestChild(t *testing.T) {
 	}
 	if !c.stop(200*time.Millisecond) || !c.exited() {
 		t.Fatal("a child that ignores SIGTERM was not killed")
+	}
+}
+
+// threadNices reads this test's own threads: all at the nice value the
+// process was started with.
+func TestThreadNices(t *testing.T) {
+	own, err := syscall.Getpriority(syscall.PRIO_PROCESS, 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	// Linux's getpriority answers 20 - nice.
+	want := 20 - own
+	if got := threadNices(os.Getpid()); !slices.Equal(got, []int{want}) {
+		t.Fatalf("threadNices = %v, want [%d]", got, want)
 	}
 }

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -554,28 +553,17 @@ const natsNice = -10
 func threadNices(pid int) []int {
 	dir := "/proc/" + strconv.Itoa(pid) + "/task"
 	tasks, _ := os.ReadDir(dir)
-	seen := map[int]bool{}
 	var nices []int
 	for _, t := range tasks {
-		b, err := os.ReadFile(dir + "/" + t.Name() + "/stat")
-		if err != nil {
+		// From the state (field 3), nice is field 19.
+		f, ok := statFields(dir + "/" + t.Name() + "/stat")
+		if !ok || len(f) < 17 {
 			continue
 		}
-		// After the command's ")": state is field 3 and nice field 19.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 17 {
-			continue
-		}
-		n, err := strconv.Atoi(f[16])
-		if err == nil && !seen[n] {
-			seen[n] = true
+		if n, err := strconv.Atoi(f[16]); err == nil {
 			nices = append(nices, n)
 		}
 	}
 	slices.Sort(nices)
-	return nices
+	return slices.Compact(nices)
 }

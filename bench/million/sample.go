@@ -93,18 +93,9 @@ type JSAPICount struct {
 // processes every second (their fd directories, with 17k entries each,
 // are not).
 func procStat(pid int) (cpu float64, rss int64, ok bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, false
-	}
-	// The command (field 2) is in parentheses and may hold spaces.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
+	f, ok := statFields("/proc/" + strconv.Itoa(pid) + "/stat")
 	// After ")": state is field 3, utime 14, stime 15, rss 24 (pages).
-	if len(f) < 22 {
+	if !ok || len(f) < 22 {
 		return 0, 0, false
 	}
 	u, err1 := strconv.ParseFloat(f[11], 64)
@@ -114,6 +105,21 @@ func procStat(pid int) (cpu float64, rss int64, ok bool) {
 		return 0, 0, false
 	}
 	return (u + s) / clockTick, pages * int64(os.Getpagesize()), true
+}
+
+// statFields reads a /proc stat file (a process's or a thread's) and
+// returns its fields after the command, from the state (field 3) on.
+func statFields(path string) ([]string, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false
+	}
+	// The command (field 2) is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, false
+	}
+	return strings.Fields(string(b[i+1:])), true
 }
 
 // clockTick is USER_HZ, the unit of /proc's CPU times: 100 wherever Go

@@ -894,12 +894,29 @@ func TestRegistryLapsesWhenItsKeyIsGoneAndOnlyThen(t *testing.T) {
 	if err := r.Register(ctx); err != nil {
 		t.Fatal(err)
 	}
+	first, err := s.Gateways.Get(ctx, "gw-1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	runRegistry(t, r)
-	// Three heartbeats (one a second) with the key in place: no lapse.
+	// Three heartbeats with the key in place (its revision moved on three
+	// times): no lapse.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		e, err := s.Gateways.Get(ctx, "gw-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Revision() >= first.Revision()+3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("fewer than three heartbeats in 20 s")
+		}
+	}
 	select {
 	case <-lapses:
 		t.Fatal("a lapse while the key was there")
-	case <-time.After(3500 * time.Millisecond):
+	default:
 	}
 	if err := s.Gateways.Delete(ctx, "gw-1"); err != nil {
 		t.Fatal(err)

@@ -86,7 +86,13 @@ func (s *Stores) LiveGateways(ctx context.Context) (map[string]bool, error) {
 // GatewayLive tells whether one gateway's heartbeat is there: one read of
 // its key, for a sweep that found it gone to ask again (SweeperOptions.Recheck).
 func (s *Stores) GatewayLive(ctx context.Context, id string) (bool, error) {
-	switch _, err := s.Gateways.Get(ctx, id); {
+	return hasKey(ctx, s.Gateways, id)
+}
+
+// hasKey reads one key: whether it holds a value (not removed, not
+// expired).
+func hasKey(ctx context.Context, kv jetstream.KeyValue, key string) (bool, error) {
+	switch _, err := kv.Get(ctx, key); {
 	case err == nil:
 		return true, nil
 	case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
@@ -139,13 +145,14 @@ func liveIn(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) 
 		if live[k] {
 			continue
 		}
-		switch _, err := kv.Get(ctx, k); {
-		case err == nil:
-			live[k] = true
-		case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
-		default:
+		there, err := hasKey(ctx, kv, k)
+		if err != nil {
 			return nil, err
 		}
+		if there {
+			live[k] = true // the listing missed it
+		}
+
 	}
 	return live, nil
 }

@@ -89,16 +89,7 @@ func joinExcept(all []string, skip int) string {
 
 func connect(t *testing.T, url string) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
+	return natstest.Dial(t, url, nats.MaxReconnects(-1))
 }
 
 func testCtx(t *testing.T) context.Context {

@@ -55,7 +55,7 @@ func (s *Server) reassert() {
 				if h.userID == "" && len(h.members) == 0 {
 					continue
 				}
-				s.lanes.must(c.sidA, c, func(ctx context.Context) { s.reassertConn(ctx, h) })
+				s.lanes.must(c.sidA, c, func(context.Context) { s.reassertConn(h) })
 			}
 		})
 	}
@@ -86,7 +86,7 @@ func (s *Server) reassert() {
 // (the million-socket run's drain: 2,690 reassertions timed out, and
 // 1,994 of 5,040 presence channels were left short). The retry holds the
 // connection's lane, so its own later leave still comes after.
-func (s *Server) reassertConn(_ context.Context, h held) {
+func (s *Server) reassertConn(h held) {
 	app, sid := h.c.app, h.c.socketID()
 	for _, cs := range h.members {
 		m, name := *cs.member, cs.ch.name

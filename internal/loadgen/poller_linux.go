@@ -355,13 +355,17 @@ func (p *poller) openDue() {
 
 // open starts one connection of the plan.
 func (p *poller) open(s connSpec) {
+	// In setup before attempted: the runner's setupDone reads attempted,
+	// then setup, and counted as attempted and not yet in setup, the last
+	// connection let the sending begin before it had subscribed.
+	p.setup.Add(1)
 	p.attempted.Add(1)
 	c := &conn{ch: s.ch, idx: s.idx, tgt: s.tgt}
 	if kind := p.connect(c); kind != "" {
+		p.setup.Add(-1)
 		p.failEarly(kind)
 		return
 	}
-	p.setup.Add(1)
 }
 
 // connect starts a non-blocking connect for c to its target. It returns

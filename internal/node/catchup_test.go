@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -206,7 +205,7 @@ func TestGatewayReassertionRetriesUntilItsWritesAreMade(t *testing.T) {
 	observer.Expect(protocol.EventMemberAdded)
 
 	// The test's own link to NATS, not through B's proxy.
-	js := jetStreamAt(t, "nats://"+proxy.target)
+	js := natstest.Dial(t, "nats://"+proxy.target)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stream, err := js.Stream(ctx, "KV_"+cluster.BucketPresence)
@@ -404,20 +403,4 @@ func scrape(t *testing.T, n *Node) string {
 		}
 	}
 	return strings.Join(out, " ")
-}
-
-// jetStreamAt opens a connection to the NATS server at url, closed when
-// the test ends, and returns its JetStream context.
-func jetStreamAt(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
 }

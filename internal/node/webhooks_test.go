@@ -18,6 +18,7 @@ import (
 	"github.com/resoundhq/resound/internal/cluster"
 	"github.com/resoundhq/resound/internal/config"
 	"github.com/resoundhq/resound/internal/counts"
+	"github.com/resoundhq/resound/internal/natsembed/natstest"
 	"github.com/resoundhq/resound/internal/presence"
 	"github.com/resoundhq/resound/internal/streams"
 	"github.com/resoundhq/resound/internal/webhook"
@@ -138,7 +139,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // sharedState opens the cluster's shared-state buckets.
 func sharedState(t *testing.T, n *Node) *cluster.Stores {
 	t.Helper()
-	js := jetStreamAt(t, n.Config().NATSURL)
+	js := natstest.Dial(t, n.Config().NATSURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stores, err := cluster.Ensure(ctx, js, streams.Cluster(&n.Config().Settings))

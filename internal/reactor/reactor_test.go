@@ -68,27 +68,6 @@ func backends() []string {
 	return []string{Portable, Native()}
 }
 
-// loopback is a connected pair of TCP sockets: the server's end to give
-// the reactor, and the peer's.
-func loopback(t *testing.T) (server, peer net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = peer.Close() })
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return server, peer
-}
-
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -106,7 +85,7 @@ func TestEchoAndClose(t *testing.T) {
 	for _, kind := range backends() {
 		t.Run(kind, func(t *testing.T) {
 			r, h := start(t, kind, 1<<20, 1<<30)
-			server, peer := loopback(t)
+			peer, server := tcpPair(t)
 			open(t, r, server)
 			if _, err := peer.Write([]byte("hello")); err != nil {
 				t.Fatal(err)
@@ -167,7 +146,7 @@ func TestClosingPeerThatNeverClosesIsDestroyedAfterTheGrace(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
 			r, h := start(t, kind, 1<<20, 1<<30)
-			server, peer := loopback(t)
+			peer, server := tcpPair(t)
 			c := open(t, r, server)
 			c.Lock()
 			c.CloseLocked([]byte("bye"))

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	kvcluster "github.com/resoundhq/resound/internal/cluster"
+	"github.com/resoundhq/resound/internal/natsembed/natstest"
 	"github.com/resoundhq/resound/pkg/pushertest"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -194,15 +195,7 @@ func TestGatewayPausedHeals(t *testing.T) {
 // gateway (internal/counts).
 func countsBucket(t *testing.T, natsURL string) jetstream.KeyValue {
 	t.Helper()
-	nc, err := nats.Connect(natsURL, nats.Name("multiprocess-test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.Dial(t, natsURL, nats.Name("multiprocess-test"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kv, err := js.KeyValue(ctx, kvcluster.BucketCounts)

@@ -50,3 +50,20 @@ func JetStream(tb testing.TB, name string) (*nats.Conn, jetstream.JetStream) {
 	}
 	return nc, js
 }
+
+// Dial connects to the server at url (one a test started as a process, or
+// behind a proxy), closed when the test ends, and returns its JetStream
+// context.
+func Dial(tb testing.TB, url string, opts ...nats.Option) jetstream.JetStream {
+	tb.Helper()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return js
+}
