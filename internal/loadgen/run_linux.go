@@ -358,6 +358,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (*Summary, error) 
 			for i, l := range lanes {
 				share := float64(len(l.chans)) / float64(len(r.plan.channels))
 				l.rate = cfg.Rate * owned * share
+				l.phase = float64(i) / float64(nl)
 				if limit > 0 {
 					l.limit = limit / int64(nl)
 					if int64(i) < limit%int64(nl) {

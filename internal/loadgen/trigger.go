@@ -238,8 +238,15 @@ func (t *trigger) post(ctx context.Context, lc *laneConn, path string, body []by
 // lane sends the events of some channels, one request at a time, so that
 // each channel's events are accepted in sequence order.
 type lane struct {
-	chans    []int
-	rate     float64 // events per second (0: as fast as possible)
+	chans []int
+	rate  float64 // events per second (0: as fast as possible)
+	// phase is where in its period the lane's events fall, as a fraction
+	// of 1/rate. Lanes of the same rate spread over the period, so that
+	// the sum of their events is evenly paced. Lanes started together
+	// with the same phase send in bursts (64 requests at once, every
+	// 64 ms at 1,000 events/s), and the time a request then waits behind
+	// the others of its burst, at any server, was most of its latency.
+	phase    float64
 	limit    int64   // events at most (0: no limit, -1: none)
 	sent     []int64 // acknowledged events per channel (index as chans)
 	events   int64
@@ -269,9 +276,9 @@ func (l *lane) run(ctx context.Context, t *trigger, end time.Time, stop func()) 
 		}
 		n := int64(t.batch)
 		if l.rate > 0 {
-			due := int64(l.rate*now.Sub(start).Seconds()) + 1
+			due := l.dueBy(now.Sub(start))
 			if due <= l.events {
-				next := start.Add(time.Duration(float64(l.events) / l.rate * float64(time.Second)))
+				next := start.Add(l.dueAt(l.events))
 				sleep(ctx, min(time.Until(next), time.Until(end)))
 				continue
 			}
@@ -323,6 +330,21 @@ func (l *lane) run(ctx context.Context, t *trigger, end time.Time, stop func()) 
 		}
 		rr = (rr + int(n)) % len(l.chans)
 	}
+}
+
+// dueAt is when the lane's event k (from 0) is due, after its start:
+// (k+phase)/rate.
+func (l *lane) dueAt(k int64) time.Duration {
+	return time.Duration((float64(k) + l.phase) / l.rate * float64(time.Second))
+}
+
+// dueBy is how many of the lane's events are due elapsed after its start.
+func (l *lane) dueBy(elapsed time.Duration) int64 {
+	x := l.rate*elapsed.Seconds() - l.phase
+	if x < 0 {
+		return 0
+	}
+	return int64(x) + 1
 }
 
 func sleep(ctx context.Context, d time.Duration) {
