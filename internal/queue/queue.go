@@ -123,6 +123,8 @@ func (o *StreamOptions) defaults() {
 //     answers 503 instead of silently dropping acknowledged ones.
 //   - A subject transform appends the partition, a hash of the app and
 //     routing-key tokens, to every stored subject.
+//   - AnchorSubject, one token where jobs have two, takes the anchor
+//     (see there).
 //   - Atomic batches are allowed, for producers that want a trigger on
 //     many channels stored all or none; Publish does without them (see
 //     there why).
@@ -133,7 +135,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 	cfg := jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Resound broadcast jobs",
-		Subjects:    []string{SubjectPrefix + "*.*"},
+		Subjects:    []string{SubjectPrefix + "*.*", AnchorSubject},
 		SubjectTransform: &jetstream.SubjectTransformConfig{
 			Source:      SubjectPrefix + "*.*",
 			Destination: SubjectPrefix + "{{wildcard(1)}}.{{wildcard(2)}}.{{partition(" + strconv.Itoa(opts.Partitions) + ",1,2)}}",

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -71,7 +72,7 @@ func TestEnsureStreamTwiceIsHarmless(t *testing.T) {
 	cfg := first.CachedInfo().Config
 	if cfg.Name != queue.StreamName || cfg.Retention != jetstream.WorkQueuePolicy || cfg.Discard != jetstream.DiscardNew ||
 		cfg.Storage != jetstream.FileStorage || cfg.MaxBytes != opts.MaxBytes || cfg.MaxAge != opts.MaxAge ||
-		cfg.Replicas != 1 || len(cfg.Subjects) != 1 || cfg.Subjects[0] != queue.SubjectPrefix+"*.*" ||
+		cfg.Replicas != 1 || !slices.Equal(cfg.Subjects, []string{queue.SubjectPrefix + "*.*", queue.AnchorSubject}) ||
 		!cfg.AllowAtomicPublish || cfg.SubjectTransform == nil {
 		t.Fatalf("stream config %+v", cfg)
 	}

@@ -179,6 +179,6 @@ func streamEmpty(ctx context.Context, js jetstream.JetStream) bool {
 	if err != nil {
 		return false
 	}
-	info, err := s.Info(ctx)
-	return err == nil && info.State.Msgs == 0
+	n, err := queue.Jobs(ctx, s)
+	return err == nil && n == 0
 }

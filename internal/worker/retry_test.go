@@ -323,8 +323,8 @@ func TestOverDeliveredJobIsDeadLetteredUntried(t *testing.T) {
 		t.Errorf("the job was tried (%d delivery calls)", n)
 	}
 	eventually(t, "the job terminated", func() bool {
-		info, err := stream.Info(ctx)
-		return err == nil && info.State.Msgs == 0
+		n, err := queue.Jobs(ctx, stream)
+		return err == nil && n == 0
 	})
 }
 
@@ -364,8 +364,8 @@ func TestRetriesStopWhenThePoolStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info, err := s.Info(ctx); err != nil || info.State.Msgs != 1 {
-		t.Fatalf("job stream: %v, %v; want the job still in it", info, err)
+	if n, err := queue.Jobs(ctx, s); err != nil || n != 1 {
+		t.Fatalf("job stream holds %d jobs, %v; want the job still in it", n, err)
 	}
 }
 
@@ -478,8 +478,8 @@ func TestWorkerJoiningDuringRetriesKeepsOrder(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		info, err := s.Info(ctx)
-		return err == nil && info.State.Msgs == 0
+		n, err := queue.Jobs(ctx, s)
+		return err == nil && n == 0
 	})
 	nothingMore(t, all)
 	t.Logf("%d rounds; first worker %d jobs, second %d", round, first.Stats().Jobs.Load(), second.Stats().Jobs.Load())

@@ -267,6 +267,8 @@ func (p *Pool) Run(ctx context.Context) error {
 		return err
 	}
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); queue.KeepAnchor(ctx, p.opts.JetStream, queue.AnchorEvery, p.opts.Log) }()
 	for _, sh := range p.shards {
 		wg.Add(1)
 		go func() {

@@ -165,11 +165,11 @@ func (e *env) streamMsgs(t *testing.T) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	info, err := e.stream.Info(ctx)
+	n, err := queue.Jobs(ctx, e.stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return info.State.Msgs
+	return n
 }
 
 type delivery struct {
