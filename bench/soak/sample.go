@@ -241,5 +241,13 @@ func streamStats(ctx context.Context, js jetstream.JetStream, name string) Strea
 	if err != nil {
 		return StreamStats{Err: err.Error()}
 	}
-	return StreamStats{Msgs: info.State.Msgs, Bytes: info.State.Bytes}
+	msgs := info.State.Msgs
+	if name == queue.StreamName {
+		// Jobs only: the workers keep an anchor in the job stream, one or,
+		// for a moment, two (internal/queue/anchor.go).
+		if msgs, err = queue.Jobs(ctx, st); err != nil {
+			return StreamStats{Err: err.Error()}
+		}
+	}
+	return StreamStats{Msgs: msgs, Bytes: info.State.Bytes}
 }

@@ -41,8 +41,10 @@ const (
 func KeepAnchor(ctx context.Context, js jetstream.JetStream, every time.Duration, log zerolog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var stream jetstream.Stream // looked up once, again after a failure
 	for {
-		if err := anchor(ctx, js, every); err != nil && ctx.Err() == nil {
+		var err error
+		if stream, err = anchor(ctx, js, stream, every); err != nil && ctx.Err() == nil {
 			log.Debug().Err(err).Msg("job stream anchor")
 		}
 		select {
@@ -53,18 +55,24 @@ func KeepAnchor(ctx context.Context, js jetstream.JetStream, every time.Duration
 	}
 }
 
-func anchor(ctx context.Context, js jetstream.JetStream, timeout time.Duration) error {
+// anchor publishes one anchor and purges the ones before it. It returns
+// the stream's handle for the next round, or nil after a failure.
+func anchor(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, timeout time.Duration) (jetstream.Stream, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	m := &nats.Msg{Subject: AnchorSubject}
-	if _, err := js.PublishMsg(ctx, m, jetstream.WithExpectStream(StreamName)); err != nil {
-		return err
+	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: AnchorSubject}, jetstream.WithExpectStream(StreamName)); err != nil {
+		return stream, err
 	}
-	s, err := js.Stream(ctx, StreamName)
-	if err != nil {
-		return err
+	if stream == nil {
+		var err error
+		if stream, err = js.Stream(ctx, StreamName); err != nil {
+			return nil, err
+		}
 	}
-	return s.Purge(ctx, jetstream.WithPurgeSubject(AnchorSubject), jetstream.WithPurgeKeep(1))
+	if err := stream.Purge(ctx, jetstream.WithPurgeSubject(AnchorSubject), jetstream.WithPurgeKeep(1)); err != nil {
+		return nil, err
+	}
+	return stream, nil
 }
 
 // Jobs is the number of jobs s holds: its messages without the anchors.

@@ -1,6 +1,7 @@
 package multiprocess
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"net/http"
@@ -12,7 +13,10 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/resoundhq/resound/internal/natsembed/natstest"
+	"github.com/resoundhq/resound/internal/queue"
 	"github.com/resoundhq/resound/pkg/pushertest"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -73,20 +77,21 @@ func TestSocketIDExcludedAcrossGateways(t *testing.T) {
 // after another was killed, delivers them all in order.
 func TestJobsWaitForAWorker(t *testing.T) {
 	sideBySide(t) // see "Running side by side" in procs_test.go
-	nurl, mon := startNATS(t)
+	nurl, _ := startNATS(t)
 	g := startGateway(t, "gateway", nurl, 0)
 	c := pushertest.Connect(t, g.addr, appKey)
 	c.Subscribe("durable")
 
+	js := natstest.Dial(t, nurl)
 	triggerTicks(t, g.api, "durable", 0, 5)
 	c.ExpectSilence(time.Second)
-	if got := jetStream(t, mon).messages(); got != 5 {
+	if got := jobs(t, js); got != 5 {
 		t.Fatalf("stream holds %d jobs with no worker, want 5", got)
 	}
 
 	w1 := startWorker(t, "worker-1", nurl)
 	expectTicks(t, c, "durable", 0, 5)
-	waitFor(t, w1, startTimeout, "an empty job stream", func() bool { return jetStream(t, mon).messages() == 0 })
+	waitFor(t, w1, startTimeout, "an empty job stream", func() bool { return jobs(t, js) == 0 })
 
 	w1.kill(t)
 	triggerTicks(t, g.api, "durable", 5, 10)
@@ -116,7 +121,8 @@ func TestTwoWorkersAndGatewayRestart(t *testing.T) {
 	triggerTicks(t, g.api, "twice", 0, total)
 	expectEachOnce(t, c, "twice", total)
 
-	waitFor(t, nil, startTimeout, "an empty job stream", func() bool { return jetStream(t, mon).messages() == 0 })
+	js := natstest.Dial(t, nurl)
+	waitFor(t, nil, startTimeout, "an empty job stream", func() bool { return jobs(t, js) == 0 })
 	s := jetStream(t, mon).stream(t)
 	if s.Name != "RESOUND_JOBS" || len(s.Consumers) != 8 {
 		t.Fatalf("stream after two workers: %+v", s)
@@ -360,17 +366,21 @@ func jetStream(t *testing.T, monitorURL string) jsz {
 	return j
 }
 
-// messages counts the jobs in the job stream. The other streams are the
-// shared-state buckets (heartbeats and so on), which change on their own.
-func (j jsz) messages() int {
-	for _, a := range j.Accounts {
-		for _, s := range a.Streams {
-			if s.Name == "RESOUND_JOBS" {
-				return s.State.Messages
-			}
-		}
+// jobs counts the jobs in the job stream: its messages without the
+// anchor the workers keep in it (queue.Jobs).
+func jobs(t *testing.T, js jetstream.JetStream) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, queue.StreamName)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return -1
+	n, err := queue.Jobs(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(n)
 }
 
 // stream is the job stream.
