@@ -44,7 +44,9 @@ func KeepAnchor(ctx context.Context, js jetstream.JetStream, every time.Duration
 	var stream jetstream.Stream // looked up once, again after a failure
 	for {
 		var err error
-		if stream, err = anchor(ctx, js, stream, every); err != nil && ctx.Err() == nil {
+		// A round may outlast a short interval: a publish that timed out
+		// may still be stored, and its round would leave it unpurged.
+		if stream, err = anchor(ctx, js, stream, max(every, time.Second)); err != nil && ctx.Err() == nil {
 			log.Debug().Err(err).Msg("job stream anchor")
 		}
 		select {
@@ -56,7 +58,8 @@ func KeepAnchor(ctx context.Context, js jetstream.JetStream, every time.Duration
 }
 
 // anchor publishes one anchor and purges the ones before it. It returns
-// the stream's handle for the next round, or nil after a failure.
+// the stream's handle for the next round: nil when looking it up or the
+// purge failed, so that the next round looks it up again.
 func anchor(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, timeout time.Duration) (jetstream.Stream, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -75,11 +78,19 @@ func anchor(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream
 	return stream, nil
 }
 
-// Jobs is the number of jobs s holds: its messages without the anchors.
+// Jobs is the number of jobs s holds, the anchors not counted: the sum of
+// its job subjects' counts (app, key and partition), read in one pass
+// over the stream's subject index. Its message count less its anchors
+// would be two reads apart in the server, and a worker's publish or purge
+// between them would skew the difference, even below zero.
 func Jobs(ctx context.Context, s jetstream.Stream) (uint64, error) {
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(AnchorSubject))
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(SubjectPrefix+"*.*.*"))
 	if err != nil {
 		return 0, err
 	}
-	return info.State.Msgs - info.State.Subjects[AnchorSubject], nil
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n, nil
 }
