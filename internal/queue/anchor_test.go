@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/resoundhq/resound/internal/natsembed"
+	"github.com/resoundhq/resound/internal/natsembed/natstest"
 	"github.com/resoundhq/resound/internal/queue"
 	"github.com/resoundhq/resound/protocol"
 )
@@ -44,12 +45,7 @@ func TestAnchorKeepsTheLastBlockFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(srv.Shutdown)
-		nc, err := srv.Connect("anchor-test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
+		js, err := jetstream.New(natstest.Conn(t, srv, "anchor-test"))
 		if err != nil {
 			t.Fatal(err)
 		}
