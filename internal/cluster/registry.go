@@ -152,7 +152,6 @@ func liveIn(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) 
 		if there {
 			live[k] = true // the listing missed it
 		}
-
 	}
 	return live, nil
 }

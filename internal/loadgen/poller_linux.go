@@ -821,9 +821,6 @@ func (p *poller) onSubscribed(c *conn, sub uint8) bool {
 		// What was sent on its channel before now is its gap, from this
 		// moment: its events count from here, even before the all channel
 		// is confirmed.
-		if c.epochs > 0 {
-			c.resubAt = c.next
-		}
 		openGap(c, p.r.issued[c.ch].Load())
 	case subAll:
 		if c.epochs == 0 {
@@ -859,17 +856,19 @@ func (p *poller) onSubscribed(c *conn, sub uint8) bool {
 // base from now on; what was sent since the last number it received is its
 // gap (see conn).
 func startEpoch(c *conn, base int64) {
-	if c.epochs > 0 {
-		c.resubAt = c.next
-	}
+	openGap(c, base)
 	c.epochs++
 	c.retries = 0
-	openGap(c, base)
 }
 
 // openGap records as c's gap what was sent on its channel from the last
-// number it received up to base, when its subscription starts.
+// number it received up to base, when its subscription starts (before
+// c.epochs counts it). On a subscription after the first, what c had
+// before may come again (resubAt).
 func openGap(c *conn, base int64) {
+	if c.epochs > 0 {
+		c.resubAt = c.next
+	}
 	if base > c.next {
 		c.gaps = append(c.gaps, span{c.next + 1, base})
 		c.next = base

@@ -42,6 +42,6 @@ func TestPanicIsRecoveredAndJobDeadLettered(t *testing.T) {
 	if got := counter(t, e.reg, "resound_jobs_total", metrics.JobFailed); got != attempts {
 		t.Errorf("resound_jobs_total{result=failed} = %v, want %d", got, attempts)
 	}
-	eventually(t, "the job stream empty", func() bool { return e.streamMsgs(t) == 0 })
+	eventually(t, "the job stream empty", func() bool { return e.streamJobs(t) == 0 })
 	nothingMore(t, ch)
 }

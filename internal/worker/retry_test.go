@@ -120,7 +120,7 @@ func TestFailedJobIsRetriedInPlace(t *testing.T) {
 			t.Fatalf("got seq %d data %v, want seq %d data %s", d.seq, d.event["data"], want.seq, want.data)
 		}
 	}
-	eventually(t, "both jobs acked", func() bool { return e.pool.Stats().Jobs.Load() == 2 && e.streamMsgs(t) == 0 })
+	eventually(t, "both jobs acked", func() bool { return e.pool.Stats().Jobs.Load() == 2 && e.streamJobs(t) == 0 })
 	nothingMore(t, ch)
 	if got := calls.Load(); got != failures+2 {
 		t.Errorf("%d delivery calls on the channel, want %d failed and 2 good", got, failures)
@@ -189,7 +189,7 @@ func TestJobThatAlwaysFailsIsDeadLettered(t *testing.T) {
 	if s := dl.Header.Get(queue.HeaderDeliveries); s != "1" {
 		t.Errorf("%s = %q, want 1", queue.HeaderDeliveries, s)
 	}
-	eventually(t, "the job stream empty", func() bool { return e.streamMsgs(t) == 0 && e.pool.Stats().Jobs.Load() == 1 })
+	eventually(t, "the job stream empty", func() bool { return e.streamJobs(t) == 0 && e.pool.Stats().Jobs.Load() == 1 })
 	nothingMore(t, ch)
 	if got := poisoned.Load(); got != attempts {
 		t.Errorf("the poison job was tried %d times, want %d", got, attempts)
@@ -252,7 +252,7 @@ func TestUndecodableJobsAreDeadLetteredAtOnce(t *testing.T) {
 	if st.Rejected.Load() != 2 || st.DeadLettered.Load() != 2 || st.Failed.Load() != 0 {
 		t.Errorf("rejected %d, dead-lettered %d, failed %d; want 2, 2, 0", st.Rejected.Load(), st.DeadLettered.Load(), st.Failed.Load())
 	}
-	eventually(t, "the job stream empty", func() bool { return e.streamMsgs(t) == 0 })
+	eventually(t, "the job stream empty", func() bool { return e.streamJobs(t) == 0 })
 }
 
 // A job JetStream has delivered more than MaxAttempts times (each time a

@@ -161,7 +161,8 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func (e *env) streamMsgs(t *testing.T) uint64 {
+// streamJobs counts the jobs in the job stream, the anchor not counted.
+func (e *env) streamJobs(t *testing.T) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
@@ -238,7 +239,7 @@ func TestJobIsDeliveredAndAcked(t *testing.T) {
 			t.Errorf("%s = %#v, want %#v", k, d.event[k], v)
 		}
 	}
-	eventually(t, "job acked and removed from the stream", func() bool { return e.streamMsgs(t) == 0 })
+	eventually(t, "job acked and removed from the stream", func() bool { return e.streamJobs(t) == 0 })
 	eventually(t, "Stats().Jobs == 1", func() bool { return e.pool.Stats().Jobs.Load() == 1 })
 	if got := e.pool.Stats().Deliveries.Load(); got != 1 {
 		t.Errorf("Stats().Deliveries = %d, want 1", got)
@@ -293,7 +294,7 @@ func TestJobWithManyChannelsAndEvents(t *testing.T) {
 		}
 	}
 	eventually(t, "every part acked once", func() bool {
-		return e.pool.Stats().Jobs.Load() == uint64(len(channels)) && e.streamMsgs(t) == 0
+		return e.pool.Stats().Jobs.Load() == uint64(len(channels)) && e.streamJobs(t) == 0
 	})
 }
 
@@ -316,7 +317,7 @@ func TestEventsOnOneChannelStayInOrder(t *testing.T) {
 			t.Fatalf("delivery %d carried data %v seq %d, want %d seq %d", i, d.event["data"], d.seq, i, seqs[i]-1)
 		}
 	}
-	eventually(t, "all parts acked", func() bool { return e.pool.Stats().Jobs.Load() == 2*total && e.streamMsgs(t) == 0 })
+	eventually(t, "all parts acked", func() bool { return e.pool.Stats().Jobs.Load() == 2*total && e.streamJobs(t) == 0 })
 }
 
 // Invalid jobs are never delivered: each is set aside in the dead-letter
@@ -358,7 +359,7 @@ func TestInvalidJobsAreDeadLettered(t *testing.T) {
 			t.Fatalf("after %q: got data %v seq %d, want %s seq %d", b.name, d.event["data"], d.seq, want, seq)
 		}
 	}
-	eventually(t, "every job removed from the stream", func() bool { return e.streamMsgs(t) == 0 })
+	eventually(t, "every job removed from the stream", func() bool { return e.streamJobs(t) == 0 })
 	eventually(t, "valid jobs acked", func() bool { return e.pool.Stats().Jobs.Load() == uint64(len(bad)) })
 	select {
 	case m := <-all:
